@@ -1,0 +1,153 @@
+"""The ``crdtdb`` command: the front door for operators and scripts.
+
+Subcommands that need replication or DuckDB import them inside the
+subcommand, so ``crdtdb get`` stays as light as ``import crdtdb``.
+Output is JSON (one object, or one object per line for logs) so that it pipes
+into ``jq``; errors go to stderr as ``error: ...`` with exit status 2 for bad
+input and 1 for everything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .database import Database
+from .database import open as open_db
+from .errors import CrdtdbError, UsageError
+from .hlc import Hlc
+
+__all__ = ["main"]
+
+
+def _open(args: argparse.Namespace) -> Database:
+    return open_db(args.dir, region=getattr(args, "region", None))
+
+
+def _print(value: Any) -> None:
+    print(json.dumps(value, ensure_ascii=False, sort_keys=True))
+
+
+def cmd_put(args: argparse.Namespace) -> int:
+    try:
+        value = json.loads(args.json)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"JSON argument does not parse ({exc}): quote it, e.g. '{{\"a\": 1}}'")
+    with _open(args) as db:
+        hlc = db.update(args.doc_id, value) if args.merge else db.put(args.doc_id, value)
+        _print({"doc_id": args.doc_id, "hlc": str(hlc), "hlc_int": int(hlc)})
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        value = db.as_of(Hlc.parse(args.as_of)).get(args.doc_id) if args.as_of else db.get(
+            args.doc_id)
+    if value is None:
+        print(f"error: {args.doc_id} does not exist", file=sys.stderr)
+        return 1
+    _print(value)
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        hlc = db.delete(args.doc_id)
+    _print({"doc_id": args.doc_id, "deleted": hlc is not None,
+            "hlc": str(hlc) if hlc is not None else None})
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        for doc_id in db.list(args.collection, limit=args.limit):
+            print(doc_id)
+    return 0
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    since = Hlc.parse(args.since) if args.since else None
+    with _open(args) as db:
+        for record in db.changes(since, limit=args.limit):
+            _print({"hlc": str(record.hlc), "hlc_int": int(record.hlc), "origin": record.origin,
+                    "seq": record.seq, "doc_id": record.doc_id, "bytes": len(record.update)})
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        _print(db.info())
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        def progress(done: int, total: int) -> None:
+            print(f"compacting: {done}/{total} documents", file=sys.stderr)
+
+        removed = db.compact(retention_s=args.retention, progress=progress)
+        _print({"records_removed": removed, "compacted_hlc": str(db.compacted_hlc)})
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run
+
+    return run(args.dir)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crdtdb", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str,
+            doc: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("dir", metavar="DIR", help="the region's data directory")
+        if doc:
+            p.add_argument("doc_id", metavar="DOC_ID", help="collection/key, e.g. users/alice")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("put", cmd_put, "write a document (replaces it; --merge sets only the given keys)",
+            doc=True)
+    p.add_argument("json", metavar="JSON", help="the document, a JSON object")
+    p.add_argument("--merge", action="store_true", help="set only the given top-level keys")
+    p.add_argument("--region", help="region name, needed only to create a new store")
+    p = add("get", cmd_get, "print a document as JSON", doc=True)
+    p.add_argument("--as-of", metavar="HLC", help="read it as it was at this HLC")
+    add("delete", cmd_delete, "delete a whole document", doc=True)
+    p = add("list", cmd_list, "list the live document ids of a collection")
+    p.add_argument("collection")
+    p.add_argument("--limit", type=int)
+    p = add("log", cmd_log, "print update records in HLC order, one JSON object per line")
+    p.add_argument("--since", metavar="HLC", help="only records after this HLC")
+    p.add_argument("--limit", type=int)
+    add("info", cmd_info, "print counts, clocks and origins of a store")
+    p = add("compact", cmd_compact, "fold history older than the retention window")
+    p.add_argument("--retention", type=float, metavar="SECONDS",
+                   help="keep this much history (default: the store's option, 7 days)")
+    add("demo", cmd_demo, "run the embedded-library demo in DIR (two regions, merge, time travel)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except CrdtdbError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

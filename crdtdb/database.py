@@ -1,0 +1,730 @@
+"""The embedded database: one region's data directory, opened by an application.
+
+Write path: edits on live pycrdt documents are captured; at commit one SQLite
+write transaction (``BEGIN IMMEDIATE``, so all processes on the directory are
+serialised) first catches up with other processes' commits, then issues the
+HLC and the region's next sequence numbers, appends the records to the log,
+updates each document's digest, liveness and Merkle path, and commits. The
+HLC and the sequence numbers are read from and written to the file inside
+that transaction, so they stay strictly increasing and contiguous across
+processes and restarts. Only then are subscribers told.
+
+Read path: a bounded LRU of loaded documents. Before each operation
+``PRAGMA data_version`` says whether another process committed; if so, the
+new log records are applied to the cached documents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pycrdt import merge_updates
+
+from . import merkle, storage
+from ._cache import DocCache, DocHandle
+from .errors import (
+    DatabaseClosedError,
+    HistoryCompactedError,
+    InvalidUpdateError,
+    RegionMismatchError,
+    TransactionError,
+)
+from .hlc import DEFAULT_MAX_OFFSET_MS, Hlc, WallClock, observe, system_wall_ms, tick
+from .ids import DocId, RegionId, collection_of, validate_collection, validate_doc_id, validate_region
+from .records import UpdateRecord
+from .transaction import Transaction
+from .values import normalize
+
+if TYPE_CHECKING:
+    from .history import AsOf
+
+__all__ = ["Database", "Options", "Subscription", "open"]
+
+log = logging.getLogger("crdtdb")
+
+Listener = Callable[[UpdateRecord], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Options:
+    """How a store is opened. Every field has a default suited to production."""
+
+    cache_size: int = 10_000
+    """Documents kept loaded in memory (least recently used are dropped)."""
+    durability: Literal["normal", "full"] = "normal"
+    """"normal": a commit survives a crash of the process; "full": also a power cut (fsync)."""
+    max_clock_offset_ms: int = DEFAULT_MAX_OFFSET_MS
+    """Remote HLCs further ahead of local wall time than this are refused."""
+    history_retention_s: float = 7 * 24 * 3600.0
+    """How far back time travel reaches after ``compact()`` (default 7 days)."""
+    snapshot_every: int = 64
+    """Log records of one document between refreshes of its load snapshot."""
+    clock: WallClock = system_wall_ms
+    """Wall-clock milliseconds; injectable for tests."""
+
+
+class Subscription:
+    """Returned by :meth:`Database.subscribe`; ``close()`` stops the callbacks."""
+
+    def __init__(self, listeners: list[Listener], callback: Listener) -> None:
+        self._listeners = listeners
+        self._callback = callback
+
+    def close(self) -> None:
+        if self._callback in self._listeners:
+            self._listeners.remove(self._callback)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open(path: str | Path, region: str | None = None, **options: Any) -> Database:  # noqa: A001
+    """Open the region store in directory ``path``, creating it if ``region`` is given.
+
+    ``options`` are the fields of :class:`Options`.
+    """
+    return Database(path, region, Options(**options))
+
+
+class Database:
+    """One region's store. Thread-safe; several processes may open the same directory."""
+
+    def __init__(self, path: str | Path, region: str | None = None,
+                 options: Options | None = None) -> None:
+        self.options = options or Options()
+        self.path = Path(path)
+        wanted = validate_region(region) if region is not None else None
+        synchronous = "FULL" if self.options.durability == "full" else "NORMAL"
+        self._conn = storage.connect(self.path, region=wanted, synchronous=synchronous)
+        stored = self._meta("region")
+        if wanted is not None and stored != wanted:
+            self._conn.close()
+            raise RegionMismatchError(
+                f"{self.path} holds region {stored!r}, not {wanted!r}: open it with"
+                f" region={stored!r} (or leave region out), or use another directory"
+            )
+        self.region = RegionId(str(stored))
+        self._lock = threading.RLock()
+        self._cache = DocCache(self.options.cache_size)
+        self._client_id = random.getrandbits(53)  # safe for JS Yjs peers too
+        self._listeners: list[Listener] = []
+        self._tx: Transaction | None = None
+        self._deferred: list[UpdateRecord] = []
+        self._closed = False
+        self._last_hlc = Hlc(int(self._meta("last_hlc") or 0))
+        self._data_version = -1
+        self._epoch = int(self._meta("compaction_epoch") or 0)
+        self._seen_id = self._max_log_id()
+        self._wakeups: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            if self._tx is not None:
+                raise TransactionError("close() inside a transaction: finish the transaction first")
+            self._closed = True
+            self._cache.clear()
+            self._conn.close()
+        self._wake_watchers()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<crdtdb.Database region={self.region!r} path={str(self.path)!r}>"
+
+    def _check(self) -> None:
+        if self._closed:
+            raise DatabaseClosedError("this database is closed: open it again with crdtdb.open()")
+
+    def _check_no_tx(self, what: str) -> None:
+        self._check()
+        if self._tx is not None:
+            raise TransactionError(
+                f"{what} inside a transaction: use the transaction's own methods (tx.put,"
+                " tx.doc, tx.delete), or call it after the `with` block"
+            )
+
+    # -------------------------------------------------------------- documents
+
+    def transaction(self) -> Transaction:
+        """An atomic transaction across documents: ``with db.transaction() as tx: ...``."""
+        self._check()
+        return Transaction(self)
+
+    def put(self, doc_id: str, value: Mapping[str, Any]) -> Hlc:
+        """Make document ``doc_id`` equal to ``value``; return the HLC it holds that value at."""
+        with self._lock:
+            self._check_no_tx("db.put()")
+            with self.transaction() as tx:
+                tx.put(doc_id, value)
+            return tx.hlc if tx.hlc is not None else self._doc_hlc(doc_id)
+
+    def update(self, doc_id: str, patch: Mapping[str, Any]) -> Hlc:
+        """Set the top-level keys in ``patch``, leave the rest; return the HLC."""
+        with self._lock:
+            self._check_no_tx("db.update()")
+            with self.transaction() as tx:
+                tx.update(doc_id, patch)
+            return tx.hlc if tx.hlc is not None else self._doc_hlc(doc_id)
+
+    def delete(self, doc_id: str) -> Hlc | None:
+        """Delete a whole document; return the commit HLC, or None if it did not exist."""
+        validate_doc_id(doc_id)
+        with self._lock:
+            self._check_no_tx("db.delete()")
+            self._refresh()
+            if not self._handle(doc_id).live:
+                return None
+            with self.transaction() as tx:
+                tx.delete(doc_id)
+            return tx.hlc
+
+    def get(self, doc_id: str) -> dict[str, Any] | None:
+        """The document as a plain dict, or None if it does not exist or was deleted."""
+        doc_id = validate_doc_id(doc_id)
+        with self._lock:
+            self._check_no_tx("db.get()")
+            self._refresh()
+            handle = self._handle(doc_id)
+            if not handle.live:
+                return None
+            result: dict[str, Any] = normalize(handle.root.to_py() or {})
+            return result
+
+    def __contains__(self, doc_id: object) -> bool:
+        return isinstance(doc_id, str) and self.get(doc_id) is not None
+
+    def list(self, collection: str, *, after: str | None = None,
+             limit: int | None = None) -> list[str]:
+        """Ids of the live documents in ``collection``, sorted; page with ``after``."""
+        validate_collection(collection)
+        sql = "SELECT doc_id FROM docs WHERE collection = ? AND live AND doc_id > ? ORDER BY doc_id"
+        params: list[Any] = [collection, after or ""]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        with self._lock:
+            self._check()
+            return [row[0] for row in self._conn.execute(sql, params)]
+
+    def collections(self) -> list[str]:
+        """Names of the collections that hold at least one live document."""
+        with self._lock:
+            self._check()
+            rows = self._conn.execute(
+                "SELECT DISTINCT collection FROM docs WHERE live ORDER BY collection")
+            return [row[0] for row in rows]
+
+    # ------------------------------------------------------------ replication
+
+    def state_vector(self, doc_id: str) -> bytes:
+        """The document's CRDT state vector (empty-document vector if unknown)."""
+        with self._lock:
+            self._check_no_tx("state_vector()")
+            self._refresh()
+            return self._handle(validate_doc_id(doc_id)).doc.get_state()
+
+    def diff(self, doc_id: str, state_vector: bytes = b"\x00") -> bytes:
+        """The update a replica at ``state_vector`` is missing (all of it by default)."""
+        with self._lock:
+            self._check_no_tx("diff()")
+            self._refresh()
+            handle = self._handle(validate_doc_id(doc_id))
+            try:
+                return handle.doc.get_update(state_vector)
+            except ValueError:
+                raise InvalidUpdateError(
+                    "not a valid state vector: pass bytes from state_vector() of a replica"
+                ) from None
+
+    def digest(self, doc_id: str) -> bytes | None:
+        """The canonical digest of the stored document, or None if it never existed."""
+        doc_id = validate_doc_id(doc_id)
+        with self._lock:
+            self._check()
+            row = self._conn.execute("SELECT digest FROM docs WHERE doc_id = ?",
+                                     (doc_id,)).fetchone()
+            return bytes(row[0]) if row else None
+
+    def merkle_node(self, node: int) -> bytes:
+        """The hash of one Merkle node (all zeros for an empty subtree)."""
+        with self._lock:
+            self._check()
+            row = self._conn.execute("SELECT hash FROM merkle WHERE node = ?", (node,)).fetchone()
+            return bytes(row[0]) if row else merkle.ZERO
+
+    def merkle_root(self) -> bytes:
+        return self.merkle_node(merkle.node_id(0, 0))
+
+    def apply_remote(self, record: UpdateRecord) -> bool:
+        """Apply a record made in another region (or relayed); False if already held.
+
+        Refused, with nothing changed: malformed fields (``InvalidRecordError``),
+        update bytes that do not decode (``InvalidUpdateError``), an HLC more than
+        ``max_clock_offset_ms`` ahead of local wall time (``ClockSkewError``).
+        """
+        record.validated()
+        with self._lock:
+            self._check_no_tx("apply_remote()")
+            return self._write(lambda: self._apply_remote_locked(record))
+
+    # ---------------------------------------------------------------- history
+
+    def changes(self, since: Hlc | int | None = None, *,
+                limit: int | None = None) -> Iterator[UpdateRecord]:
+        """Records with HLC above ``since``, in HLC order (ties: origin, seq)."""
+        floor = Hlc(since or 0)
+        with self._lock:
+            self._check()
+            self._check_history(floor, "changes(since=...)")
+        remaining = limit
+        # Keyset pagination: (hlc, origin, seq) strictly after the cursor; "\uffff" sorts
+        # after every region name, so the first page starts just above ``floor``.
+        cursor: tuple[int, str, int] = (int(floor), "\uffff", 0)
+        while remaining is None or remaining > 0:
+            page = 1000 if remaining is None else min(1000, remaining)
+            with self._lock:
+                self._check()
+                rows = self._conn.execute(
+                    "SELECT doc_id, hlc, origin, seq, payload FROM log"
+                    " WHERE (hlc, origin, seq) > (?, ?, ?) ORDER BY hlc, origin, seq LIMIT ?",
+                    (*cursor, page)).fetchall()
+            if not rows:
+                return
+            for doc_id, hlc, origin, seq, payload in rows:
+                yield UpdateRecord(doc_id, Hlc(hlc), origin, seq, bytes(payload))
+            if remaining is not None:
+                remaining -= len(rows)
+            cursor = (rows[-1][1], rows[-1][2], rows[-1][3])
+
+    def as_of(self, hlc: Hlc | int | str) -> AsOf:
+        """A read-only view of the database at the consistent cut ``hlc``."""
+        from .history import AsOf
+
+        cut = Hlc(hlc) if not isinstance(hlc, Hlc) else hlc
+        with self._lock:
+            self._check()
+            self._check_history(cut, "as_of()")
+        return AsOf(self, cut)
+
+    def compact(self, *, retention_s: float | None = None,
+                progress: Callable[[int, int], None] | None = None) -> int:
+        """Fold log records older than the retention window into snapshots.
+
+        Returns the number of log records removed. Time travel and ``changes``
+        keep working for HLCs inside the window; older ones raise
+        ``HistoryCompactedError``.
+        """
+        from .history import compact
+
+        keep = self.options.history_retention_s if retention_s is None else retention_s
+        horizon_ms = max(0, self.options.clock() - int(keep * 1000))
+        with self._lock:
+            self._check_no_tx("compact()")
+            return compact(self, Hlc.from_parts(horizon_ms, 0), progress)
+
+    @property
+    def compacted_hlc(self) -> Hlc:
+        """Time travel and changes() reach back to just above this HLC."""
+        with self._lock:
+            self._check()
+            return Hlc(int(self._meta("compacted_hlc") or 0))
+
+    def _check_history(self, hlc: Hlc, what: str) -> None:
+        floor = Hlc(int(self._meta("compacted_hlc") or 0))
+        if hlc < floor:
+            raise HistoryCompactedError(
+                f"{what}: history before {floor} was compacted away; ask for a later HLC or"
+                " raise history_retention_s"
+            )
+
+    # ------------------------------------------------------------ subscribing
+
+    def subscribe(self, callback: Listener) -> Subscription:
+        """Call ``callback(record)`` after each commit this object sees.
+
+        That is its own commits, applied remote records, and commits of other
+        processes on the same directory (seen on this object's next operation;
+        use :meth:`watch` to follow them without polling yourself).
+        """
+        self._check()
+        self._listeners.append(callback)
+        return Subscription(self._listeners, callback)
+
+    async def watch(self, *, from_start: bool = False,
+                    poll_interval: float = 0.05) -> AsyncIterator[UpdateRecord]:
+        """Follow the log as it grows, whoever writes it (this process or another)."""
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        entry = (loop, wake)
+        with self._lock:
+            self._check()
+            cursor = 0 if from_start else self._max_log_id()
+            self._wakeups.append(entry)
+        try:
+            while not self._closed:
+                rows = self._log_after(cursor, 1000)
+                for log_id, record in rows:
+                    cursor = log_id
+                    yield record
+                if not rows:
+                    wake.clear()
+                    try:
+                        await asyncio.wait_for(wake.wait(), poll_interval)
+                    except TimeoutError:
+                        pass
+        finally:
+            with self._lock:
+                self._wakeups.remove(entry)
+
+    def _log_after(self, log_id: int, limit: int) -> list[tuple[int, UpdateRecord]]:
+        with self._lock:
+            if self._closed:
+                return []
+            rows = self._conn.execute(
+                "SELECT id, doc_id, hlc, origin, seq, payload FROM log WHERE id > ?"
+                " ORDER BY id LIMIT ?", (log_id, limit)).fetchall()
+        return [(r[0], UpdateRecord(r[1], Hlc(r[2]), r[3], r[4], bytes(r[5]))) for r in rows]
+
+    def _notify(self, records: list[UpdateRecord]) -> None:
+        if self._tx is not None:  # told once the transaction has ended, so callbacks can read
+            self._deferred.extend(records)
+            return
+        for record in records:
+            for callback in list(self._listeners):
+                try:
+                    callback(record)
+                except Exception:
+                    log.exception("subscriber %r failed on %s; it stays subscribed",
+                                  callback, record.doc_id)
+        if records:
+            self._wake_watchers()
+
+    def _wake_watchers(self) -> None:
+        for loop, event in list(self._wakeups):
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(event.set)
+
+    # ------------------------------------------------------------------ info
+
+    @property
+    def hlc(self) -> Hlc:
+        """The last HLC this region issued or observed."""
+        with self._lock:
+            self._check()
+            return max(self._last_hlc, Hlc(int(self._meta("last_hlc") or 0)))
+
+    def info(self) -> dict[str, Any]:
+        """Counts and clocks, for humans and monitoring."""
+        with self._lock:
+            self._check()
+            count = self._conn.execute
+            origins = {
+                row[0]: {"max_seq": row[1], "contiguous_seq": row[2],
+                         "contiguous_hlc": str(Hlc(row[3]))}
+                for row in count("SELECT origin, max_seq, contiguous_seq, contiguous_hlc"
+                                 " FROM origins ORDER BY origin")
+            }
+            page_size = count("PRAGMA page_size").fetchone()[0]
+            pages = count("PRAGMA page_count").fetchone()[0]
+            return {
+                "path": str(self.path),
+                "region": self.region,
+                "schema_version": storage.SCHEMA_VERSION,
+                "documents": count("SELECT count(*) FROM docs").fetchone()[0],
+                "live_documents": count("SELECT count(*) FROM docs WHERE live").fetchone()[0],
+                "log_records": count("SELECT count(*) FROM log").fetchone()[0],
+                "last_hlc": str(self.hlc),
+                "compacted_hlc": str(Hlc(int(self._meta("compacted_hlc") or 0))),
+                "origins": origins,
+                "merkle_root": self.merkle_root().hex(),
+                "file_bytes": page_size * pages,
+                "cached_documents": len(self._cache),
+            }
+
+    # ============================================================ internals
+
+    def _meta(self, key: str) -> Any:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _max_log_id(self) -> int:
+        row = self._conn.execute("SELECT max(id) FROM log").fetchone()
+        return int(row[0] or 0)
+
+    def _doc_hlc(self, doc_id: str) -> Hlc:
+        row = self._conn.execute("SELECT hlc FROM docs WHERE doc_id = ?", (doc_id,)).fetchone()
+        return Hlc(row[0]) if row else self.hlc
+
+    def _handle(self, doc_id: DocId | str) -> DocHandle:
+        """The cached document, loaded from disk if needed."""
+        handle = self._cache.get(doc_id)
+        if handle is not None:
+            return handle
+        if self._tx is not None and doc_id in self._tx.handles:
+            return self._tx.handles[doc_id]
+        handle = DocHandle(self._client_id)
+        in_tx = self._conn.in_transaction
+        if not in_tx:
+            self._conn.execute("BEGIN")
+        try:
+            row = self._conn.execute("SELECT snapshot, snapshot_id FROM docs WHERE doc_id = ?",
+                                     (doc_id,)).fetchone()
+            through = 0
+            if row is not None:
+                if row[0] is not None:
+                    handle.apply(row[0])
+                through = row[1]
+            for log_id, payload in self._conn.execute(
+                    "SELECT id, payload FROM log WHERE doc_id = ? AND id > ? ORDER BY id",
+                    (doc_id, through)):
+                handle.apply(payload)
+                through = log_id
+        finally:
+            if not in_tx:
+                self._conn.execute("COMMIT")
+        handle.loaded_through = through
+        self._cache.put(doc_id, handle)
+        return handle
+
+    def _refresh(self) -> None:
+        """Catch up with commits other processes made since our last look."""
+        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._data_version:
+            return
+        self._data_version = version
+        epoch = int(self._meta("compaction_epoch") or 0)
+        if epoch != self._epoch:  # records we never saw may have been folded away
+            self._epoch = epoch
+            self._cache.clear()
+        rows = self._conn.execute(
+            "SELECT id, doc_id, hlc, origin, seq, payload FROM log WHERE id > ? ORDER BY id",
+            (self._seen_id,)).fetchall()
+        seen: list[UpdateRecord] = []
+        for log_id, doc_id, hlc, origin, seq, payload in rows:
+            handle = self._cache.peek(doc_id)
+            if handle is None and self._tx is not None:
+                handle = self._tx.handles.get(doc_id)
+            if handle is not None and log_id > handle.loaded_through:
+                handle.apply(payload)
+                handle.loaded_through = log_id
+            self._seen_id = log_id
+            seen.append(UpdateRecord(doc_id, Hlc(hlc), origin, seq, bytes(payload)))
+        stored = Hlc(int(self._meta("last_hlc") or 0))
+        self._last_hlc = max(self._last_hlc, stored)
+        self._notify(seen)
+
+    # ------------------------------------------------------- transactions
+
+    def _begin_transaction(self, tx: Transaction) -> None:
+        self._lock.acquire()
+        if self._closed or self._tx is not None:
+            self._lock.release()
+            self._check()
+            raise TransactionError(
+                "nested transaction: a Database runs one transaction at a time per thread;"
+                " do all the edits in the outer `with db.transaction()` block"
+            )
+        self._refresh()
+        self._tx = tx
+
+    def _end_transaction(self, tx: Transaction) -> None:
+        if self._tx is tx:
+            self._tx = None
+            deferred, self._deferred = self._deferred, []
+            try:
+                self._notify(deferred)
+            finally:
+                self._lock.release()
+
+    def _rollback(self, handles: dict[str, DocHandle]) -> None:
+        for doc_id, handle in handles.items():
+            handle.end()
+            handle.take_pending()
+            self._cache.evict(doc_id)
+
+    def _commit(self, handles: dict[str, DocHandle]) -> Hlc | None:
+        changes: list[tuple[str, DocHandle, list[bytes]]] = []
+        try:
+            for doc_id, handle in handles.items():
+                handle.end()
+                if (handle.pending and not handle.tombstone) or (
+                        handle.ensure_live and not handle.live):
+                    handle.mark_live()
+                pending = handle.take_pending()
+                if pending:
+                    changes.append((doc_id, handle, pending))
+        except BaseException:
+            self._rollback(handles)
+            raise
+        if not changes:
+            return None
+        try:
+            return self._write(lambda: self._commit_locked(changes))
+        except BaseException:
+            self._rollback(handles)
+            raise
+
+    def _write(self, body: Callable[[], tuple[Any, list[UpdateRecord]]]) -> Any:
+        """Run ``body`` in one SQLite write transaction, then notify subscribers."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._refresh()
+            result, records = body()
+            self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        self._notify(records)
+        return result
+
+    def _next_hlc(self) -> Hlc:
+        stored = Hlc(int(self._meta("last_hlc") or 0))
+        hlc = tick(max(self._last_hlc, stored), self.options.clock())
+        self._set_last_hlc(hlc)
+        return hlc
+
+    def _set_last_hlc(self, hlc: Hlc) -> None:
+        self._conn.execute("UPDATE meta SET value = ? WHERE key = 'last_hlc'", (int(hlc),))
+        self._last_hlc = hlc
+
+    def _commit_locked(
+            self, changes: list[tuple[str, DocHandle, list[bytes]]]
+    ) -> tuple[Hlc, list[UpdateRecord]]:
+        hlc = self._next_hlc()
+        row = self._conn.execute("SELECT max_seq FROM origins WHERE origin = ?",
+                                 (self.region,)).fetchone()
+        seq = row[0] if row else 0
+        records = []
+        deltas: dict[int, int] = {}
+        for doc_id, handle, pending in changes:
+            seq += 1
+            update = pending[0] if len(pending) == 1 else merge_updates(*pending)
+            log_id = self._append(doc_id, hlc, self.region, seq, update)
+            self._index(doc_id, handle, hlc, log_id, deltas)
+            records.append(UpdateRecord(doc_id, hlc, self.region, seq, update))
+        self._write_merkle(deltas)
+        self._conn.execute(
+            "INSERT INTO origins (origin, max_seq, contiguous_seq, contiguous_hlc)"
+            " VALUES (?1, ?2, ?2, ?3) ON CONFLICT (origin) DO UPDATE SET max_seq = ?2,"
+            " contiguous_seq = ?2, contiguous_hlc = ?3", (self.region, seq, int(hlc)))
+        return hlc, records
+
+    def _append(self, doc_id: str, hlc: Hlc, origin: str, seq: int, update: bytes) -> int:
+        cursor = self._conn.execute(
+            "INSERT INTO log (origin, seq, hlc, doc_id, payload) VALUES (?, ?, ?, ?, ?)",
+            (origin, seq, int(hlc), doc_id, update))
+        log_id = cursor.lastrowid
+        assert log_id is not None
+        self._seen_id = log_id  # we hold the write lock and caught up before it
+        return log_id
+
+    def _index(self, doc_id: str, handle: DocHandle, hlc: Hlc, log_id: int,
+               deltas: dict[int, int]) -> None:
+        """Record a changed document's digest, liveness, snapshot and Merkle delta."""
+        handle.loaded_through = log_id
+        digest = merkle.doc_digest(handle.doc)
+        row = self._conn.execute("SELECT digest, pending, hlc FROM docs WHERE doc_id = ?",
+                                 (doc_id,)).fetchone()
+        pending = (row[1] + 1) if row else 1
+        doc_hlc = max(int(hlc), row[2]) if row else int(hlc)
+        live = handle.live
+        if pending >= self.options.snapshot_every and not handle.unintegrated:
+            self._conn.execute(
+                "INSERT INTO docs (doc_id, collection, live, hlc, digest, snapshot, snapshot_id,"
+                " pending) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0) ON CONFLICT (doc_id) DO UPDATE"
+                " SET live = ?3, hlc = ?4, digest = ?5, snapshot = ?6, snapshot_id = ?7,"
+                " pending = 0",
+                (doc_id, collection_of(doc_id), live, doc_hlc, digest, handle.doc.get_update(),
+                 log_id))
+        else:
+            self._conn.execute(
+                "INSERT INTO docs (doc_id, collection, live, hlc, digest, pending)"
+                " VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (doc_id) DO UPDATE"
+                " SET live = ?3, hlc = ?4, digest = ?5, pending = ?6",
+                (doc_id, collection_of(doc_id), live, doc_hlc, digest, pending))
+        delta = int.from_bytes(merkle.contribution(doc_id, digest), "big")
+        if row is not None:
+            delta ^= int.from_bytes(merkle.contribution(doc_id, bytes(row[0])), "big")
+        for node in merkle.path_to_root(merkle.leaf_of(doc_id)):
+            deltas[node] = deltas.get(node, 0) ^ delta
+
+    def _write_merkle(self, deltas: dict[int, int]) -> None:
+        self._conn.executemany(
+            "INSERT INTO merkle (node, hash) VALUES (?, ?) ON CONFLICT (node)"
+            " DO UPDATE SET hash = xor_blob(hash, excluded.hash)",
+            [(node, delta.to_bytes(merkle.NODE_BYTES, "big")) for node, delta in deltas.items()])
+
+    def _apply_remote_locked(self, record: UpdateRecord) -> tuple[bool, list[UpdateRecord]]:
+        held = self._conn.execute("SELECT 1 FROM log WHERE origin = ? AND seq = ?",
+                                  (record.origin, record.seq)).fetchone()
+        if held:
+            return False, []
+        stored = Hlc(int(self._meta("last_hlc") or 0))
+        clock = observe(max(self._last_hlc, stored), Hlc(record.hlc), self.options.clock(),
+                        self.options.max_clock_offset_ms)
+        handle = self._handle(record.doc_id)
+        try:
+            handle.apply(record.update)
+        except ValueError as exc:
+            self._cache.evict(record.doc_id)
+            raise InvalidUpdateError(
+                f"refused record {record.origin}#{record.seq} for {record.doc_id}: the update"
+                f" does not decode ({exc}); nothing was applied"
+            ) from None
+        try:
+            log_id = self._append(record.doc_id, record.hlc, record.origin, record.seq,
+                                  record.update)
+            deltas: dict[int, int] = {}
+            self._index(record.doc_id, handle, record.hlc, log_id, deltas)
+            self._write_merkle(deltas)
+            self._advance_origin(record)
+            self._set_last_hlc(clock)
+        except BaseException:
+            self._cache.evict(record.doc_id)
+            raise
+        return True, [record]
+
+    def _advance_origin(self, record: UpdateRecord) -> None:
+        row = self._conn.execute(
+            "SELECT max_seq, contiguous_seq, contiguous_hlc FROM origins WHERE origin = ?",
+            (record.origin,)).fetchone()
+        max_seq, contiguous, contiguous_hlc = row if row else (0, 0, 0)
+        max_seq = max(max_seq, record.seq)
+        if record.seq == contiguous + 1:
+            contiguous, contiguous_hlc = record.seq, int(record.hlc)
+            for seq, hlc in self._conn.execute(
+                    "SELECT seq, hlc FROM log WHERE origin = ? AND seq > ? ORDER BY seq",
+                    (record.origin, contiguous)):
+                if seq != contiguous + 1:
+                    break
+                contiguous, contiguous_hlc = seq, hlc
+        self._conn.execute(
+            "INSERT INTO origins (origin, max_seq, contiguous_seq, contiguous_hlc)"
+            " VALUES (?1, ?2, ?3, ?4) ON CONFLICT (origin) DO UPDATE SET max_seq = ?2,"
+            " contiguous_seq = ?3, contiguous_hlc = ?4",
+            (record.origin, max_seq, contiguous, contiguous_hlc))
+

@@ -1,0 +1,111 @@
+"""The error tree every crdtdb refusal comes from.
+
+Split by who is to blame (as h11 splits local and remote protocol errors):
+
+- ``UsageError``: the caller passed something wrong (bad id, bad value,
+  closed database). Fix the call.
+- ``RemoteDataError``: data that came from elsewhere (a peer region, a
+  replication record) was refused. Nothing was applied.
+- ``StoreError``: the directory on disk is not what was asked for.
+
+Every error carries a short stable ``code`` so the wire protocol and the CLI
+can report it without parsing messages, and every message says what to do.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ClockSkewError",
+    "CrdtdbError",
+    "DatabaseClosedError",
+    "HistoryCompactedError",
+    "InvalidDocIdError",
+    "InvalidHlcError",
+    "InvalidRecordError",
+    "InvalidRegionError",
+    "InvalidUpdateError",
+    "InvalidValueError",
+    "NotAStoreError",
+    "RegionMismatchError",
+    "RemoteDataError",
+    "SchemaVersionError",
+    "StoreError",
+    "TransactionError",
+    "UsageError",
+]
+
+
+class CrdtdbError(Exception):
+    """Base of every error crdtdb raises on purpose."""
+
+    code: str = "error"
+
+
+class UsageError(CrdtdbError, ValueError):
+    """The caller asked for something invalid; nothing was changed."""
+
+    code = "usage"
+
+
+class InvalidDocIdError(UsageError):
+    code = "invalid_doc_id"
+
+
+class InvalidRegionError(UsageError):
+    code = "invalid_region"
+
+
+class InvalidValueError(UsageError, TypeError):
+    code = "invalid_value"
+
+
+class InvalidHlcError(UsageError):
+    code = "invalid_hlc"
+
+
+class DatabaseClosedError(UsageError):
+    code = "closed"
+
+
+class TransactionError(UsageError):
+    code = "transaction"
+
+
+class HistoryCompactedError(UsageError):
+    code = "history_compacted"
+
+
+class RemoteDataError(CrdtdbError):
+    """Data from another region or process was refused; state is unchanged."""
+
+    code = "remote_data"
+
+
+class InvalidRecordError(RemoteDataError, ValueError):
+    code = "invalid_record"
+
+
+class InvalidUpdateError(RemoteDataError, ValueError):
+    code = "invalid_update"
+
+
+class ClockSkewError(RemoteDataError):
+    code = "clock_skew"
+
+
+class StoreError(CrdtdbError):
+    """The data directory cannot be used as asked."""
+
+    code = "store"
+
+
+class NotAStoreError(StoreError):
+    code = "not_a_store"
+
+
+class SchemaVersionError(StoreError):
+    code = "schema_version"
+
+
+class RegionMismatchError(StoreError):
+    code = "region_mismatch"

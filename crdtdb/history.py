@@ -1,0 +1,138 @@
+"""Time travel (reading the database as of an HLC cut) and log compaction.
+
+If e happened before f then hlc(e) < hlc(f), so the set of records with
+``hlc <= t`` is causally closed: replaying exactly that set on top of each
+document's ``base`` (the records already compacted away, all older than the
+compaction horizon) gives a state that really existed "as of t", for one
+document or for all of them together.
+
+Compaction folds every record older than the horizon into ``base``, refreshes
+the load snapshot, and deletes those records. It works in batches of
+documents, one SQLite transaction each, so a long compaction never holds the
+write lock for long and reports progress as it goes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._cache import DocHandle
+from .hlc import Hlc
+from .ids import validate_collection, validate_doc_id
+from .values import normalize
+
+if TYPE_CHECKING:
+    from .database import Database
+
+__all__ = ["AsOf", "compact"]
+
+log = logging.getLogger("crdtdb.history")
+BATCH_DOCS = 500
+
+
+class AsOf:
+    """A read-only view of a database at a consistent cut (``db.as_of(hlc)``)."""
+
+    def __init__(self, db: Database, hlc: Hlc) -> None:
+        self._db = db
+        self.hlc = hlc
+
+    def __repr__(self) -> str:
+        return f"<crdtdb.AsOf {self.hlc}>"
+
+    def _replay(self, doc_id: str) -> DocHandle | None:
+        db = self._db
+        with db._lock:
+            db._check()
+            db._check_history(self.hlc, "as_of()")
+            conn = db._conn
+            row = conn.execute("SELECT base FROM docs WHERE doc_id = ?", (doc_id,)).fetchone()
+            if row is None:
+                return None
+            handle = DocHandle(0)
+            if row[0] is not None:
+                handle.apply(row[0])
+            for (payload,) in conn.execute(
+                    "SELECT payload FROM log WHERE doc_id = ? AND hlc <= ? ORDER BY id",
+                    (doc_id, int(self.hlc))):
+                handle.apply(payload)
+            return handle
+
+    def get(self, doc_id: str) -> dict[str, Any] | None:
+        """The document as it was at this cut, or None if it did not exist then."""
+        handle = self._replay(validate_doc_id(doc_id))
+        if handle is None or not handle.live:
+            return None
+        result: dict[str, Any] = normalize(handle.root.to_py() or {})
+        return result
+
+    def list(self, collection: str) -> list[str]:
+        """Ids of the documents of ``collection`` that were live at this cut."""
+        validate_collection(collection)
+        with self._db._lock:
+            self._db._check()
+            ids = [row[0] for row in self._db._conn.execute(
+                "SELECT doc_id FROM docs WHERE collection = ? ORDER BY doc_id", (collection,))]
+        return [doc_id for doc_id in ids if self.get(doc_id) is not None]
+
+
+def compact(db: Database, horizon: Hlc, progress: Callable[[int, int], None] | None) -> int:
+    """Fold records with ``hlc <= horizon`` into base snapshots; return how many were removed."""
+    conn = db._conn
+    floor = Hlc(int(db._meta("compacted_hlc") or 0))
+    if horizon <= floor:
+        return 0
+    doc_ids = [row[0] for row in conn.execute(
+        "SELECT DISTINCT doc_id FROM log WHERE hlc <= ?", (int(horizon),))]
+    # The horizon moves first: from here on, time travel below it is refused rather
+    # than answered from a base that already holds newer records.
+    db._write(lambda: (_move_horizon(db, horizon), []))
+    removed = 0
+    for start in range(0, len(doc_ids), BATCH_DOCS):
+        batch = doc_ids[start:start + BATCH_DOCS]
+        removed += db._write(lambda batch=batch: (_fold(db, batch, horizon), []))
+        if progress is not None:
+            progress(min(start + BATCH_DOCS, len(doc_ids)), len(doc_ids))
+        log.info("compaction: %d/%d documents, %d records folded", start + len(batch),
+                 len(doc_ids), removed)
+    return removed
+
+
+def _fold(db: Database, doc_ids: list[str], horizon: Hlc) -> int:
+    conn = db._conn
+    removed = 0
+    for doc_id in doc_ids:
+        base_row = conn.execute("SELECT base FROM docs WHERE doc_id = ?", (doc_id,)).fetchone()
+        base = DocHandle(0)
+        if base_row is not None and base_row[0] is not None:
+            base.apply(base_row[0])
+        for (payload,) in conn.execute(
+                "SELECT payload FROM log WHERE doc_id = ? AND hlc <= ? ORDER BY id",
+                (doc_id, int(horizon))):
+            base.apply(payload)
+        current = db._handle(doc_id)
+        if base.unintegrated or current.unintegrated:
+            # A snapshot would drop updates still waiting for their dependencies.
+            log.warning("compaction: %s waits for missing updates; kept as it is", doc_id)
+            continue
+        conn.execute(
+            "UPDATE docs SET base = ?, snapshot = ?, snapshot_id = ?, pending = 0"
+            " WHERE doc_id = ?",
+            (base.doc.get_update(), current.doc.get_update(), current.loaded_through, doc_id))
+        removed += conn.execute("DELETE FROM log WHERE doc_id = ? AND hlc <= ?",
+                                (doc_id, int(horizon))).rowcount
+    _bump_epoch(db)
+    return removed
+
+
+def _move_horizon(db: Database, horizon: Hlc) -> None:
+    db._conn.execute("UPDATE meta SET value = ? WHERE key = 'compacted_hlc'", (int(horizon),))
+    _bump_epoch(db)
+
+
+def _bump_epoch(db: Database) -> None:
+    db._conn.execute(
+        "UPDATE meta SET value = value + 1 WHERE key = 'compaction_epoch'")
+    db._epoch = int(db._meta("compaction_epoch"))

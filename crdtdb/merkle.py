@@ -1,0 +1,133 @@
+"""Document digests and the fixed-shape Merkle tree used by anti-entropy.
+
+A document's digest covers its state vector *and* its delete set (what
+``doc.get_update(sv)`` encodes when ``sv`` is the doc's own state): the state
+vector alone misses delete-only divergence. Yrs writes both as lists keyed by
+client id in hash-map order, which differs between replicas holding the same
+updates, so both are decoded and re-encoded sorted by client before hashing:
+replicas holding the same updates in any order have identical digests.
+
+The tree has a fixed fanout of 16 and depth 4 (65,536 leaves). A document
+lands in the leaf given by the first 16 bits of ``sha256(doc_id)``. Every node
+is the XOR of ``sha256(doc_id, digest)`` over the documents below it. XOR makes
+maintenance incremental and order-free: when a document's digest changes, the
+same delta is XORed into its leaf and each ancestor, ``DEPTH + 1`` updates per
+changed document, never a rebuild.
+
+Node numbers: ``(level << 16) | index``; level 0 is the root (index 0), level
+``DEPTH`` the leaves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from pycrdt import Doc
+
+__all__ = ["DEPTH", "FANOUT", "NODE_BYTES", "canonical_state", "children", "contribution",
+           "doc_digest",
+           "leaf_of", "node_id", "path_to_root", "xor_bytes"]
+
+FANOUT_BITS = 4
+FANOUT = 1 << FANOUT_BITS
+DEPTH = 4
+NODE_BYTES = 32
+ZERO = bytes(NODE_BYTES)
+
+
+def doc_digest(doc: Doc[object]) -> bytes:
+    """The canonical digest of a document's full CRDT state (inserts and deletes)."""
+    state = doc.get_state()
+    return hashlib.sha256(canonical_state(state, doc.get_update(state))).digest()
+
+
+def canonical_state(state_vector: bytes, delete_update: bytes) -> bytes:
+    """State vector and delete set, each sorted by client id, as one byte string."""
+    clocks, end = _read_pairs(state_vector, 0)
+    if end != len(state_vector):
+        return state_vector + b"\xff" + delete_update
+    struct_groups, pos = _read_varuint(delete_update, 0)
+    if struct_groups != 0:  # not a pure delete set: hash it as it is
+        return state_vector + b"\xff" + delete_update
+    count, pos = _read_varuint(delete_update, pos)
+    deletes = []
+    for _ in range(count):
+        client, pos = _read_varuint(delete_update, pos)
+        ranges, pos = _read_pairs(delete_update, pos)
+        deletes.append((client, sorted(ranges)))
+    out = bytearray()
+    _write_varuint(out, len(clocks))
+    for client, clock in sorted(clocks):
+        _write_varuint(out, client)
+        _write_varuint(out, clock)
+    _write_varuint(out, len(deletes))
+    for client, ranges in sorted(deletes):
+        _write_varuint(out, client)
+        _write_varuint(out, len(ranges))
+        for start, length in ranges:
+            _write_varuint(out, start)
+            _write_varuint(out, length)
+    return bytes(out)
+
+
+def _read_varuint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _read_pairs(data: bytes, pos: int) -> tuple[list[tuple[int, int]], int]:
+    count, pos = _read_varuint(data, pos)
+    pairs = []
+    for _ in range(count):
+        first, pos = _read_varuint(data, pos)
+        second, pos = _read_varuint(data, pos)
+        pairs.append((first, second))
+    return pairs, pos
+
+
+def _write_varuint(out: bytearray, value: int) -> None:
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def leaf_of(doc_id: str) -> int:
+    digest = hashlib.sha256(doc_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:2], "big") >> (16 - FANOUT_BITS * DEPTH)
+
+
+def contribution(doc_id: str, digest: bytes) -> bytes:
+    """What one document XORs into its leaf and ancestors."""
+    return hashlib.sha256(doc_id.encode("utf-8") + b"\x00" + digest).digest()
+
+
+def node_id(level: int, index: int) -> int:
+    return (level << 16) | index
+
+
+def path_to_root(leaf: int) -> list[int]:
+    """Node ids from the leaf up to the root."""
+    return [node_id(level, leaf >> (FANOUT_BITS * (DEPTH - level)))
+            for level in range(DEPTH, -1, -1)]
+
+
+def children(node: int) -> list[int]:
+    level, index = node >> 16, node & 0xFFFF
+    if level >= DEPTH:
+        return []
+    first = index << FANOUT_BITS
+    return [node_id(level + 1, first + i) for i in range(FANOUT)]
+
+
+def xor_bytes(a: bytes | None, b: bytes | None) -> bytes:
+    """XOR of two node hashes; ``None`` counts as all zeros (an empty subtree)."""
+    left = int.from_bytes(a or ZERO, "big")
+    right = int.from_bytes(b or ZERO, "big")
+    return (left ^ right).to_bytes(NODE_BYTES, "big")

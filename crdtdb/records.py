@@ -1,0 +1,47 @@
+"""The unit of replication: one document update, tagged with where and when it was made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import InvalidRecordError
+from .hlc import Hlc
+from .ids import validate_doc_id, validate_region
+
+__all__ = ["UpdateRecord"]
+
+MAX_SQLITE_INT = (1 << 63) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateRecord:
+    """One committed CRDT update of one document.
+
+    ``origin`` is the region that made the edit and ``seq`` its position in
+    that region's contiguous sequence; ``(origin, seq)`` identifies the record
+    everywhere, which is what makes applying it idempotent. All records of one
+    transaction share its ``hlc``.
+    """
+
+    doc_id: str
+    hlc: Hlc
+    origin: str
+    seq: int
+    update: bytes
+
+    def validated(self) -> UpdateRecord:
+        """Check every field's type and range (for records from elsewhere); return self."""
+        try:
+            validate_doc_id(self.doc_id)
+            validate_region(self.origin)
+        except ValueError as exc:
+            raise InvalidRecordError(f"refused record: {exc}") from None
+        if isinstance(self.seq, bool) or not isinstance(self.seq, int) or not (
+                0 < self.seq <= MAX_SQLITE_INT):
+            raise InvalidRecordError(f"refused record: seq must be a positive int, got {self.seq!r}")
+        if isinstance(self.hlc, bool) or not isinstance(self.hlc, int) or not (
+                0 < self.hlc <= MAX_SQLITE_INT):
+            raise InvalidRecordError(f"refused record: hlc out of range: {self.hlc!r}")
+        if not isinstance(self.update, bytes) or not self.update:
+            raise InvalidRecordError("refused record: update must be non-empty bytes")
+        return self

@@ -1,0 +1,148 @@
+"""The on-disk format: one SQLite file (WAL mode) per region directory.
+
+Tables:
+
+- ``meta``: schema facts and clocks (region, last HLC issued, compaction state).
+- ``origins``: per origin region, the highest sequence number held and the
+  highest *contiguous* one (with its HLC): the basis of the frontier.
+- ``log``: every update record ``(origin, seq, hlc, doc_id, update)``; ``id``
+  is the local arrival order and never reused (AUTOINCREMENT), so other
+  processes can follow the log by id.
+- ``docs``: per document its collection, liveness, last HLC, digest, a
+  snapshot (full state through log id ``snapshot_id``, to load quickly) and
+  ``base`` (the state of every record compacted away, for time travel).
+- ``merkle``: the anti-entropy tree (see :mod:`crdtdb.merkle`).
+
+The file is marked with ``PRAGMA application_id`` so that a foreign SQLite
+file is refused rather than written into, and ``PRAGMA user_version`` holds
+the schema version so that an older crdtdb refuses a newer store.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from .errors import NotAStoreError, SchemaVersionError, StoreError
+from .merkle import xor_bytes
+
+__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "STORE_FILE", "connect"]
+
+STORE_FILE = "crdtdb.sqlite3"
+APPLICATION_ID = 0x43524454  # "CRDT"
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 30_000
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value ANY) STRICT, WITHOUT ROWID;
+CREATE TABLE origins (
+    origin TEXT PRIMARY KEY,
+    max_seq INTEGER NOT NULL,
+    contiguous_seq INTEGER NOT NULL,
+    contiguous_hlc INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE TABLE log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    origin TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    hlc INTEGER NOT NULL,
+    doc_id TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    UNIQUE (origin, seq)
+) STRICT;
+CREATE INDEX log_doc ON log (doc_id, id);
+CREATE INDEX log_hlc ON log (hlc, origin, seq);
+CREATE TABLE docs (
+    doc_id TEXT PRIMARY KEY,
+    collection TEXT NOT NULL,
+    live INTEGER NOT NULL,
+    hlc INTEGER NOT NULL,
+    digest BLOB NOT NULL,
+    snapshot BLOB,
+    snapshot_id INTEGER NOT NULL DEFAULT 0,
+    pending INTEGER NOT NULL DEFAULT 0,
+    base BLOB
+) STRICT, WITHOUT ROWID;
+CREATE INDEX docs_live ON docs (collection, doc_id) WHERE live;
+CREATE INDEX docs_hlc ON docs (hlc);
+CREATE TABLE merkle (node INTEGER PRIMARY KEY, hash BLOB NOT NULL) STRICT;
+"""
+
+
+def _xor_blob(a: bytes | None, b: bytes | None) -> bytes:
+    return xor_bytes(a, b)
+
+
+def connect(directory: Path, *, region: str | None, synchronous: str) -> sqlite3.Connection:
+    """Open the store in ``directory``, creating it (for ``region``) if there is none."""
+    if directory.exists() and not directory.is_dir():
+        raise NotAStoreError(f"{directory} is a file, not a crdtdb data directory: pass a directory")
+    path = directory / STORE_FILE
+    if region is None and not path.exists():
+        raise StoreError(
+            f"there is no crdtdb store in {directory}: to create one, name its region,"
+            " e.g. crdtdb.open(path, region='eu')"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                           timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        _prepare(conn, path, region, synchronous)
+    except BaseException:
+        conn.close()
+        raise
+    conn.create_function("xor_blob", 2, _xor_blob, deterministic=True)
+    return conn
+
+
+def _prepare(conn: sqlite3.Connection, path: Path, region: str | None, synchronous: str) -> None:
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        raise NotAStoreError(
+            f"{path} is not a crdtdb store ({exc}): point crdtdb at its own data directory"
+        ) from None
+    if app_id != APPLICATION_ID and (tables or app_id):
+        raise NotAStoreError(
+            f"{path} is an SQLite file of another application (application_id={app_id}):"
+            " crdtdb will not write into it; use an empty directory"
+        )
+    if app_id == APPLICATION_ID and version > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"{path} has schema version {version}, newer than this crdtdb understands"
+            f" ({SCHEMA_VERSION}): upgrade crdtdb to open it"
+        )
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode.lower() != "wal":
+        raise StoreError(f"{path}: could not switch to WAL mode (got {mode}); is the disk read-only?")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute("PRAGMA foreign_keys = OFF")
+    if app_id != APPLICATION_ID:
+        _create(conn, path, region)
+
+
+def _create(conn: sqlite3.Connection, path: Path, region: str | None) -> None:
+    if region is None:
+        raise StoreError(f"{path} holds no crdtdb store yet: name its region to create one")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Another process may have created it while we waited for the lock.
+        if conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID:
+            conn.execute("ROLLBACK")
+            return
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
+            ("region", region), ("last_hlc", 0), ("compacted_hlc", 0), ("compaction_epoch", 0),
+        ])
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise

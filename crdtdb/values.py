@@ -1,0 +1,266 @@
+"""JSON-like values in and out of pycrdt, and the live views a transaction hands out.
+
+Going in, ``dict`` becomes a CRDT ``Map``, ``list`` a CRDT ``Array`` (so nested
+edits merge key by key and element by element), :class:`pycrdt.Text` stays a
+collaborative text, and scalars (``None``, ``bool``, ``int``, finite
+``float``, ``str``) are stored as atomic values: two regions setting the same
+key concurrently keep one of the two values, the same one everywhere.
+
+Reading a text inside a transaction gives a :class:`DocText`; ``doc["body"] +=
+"more"`` and ``doc["body"].insert(i, "x")`` are character-level CRDT edits.
+
+Coming out, Yjs hands integers back as floats; a float with no fractional part
+within +-2**53 is returned as ``int`` so that ``{"age": 31}`` reads back as
+written. Integers must fit in a signed 64-bit integer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, MutableMapping, MutableSequence
+from typing import Any, TypeAlias, overload
+
+from pycrdt import Array, Map, Text
+
+from .errors import InvalidValueError, TransactionError
+
+__all__ = ["DocArray", "DocMap", "DocText", "JsonValue", "from_crdt", "normalize", "to_crdt"]
+
+JsonValue: TypeAlias = (
+    None | bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
+)
+
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 63) - 1
+_EXACT_FLOAT = float(1 << 53)
+
+
+def to_crdt(value: object, path: str = "$") -> Any:
+    """Validate a JSON-like value and convert it to what pycrdt stores."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise InvalidValueError(f"integer at {path} does not fit in 64 bits: store it as a str")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidValueError(f"{value} at {path} is not a JSON number: use null or a str")
+        return value
+    if isinstance(value, dict):
+        items = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidValueError(f"key {key!r} at {path} is not a str: JSON keys are text")
+            items[key] = to_crdt(item, f"{path}.{key}")
+        return Map(items)
+    if isinstance(value, (list, tuple)):
+        return Array([to_crdt(item, f"{path}[{i}]") for i, item in enumerate(value)])
+    if isinstance(value, Text):
+        if value.is_integrated:
+            return Text(str(value))
+        return value
+    if isinstance(value, (DocMap, DocArray)):
+        return to_crdt(value.to_py(), path)
+    if isinstance(value, DocText):
+        return Text(str(value))
+    raise InvalidValueError(
+        f"{type(value).__name__} at {path} is not JSON-like: use dict, list, str, int, float,"
+        " bool, None or pycrdt.Text"
+    )
+
+
+def normalize(value: Any) -> Any:
+    """Turn pycrdt's ``to_py`` output into plain JSON values (integral floats -> int)."""
+    if isinstance(value, float):
+        if value.is_integer() and -_EXACT_FLOAT <= value <= _EXACT_FLOAT:
+            return int(value)
+        return value
+    if isinstance(value, dict):
+        return {key: normalize(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [normalize(item) for item in value]
+    return value
+
+
+Guard = Callable[[], None]
+"""Raises if the transaction a view belongs to has ended."""
+
+
+def from_crdt(value: Any, guard: Guard, owner: object = None, key: object = None) -> Any:
+    """Wrap a value read from a live document for the user."""
+    if isinstance(value, Map):
+        return DocMap(value, guard)
+    if isinstance(value, Array):
+        return DocArray(value, guard)
+    if isinstance(value, Text):
+        return DocText(value, guard, owner, key)
+    return normalize(value)
+
+
+def _is_same_slot(value: object, owner: object, key: object) -> bool:
+    """True for ``doc[k] += "..."``: the text edited in place is being stored back."""
+    return isinstance(value, DocText) and value._owner is owner and value._key == key
+
+
+class DocText:
+    """A live collaborative text inside a transaction; edits merge character by character."""
+
+    __slots__ = ("_guard", "_key", "_owner", "text")
+
+    def __init__(self, text: Text, guard: Guard, owner: object = None, key: object = None) -> None:
+        self.text = text
+        """The underlying :class:`pycrdt.Text`, for formatting and other advanced edits."""
+        self._guard = guard
+        self._owner = owner
+        self._key = key
+
+    def __str__(self) -> str:
+        self._guard()
+        return str(self.text)
+
+    def __len__(self) -> int:
+        self._guard()
+        return len(self.text)
+
+    def __eq__(self, other: object) -> bool:
+        return str(self) == (str(other) if isinstance(other, DocText) else other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def insert(self, index: int, value: str) -> None:
+        self._guard()
+        self.text.insert(index, value)
+
+    def __iadd__(self, value: str) -> DocText:
+        self._guard()
+        self.text += value
+        return self
+
+    def __delitem__(self, index: int | slice) -> None:
+        self._guard()
+        del self.text[index]
+
+    def __setitem__(self, index: int | slice, value: str) -> None:
+        self._guard()
+        self.text[index] = value
+
+    def to_py(self) -> str:
+        return str(self)
+
+    def __repr__(self) -> str:
+        try:
+            return f"DocText({str(self)!r})"
+        except TransactionError:
+            return "DocText(<transaction ended>)"
+
+
+class DocMap(MutableMapping[str, Any]):
+    """A live CRDT map inside a transaction; edits become CRDT operations."""
+
+    __slots__ = ("_guard", "_map")
+
+    def __init__(self, crdt_map: Map[Any], guard: Guard) -> None:
+        self._map = crdt_map
+        self._guard = guard
+
+    def __getitem__(self, key: str) -> Any:
+        self._guard()
+        return from_crdt(self._map[key], self._guard, self, key)
+
+    def __setitem__(self, key: str, value: object) -> None:
+        self._guard()
+        if not isinstance(key, str):
+            raise InvalidValueError(f"key {key!r} is not a str: JSON keys are text")
+        if _is_same_slot(value, self, key):
+            return
+        self._map[key] = to_crdt(value, f"$.{key}")
+
+    def __delitem__(self, key: str) -> None:
+        self._guard()
+        del self._map[key]
+
+    def __iter__(self) -> Iterator[str]:
+        self._guard()
+        return iter(list(self._map.keys()))
+
+    def __len__(self) -> int:
+        self._guard()
+        return len(self._map)
+
+    def __contains__(self, key: object) -> bool:
+        self._guard()
+        return isinstance(key, str) and key in self._map
+
+    def to_py(self) -> dict[str, Any]:
+        """A plain ``dict`` copy of the current value."""
+        self._guard()
+        result: dict[str, Any] = normalize(self._map.to_py() or {})
+        return result
+
+    def __repr__(self) -> str:
+        try:
+            return f"DocMap({self.to_py()!r})"
+        except TransactionError:
+            return "DocMap(<transaction ended>)"
+
+
+class DocArray(MutableSequence[Any]):
+    """A live CRDT array inside a transaction; edits become CRDT operations."""
+
+    __slots__ = ("_array", "_guard")
+
+    def __init__(self, crdt_array: Array[Any], guard: Guard) -> None:
+        self._array = crdt_array
+        self._guard = guard
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Any]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        self._guard()
+        if isinstance(index, slice):
+            return [from_crdt(item, self._guard) for item in self._array[index]]
+        return from_crdt(self._array[index], self._guard, self, index)
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self._guard()
+        if isinstance(index, slice):
+            raise InvalidValueError("slice assignment is not supported: delete then insert")
+        if _is_same_slot(value, self, index):
+            return
+        self._array[index] = to_crdt(value, f"$[{index}]")
+
+    def __delitem__(self, index: int | slice) -> None:
+        self._guard()
+        del self._array[index]
+
+    def __len__(self) -> int:
+        self._guard()
+        return len(self._array)
+
+    def insert(self, index: int, value: object) -> None:
+        self._guard()
+        length = len(self._array)
+        if index < 0:
+            index = max(0, length + index)
+        self._array.insert(min(index, length), to_crdt(value, f"$[{index}]"))
+
+    def append(self, value: object) -> None:
+        self._guard()
+        self._array.append(to_crdt(value, f"$[{len(self._array)}]"))
+
+    def extend(self, values: Any) -> None:
+        self._guard()
+        self._array.extend([to_crdt(v, f"$[+{i}]") for i, v in enumerate(values)])
+
+    def to_py(self) -> list[Any]:
+        self._guard()
+        result: list[Any] = normalize(self._array.to_py() or [])
+        return result
+
+    def __repr__(self) -> str:
+        try:
+            return f"DocArray({self.to_py()!r})"
+        except TransactionError:
+            return "DocArray(<transaction ended>)"

@@ -1,0 +1,1 @@
+"""crdtdb.query: the merged state of all regions in DuckDB (not built yet)."""

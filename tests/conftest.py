@@ -1,0 +1,47 @@
+"""Shared fixtures: region stores in temporary directories, with a controllable clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import crdtdb
+
+
+class FakeClock:
+    """Wall-clock milliseconds that only move when a test says so."""
+
+    def __init__(self, start_ms: int = 1_800_000_000_000) -> None:
+        self.now_ms = start_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+    def advance(self, ms: int) -> None:
+        self.now_ms += ms
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[crdtdb.Database]:
+    with crdtdb.open(tmp_path / "eu", region="eu") as database:
+        yield database
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[crdtdb.Database, crdtdb.Database]]:
+    """Two regions, eu and us, in separate directories."""
+    with crdtdb.open(tmp_path / "eu", region="eu") as eu, \
+            crdtdb.open(tmp_path / "us", region="us") as us:
+        yield eu, us
+
+
+def ship(source: crdtdb.Database, target: crdtdb.Database) -> int:
+    """Deliver every record of ``source`` to ``target``; return how many were new."""
+    return sum(target.apply_remote(record) for record in source.changes())

@@ -1,0 +1,114 @@
+"""Digests and the incrementally maintained Merkle tree."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pycrdt import Doc, Map
+
+import crdtdb
+from crdtdb import merkle
+from crdtdb.merkle import canonical_state
+from crdtdb.storage import STORE_FILE
+
+from .conftest import ship
+
+
+def _varuint(value: int) -> bytes:
+    out = bytearray()
+    merkle._write_varuint(out, value)
+    return bytes(out)
+
+
+@given(st.dictionaries(st.integers(0, 2**53), st.integers(0, 10**6), min_size=1, max_size=6),
+       st.randoms())
+def test_canonical_state_ignores_client_order(clocks: dict[int, int], rnd: object) -> None:
+    """Yrs encodes state vectors in hash-map order; the digest must not depend on it."""
+    items = list(clocks.items())
+
+    def encode(pairs: list[tuple[int, int]]) -> bytes:
+        return _varuint(len(pairs)) + b"".join(_varuint(c) + _varuint(k) for c, k in pairs)
+
+    shuffled = items[:]
+    rnd.shuffle(shuffled)  # type: ignore[attr-defined]
+    deletes = b"\x00" + _varuint(0)
+    assert canonical_state(encode(items), deletes) == canonical_state(encode(shuffled), deletes)
+    changed = [(items[0][0], items[0][1] + 1), *items[1:]]
+    assert canonical_state(encode(items), deletes) != canonical_state(encode(changed), deletes)
+
+
+def test_delete_only_divergence_changes_the_digest() -> None:
+    a: Doc[object] = Doc()
+    root = a.get("data", type=Map)
+    root["x"] = 1
+    root["y"] = 2
+    b: Doc[object] = Doc()
+    b.apply_update(a.get_update())
+    b_root = b.get("data", type=Map)
+    del b_root["x"]  # only a delete: the state vector does not move
+    assert a.get_state() == b.get_state()
+    assert merkle.doc_digest(a) != merkle.doc_digest(b)
+    a.apply_update(b.get_update())
+    assert merkle.doc_digest(a) == merkle.doc_digest(b)
+
+
+def _tree_from_scratch(db: crdtdb.Database) -> dict[int, bytes]:
+    conn = sqlite3.connect(db.path / STORE_FILE)
+    rows = conn.execute("SELECT doc_id, digest FROM docs").fetchall()
+    conn.close()
+    nodes: dict[int, int] = {}
+    for doc_id, digest in rows:
+        value = int.from_bytes(merkle.contribution(doc_id, digest), "big")
+        for node in merkle.path_to_root(merkle.leaf_of(doc_id)):
+            nodes[node] = nodes.get(node, 0) ^ value
+    return {node: v.to_bytes(32, "big") for node, v in nodes.items()}
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["put", "update", "delete"]),
+                          st.integers(0, 30), st.integers(0, 3)), min_size=1, max_size=40))
+def test_incremental_tree_equals_a_rebuild(tmp_path_factory: object,
+                                           ops: list[tuple[str, int, int]]) -> None:
+    path = tmp_path_factory.mktemp("merkle")  # type: ignore[attr-defined]
+    with crdtdb.open(path, region="eu") as db:
+        for op, doc, value in ops:
+            doc_id = f"d/{doc}"
+            if op == "put":
+                db.put(doc_id, {"v": value})
+            elif op == "update":
+                db.update(doc_id, {f"k{value}": value})
+            else:
+                db.delete(doc_id)
+        expected = _tree_from_scratch(db)
+        for node, value in expected.items():
+            assert db.merkle_node(node) == value
+        assert db.merkle_root() == expected.get(merkle.node_id(0, 0), merkle.ZERO)
+
+
+def test_tree_shape() -> None:
+    leaf = merkle.leaf_of("users/alice")
+    assert 0 <= leaf < merkle.FANOUT**merkle.DEPTH
+    path = merkle.path_to_root(leaf)
+    assert len(path) == merkle.DEPTH + 1 and path[-1] == merkle.node_id(0, 0)
+    assert path[0] == merkle.node_id(merkle.DEPTH, leaf)
+    for child, parent in zip(path, path[1:], strict=False):
+        assert child in merkle.children(parent)
+    assert merkle.children(path[0]) == []
+
+
+def test_regions_with_equal_content_have_equal_roots(tmp_path: Path) -> None:
+    with crdtdb.open(tmp_path / "eu", region="eu") as eu, \
+            crdtdb.open(tmp_path / "us", region="us") as us:
+        for i in range(50):
+            (eu if i % 2 else us).put(f"d/{i}", {"i": i})
+        assert eu.merkle_root() != us.merkle_root()
+        ship(eu, us)
+        ship(us, eu)
+        assert eu.merkle_root() == us.merkle_root() != merkle.ZERO
+        us.update("d/7", {"changed": True})
+        root = merkle.node_id(0, 0)
+        differing = [n for n in merkle.children(root) if eu.merkle_node(n) != us.merkle_node(n)]
+        assert len(differing) == 1  # only the path to d/7 differs
