@@ -32,16 +32,15 @@ def _run(*args: str | Path) -> int:
 
 
 def ensure_env(extras: str = "dev,bench") -> None:
-    if sys.version_info < (3, 11):
-        sys.exit(f"crdtdb needs Python 3.11 or newer; this is {sys.version.split()[0]}")
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted and PYTHON.exists():
         return
     if not PYTHON.exists():
         print(f"creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
-    code = _run(PYTHON, "-m", "pip", "install", "--disable-pip-version-check", "-q",
-                "-e", f".[{extras}]")
+    code = _run(
+        PYTHON, "-m", "pip", "install", "--disable-pip-version-check", "-q", "-e", f".[{extras}]"
+    )
     if code != 0:
         sys.exit(f"installing the environment failed (pip exit {code}); see the output above")
     STAMP.write_text(wanted)
@@ -54,6 +53,9 @@ def lint() -> int:
 
 
 def main(argv: list[str]) -> int:
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may be run by any python3
+        print(f"crdtdb needs Python 3.11 or newer; this is {sys.version.split()[0]}")
+        return 2
     command, rest = (argv[0], argv[1:]) if argv else ("help", [])
     if command == "demo":
         ensure_env()

@@ -11,7 +11,7 @@ from . import errors as errors
 from .database import Database as Database
 from .database import Options as Options
 from .database import Subscription as Subscription
-from .database import open as open  # noqa: A004
+from .database import open as open
 from .errors import CrdtdbError as CrdtdbError
 from .history import AsOf as AsOf
 from .hlc import Hlc as Hlc

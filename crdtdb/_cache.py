@@ -33,8 +33,19 @@ LIVE_KEY = "live"
 
 
 class DocHandle:
-    __slots__ = ("_subscription", "_txn", "capturing", "doc", "ensure_live", "loaded_through",
-                 "meta", "pending", "root", "tombstone", "unintegrated")
+    __slots__ = (
+        "_subscription",
+        "_txn",
+        "capturing",
+        "doc",
+        "ensure_live",
+        "loaded_through",
+        "meta",
+        "pending",
+        "root",
+        "tombstone",
+        "unintegrated",
+    )
 
     def __init__(self, client_id: int) -> None:
         self.doc: Doc[Any] = Doc(client_id=client_id)

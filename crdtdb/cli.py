@@ -35,7 +35,9 @@ def cmd_put(args: argparse.Namespace) -> int:
     try:
         value = json.loads(args.json)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"JSON argument does not parse ({exc}): quote it, e.g. '{{\"a\": 1}}'")
+        raise UsageError(
+            f"JSON argument does not parse ({exc}): quote it, e.g. '{{\"a\": 1}}'"
+        ) from None
     with _open(args) as db:
         hlc = db.update(args.doc_id, value) if args.merge else db.put(args.doc_id, value)
         _print({"doc_id": args.doc_id, "hlc": str(hlc), "hlc_int": int(hlc)})
@@ -44,8 +46,9 @@ def cmd_put(args: argparse.Namespace) -> int:
 
 def cmd_get(args: argparse.Namespace) -> int:
     with _open(args) as db:
-        value = db.as_of(Hlc.parse(args.as_of)).get(args.doc_id) if args.as_of else db.get(
-            args.doc_id)
+        value = (
+            db.as_of(Hlc.parse(args.as_of)).get(args.doc_id) if args.as_of else db.get(args.doc_id)
+        )
     if value is None:
         print(f"error: {args.doc_id} does not exist", file=sys.stderr)
         return 1
@@ -56,8 +59,13 @@ def cmd_get(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     with _open(args) as db:
         hlc = db.delete(args.doc_id)
-    _print({"doc_id": args.doc_id, "deleted": hlc is not None,
-            "hlc": str(hlc) if hlc is not None else None})
+    _print(
+        {
+            "doc_id": args.doc_id,
+            "deleted": hlc is not None,
+            "hlc": str(hlc) if hlc is not None else None,
+        }
+    )
     return 0
 
 
@@ -72,8 +80,16 @@ def cmd_log(args: argparse.Namespace) -> int:
     since = Hlc.parse(args.since) if args.since else None
     with _open(args) as db:
         for record in db.changes(since, limit=args.limit):
-            _print({"hlc": str(record.hlc), "hlc_int": int(record.hlc), "origin": record.origin,
-                    "seq": record.seq, "doc_id": record.doc_id, "bytes": len(record.update)})
+            _print(
+                {
+                    "hlc": str(record.hlc),
+                    "hlc_int": int(record.hlc),
+                    "origin": record.origin,
+                    "seq": record.seq,
+                    "doc_id": record.doc_id,
+                    "bytes": len(record.update),
+                }
+            )
     return 0
 
 
@@ -85,6 +101,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_compact(args: argparse.Namespace) -> int:
     with _open(args) as db:
+
         def progress(done: int, total: int) -> None:
             print(f"compacting: {done}/{total} documents", file=sys.stderr)
 
@@ -103,8 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crdtdb", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help: str,
-            doc: bool = False) -> argparse.ArgumentParser:
+    def add(
+        name: str, func: Callable[[argparse.Namespace], int], help: str, doc: bool = False
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument("dir", metavar="DIR", help="the region's data directory")
         if doc:
@@ -112,8 +130,9 @@ def _parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = add("put", cmd_put, "write a document (replaces it; --merge sets only the given keys)",
-            doc=True)
+    p = add(
+        "put", cmd_put, "write a document (replaces it; --merge sets only the given keys)", doc=True
+    )
     p.add_argument("json", metavar="JSON", help="the document, a JSON object")
     p.add_argument("--merge", action="store_true", help="set only the given top-level keys")
     p.add_argument("--region", help="region name, needed only to create a new store")
@@ -128,8 +147,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int)
     add("info", cmd_info, "print counts, clocks and origins of a store")
     p = add("compact", cmd_compact, "fold history older than the retention window")
-    p.add_argument("--retention", type=float, metavar="SECONDS",
-                   help="keep this much history (default: the store's option, 7 days)")
+    p.add_argument(
+        "--retention",
+        type=float,
+        metavar="SECONDS",
+        help="keep this much history (default: the store's option, 7 days)",
+    )
     add("demo", cmd_demo, "run the embedded-library demo in DIR (two regions, merge, time travel)")
     return parser
 

@@ -17,9 +17,10 @@ new log records are applied to the cached documents.
 from __future__ import annotations
 
 import asyncio
+import builtins
+import contextlib
 import logging
 import random
-import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -38,7 +39,14 @@ from .errors import (
     TransactionError,
 )
 from .hlc import DEFAULT_MAX_OFFSET_MS, Hlc, WallClock, observe, system_wall_ms, tick
-from .ids import DocId, RegionId, collection_of, validate_collection, validate_doc_id, validate_region
+from .ids import (
+    DocId,
+    RegionId,
+    collection_of,
+    validate_collection,
+    validate_doc_id,
+    validate_region,
+)
 from .records import UpdateRecord
 from .transaction import Transaction
 from .values import normalize
@@ -89,7 +97,7 @@ class Subscription:
         self.close()
 
 
-def open(path: str | Path, region: str | None = None, **options: Any) -> Database:  # noqa: A001
+def open(path: str | Path, region: str | None = None, **options: Any) -> Database:
     """Open the region store in directory ``path``, creating it if ``region`` is given.
 
     ``options`` are the fields of :class:`Options`.
@@ -100,8 +108,9 @@ def open(path: str | Path, region: str | None = None, **options: Any) -> Databas
 class Database:
     """One region's store. Thread-safe; several processes may open the same directory."""
 
-    def __init__(self, path: str | Path, region: str | None = None,
-                 options: Options | None = None) -> None:
+    def __init__(
+        self, path: str | Path, region: str | None = None, options: Options | None = None
+    ) -> None:
         self.options = options or Options()
         self.path = Path(path)
         wanted = validate_region(region) if region is not None else None
@@ -118,15 +127,15 @@ class Database:
         self._lock = threading.RLock()
         self._cache = DocCache(self.options.cache_size)
         self._client_id = random.getrandbits(53)  # safe for JS Yjs peers too
-        self._listeners: list[Listener] = []
+        self._listeners: builtins.list[Listener] = []
         self._tx: Transaction | None = None
-        self._deferred: list[UpdateRecord] = []
+        self._deferred: builtins.list[UpdateRecord] = []
         self._closed = False
         self._last_hlc = Hlc(int(self._meta("last_hlc") or 0))
         self._data_version = -1
         self._epoch = int(self._meta("compaction_epoch") or 0)
         self._seen_id = self._max_log_id()
-        self._wakeups: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._wakeups: builtins.list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -216,12 +225,13 @@ class Database:
     def __contains__(self, doc_id: object) -> bool:
         return isinstance(doc_id, str) and self.get(doc_id) is not None
 
-    def list(self, collection: str, *, after: str | None = None,
-             limit: int | None = None) -> list[str]:
+    def list(
+        self, collection: str, *, after: str | None = None, limit: int | None = None
+    ) -> builtins.list[str]:
         """Ids of the live documents in ``collection``, sorted; page with ``after``."""
         validate_collection(collection)
         sql = "SELECT doc_id FROM docs WHERE collection = ? AND live AND doc_id > ? ORDER BY doc_id"
-        params: list[Any] = [collection, after or ""]
+        params: builtins.list[Any] = [collection, after or ""]
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
@@ -229,12 +239,13 @@ class Database:
             self._check()
             return [row[0] for row in self._conn.execute(sql, params)]
 
-    def collections(self) -> list[str]:
+    def collections(self) -> builtins.list[str]:
         """Names of the collections that hold at least one live document."""
         with self._lock:
             self._check()
             rows = self._conn.execute(
-                "SELECT DISTINCT collection FROM docs WHERE live ORDER BY collection")
+                "SELECT DISTINCT collection FROM docs WHERE live ORDER BY collection"
+            )
             return [row[0] for row in rows]
 
     # ------------------------------------------------------------ replication
@@ -264,8 +275,9 @@ class Database:
         doc_id = validate_doc_id(doc_id)
         with self._lock:
             self._check()
-            row = self._conn.execute("SELECT digest FROM docs WHERE doc_id = ?",
-                                     (doc_id,)).fetchone()
+            row = self._conn.execute(
+                "SELECT digest FROM docs WHERE doc_id = ?", (doc_id,)
+            ).fetchone()
             return bytes(row[0]) if row else None
 
     def merkle_node(self, node: int) -> bytes:
@@ -288,12 +300,14 @@ class Database:
         record.validated()
         with self._lock:
             self._check_no_tx("apply_remote()")
-            return self._write(lambda: self._apply_remote_locked(record))
+            applied: bool = self._write(lambda: self._apply_remote_locked(record))
+            return applied
 
     # ---------------------------------------------------------------- history
 
-    def changes(self, since: Hlc | int | None = None, *,
-                limit: int | None = None) -> Iterator[UpdateRecord]:
+    def changes(
+        self, since: Hlc | int | None = None, *, limit: int | None = None
+    ) -> Iterator[UpdateRecord]:
         """Records with HLC above ``since``, in HLC order (ties: origin, seq)."""
         floor = Hlc(since or 0)
         with self._lock:
@@ -310,7 +324,8 @@ class Database:
                 rows = self._conn.execute(
                     "SELECT doc_id, hlc, origin, seq, payload FROM log"
                     " WHERE (hlc, origin, seq) > (?, ?, ?) ORDER BY hlc, origin, seq LIMIT ?",
-                    (*cursor, page)).fetchall()
+                    (*cursor, page),
+                ).fetchall()
             if not rows:
                 return
             for doc_id, hlc, origin, seq, payload in rows:
@@ -329,8 +344,12 @@ class Database:
             self._check_history(cut, "as_of()")
         return AsOf(self, cut)
 
-    def compact(self, *, retention_s: float | None = None,
-                progress: Callable[[int, int], None] | None = None) -> int:
+    def compact(
+        self,
+        *,
+        retention_s: float | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
         """Fold log records older than the retention window into snapshots.
 
         Returns the number of log records removed. Time travel and ``changes``
@@ -373,8 +392,9 @@ class Database:
         self._listeners.append(callback)
         return Subscription(self._listeners, callback)
 
-    async def watch(self, *, from_start: bool = False,
-                    poll_interval: float = 0.05) -> AsyncIterator[UpdateRecord]:
+    async def watch(
+        self, *, from_start: bool = False, poll_interval: float = 0.05
+    ) -> AsyncIterator[UpdateRecord]:
         """Follow the log as it grows, whoever writes it (this process or another)."""
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
@@ -391,24 +411,24 @@ class Database:
                     yield record
                 if not rows:
                     wake.clear()
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(wake.wait(), poll_interval)
-                    except TimeoutError:
-                        pass
         finally:
             with self._lock:
                 self._wakeups.remove(entry)
 
-    def _log_after(self, log_id: int, limit: int) -> list[tuple[int, UpdateRecord]]:
+    def _log_after(self, log_id: int, limit: int) -> builtins.list[tuple[int, UpdateRecord]]:
         with self._lock:
             if self._closed:
                 return []
             rows = self._conn.execute(
                 "SELECT id, doc_id, hlc, origin, seq, payload FROM log WHERE id > ?"
-                " ORDER BY id LIMIT ?", (log_id, limit)).fetchall()
+                " ORDER BY id LIMIT ?",
+                (log_id, limit),
+            ).fetchall()
         return [(r[0], UpdateRecord(r[1], Hlc(r[2]), r[3], r[4], bytes(r[5]))) for r in rows]
 
-    def _notify(self, records: list[UpdateRecord]) -> None:
+    def _notify(self, records: builtins.list[UpdateRecord]) -> None:
         if self._tx is not None:  # told once the transaction has ended, so callbacks can read
             self._deferred.extend(records)
             return
@@ -417,8 +437,9 @@ class Database:
                 try:
                     callback(record)
                 except Exception:
-                    log.exception("subscriber %r failed on %s; it stays subscribed",
-                                  callback, record.doc_id)
+                    log.exception(
+                        "subscriber %r failed on %s; it stays subscribed", callback, record.doc_id
+                    )
         if records:
             self._wake_watchers()
 
@@ -442,10 +463,15 @@ class Database:
             self._check()
             count = self._conn.execute
             origins = {
-                row[0]: {"max_seq": row[1], "contiguous_seq": row[2],
-                         "contiguous_hlc": str(Hlc(row[3]))}
-                for row in count("SELECT origin, max_seq, contiguous_seq, contiguous_hlc"
-                                 " FROM origins ORDER BY origin")
+                row[0]: {
+                    "max_seq": row[1],
+                    "contiguous_seq": row[2],
+                    "contiguous_hlc": str(Hlc(row[3])),
+                }
+                for row in count(
+                    "SELECT origin, max_seq, contiguous_seq, contiguous_hlc"
+                    " FROM origins ORDER BY origin"
+                )
             }
             page_size = count("PRAGMA page_size").fetchone()[0]
             pages = count("PRAGMA page_count").fetchone()[0]
@@ -490,16 +516,18 @@ class Database:
         if not in_tx:
             self._conn.execute("BEGIN")
         try:
-            row = self._conn.execute("SELECT snapshot, snapshot_id FROM docs WHERE doc_id = ?",
-                                     (doc_id,)).fetchone()
+            row = self._conn.execute(
+                "SELECT snapshot, snapshot_id FROM docs WHERE doc_id = ?", (doc_id,)
+            ).fetchone()
             through = 0
             if row is not None:
                 if row[0] is not None:
                     handle.apply(row[0])
                 through = row[1]
             for log_id, payload in self._conn.execute(
-                    "SELECT id, payload FROM log WHERE doc_id = ? AND id > ? ORDER BY id",
-                    (doc_id, through)):
+                "SELECT id, payload FROM log WHERE doc_id = ? AND id > ? ORDER BY id",
+                (doc_id, through),
+            ):
                 handle.apply(payload)
                 through = log_id
         finally:
@@ -521,8 +549,9 @@ class Database:
             self._cache.clear()
         rows = self._conn.execute(
             "SELECT id, doc_id, hlc, origin, seq, payload FROM log WHERE id > ? ORDER BY id",
-            (self._seen_id,)).fetchall()
-        seen: list[UpdateRecord] = []
+            (self._seen_id,),
+        ).fetchall()
+        seen: builtins.list[UpdateRecord] = []
         for log_id, doc_id, hlc, origin, seq, payload in rows:
             handle = self._cache.peek(doc_id)
             if handle is None and self._tx is not None:
@@ -566,12 +595,13 @@ class Database:
             self._cache.evict(doc_id)
 
     def _commit(self, handles: dict[str, DocHandle]) -> Hlc | None:
-        changes: list[tuple[str, DocHandle, list[bytes]]] = []
+        changes: builtins.list[tuple[str, DocHandle, builtins.list[bytes]]] = []
         try:
             for doc_id, handle in handles.items():
                 handle.end()
                 if (handle.pending and not handle.tombstone) or (
-                        handle.ensure_live and not handle.live):
+                    handle.ensure_live and not handle.live
+                ):
                     handle.mark_live()
                 pending = handle.take_pending()
                 if pending:
@@ -582,12 +612,13 @@ class Database:
         if not changes:
             return None
         try:
-            return self._write(lambda: self._commit_locked(changes))
+            hlc: Hlc = self._write(lambda: self._commit_locked(changes))
+            return hlc
         except BaseException:
             self._rollback(handles)
             raise
 
-    def _write(self, body: Callable[[], tuple[Any, list[UpdateRecord]]]) -> Any:
+    def _write(self, body: Callable[[], tuple[Any, builtins.list[UpdateRecord]]]) -> Any:
         """Run ``body`` in one SQLite write transaction, then notify subscribers."""
         self._conn.execute("BEGIN IMMEDIATE")
         try:
@@ -612,11 +643,12 @@ class Database:
         self._last_hlc = hlc
 
     def _commit_locked(
-            self, changes: list[tuple[str, DocHandle, list[bytes]]]
-    ) -> tuple[Hlc, list[UpdateRecord]]:
+        self, changes: builtins.list[tuple[str, DocHandle, builtins.list[bytes]]]
+    ) -> tuple[Hlc, builtins.list[UpdateRecord]]:
         hlc = self._next_hlc()
-        row = self._conn.execute("SELECT max_seq FROM origins WHERE origin = ?",
-                                 (self.region,)).fetchone()
+        row = self._conn.execute(
+            "SELECT max_seq FROM origins WHERE origin = ?", (self.region,)
+        ).fetchone()
         seq = row[0] if row else 0
         records = []
         deltas: dict[int, int] = {}
@@ -630,25 +662,30 @@ class Database:
         self._conn.execute(
             "INSERT INTO origins (origin, max_seq, contiguous_seq, contiguous_hlc)"
             " VALUES (?1, ?2, ?2, ?3) ON CONFLICT (origin) DO UPDATE SET max_seq = ?2,"
-            " contiguous_seq = ?2, contiguous_hlc = ?3", (self.region, seq, int(hlc)))
+            " contiguous_seq = ?2, contiguous_hlc = ?3",
+            (self.region, seq, int(hlc)),
+        )
         return hlc, records
 
     def _append(self, doc_id: str, hlc: Hlc, origin: str, seq: int, update: bytes) -> int:
         cursor = self._conn.execute(
             "INSERT INTO log (origin, seq, hlc, doc_id, payload) VALUES (?, ?, ?, ?, ?)",
-            (origin, seq, int(hlc), doc_id, update))
+            (origin, seq, int(hlc), doc_id, update),
+        )
         log_id = cursor.lastrowid
         assert log_id is not None
         self._seen_id = log_id  # we hold the write lock and caught up before it
         return log_id
 
-    def _index(self, doc_id: str, handle: DocHandle, hlc: Hlc, log_id: int,
-               deltas: dict[int, int]) -> None:
+    def _index(
+        self, doc_id: str, handle: DocHandle, hlc: Hlc, log_id: int, deltas: dict[int, int]
+    ) -> None:
         """Record a changed document's digest, liveness, snapshot and Merkle delta."""
         handle.loaded_through = log_id
         digest = merkle.doc_digest(handle.doc)
-        row = self._conn.execute("SELECT digest, pending, hlc FROM docs WHERE doc_id = ?",
-                                 (doc_id,)).fetchone()
+        row = self._conn.execute(
+            "SELECT digest, pending, hlc FROM docs WHERE doc_id = ?", (doc_id,)
+        ).fetchone()
         pending = (row[1] + 1) if row else 1
         doc_hlc = max(int(hlc), row[2]) if row else int(hlc)
         live = handle.live
@@ -658,14 +695,23 @@ class Database:
                 " pending) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0) ON CONFLICT (doc_id) DO UPDATE"
                 " SET live = ?3, hlc = ?4, digest = ?5, snapshot = ?6, snapshot_id = ?7,"
                 " pending = 0",
-                (doc_id, collection_of(doc_id), live, doc_hlc, digest, handle.doc.get_update(),
-                 log_id))
+                (
+                    doc_id,
+                    collection_of(doc_id),
+                    live,
+                    doc_hlc,
+                    digest,
+                    handle.doc.get_update(),
+                    log_id,
+                ),
+            )
         else:
             self._conn.execute(
                 "INSERT INTO docs (doc_id, collection, live, hlc, digest, pending)"
                 " VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (doc_id) DO UPDATE"
                 " SET live = ?3, hlc = ?4, digest = ?5, pending = ?6",
-                (doc_id, collection_of(doc_id), live, doc_hlc, digest, pending))
+                (doc_id, collection_of(doc_id), live, doc_hlc, digest, pending),
+            )
         delta = int.from_bytes(merkle.contribution(doc_id, digest), "big")
         if row is not None:
             delta ^= int.from_bytes(merkle.contribution(doc_id, bytes(row[0])), "big")
@@ -676,16 +722,24 @@ class Database:
         self._conn.executemany(
             "INSERT INTO merkle (node, hash) VALUES (?, ?) ON CONFLICT (node)"
             " DO UPDATE SET hash = xor_blob(hash, excluded.hash)",
-            [(node, delta.to_bytes(merkle.NODE_BYTES, "big")) for node, delta in deltas.items()])
+            [(node, delta.to_bytes(merkle.NODE_BYTES, "big")) for node, delta in deltas.items()],
+        )
 
-    def _apply_remote_locked(self, record: UpdateRecord) -> tuple[bool, list[UpdateRecord]]:
-        held = self._conn.execute("SELECT 1 FROM log WHERE origin = ? AND seq = ?",
-                                  (record.origin, record.seq)).fetchone()
+    def _apply_remote_locked(
+        self, record: UpdateRecord
+    ) -> tuple[bool, builtins.list[UpdateRecord]]:
+        held = self._conn.execute(
+            "SELECT 1 FROM log WHERE origin = ? AND seq = ?", (record.origin, record.seq)
+        ).fetchone()
         if held:
             return False, []
         stored = Hlc(int(self._meta("last_hlc") or 0))
-        clock = observe(max(self._last_hlc, stored), Hlc(record.hlc), self.options.clock(),
-                        self.options.max_clock_offset_ms)
+        clock = observe(
+            max(self._last_hlc, stored),
+            Hlc(record.hlc),
+            self.options.clock(),
+            self.options.max_clock_offset_ms,
+        )
         handle = self._handle(record.doc_id)
         try:
             handle.apply(record.update)
@@ -696,8 +750,9 @@ class Database:
                 f" does not decode ({exc}); nothing was applied"
             ) from None
         try:
-            log_id = self._append(record.doc_id, record.hlc, record.origin, record.seq,
-                                  record.update)
+            log_id = self._append(
+                record.doc_id, record.hlc, record.origin, record.seq, record.update
+            )
             deltas: dict[int, int] = {}
             self._index(record.doc_id, handle, record.hlc, log_id, deltas)
             self._write_merkle(deltas)
@@ -711,14 +766,16 @@ class Database:
     def _advance_origin(self, record: UpdateRecord) -> None:
         row = self._conn.execute(
             "SELECT max_seq, contiguous_seq, contiguous_hlc FROM origins WHERE origin = ?",
-            (record.origin,)).fetchone()
+            (record.origin,),
+        ).fetchone()
         max_seq, contiguous, contiguous_hlc = row if row else (0, 0, 0)
         max_seq = max(max_seq, record.seq)
         if record.seq == contiguous + 1:
             contiguous, contiguous_hlc = record.seq, int(record.hlc)
             for seq, hlc in self._conn.execute(
-                    "SELECT seq, hlc FROM log WHERE origin = ? AND seq > ? ORDER BY seq",
-                    (record.origin, contiguous)):
+                "SELECT seq, hlc FROM log WHERE origin = ? AND seq > ? ORDER BY seq",
+                (record.origin, contiguous),
+            ):
                 if seq != contiguous + 1:
                     break
                 contiguous, contiguous_hlc = seq, hlc
@@ -726,5 +783,5 @@ class Database:
             "INSERT INTO origins (origin, max_seq, contiguous_seq, contiguous_hlc)"
             " VALUES (?1, ?2, ?3, ?4) ON CONFLICT (origin) DO UPDATE SET max_seq = ?2,"
             " contiguous_seq = ?3, contiguous_hlc = ?4",
-            (record.origin, max_seq, contiguous, contiguous_hlc))
-
+            (record.origin, max_seq, contiguous, contiguous_hlc),
+        )

@@ -63,7 +63,9 @@ def run(directory: str) -> int:
         _show("eu sees", eu.get("users/alice"))
         _show("us sees", us.get("users/alice"))
         same = eu.digest("users/alice") == us.digest("users/alice")
-        print(f"  digests equal: {same}; Merkle roots equal: {eu.merkle_root() == us.merkle_root()}")
+        print(
+            f"  digests equal: {same}; Merkle roots equal: {eu.merkle_root() == us.merkle_root()}"
+        )
 
         print("\n4. eu deletes orders/17 while us edits it concurrently")
         mark_eu, mark_us = eu.hlc, us.hlc
@@ -95,10 +97,13 @@ def run(directory: str) -> int:
 
         print("\n7. the log of region us (HLC order)")
         for record in us.changes():
-            print(f"  {record.hlc}  {record.origin}#{record.seq:<3} {record.doc_id}"
-                  f"  ({len(record.update)} bytes)")
-        converged = all(eu.get(d) == us.get(d) for d in ("users/alice", "orders/17",
-                                                         "notes/readme"))
+            print(
+                f"  {record.hlc}  {record.origin}#{record.seq:<3} {record.doc_id}"
+                f"  ({len(record.update)} bytes)"
+            )
+        converged = all(
+            eu.get(d) == us.get(d) for d in ("users/alice", "orders/17", "notes/readme")
+        )
         converged = converged and eu.merkle_root() == us.merkle_root()
         print(f"\nregions converged: {converged}")
         return 0 if converged else 1

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ._cache import DocHandle
 from .hlc import Hlc
 from .ids import validate_collection, validate_doc_id
+from .records import UpdateRecord
 from .values import normalize
 
 if TYPE_CHECKING:
@@ -55,8 +56,9 @@ class AsOf:
             if row[0] is not None:
                 handle.apply(row[0])
             for (payload,) in conn.execute(
-                    "SELECT payload FROM log WHERE doc_id = ? AND hlc <= ? ORDER BY id",
-                    (doc_id, int(self.hlc))):
+                "SELECT payload FROM log WHERE doc_id = ? AND hlc <= ? ORDER BY id",
+                (doc_id, int(self.hlc)),
+            ):
                 handle.apply(payload)
             return handle
 
@@ -73,8 +75,12 @@ class AsOf:
         validate_collection(collection)
         with self._db._lock:
             self._db._check()
-            ids = [row[0] for row in self._db._conn.execute(
-                "SELECT doc_id FROM docs WHERE collection = ? ORDER BY doc_id", (collection,))]
+            ids = [
+                row[0]
+                for row in self._db._conn.execute(
+                    "SELECT doc_id FROM docs WHERE collection = ? ORDER BY doc_id", (collection,)
+                )
+            ]
         return [doc_id for doc_id in ids if self.get(doc_id) is not None]
 
 
@@ -84,19 +90,33 @@ def compact(db: Database, horizon: Hlc, progress: Callable[[int, int], None] | N
     floor = Hlc(int(db._meta("compacted_hlc") or 0))
     if horizon <= floor:
         return 0
-    doc_ids = [row[0] for row in conn.execute(
-        "SELECT DISTINCT doc_id FROM log WHERE hlc <= ?", (int(horizon),))]
+    doc_ids = [
+        row[0]
+        for row in conn.execute("SELECT DISTINCT doc_id FROM log WHERE hlc <= ?", (int(horizon),))
+    ]
     # The horizon moves first: from here on, time travel below it is refused rather
     # than answered from a base that already holds newer records.
-    db._write(lambda: (_move_horizon(db, horizon), []))
+    db._write(lambda: _move_horizon(db, horizon))
     removed = 0
     for start in range(0, len(doc_ids), BATCH_DOCS):
-        batch = doc_ids[start:start + BATCH_DOCS]
-        removed += db._write(lambda batch=batch: (_fold(db, batch, horizon), []))
+        batch = doc_ids[start : start + BATCH_DOCS]
+        removed += _write_batch(db, batch, horizon)
         if progress is not None:
             progress(min(start + BATCH_DOCS, len(doc_ids)), len(doc_ids))
-        log.info("compaction: %d/%d documents, %d records folded", start + len(batch),
-                 len(doc_ids), removed)
+        log.info(
+            "compaction: %d/%d documents, %d records folded",
+            start + len(batch),
+            len(doc_ids),
+            removed,
+        )
+    return removed
+
+
+def _write_batch(db: Database, batch: list[str], horizon: Hlc) -> int:
+    def body() -> tuple[int, list[UpdateRecord]]:
+        return _fold(db, batch, horizon), []
+
+    removed: int = db._write(body)
     return removed
 
 
@@ -109,8 +129,9 @@ def _fold(db: Database, doc_ids: list[str], horizon: Hlc) -> int:
         if base_row is not None and base_row[0] is not None:
             base.apply(base_row[0])
         for (payload,) in conn.execute(
-                "SELECT payload FROM log WHERE doc_id = ? AND hlc <= ? ORDER BY id",
-                (doc_id, int(horizon))):
+            "SELECT payload FROM log WHERE doc_id = ? AND hlc <= ? ORDER BY id",
+            (doc_id, int(horizon)),
+        ):
             base.apply(payload)
         current = db._handle(doc_id)
         if base.unintegrated or current.unintegrated:
@@ -118,21 +139,22 @@ def _fold(db: Database, doc_ids: list[str], horizon: Hlc) -> int:
             log.warning("compaction: %s waits for missing updates; kept as it is", doc_id)
             continue
         conn.execute(
-            "UPDATE docs SET base = ?, snapshot = ?, snapshot_id = ?, pending = 0"
-            " WHERE doc_id = ?",
-            (base.doc.get_update(), current.doc.get_update(), current.loaded_through, doc_id))
-        removed += conn.execute("DELETE FROM log WHERE doc_id = ? AND hlc <= ?",
-                                (doc_id, int(horizon))).rowcount
+            "UPDATE docs SET base = ?, snapshot = ?, snapshot_id = ?, pending = 0 WHERE doc_id = ?",
+            (base.doc.get_update(), current.doc.get_update(), current.loaded_through, doc_id),
+        )
+        removed += conn.execute(
+            "DELETE FROM log WHERE doc_id = ? AND hlc <= ?", (doc_id, int(horizon))
+        ).rowcount
     _bump_epoch(db)
     return removed
 
 
-def _move_horizon(db: Database, horizon: Hlc) -> None:
+def _move_horizon(db: Database, horizon: Hlc) -> tuple[None, list[UpdateRecord]]:
     db._conn.execute("UPDATE meta SET value = ? WHERE key = 'compacted_hlc'", (int(horizon),))
     _bump_epoch(db)
+    return None, []
 
 
 def _bump_epoch(db: Database) -> None:
-    db._conn.execute(
-        "UPDATE meta SET value = value + 1 WHERE key = 'compaction_epoch'")
+    db._conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'compaction_epoch'")
     db._epoch = int(db._meta("compaction_epoch"))

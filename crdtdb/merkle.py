@@ -21,12 +21,23 @@ Node numbers: ``(level << 16) | index``; level 0 is the root (index 0), level
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from pycrdt import Doc
 
-__all__ = ["DEPTH", "FANOUT", "NODE_BYTES", "canonical_state", "children", "contribution",
-           "doc_digest",
-           "leaf_of", "node_id", "path_to_root", "xor_bytes"]
+__all__ = [
+    "DEPTH",
+    "FANOUT",
+    "NODE_BYTES",
+    "canonical_state",
+    "children",
+    "contribution",
+    "doc_digest",
+    "leaf_of",
+    "node_id",
+    "path_to_root",
+    "xor_bytes",
+]
 
 FANOUT_BITS = 4
 FANOUT = 1 << FANOUT_BITS
@@ -35,7 +46,7 @@ NODE_BYTES = 32
 ZERO = bytes(NODE_BYTES)
 
 
-def doc_digest(doc: Doc[object]) -> bytes:
+def doc_digest(doc: Doc[Any]) -> bytes:
     """The canonical digest of a document's full CRDT state (inserts and deletes)."""
     state = doc.get_state()
     return hashlib.sha256(canonical_state(state, doc.get_update(state))).digest()
@@ -114,8 +125,9 @@ def node_id(level: int, index: int) -> int:
 
 def path_to_root(leaf: int) -> list[int]:
     """Node ids from the leaf up to the root."""
-    return [node_id(level, leaf >> (FANOUT_BITS * (DEPTH - level)))
-            for level in range(DEPTH, -1, -1)]
+    return [
+        node_id(level, leaf >> (FANOUT_BITS * (DEPTH - level))) for level in range(DEPTH, -1, -1)
+    ]
 
 
 def children(node: int) -> list[int]:

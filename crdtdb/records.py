@@ -36,11 +36,19 @@ class UpdateRecord:
             validate_region(self.origin)
         except ValueError as exc:
             raise InvalidRecordError(f"refused record: {exc}") from None
-        if isinstance(self.seq, bool) or not isinstance(self.seq, int) or not (
-                0 < self.seq <= MAX_SQLITE_INT):
-            raise InvalidRecordError(f"refused record: seq must be a positive int, got {self.seq!r}")
-        if isinstance(self.hlc, bool) or not isinstance(self.hlc, int) or not (
-                0 < self.hlc <= MAX_SQLITE_INT):
+        if (
+            isinstance(self.seq, bool)
+            or not isinstance(self.seq, int)
+            or not (0 < self.seq <= MAX_SQLITE_INT)
+        ):
+            raise InvalidRecordError(
+                f"refused record: seq must be a positive int, got {self.seq!r}"
+            )
+        if (
+            isinstance(self.hlc, bool)
+            or not isinstance(self.hlc, int)
+            or not (0 < self.hlc <= MAX_SQLITE_INT)
+        ):
             raise InvalidRecordError(f"refused record: hlc out of range: {self.hlc!r}")
         if not isinstance(self.update, bytes) or not self.update:
             raise InvalidRecordError("refused record: update must be non-empty bytes")

@@ -76,7 +76,9 @@ def _xor_blob(a: bytes | None, b: bytes | None) -> bytes:
 def connect(directory: Path, *, region: str | None, synchronous: str) -> sqlite3.Connection:
     """Open the store in ``directory``, creating it (for ``region``) if there is none."""
     if directory.exists() and not directory.is_dir():
-        raise NotAStoreError(f"{directory} is a file, not a crdtdb data directory: pass a directory")
+        raise NotAStoreError(
+            f"{directory} is a file, not a crdtdb data directory: pass a directory"
+        )
     path = directory / STORE_FILE
     if region is None and not path.exists():
         raise StoreError(
@@ -84,8 +86,9 @@ def connect(directory: Path, *, region: str | None, synchronous: str) -> sqlite3
             " e.g. crdtdb.open(path, region='eu')"
         )
     directory.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                           timeout=BUSY_TIMEOUT_MS / 1000)
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+    )
     try:
         _prepare(conn, path, region, synchronous)
     except BaseException:
@@ -117,7 +120,9 @@ def _prepare(conn: sqlite3.Connection, path: Path, region: str | None, synchrono
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode.lower() != "wal":
-        raise StoreError(f"{path}: could not switch to WAL mode (got {mode}); is the disk read-only?")
+        raise StoreError(
+            f"{path}: could not switch to WAL mode (got {mode}); is the disk read-only?"
+        )
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute("PRAGMA foreign_keys = OFF")
     if app_id != APPLICATION_ID:
@@ -138,9 +143,15 @@ def _create(conn: sqlite3.Connection, path: Path, region: str | None) -> None:
                 conn.execute(statement)
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
-            ("region", region), ("last_hlc", 0), ("compacted_hlc", 0), ("compaction_epoch", 0),
-        ])
+        conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)",
+            [
+                ("region", region),
+                ("last_hlc", 0),
+                ("compacted_hlc", 0),
+                ("compaction_epoch", 0),
+            ],
+        )
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:

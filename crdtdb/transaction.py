@@ -42,8 +42,12 @@ class Transaction:
         self._state = "open"
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         try:
             if exc_type is None:
                 self.hlc = self._db._commit(self._handles)
@@ -119,12 +123,19 @@ class Transaction:
         return {key: to_crdt(item, f"$.{key}") for key, item in to_crdt_items(value)}
 
     @staticmethod
-    def _set_changed(handle: DocHandle, current: dict[str, Any], value: Mapping[str, Any],
-                     converted: dict[str, Any]) -> None:
+    def _set_changed(
+        handle: DocHandle,
+        current: dict[str, Any],
+        value: Mapping[str, Any],
+        converted: dict[str, Any],
+    ) -> None:
         # Unchanged keys are left alone so that concurrent edits to them elsewhere survive.
         for key, item in converted.items():
-            if key not in current or current[key] != value[key] or _type_differs(
-                    current[key], value[key]):
+            if (
+                key not in current
+                or current[key] != value[key]
+                or _type_differs(current[key], value[key])
+            ):
                 handle.root[key] = item
         handle.ensure_live = True
         handle.tombstone = False

@@ -37,8 +37,10 @@ def db(tmp_path: Path) -> Iterator[crdtdb.Database]:
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[crdtdb.Database, crdtdb.Database]]:
     """Two regions, eu and us, in separate directories."""
-    with crdtdb.open(tmp_path / "eu", region="eu") as eu, \
-            crdtdb.open(tmp_path / "us", region="us") as us:
+    with (
+        crdtdb.open(tmp_path / "eu", region="eu") as eu,
+        crdtdb.open(tmp_path / "us", region="us") as us,
+    ):
         yield eu, us
 
 

@@ -26,12 +26,20 @@ REGIONS = ("eu", "us", "ap")
 DOCS = ("users/a", "users/b", "orders/1")
 KEYS = ("x", "y", "tags", "body")
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-1000, 1000),
-                    st.floats(allow_nan=False, allow_infinity=False, width=32),
-                    st.text(max_size=5))
-values = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(KEYS), inner, max_size=3)),
-    max_leaves=6)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-1000, 1000),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+    st.text(max_size=5),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(KEYS), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
 
 
 class Regions(RuleBasedStateMachine):
@@ -51,13 +59,20 @@ class Regions(RuleBasedStateMachine):
             db.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    @rule(region=st.sampled_from(REGIONS), doc=st.sampled_from(DOCS),
-          value=st.dictionaries(st.sampled_from(KEYS), values, max_size=3))
+    @rule(
+        region=st.sampled_from(REGIONS),
+        doc=st.sampled_from(DOCS),
+        value=st.dictionaries(st.sampled_from(KEYS), values, max_size=3),
+    )
     def put(self, region: str, doc: str, value: dict[str, Any]) -> None:
         self.dbs[region].put(doc, value)
 
-    @rule(region=st.sampled_from(REGIONS), doc=st.sampled_from(DOCS),
-          key=st.sampled_from(KEYS), value=values)
+    @rule(
+        region=st.sampled_from(REGIONS),
+        doc=st.sampled_from(DOCS),
+        key=st.sampled_from(KEYS),
+        value=values,
+    )
     def update(self, region: str, doc: str, key: str, value: Any) -> None:
         self.dbs[region].update(doc, {key: value})
 
@@ -65,8 +80,12 @@ class Regions(RuleBasedStateMachine):
     def delete(self, region: str, doc: str) -> None:
         self.dbs[region].delete(doc)
 
-    @rule(region=st.sampled_from(REGIONS), doc=st.sampled_from(DOCS),
-          item=scalars, position=st.integers(0, 5))
+    @rule(
+        region=st.sampled_from(REGIONS),
+        doc=st.sampled_from(DOCS),
+        item=scalars,
+        position=st.integers(0, 5),
+    )
     def nested_edit(self, region: str, doc: str, item: Any, position: int) -> None:
         with self.dbs[region].transaction() as tx:
             root = tx.doc(doc)
@@ -76,8 +95,12 @@ class Regions(RuleBasedStateMachine):
             else:
                 root["tags"] = [item]
 
-    @rule(region=st.sampled_from(REGIONS), doc=st.sampled_from(DOCS),
-          text=st.text(alphabet="abc ", min_size=1, max_size=4), position=st.integers(0, 8))
+    @rule(
+        region=st.sampled_from(REGIONS),
+        doc=st.sampled_from(DOCS),
+        text=st.text(alphabet="abc ", min_size=1, max_size=4),
+        position=st.integers(0, 8),
+    )
     def type_text(self, region: str, doc: str, text: str, position: int) -> None:
         with self.dbs[region].transaction() as tx:
             root = tx.doc(doc)
@@ -89,8 +112,10 @@ class Regions(RuleBasedStateMachine):
 
                 root["body"] = Text(text)
 
-    @rule(region=st.sampled_from(REGIONS), docs=st.lists(st.sampled_from(DOCS), min_size=2,
-                                                          max_size=3, unique=True))
+    @rule(
+        region=st.sampled_from(REGIONS),
+        docs=st.lists(st.sampled_from(DOCS), min_size=2, max_size=3, unique=True),
+    )
     def multi_doc_transaction(self, region: str, docs: list[str]) -> None:
         with self.dbs[region].transaction() as tx:
             for i, doc in enumerate(docs):
@@ -136,6 +161,9 @@ class Regions(RuleBasedStateMachine):
 
 
 Regions.TestCase.settings = settings(
-    max_examples=40, stateful_step_count=25, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow])
+    max_examples=40,
+    stateful_step_count=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 TestConvergence = Regions.TestCase

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from pathlib import Path
 
@@ -23,8 +24,10 @@ def _varuint(value: int) -> bytes:
     return bytes(out)
 
 
-@given(st.dictionaries(st.integers(0, 2**53), st.integers(0, 10**6), min_size=1, max_size=6),
-       st.randoms())
+@given(
+    st.dictionaries(st.integers(0, 2**53), st.integers(0, 10**6), min_size=1, max_size=6),
+    st.randoms(),
+)
 def test_canonical_state_ignores_client_order(clocks: dict[int, int], rnd: object) -> None:
     """Yrs encodes state vectors in hash-map order; the digest must not depend on it."""
     items = list(clocks.items())
@@ -68,10 +71,18 @@ def _tree_from_scratch(db: crdtdb.Database) -> dict[int, bytes]:
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["put", "update", "delete"]),
-                          st.integers(0, 30), st.integers(0, 3)), min_size=1, max_size=40))
-def test_incremental_tree_equals_a_rebuild(tmp_path_factory: object,
-                                           ops: list[tuple[str, int, int]]) -> None:
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["put", "update", "delete"]), st.integers(0, 30), st.integers(0, 3)
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_incremental_tree_equals_a_rebuild(
+    tmp_path_factory: object, ops: list[tuple[str, int, int]]
+) -> None:
     path = tmp_path_factory.mktemp("merkle")  # type: ignore[attr-defined]
     with crdtdb.open(path, region="eu") as db:
         for op, doc, value in ops:
@@ -94,14 +105,16 @@ def test_tree_shape() -> None:
     path = merkle.path_to_root(leaf)
     assert len(path) == merkle.DEPTH + 1 and path[-1] == merkle.node_id(0, 0)
     assert path[0] == merkle.node_id(merkle.DEPTH, leaf)
-    for child, parent in zip(path, path[1:], strict=False):
+    for child, parent in itertools.pairwise(path):
         assert child in merkle.children(parent)
     assert merkle.children(path[0]) == []
 
 
 def test_regions_with_equal_content_have_equal_roots(tmp_path: Path) -> None:
-    with crdtdb.open(tmp_path / "eu", region="eu") as eu, \
-            crdtdb.open(tmp_path / "us", region="us") as us:
+    with (
+        crdtdb.open(tmp_path / "eu", region="eu") as eu,
+        crdtdb.open(tmp_path / "us", region="us") as us,
+    ):
         for i in range(50):
             (eu if i % 2 else us).put(f"d/{i}", {"i": i})
         assert eu.merkle_root() != us.merkle_root()
