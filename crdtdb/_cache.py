@@ -43,6 +43,7 @@ class DocHandle:
         "meta",
         "pending",
         "root",
+        "state_at_begin",
         "tombstone",
         "unintegrated",
     )
@@ -57,6 +58,7 @@ class DocHandle:
         self.ensure_live = False
         self.tombstone = False
         self.unintegrated: list[bytes] = []
+        self.state_at_begin = b""
         self._txn: Transaction | None = None
         self._subscription = self.doc.observe(self._on_update)
 
@@ -90,8 +92,29 @@ class DocHandle:
         """Start capturing local edits inside one pycrdt transaction (batched)."""
         if self._txn is None:
             self.capturing = True
+            self.state_at_begin = self.doc.get_state()
             self._txn = self.doc.transaction()
             self._txn.__enter__()
+
+    def finish_edits(self) -> None:
+        """Close the edit transaction, setting the liveness marker as the edits require.
+
+        Whenever a transaction changes a document (and did not delete it), the
+        marker is set anew, so that a delete made concurrently elsewhere, which
+        removes only the marker item it saw, leaves the document live. Set inside
+        the edit transaction when possible: one pycrdt update per document.
+        """
+        if self._txn is None:
+            return
+        marked = False
+        if not self.tombstone and (
+            (self.ensure_live and not self.live) or self.doc.get_state() != self.state_at_begin
+        ):
+            self.mark_live()
+            marked = True
+        self.end()
+        if self.pending and not self.tombstone and not marked:  # a delete-only edit
+            self.mark_live()
 
     def end(self) -> None:
         """Close the pycrdt transaction; ``pending`` then holds the edits."""

@@ -49,7 +49,7 @@ from .ids import (
 )
 from .records import UpdateRecord
 from .transaction import Transaction
-from .values import normalize
+from .values import read_json
 
 if TYPE_CHECKING:
     from .history import AsOf
@@ -133,6 +133,9 @@ class Database:
         self._closed = False
         self._last_hlc = Hlc(int(self._meta("last_hlc") or 0))
         self._data_version = -1
+        # (last HLC, local max seq) as of our last look; valid while no other process
+        # has committed (PRAGMA data_version unchanged), so commits need not read them.
+        self._counters: tuple[Hlc, int] | None = None
         self._epoch = int(self._meta("compaction_epoch") or 0)
         self._seen_id = self._max_log_id()
         self._wakeups: builtins.list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
@@ -219,7 +222,7 @@ class Database:
             handle = self._handle(doc_id)
             if not handle.live:
                 return None
-            result: dict[str, Any] = normalize(handle.root.to_py() or {})
+            result: dict[str, Any] = read_json(handle.root)
             return result
 
     def __contains__(self, doc_id: object) -> bool:
@@ -543,6 +546,7 @@ class Database:
         if version == self._data_version:
             return
         self._data_version = version
+        self._counters = None
         epoch = int(self._meta("compaction_epoch") or 0)
         if epoch != self._epoch:  # records we never saw may have been folded away
             self._epoch = epoch
@@ -598,11 +602,7 @@ class Database:
         changes: builtins.list[tuple[str, DocHandle, builtins.list[bytes]]] = []
         try:
             for doc_id, handle in handles.items():
-                handle.end()
-                if (handle.pending and not handle.tombstone) or (
-                    handle.ensure_live and not handle.live
-                ):
-                    handle.mark_live()
+                handle.finish_edits()
                 pending = handle.take_pending()
                 if pending:
                     changes.append((doc_id, handle, pending))
@@ -621,22 +621,30 @@ class Database:
     def _write(self, body: Callable[[], tuple[Any, builtins.list[UpdateRecord]]]) -> Any:
         """Run ``body`` in one SQLite write transaction, then notify subscribers."""
         self._conn.execute("BEGIN IMMEDIATE")
+        seen_id = self._seen_id
         try:
             self._refresh()
+            seen_id = self._seen_id
             result, records = body()
             self._conn.execute("COMMIT")
         except BaseException:
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
+            self._seen_id = seen_id  # ids of rolled-back rows will be used again
+            self._counters = None
             raise
         self._notify(records)
         return result
 
-    def _next_hlc(self) -> Hlc:
-        stored = Hlc(int(self._meta("last_hlc") or 0))
-        hlc = tick(max(self._last_hlc, stored), self.options.clock())
-        self._set_last_hlc(hlc)
-        return hlc
+    def _read_counters(self) -> tuple[Hlc, int]:
+        """The last HLC and the local max seq; call inside the write transaction."""
+        if self._counters is None:
+            stored = Hlc(int(self._meta("last_hlc") or 0))
+            row = self._conn.execute(
+                "SELECT max_seq FROM origins WHERE origin = ?", (self.region,)
+            ).fetchone()
+            self._counters = (max(self._last_hlc, stored), row[0] if row else 0)
+        return self._counters
 
     def _set_last_hlc(self, hlc: Hlc) -> None:
         self._conn.execute("UPDATE meta SET value = ? WHERE key = 'last_hlc'", (int(hlc),))
@@ -645,11 +653,9 @@ class Database:
     def _commit_locked(
         self, changes: builtins.list[tuple[str, DocHandle, builtins.list[bytes]]]
     ) -> tuple[Hlc, builtins.list[UpdateRecord]]:
-        hlc = self._next_hlc()
-        row = self._conn.execute(
-            "SELECT max_seq FROM origins WHERE origin = ?", (self.region,)
-        ).fetchone()
-        seq = row[0] if row else 0
+        last, seq = self._read_counters()
+        hlc = tick(last, self.options.clock())
+        self._set_last_hlc(hlc)
         records = []
         deltas: dict[int, int] = {}
         for doc_id, handle, pending in changes:
@@ -665,6 +671,7 @@ class Database:
             " contiguous_seq = ?2, contiguous_hlc = ?3",
             (self.region, seq, int(hlc)),
         )
+        self._counters = (hlc, seq)
         return hlc, records
 
     def _append(self, doc_id: str, hlc: Hlc, origin: str, seq: int, update: bytes) -> int:
@@ -733,9 +740,9 @@ class Database:
         ).fetchone()
         if held:
             return False, []
-        stored = Hlc(int(self._meta("last_hlc") or 0))
+        last, local_seq = self._read_counters()
         clock = observe(
-            max(self._last_hlc, stored),
+            last,
             Hlc(record.hlc),
             self.options.clock(),
             self.options.max_clock_offset_ms,
@@ -758,6 +765,8 @@ class Database:
             self._write_merkle(deltas)
             self._advance_origin(record)
             self._set_last_hlc(clock)
+            # our own records relayed back may move our max seq: read it again then
+            self._counters = (clock, local_seq) if record.origin != self.region else None
         except BaseException:
             self._cache.evict(record.doc_id)
             raise

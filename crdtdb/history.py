@@ -22,7 +22,7 @@ from ._cache import DocHandle
 from .hlc import Hlc
 from .ids import validate_collection, validate_doc_id
 from .records import UpdateRecord
-from .values import normalize
+from .values import read_json
 
 if TYPE_CHECKING:
     from .database import Database
@@ -67,7 +67,7 @@ class AsOf:
         handle = self._replay(validate_doc_id(doc_id))
         if handle is None or not handle.live:
             return None
-        result: dict[str, Any] = normalize(handle.root.to_py() or {})
+        result: dict[str, Any] = read_json(handle.root)
         return result
 
     def list(self, collection: str) -> list[str]:
@@ -142,8 +142,10 @@ def _fold(db: Database, doc_ids: list[str], horizon: Hlc) -> int:
             "UPDATE docs SET base = ?, snapshot = ?, snapshot_id = ?, pending = 0 WHERE doc_id = ?",
             (base.doc.get_update(), current.doc.get_update(), current.loaded_through, doc_id),
         )
+        # The newest record is kept: log ids must never be reused (see storage).
         removed += conn.execute(
-            "DELETE FROM log WHERE doc_id = ? AND hlc <= ?", (doc_id, int(horizon))
+            "DELETE FROM log WHERE doc_id = ? AND hlc <= ? AND id < (SELECT max(id) FROM log)",
+            (doc_id, int(horizon)),
         ).rowcount
     _bump_epoch(db)
     return removed

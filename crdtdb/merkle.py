@@ -54,6 +54,8 @@ def doc_digest(doc: Doc[Any]) -> bytes:
 
 def canonical_state(state_vector: bytes, delete_update: bytes) -> bytes:
     """State vector and delete set, each sorted by client id, as one byte string."""
+    if _count(state_vector, 0) <= 1 and _count(delete_update, _skip(delete_update, 0)) <= 1:
+        return state_vector + delete_update  # one client: already in canonical order
     clocks, end = _read_pairs(state_vector, 0)
     if end != len(state_vector):
         return state_vector + b"\xff" + delete_update
@@ -65,7 +67,7 @@ def canonical_state(state_vector: bytes, delete_update: bytes) -> bytes:
     for _ in range(count):
         client, pos = _read_varuint(delete_update, pos)
         ranges, pos = _read_pairs(delete_update, pos)
-        deletes.append((client, sorted(ranges)))
+        deletes.append((client, _merged(ranges)))
     out = bytearray()
     _write_varuint(out, len(clocks))
     for client, clock in sorted(clocks):
@@ -79,6 +81,29 @@ def canonical_state(state_vector: bytes, delete_update: bytes) -> bytes:
             _write_varuint(out, start)
             _write_varuint(out, length)
     return bytes(out)
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(clock, length) ranges sorted, with touching or overlapping ones joined."""
+    out: list[tuple[int, int]] = []
+    for start, length in sorted(ranges):
+        if out and start <= out[-1][0] + out[-1][1]:
+            first, first_length = out[-1]
+            out[-1] = (first, max(first_length, start + length - first))
+        else:
+            out.append((start, length))
+    return out
+
+
+def _count(data: bytes, pos: int) -> int:
+    return _read_varuint(data, pos)[0] if pos < len(data) else 0
+
+
+def _skip(data: bytes, pos: int) -> int:
+    """Position after the varuint at ``pos`` (the struct-group count of an update)."""
+    while pos < len(data) and data[pos] >= 0x80:
+        pos += 1
+    return pos + 1
 
 
 def _read_varuint(data: bytes, pos: int) -> tuple[int, int]:

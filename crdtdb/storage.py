@@ -6,8 +6,9 @@ Tables:
 - ``origins``: per origin region, the highest sequence number held and the
   highest *contiguous* one (with its HLC): the basis of the frontier.
 - ``log``: every update record ``(origin, seq, hlc, doc_id, update)``; ``id``
-  is the local arrival order and never reused (AUTOINCREMENT), so other
-  processes can follow the log by id.
+  is the local arrival order, so other processes can follow the log by id.
+  Ids are never reused because compaction never deletes the newest record
+  (cheaper than AUTOINCREMENT, which costs a page write per commit).
 - ``docs``: per document its collection, liveness, last HLC, digest, a
   snapshot (full state through log id ``snapshot_id``, to load quickly) and
   ``base`` (the state of every record compacted away, for time travel).
@@ -42,7 +43,7 @@ CREATE TABLE origins (
     contiguous_hlc INTEGER NOT NULL
 ) STRICT, WITHOUT ROWID;
 CREATE TABLE log (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     origin TEXT NOT NULL,
     seq INTEGER NOT NULL,
     hlc INTEGER NOT NULL,
@@ -64,7 +65,6 @@ CREATE TABLE docs (
     base BLOB
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX docs_live ON docs (collection, doc_id) WHERE live;
-CREATE INDEX docs_hlc ON docs (hlc);
 CREATE TABLE merkle (node INTEGER PRIMARY KEY, hash BLOB NOT NULL) STRICT;
 """
 

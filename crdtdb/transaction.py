@@ -17,7 +17,7 @@ from ._cache import DocHandle
 from .errors import InvalidValueError, TransactionError
 from .hlc import Hlc
 from .ids import validate_doc_id
-from .values import DocMap, normalize, to_crdt
+from .values import DocMap, read_json, to_crdt
 
 if TYPE_CHECKING:
     from .database import Database
@@ -88,14 +88,14 @@ class Transaction:
         handle = self._handle(doc_id)
         if handle.tombstone or not (handle.live or handle.ensure_live or len(handle.root)):
             return None
-        result: dict[str, Any] = normalize(handle.root.to_py() or {})
+        result: dict[str, Any] = read_json(handle.root)
         return result
 
     def put(self, doc_id: str, value: Mapping[str, Any]) -> None:
         """Make the document equal to ``value`` (keys not in it are removed)."""
         converted = self._convert(value)
         handle = self._handle(doc_id)
-        current = normalize(handle.root.to_py() or {})
+        current = read_json(handle.root)
         for key in [k for k in current if k not in value]:
             del handle.root[key]
         self._set_changed(handle, current, value, converted)
@@ -104,7 +104,7 @@ class Transaction:
         """Set the given top-level keys, leaving the others as they are."""
         converted = self._convert(patch)
         handle = self._handle(doc_id)
-        self._set_changed(handle, normalize(handle.root.to_py() or {}), patch, converted)
+        self._set_changed(handle, read_json(handle.root), patch, converted)
 
     def delete(self, doc_id: str) -> None:
         """Delete the whole document (see the README for concurrent edits)."""
