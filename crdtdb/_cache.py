@@ -43,7 +43,6 @@ class DocHandle:
         "meta",
         "pending",
         "root",
-        "state_at_begin",
         "tombstone",
         "unintegrated",
     )
@@ -58,7 +57,6 @@ class DocHandle:
         self.ensure_live = False
         self.tombstone = False
         self.unintegrated: list[bytes] = []
-        self.state_at_begin = b""
         self._txn: Transaction | None = None
         self._subscription = self.doc.observe(self._on_update)
 
@@ -68,7 +66,13 @@ class DocHandle:
 
     @property
     def live(self) -> bool:
-        return LIVE_KEY in self.meta
+        """A document exists while it has content or was created (even empty) by a put.
+
+        A whole-document delete removes every field and the marker that the
+        deleting replica has seen. Fields written concurrently elsewhere survive
+        the merge, and so the document stays live with just those fields.
+        """
+        return len(self.root) > 0 or LIVE_KEY in self.meta
 
     def apply(self, update: bytes) -> None:
         """Apply an update (raises ValueError, changing nothing, if it does not decode)."""
@@ -92,29 +96,16 @@ class DocHandle:
         """Start capturing local edits inside one pycrdt transaction (batched)."""
         if self._txn is None:
             self.capturing = True
-            self.state_at_begin = self.doc.get_state()
             self._txn = self.doc.transaction()
             self._txn.__enter__()
 
     def finish_edits(self) -> None:
-        """Close the edit transaction, setting the liveness marker as the edits require.
-
-        Whenever a transaction changes a document (and did not delete it), the
-        marker is set anew, so that a delete made concurrently elsewhere, which
-        removes only the marker item it saw, leaves the document live. Set inside
-        the edit transaction when possible: one pycrdt update per document.
-        """
+        """Close the edit transaction; a put of a document that is not live creates it."""
         if self._txn is None:
             return
-        marked = False
-        if not self.tombstone and (
-            (self.ensure_live and not self.live) or self.doc.get_state() != self.state_at_begin
-        ):
-            self.mark_live()
-            marked = True
+        if self.ensure_live and not self.tombstone and not self.live:
+            self.mark_live()  # in the same pycrdt transaction: one update per document
         self.end()
-        if self.pending and not self.tombstone and not marked:  # a delete-only edit
-            self.mark_live()
 
     def end(self) -> None:
         """Close the pycrdt transaction; ``pending`` then holds the edits."""
@@ -123,7 +114,7 @@ class DocHandle:
             txn.__exit__(None, None, None)
 
     def mark_live(self) -> None:
-        """Set the liveness marker as a fresh CRDT item (wins over concurrent deletes)."""
+        """Set the marker that keeps a document live while it has no fields."""
         self.meta[LIVE_KEY] = True
 
     def clear(self) -> None:

@@ -73,8 +73,8 @@ class Options:
     """Remote HLCs further ahead of local wall time than this are refused."""
     history_retention_s: float = 7 * 24 * 3600.0
     """How far back time travel reaches after ``compact()`` (default 7 days)."""
-    snapshot_every: int = 64
-    """Log records of one document between refreshes of its load snapshot."""
+    snapshot_min_bytes: int = 64 * 1024
+    """Log bytes of one document before its load snapshot is first rewritten."""
     clock: WallClock = system_wall_ms
     """Wall-clock milliseconds; injectable for tests."""
 
@@ -277,16 +277,22 @@ class Database:
         """The canonical digest of the stored document, or None if it never existed."""
         doc_id = validate_doc_id(doc_id)
         with self._lock:
-            self._check()
+            self._check_no_tx("digest()")
+            self._refresh()
             row = self._conn.execute(
-                "SELECT digest FROM docs WHERE doc_id = ?", (doc_id,)
+                "SELECT digest, dirty FROM docs WHERE doc_id = ?", (doc_id,)
             ).fetchone()
-            return bytes(row[0]) if row else None
+            if row is None:
+                return None
+            if not row[1]:
+                return bytes(row[0])
+            return merkle.doc_digest(self._handle(doc_id).doc)
 
     def merkle_node(self, node: int) -> bytes:
-        """The hash of one Merkle node (all zeros for an empty subtree)."""
+        """The hash of one Merkle node (all zeros for an empty subtree), up to date."""
         with self._lock:
-            self._check()
+            self._check_no_tx("merkle_node()")
+            self._ensure_digests()
             row = self._conn.execute("SELECT hash FROM merkle WHERE node = ?", (node,)).fetchone()
             return bytes(row[0]) if row else merkle.ZERO
 
@@ -514,6 +520,12 @@ class Database:
             return handle
         if self._tx is not None and doc_id in self._tx.handles:
             return self._tx.handles[doc_id]
+        handle = self._load(doc_id)
+        self._cache.put(doc_id, handle)
+        return handle
+
+    def _load(self, doc_id: str) -> DocHandle:
+        """Read a document from disk (snapshot, then the log records after it)."""
         handle = DocHandle(self._client_id)
         in_tx = self._conn.in_transaction
         if not in_tx:
@@ -537,7 +549,6 @@ class Database:
             if not in_tx:
                 self._conn.execute("COMMIT")
         handle.loaded_through = through
-        self._cache.put(doc_id, handle)
         return handle
 
     def _refresh(self) -> None:
@@ -657,14 +668,12 @@ class Database:
         hlc = tick(last, self.options.clock())
         self._set_last_hlc(hlc)
         records = []
-        deltas: dict[int, int] = {}
         for doc_id, handle, pending in changes:
             seq += 1
             update = pending[0] if len(pending) == 1 else merge_updates(*pending)
             log_id = self._append(doc_id, hlc, self.region, seq, update)
-            self._index(doc_id, handle, hlc, log_id, deltas)
+            self._index(doc_id, handle, hlc, log_id, len(update))
             records.append(UpdateRecord(doc_id, hlc, self.region, seq, update))
-        self._write_merkle(deltas)
         self._conn.execute(
             "INSERT INTO origins (origin, max_seq, contiguous_seq, contiguous_hlc)"
             " VALUES (?1, ?2, ?2, ?3) ON CONFLICT (origin) DO UPDATE SET max_seq = ?2,"
@@ -684,53 +693,63 @@ class Database:
         self._seen_id = log_id  # we hold the write lock and caught up before it
         return log_id
 
-    def _index(
-        self, doc_id: str, handle: DocHandle, hlc: Hlc, log_id: int, deltas: dict[int, int]
-    ) -> None:
-        """Record a changed document's digest, liveness, snapshot and Merkle delta."""
-        handle.loaded_through = log_id
-        digest = merkle.doc_digest(handle.doc)
-        row = self._conn.execute(
-            "SELECT digest, pending, hlc FROM docs WHERE doc_id = ?", (doc_id,)
-        ).fetchone()
-        pending = (row[1] + 1) if row else 1
-        doc_hlc = max(int(hlc), row[2]) if row else int(hlc)
-        live = handle.live
-        if pending >= self.options.snapshot_every and not handle.unintegrated:
-            self._conn.execute(
-                "INSERT INTO docs (doc_id, collection, live, hlc, digest, snapshot, snapshot_id,"
-                " pending) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0) ON CONFLICT (doc_id) DO UPDATE"
-                " SET live = ?3, hlc = ?4, digest = ?5, snapshot = ?6, snapshot_id = ?7,"
-                " pending = 0",
-                (
-                    doc_id,
-                    collection_of(doc_id),
-                    live,
-                    doc_hlc,
-                    digest,
-                    handle.doc.get_update(),
-                    log_id,
-                ),
-            )
-        else:
-            self._conn.execute(
-                "INSERT INTO docs (doc_id, collection, live, hlc, digest, pending)"
-                " VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (doc_id) DO UPDATE"
-                " SET live = ?3, hlc = ?4, digest = ?5, pending = ?6",
-                (doc_id, collection_of(doc_id), live, doc_hlc, digest, pending),
-            )
-        delta = int.from_bytes(merkle.contribution(doc_id, digest), "big")
-        if row is not None:
-            delta ^= int.from_bytes(merkle.contribution(doc_id, bytes(row[0])), "big")
-        for node in merkle.path_to_root(merkle.leaf_of(doc_id)):
-            deltas[node] = deltas.get(node, 0) ^ delta
+    def _index(self, doc_id: str, handle: DocHandle, hlc: Hlc, log_id: int, size: int) -> None:
+        """Record a changed document's liveness and HLC, mark its digest stale.
 
-    def _write_merkle(self, deltas: dict[int, int]) -> None:
+        Digests are computed when the Merkle tree is next read (once per
+        anti-entropy round), not per commit: a digest scans the document's
+        whole delete set, which grows with its history.
+
+        The load snapshot is rewritten once the log bytes written since the last
+        one reach that snapshot's size (at least ``snapshot_min_bytes``): loading
+        replays at most about twice the document's size, and rewriting costs at
+        most one extra byte per byte logged.
+        """
+        handle.loaded_through = log_id
+        row = self._conn.execute(
+            "SELECT pending, hlc, length(snapshot) FROM docs WHERE doc_id = ?", (doc_id,)
+        ).fetchone()
+        pending = (row[0] if row else 0) + size
+        doc_hlc = max(int(hlc), row[1]) if row else int(hlc)
+        threshold = max(self.options.snapshot_min_bytes, (row[2] or 0) if row else 0)
+        if pending >= threshold and not handle.unintegrated:
+            snapshot: bytes | None = handle.doc.get_update()
+            snapshot_id, pending = log_id, 0
+        else:
+            snapshot, snapshot_id = None, 0
+        self._conn.execute(
+            "INSERT INTO docs (doc_id, collection, live, hlc, dirty, snapshot, snapshot_id,"
+            " pending) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7) ON CONFLICT (doc_id) DO UPDATE"
+            " SET live = ?3, hlc = ?4, dirty = 1, pending = ?7,"
+            " snapshot = coalesce(?5, snapshot), snapshot_id = max(?6, snapshot_id)",
+            (doc_id, collection_of(doc_id), handle.live, doc_hlc, snapshot, snapshot_id, pending),
+        )
+
+    def _flush_digests(self) -> None:
+        """Bring stale digests and the Merkle tree up to date (inside a write transaction)."""
+        deltas: dict[int, int] = {}
+        rows = self._conn.execute("SELECT doc_id, digest FROM docs WHERE dirty").fetchall()
+        for doc_id, old in rows:
+            handle = self._cache.peek(doc_id) or self._load(doc_id)
+            digest = merkle.doc_digest(handle.doc)
+            delta = int.from_bytes(merkle.contribution(doc_id, digest), "big")
+            if old is not None:
+                delta ^= int.from_bytes(merkle.contribution(doc_id, bytes(old)), "big")
+            for node in merkle.path_to_root(merkle.leaf_of(doc_id)):
+                deltas[node] = deltas.get(node, 0) ^ delta
+            self._conn.execute(
+                "UPDATE docs SET digest = ?, dirty = 0 WHERE doc_id = ?", (digest, doc_id)
+            )
         self._conn.executemany(
             "INSERT INTO merkle (node, hash) VALUES (?, ?) ON CONFLICT (node)"
             " DO UPDATE SET hash = xor_blob(hash, excluded.hash)",
             [(node, delta.to_bytes(merkle.NODE_BYTES, "big")) for node, delta in deltas.items()],
         )
+
+    def _ensure_digests(self) -> None:
+        stale = self._conn.execute("SELECT 1 FROM docs WHERE dirty LIMIT 1").fetchone()
+        if stale is not None:
+            self._write(lambda: (self._flush_digests(), []))
 
     def _apply_remote_locked(
         self, record: UpdateRecord
@@ -760,9 +779,7 @@ class Database:
             log_id = self._append(
                 record.doc_id, record.hlc, record.origin, record.seq, record.update
             )
-            deltas: dict[int, int] = {}
-            self._index(record.doc_id, handle, record.hlc, log_id, deltas)
-            self._write_merkle(deltas)
+            self._index(record.doc_id, handle, record.hlc, log_id, len(record.update))
             self._advance_origin(record)
             self._set_last_hlc(clock)
             # our own records relayed back may move our max seq: read it again then

@@ -9,9 +9,11 @@ Tables:
   is the local arrival order, so other processes can follow the log by id.
   Ids are never reused because compaction never deletes the newest record
   (cheaper than AUTOINCREMENT, which costs a page write per commit).
-- ``docs``: per document its collection, liveness, last HLC, digest, a
-  snapshot (full state through log id ``snapshot_id``, to load quickly) and
-  ``base`` (the state of every record compacted away, for time travel).
+- ``docs``: per document its collection, liveness, last HLC, the digest it
+  contributes to the Merkle tree (``dirty`` once it changed since), a
+  snapshot (full state through log id ``snapshot_id``, to load quickly;
+  ``pending`` counts the log bytes written since) and ``base`` (the state of
+  every record compacted away, for time travel).
 - ``merkle``: the anti-entropy tree (see :mod:`crdtdb.merkle`).
 
 The file is marked with ``PRAGMA application_id`` so that a foreign SQLite
@@ -58,13 +60,15 @@ CREATE TABLE docs (
     collection TEXT NOT NULL,
     live INTEGER NOT NULL,
     hlc INTEGER NOT NULL,
-    digest BLOB NOT NULL,
+    digest BLOB,
+    dirty INTEGER NOT NULL DEFAULT 1,
     snapshot BLOB,
     snapshot_id INTEGER NOT NULL DEFAULT 0,
     pending INTEGER NOT NULL DEFAULT 0,
     base BLOB
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX docs_live ON docs (collection, doc_id) WHERE live;
+CREATE INDEX docs_dirty ON docs (doc_id) WHERE dirty;
 CREATE TABLE merkle (node INTEGER PRIMARY KEY, hash BLOB NOT NULL) STRICT;
 """
 

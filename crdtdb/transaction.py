@@ -17,7 +17,7 @@ from ._cache import DocHandle
 from .errors import InvalidValueError, TransactionError
 from .hlc import Hlc
 from .ids import validate_doc_id
-from .values import DocMap, read_json, to_crdt
+from .values import DocMap, plain, read_json, to_crdt
 
 if TYPE_CHECKING:
     from .database import Database
@@ -86,7 +86,7 @@ class Transaction:
     def get(self, doc_id: str) -> dict[str, Any] | None:
         """The document as this transaction sees it (its own edits included)."""
         handle = self._handle(doc_id)
-        if handle.tombstone or not (handle.live or handle.ensure_live or len(handle.root)):
+        if handle.tombstone or not (handle.live or handle.ensure_live):
             return None
         result: dict[str, Any] = read_json(handle.root)
         return result
@@ -104,7 +104,8 @@ class Transaction:
         """Set the given top-level keys, leaving the others as they are."""
         converted = self._convert(patch)
         handle = self._handle(doc_id)
-        self._set_changed(handle, read_json(handle.root), patch, converted)
+        current = {key: plain(handle.root[key]) for key in patch if key in handle.root}
+        self._set_changed(handle, current, patch, converted)
 
     def delete(self, doc_id: str) -> None:
         """Delete the whole document (see the README for concurrent edits)."""

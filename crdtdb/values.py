@@ -27,7 +27,7 @@ from pycrdt import Array, Map, Text
 
 from .errors import InvalidValueError, TransactionError
 
-__all__ = ["DocArray", "DocMap", "DocText", "JsonValue", "from_crdt", "normalize", "read_json",
+__all__ = ["DocArray", "DocMap", "DocText", "JsonValue", "from_crdt", "normalize", "plain", "read_json",
            "to_crdt"]
 
 JsonValue: TypeAlias = (
@@ -89,6 +89,15 @@ def normalize(value: Any) -> Any:
 def read_json(shared: Map[Any] | Array[Any]) -> Any:
     """A shared map or array as plain JSON values, encoded by Yrs itself."""
     return json.loads(str(shared))
+
+
+def plain(value: Any) -> Any:
+    """Any value read from a document as plain JSON (texts as ``str``)."""
+    if isinstance(value, (Map, Array)):
+        return read_json(value)
+    if isinstance(value, Text):
+        return str(value)
+    return normalize(value)
 
 
 Guard = Callable[[], None]

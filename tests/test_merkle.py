@@ -59,6 +59,7 @@ def test_delete_only_divergence_changes_the_digest() -> None:
 
 
 def _tree_from_scratch(db: crdtdb.Database) -> dict[int, bytes]:
+    db.merkle_root()  # brings the stored digests up to date
     conn = sqlite3.connect(db.path / STORE_FILE)
     rows = conn.execute("SELECT doc_id, digest FROM docs").fetchall()
     conn.close()
@@ -96,6 +97,10 @@ def test_incremental_tree_equals_a_rebuild(
         expected = _tree_from_scratch(db)
         for node, value in expected.items():
             assert db.merkle_node(node) == value
+        written = {doc for op, doc, _ in ops if op != "delete"}
+        for doc in {doc for _, doc, _ in ops}:
+            fresh = merkle.doc_digest(db._handle(f"d/{doc}").doc)
+            assert db.digest(f"d/{doc}") == (fresh if doc in written else None)
         assert db.merkle_root() == expected.get(merkle.node_id(0, 0), merkle.ZERO)
 
 
