@@ -725,7 +725,7 @@ class Database:
             (doc_id, collection_of(doc_id), handle.live, doc_hlc, snapshot, snapshot_id, pending),
         )
 
-    def _flush_digests(self) -> None:
+    def _flush_digests(self) -> tuple[None, builtins.list[UpdateRecord]]:
         """Bring stale digests and the Merkle tree up to date (inside a write transaction)."""
         deltas: dict[int, int] = {}
         rows = self._conn.execute("SELECT doc_id, digest FROM docs WHERE dirty").fetchall()
@@ -745,11 +745,12 @@ class Database:
             " DO UPDATE SET hash = xor_blob(hash, excluded.hash)",
             [(node, delta.to_bytes(merkle.NODE_BYTES, "big")) for node, delta in deltas.items()],
         )
+        return None, []
 
     def _ensure_digests(self) -> None:
         stale = self._conn.execute("SELECT 1 FROM docs WHERE dirty LIMIT 1").fetchone()
         if stale is not None:
-            self._write(lambda: (self._flush_digests(), []))
+            self._write(self._flush_digests)
 
     def _apply_remote_locked(
         self, record: UpdateRecord

@@ -30,7 +30,9 @@ DEFAULT_MAX_OFFSET_MS = 500
 WallClock = Callable[[], int]
 """A function returning wall-clock milliseconds since the epoch."""
 
-_TEXT = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,3})?)Z(?:#(\d{1,5}))?")
+# ASCII only: a Unicode \d (or str.isdigit) accepts digits such as "²" that int() rejects.
+_TEXT = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,3})?)Z(?:#(\d{1,5}))?", re.ASCII)
+_INTEGER = re.compile(r"0*(\d{1,20})", re.ASCII)  # 2**64 - 1 has 20 digits
 
 
 _MAX_DATETIME_SECONDS = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()) + 1
@@ -64,8 +66,9 @@ class Hlc(int):
     def parse(cls, text: str) -> Hlc:
         """Parse ``str(hlc)`` (ISO time, ``#`` counter) or a decimal integer."""
         text = text.strip()
-        if text.isdigit():
-            return cls(int(text))
+        integer = _INTEGER.fullmatch(text)
+        if integer is not None:
+            return cls(int(integer[1]))
         match = _TEXT.fullmatch(text)
         if match is None:
             raise InvalidHlcError(
@@ -73,7 +76,10 @@ class Hlc(int):
                 " or as its integer value"
             )
         seconds_text, _, millis_text = match[1].partition(".")
-        stamp = datetime.strptime(seconds_text, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+        try:
+            stamp = datetime.strptime(seconds_text, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+        except ValueError as exc:  # well-shaped but impossible, e.g. February 30
+            raise InvalidHlcError(f"cannot read {text!r} as an HLC: {exc}") from None
         wall_ms = int(stamp.timestamp()) * 1000 + int(millis_text.ljust(3, "0") or 0)
         return cls.from_parts(wall_ms, int(match[2] or 0))
 
@@ -109,7 +115,9 @@ def tick(last: Hlc, wall_ms: int) -> Hlc:
     return _advance(last.wall_ms, last.logical + 1)
 
 
-def observe(last: Hlc, remote: Hlc, wall_ms: int, max_offset_ms: int = DEFAULT_MAX_OFFSET_MS) -> Hlc:
+def observe(
+    last: Hlc, remote: Hlc, wall_ms: int, max_offset_ms: int = DEFAULT_MAX_OFFSET_MS
+) -> Hlc:
     """The local clock after receiving ``remote``; refuses remote clocks too far ahead.
 
     Raises :class:`ClockSkewError` when ``remote`` is more than ``max_offset_ms``

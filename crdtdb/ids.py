@@ -12,8 +12,14 @@ from typing import NewType
 
 from .errors import InvalidDocIdError, InvalidRegionError
 
-__all__ = ["DocId", "RegionId", "collection_of", "validate_collection", "validate_doc_id",
-           "validate_region"]
+__all__ = [
+    "DocId",
+    "RegionId",
+    "collection_of",
+    "validate_collection",
+    "validate_doc_id",
+    "validate_region",
+]
 
 DocId = NewType("DocId", str)
 RegionId = NewType("RegionId", str)
@@ -21,7 +27,7 @@ RegionId = NewType("RegionId", str)
 MAX_KEY_BYTES = 512
 _COLLECTION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
 _REGION = re.compile(r"[a-z0-9][a-z0-9_\-]{0,31}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (e.g. U+0085 NEL)
 
 
 def validate_collection(name: object) -> str:
