@@ -27,12 +27,19 @@ from pycrdt import Array, Map, Text
 
 from .errors import InvalidValueError, TransactionError
 
-__all__ = ["DocArray", "DocMap", "DocText", "JsonValue", "from_crdt", "normalize", "plain", "read_json",
-           "to_crdt"]
+__all__ = [
+    "DocArray",
+    "DocMap",
+    "DocText",
+    "JsonValue",
+    "from_crdt",
+    "normalize",
+    "plain",
+    "read_json",
+    "to_crdt",
+]
 
-JsonValue: TypeAlias = (
-    None | bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
-)
+JsonValue: TypeAlias = bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"] | None
 
 _INT_MIN, _INT_MAX = -(1 << 63), (1 << 63) - 1
 _FLOAT_INT_MIN, _FLOAT_INT_MAX = -float(1 << 63), float(1 << 63)
@@ -116,14 +123,22 @@ def from_crdt(value: Any, guard: Guard, owner: object = None, key: object = None
 
 
 def _is_same_slot(value: object, owner: object, key: object) -> bool:
-    """True for ``doc[k] += "..."``: the text edited in place is being stored back."""
-    return isinstance(value, DocText) and value._owner is owner and value._key == key
+    """True for ``doc[k] += "..."``: the text just appended to in place is stored back.
+
+    Python runs ``doc[k] += s`` as ``t = doc[k]; t = t.__iadd__(s); doc[k] = t``;
+    that last store must not replace the text by a copy (concurrent edits to it
+    would be lost). Any other store of a text is a real assignment.
+    """
+    if isinstance(value, DocText) and value._appended and value._owner is owner:
+        value._appended = False
+        return bool(value._key == key)
+    return False
 
 
 class DocText:
     """A live collaborative text inside a transaction; edits merge character by character."""
 
-    __slots__ = ("_guard", "_key", "_owner", "text")
+    __slots__ = ("_appended", "_guard", "_key", "_owner", "text")
 
     def __init__(self, text: Text, guard: Guard, owner: object = None, key: object = None) -> None:
         self.text = text
@@ -131,6 +146,7 @@ class DocText:
         self._guard = guard
         self._owner = owner
         self._key = key
+        self._appended = False
 
     def __str__(self) -> str:
         self._guard()
@@ -152,6 +168,7 @@ class DocText:
     def __iadd__(self, value: str) -> DocText:
         self._guard()
         self.text += value
+        self._appended = True
         return self
 
     def __delitem__(self, index: int | slice) -> None:

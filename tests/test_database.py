@@ -563,3 +563,19 @@ def test_contiguous_sequence_tracks_gaps(pair: tuple[crdtdb.Database, crdtdb.Dat
     assert (origin["max_seq"], origin["contiguous_seq"]) == (4, 1)
     us.apply_remote(records[1])
     assert us.info()["origins"]["eu"]["contiguous_seq"] == 4
+
+
+def test_storing_a_text_view_is_a_real_assignment_unless_it_is_an_in_place_append(
+    db: crdtdb.Database,
+) -> None:
+    with db.transaction() as tx:
+        doc = tx.doc("notes/n")
+        doc["a"] = Text("alpha")
+        doc["b"] = Text("beta")
+    with db.transaction() as tx:
+        doc = tx.doc("notes/n")
+        doc["a"] += "!"  # in place: the same text, appended to
+        doc["c"] = doc["b"]  # another slot: a copy
+        doc["b"] += "?"
+        doc["b"] = "plain"  # replacing the text is not swallowed
+    assert db.get("notes/n") == {"a": "alpha!", "b": "plain", "c": "beta"}
