@@ -668,12 +668,31 @@ class Database:
         hlc = tick(last, self.options.clock())
         self._set_last_hlc(hlc)
         records = []
-        for doc_id, handle, pending in changes:
+        for doc_id, _, pending in changes:
             seq += 1
             update = pending[0] if len(pending) == 1 else merge_updates(*pending)
-            log_id = self._append(doc_id, hlc, self.region, seq, update)
-            self._index(doc_id, handle, hlc, log_id, len(update))
             records.append(UpdateRecord(doc_id, hlc, self.region, seq, update))
+        # We hold the write lock and have caught up, so the ids after _seen_id are free
+        # (compaction never deletes the newest record); the primary key would refuse
+        # the commit otherwise.
+        first_id = self._seen_id + 1
+        self._conn.executemany(
+            "INSERT INTO log (id, origin, seq, hlc, doc_id, payload) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (first_id + i, r.origin, r.seq, int(hlc), r.doc_id, r.update)
+                for i, r in enumerate(records)
+            ],
+        )
+        self._seen_id = first_id + len(records) - 1
+        self._index(
+            [
+                (doc_id, handle, first_id + i, len(record.update))
+                for i, ((doc_id, handle, _), record) in enumerate(
+                    zip(changes, records, strict=True)
+                )
+            ],
+            hlc,
+        )
         self._conn.execute(
             "INSERT INTO origins (origin, max_seq, contiguous_seq, contiguous_hlc)"
             " VALUES (?1, ?2, ?2, ?3) ON CONFLICT (origin) DO UPDATE SET max_seq = ?2,"
@@ -693,8 +712,10 @@ class Database:
         self._seen_id = log_id  # we hold the write lock and caught up before it
         return log_id
 
-    def _index(self, doc_id: str, handle: DocHandle, hlc: Hlc, log_id: int, size: int) -> None:
-        """Record a changed document's liveness and HLC, mark its digest stale.
+    def _index(self, changed: builtins.list[tuple[str, DocHandle, int, int]], hlc: Hlc) -> None:
+        """Record changed documents' liveness and HLC, and mark their digests stale.
+
+        ``changed`` holds (doc_id, handle, log id, update size) per document.
 
         Digests are computed when the Merkle tree is next read (once per
         anti-entropy round), not per commit: a digest scans the document's
@@ -705,24 +726,44 @@ class Database:
         replays at most about twice the document's size, and rewriting costs at
         most one extra byte per byte logged.
         """
-        handle.loaded_through = log_id
-        row = self._conn.execute(
-            "SELECT pending, hlc, length(snapshot) FROM docs WHERE doc_id = ?", (doc_id,)
-        ).fetchone()
-        pending = (row[0] if row else 0) + size
-        doc_hlc = max(int(hlc), row[1]) if row else int(hlc)
-        threshold = max(self.options.snapshot_min_bytes, (row[2] or 0) if row else 0)
-        if pending >= threshold and not handle.unintegrated:
-            snapshot: bytes | None = handle.doc.get_update()
-            snapshot_id, pending = log_id, 0
-        else:
-            snapshot, snapshot_id = None, 0
-        self._conn.execute(
+        known: dict[str, tuple[int, int, int | None]] = {}
+        for start in range(0, len(changed), 500):
+            chunk = [doc_id for doc_id, _, _, _ in changed[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            for row in self._conn.execute(
+                "SELECT doc_id, pending, hlc, length(snapshot) FROM docs"
+                f" WHERE doc_id IN ({marks})",
+                chunk,
+            ):
+                known[row[0]] = (row[1], row[2], row[3])
+        params = []
+        for doc_id, handle, log_id, size in changed:
+            handle.loaded_through = log_id
+            pending, doc_hlc, snapshot_size = known.get(doc_id, (0, 0, 0))
+            pending += size
+            snapshot: bytes | None = None
+            snapshot_id = 0
+            if pending >= max(self.options.snapshot_min_bytes, snapshot_size or 0) and (
+                not handle.unintegrated
+            ):
+                snapshot, snapshot_id, pending = handle.doc.get_update(), log_id, 0
+            params.append(
+                (
+                    doc_id,
+                    collection_of(doc_id),
+                    handle.live,
+                    max(int(hlc), doc_hlc),
+                    snapshot,
+                    snapshot_id,
+                    pending,
+                )
+            )
+        self._conn.executemany(
             "INSERT INTO docs (doc_id, collection, live, hlc, dirty, snapshot, snapshot_id,"
             " pending) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7) ON CONFLICT (doc_id) DO UPDATE"
             " SET live = ?3, hlc = ?4, dirty = 1, pending = ?7,"
             " snapshot = coalesce(?5, snapshot), snapshot_id = max(?6, snapshot_id)",
-            (doc_id, collection_of(doc_id), handle.live, doc_hlc, snapshot, snapshot_id, pending),
+            params,
         )
 
     def _flush_digests(self) -> tuple[None, builtins.list[UpdateRecord]]:
@@ -780,7 +821,7 @@ class Database:
             log_id = self._append(
                 record.doc_id, record.hlc, record.origin, record.seq, record.update
             )
-            self._index(record.doc_id, handle, record.hlc, log_id, len(record.update))
+            self._index([(record.doc_id, handle, log_id, len(record.update))], record.hlc)
             self._advance_origin(record)
             self._set_last_hlc(clock)
             # our own records relayed back may move our max seq: read it again then

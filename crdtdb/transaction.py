@@ -31,6 +31,7 @@ class Transaction:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._handles: dict[str, DocHandle] = {}
+        self._views: dict[str, DocMap] = {}
         self._state = "new"
         self.hlc: Hlc | None = None
         """The commit's HLC, once committed (None if nothing changed)."""
@@ -79,9 +80,11 @@ class Transaction:
 
     def doc(self, doc_id: str) -> DocMap:
         """The live root of a document; edits to it (and nested values) are CRDT edits."""
-        handle = self._handle(doc_id)
-        handle.tombstone = False
-        return DocMap(handle.root, self._guard)
+        view = self._views.get(doc_id)
+        if view is None:
+            view = self._views[doc_id] = DocMap(self._handle(doc_id).root, self._guard)
+        self._handles[doc_id].tombstone = False
+        return view
 
     def get(self, doc_id: str) -> dict[str, Any] | None:
         """The document as this transaction sees it (its own edits included)."""

@@ -206,9 +206,18 @@ class DocMap(MutableMapping[str, Any]):
         self._guard()
         if not isinstance(key, str):
             raise InvalidValueError(f"key {key!r} is not a str: JSON keys are text")
-        if _is_same_slot(value, self, key):
-            return
-        self._map[key] = to_crdt(value, f"$.{key}")
+        kind = type(value)
+        if (
+            kind is str
+            or kind is bool
+            or value is None
+            or (
+                kind is int and _INT_MIN <= value <= _INT_MAX  # type: ignore[operator]
+            )
+        ):
+            self._map[key] = value  # the common case, checked inline (a hot path)
+        elif not _is_same_slot(value, self, key):
+            self._map[key] = to_crdt(value, f"$.{key}")
 
     def __delitem__(self, key: str) -> None:
         self._guard()
