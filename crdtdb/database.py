@@ -58,6 +58,8 @@ __all__ = ["Database", "Options", "Subscription", "open"]
 
 log = logging.getLogger("crdtdb")
 
+_EMPTY_UPDATE = b"\x00\x00"  # no structs, no deletes
+
 Listener = Callable[[UpdateRecord], None]
 
 
@@ -298,6 +300,73 @@ class Database:
 
     def merkle_root(self) -> bytes:
         return self.merkle_node(merkle.node_id(0, 0))
+
+    def leaf_docs(self, leaf: int) -> builtins.list[tuple[str, bytes]]:
+        """(doc_id, digest) of every document in one Merkle leaf, digests up to date."""
+        with self._lock:
+            self._check_no_tx("leaf_docs()")
+            self._ensure_digests()
+            rows = self._conn.execute(
+                "SELECT doc_id, digest FROM docs WHERE leaf = ? ORDER BY doc_id", (leaf,)
+            )
+            return [(row[0], bytes(row[1])) for row in rows]
+
+    def records_from(
+        self, origin: str, after_seq: int, limit: int = 1000
+    ) -> builtins.list[UpdateRecord]:
+        """Records of ``origin`` held here with seq above ``after_seq``, in seq order."""
+        with self._lock:
+            self._check()
+            rows = self._conn.execute(
+                "SELECT doc_id, hlc, origin, seq, payload FROM log WHERE origin = ? AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (origin, after_seq, limit),
+            ).fetchall()
+        return [UpdateRecord(r[0], Hlc(r[1]), r[2], r[3], bytes(r[4])) for r in rows]
+
+    def progress(self) -> dict[str, tuple[int, int, Hlc]]:
+        """Per origin held here: (max seq, highest contiguous seq, that record's HLC)."""
+        with self._lock:
+            self._check()
+            rows = self._conn.execute(
+                "SELECT origin, max_seq, contiguous_seq, contiguous_hlc FROM origins"
+            ).fetchall()
+        return {row[0]: (row[1], row[2], Hlc(row[3])) for row in rows}
+
+    def apply_diff(self, doc_id: str, update: bytes) -> Hlc | None:
+        """Apply an anti-entropy repair (a state-vector diff from a peer).
+
+        A diff has no origin of its own, so what it adds to the document is
+        committed as a new local record (this region's next seq, a new HLC) and
+        flows on like any local edit. Returns that HLC, or None if the diff
+        brought nothing new. Bytes that do not decode raise InvalidUpdateError
+        and change nothing.
+        """
+        doc_id = validate_doc_id(doc_id)
+        if not isinstance(update, bytes) or not update:
+            raise InvalidUpdateError("a diff must be non-empty bytes from Database.diff()")
+        with self._lock:
+            self._check_no_tx("apply_diff()")
+            self._refresh()
+            handle = self._handle(doc_id)
+            handle.capturing = True
+            try:
+                handle.apply(update)
+            except ValueError as exc:
+                handle.take_pending()
+                self._cache.evict(doc_id)
+                raise InvalidUpdateError(
+                    f"refused diff for {doc_id}: the update does not decode ({exc})"
+                ) from None
+            pending = [u for u in handle.take_pending() if u != _EMPTY_UPDATE]
+            if not pending:
+                return None
+            try:
+                hlc: Hlc = self._write(lambda: self._commit_locked([(doc_id, handle, pending)]))
+            except BaseException:
+                self._cache.evict(doc_id)
+                raise
+            return hlc
 
     def apply_remote(self, record: UpdateRecord) -> bool:
         """Apply a record made in another region (or relayed); False if already held.
@@ -751,6 +820,7 @@ class Database:
                 (
                     doc_id,
                     collection_of(doc_id),
+                    merkle.leaf_of(doc_id),
                     handle.live,
                     max(int(hlc), doc_hlc),
                     snapshot,
@@ -759,10 +829,10 @@ class Database:
                 )
             )
         self._conn.executemany(
-            "INSERT INTO docs (doc_id, collection, live, hlc, dirty, snapshot, snapshot_id,"
-            " pending) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7) ON CONFLICT (doc_id) DO UPDATE"
-            " SET live = ?3, hlc = ?4, dirty = 1, pending = ?7,"
-            " snapshot = coalesce(?5, snapshot), snapshot_id = max(?6, snapshot_id)",
+            "INSERT INTO docs (doc_id, collection, leaf, live, hlc, dirty, snapshot, snapshot_id,"
+            " pending) VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8) ON CONFLICT (doc_id) DO UPDATE"
+            " SET live = ?4, hlc = ?5, dirty = 1, pending = ?8,"
+            " snapshot = coalesce(?6, snapshot), snapshot_id = max(?7, snapshot_id)",
             params,
         )
 

@@ -58,6 +58,7 @@ CREATE INDEX log_hlc ON log (hlc, origin, seq);
 CREATE TABLE docs (
     doc_id TEXT PRIMARY KEY,
     collection TEXT NOT NULL,
+    leaf INTEGER NOT NULL,
     live INTEGER NOT NULL,
     hlc INTEGER NOT NULL,
     digest BLOB,
@@ -69,6 +70,7 @@ CREATE TABLE docs (
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX docs_live ON docs (collection, doc_id) WHERE live;
 CREATE INDEX docs_dirty ON docs (doc_id) WHERE dirty;
+CREATE INDEX docs_leaf ON docs (leaf);
 CREATE TABLE merkle (node INTEGER PRIMARY KEY, hash BLOB NOT NULL) STRICT;
 """
 
