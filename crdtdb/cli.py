@@ -10,9 +10,11 @@ input and 1 for everything else.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .database import Database
@@ -110,6 +112,25 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sync(module: str) -> Any:
+    """A module of crdtdb.sync, imported only by the subcommands that need it.
+
+    (Imported by name: ``sync/`` is installed as ``crdtdb.sync`` by setuptools'
+    package-dir mapping, which a type checker run on the source tree cannot follow.)
+    """
+    return importlib.import_module(f"crdtdb.sync.{module}")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    code: int = _sync("daemon").serve(Path(args.config), verbose=args.verbose)
+    return code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    code: int = _sync("status").show_status(args.target, as_json=args.json)
+    return code
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run
 
@@ -154,7 +175,36 @@ def _parser() -> argparse.ArgumentParser:
         help="keep this much history (default: the store's option, 7 days)",
     )
     add("demo", cmd_demo, "run the embedded-library demo in DIR (two regions, merge, time travel)")
+    p = sub.add_parser(
+        "serve",
+        help="run the sync daemon of one region",
+        description="run the sync daemon of one region",
+    )
+    p.add_argument("--config", required=True, help="the region's TOML config file")
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser(
+        "status",
+        help="show a region's peers, lag and anti-entropy",
+        description="show a region's peers, lag and anti-entropy",
+    )
+    p.add_argument("target", metavar="DIR|CONFIG", help="data directory or config file")
+    p.add_argument("--json", action="store_true", help="print the raw status JSON")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser(
+        "certs",
+        help="cluster CA and region certificates (init, issue)",
+        description="cluster CA and region certificates",
+        add_help=False,
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda a: _certs(a.rest))
     return parser
+
+
+def _certs(rest: list[str]) -> int:
+    code: int = _sync("certs").certs_main(rest)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

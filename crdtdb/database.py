@@ -324,6 +324,12 @@ class Database:
             ).fetchall()
         return [UpdateRecord(r[0], Hlc(r[1]), r[2], r[3], bytes(r[4])) for r in rows]
 
+    def log_position(self) -> int:
+        """The id of the newest log record (from any process): cheap to poll for changes."""
+        with self._lock:
+            self._check()
+            return self._max_log_id()
+
     def progress(self) -> dict[str, tuple[int, int, Hlc]]:
         """Per origin held here: (max seq, highest contiguous seq, that record's HLC)."""
         with self._lock:

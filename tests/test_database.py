@@ -579,3 +579,41 @@ def test_storing_a_text_view_is_a_real_assignment_unless_it_is_an_in_place_appen
         doc["b"] += "?"
         doc["b"] = "plain"  # replacing the text is not swallowed
     assert db.get("notes/n") == {"a": "alpha!", "b": "plain", "c": "beta"}
+
+
+def test_apply_diff_commits_what_is_new_as_a_local_record(
+    pair: tuple[crdtdb.Database, crdtdb.Database],
+) -> None:
+    eu, us = pair
+    eu.put("docs/a", {"x": 1})
+    us.put("docs/a", {"y": 2})
+    hlc = us.apply_diff("docs/a", eu.diff("docs/a", us.state_vector("docs/a")))
+    assert hlc is not None and us.get("docs/a") == {"x": 1, "y": 2}
+    repair = list(us.changes())[-1]
+    assert (repair.origin, repair.seq, repair.hlc) == ("us", 2, hlc)
+    assert us.apply_diff("docs/a", eu.diff("docs/a")) is None  # nothing new: no record
+    assert [r.seq for r in us.changes()] == [1, 2]
+    with pytest.raises(errors.InvalidUpdateError, match="does not decode"):
+        us.apply_diff("docs/a", b"\xff\xfe")
+    assert us.get("docs/a") == {"x": 1, "y": 2}
+    assert us.merkle_root() != eu.merkle_root()
+    eu.apply_diff("docs/a", us.diff("docs/a", eu.state_vector("docs/a")))
+    assert us.merkle_root() == eu.merkle_root()
+
+
+def test_records_from_progress_and_leaf_docs(pair: tuple[crdtdb.Database, crdtdb.Database]) -> None:
+    from crdtdb import merkle
+
+    eu, us = pair
+    for i in range(5):
+        eu.put(f"docs/{i}", {"i": i})
+    assert [r.seq for r in eu.records_from("eu", 2)] == [3, 4, 5]
+    assert [r.seq for r in eu.records_from("eu", 0, limit=2)] == [1, 2]
+    assert eu.records_from("us", 0) == []
+    for record in eu.records_from("eu", 0):
+        us.apply_remote(record)
+    max_seq, contiguous, hlc = us.progress()["eu"]
+    assert (max_seq, contiguous) == (5, 5) and hlc == eu.hlc
+    leaf = merkle.leaf_of("docs/3")
+    assert ("docs/3", eu.digest("docs/3")) in eu.leaf_docs(leaf)
+    assert all(merkle.leaf_of(doc_id) == leaf for doc_id, _ in eu.leaf_docs(leaf))

@@ -1,0 +1,142 @@
+"""The region config file (TOML) of ``crdtdb serve --config region.toml``.
+
+Every key, its default, and what it means is documented in the README; paths
+are relative to the config file. Unknown keys are refused (a typo would
+otherwise silently fall back to a default), and so are missing required ones.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crdtdb.errors import UsageError
+from crdtdb.ids import validate_region
+
+from .transport import TlsFiles
+
+__all__ = ["ConfigError", "PeerConfig", "RegionConfig", "load_config", "parse_address"]
+
+
+class ConfigError(UsageError):
+    code = "config"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfig:
+    region: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegionConfig:
+    region: str
+    data_dir: Path
+    host: str
+    port: int
+    tls: TlsFiles
+    peers: tuple[PeerConfig, ...] = ()
+    anti_entropy_interval: float = 2.0
+    max_clock_offset_ms: int = 500
+    heartbeat_interval: float = 1.0
+    reconnect_min: float = 0.2
+    reconnect_max: float = 10.0
+    poll_interval: float = 0.005
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_TOP = {"region", "data_dir", "listen", "tls", "peers", "sync"}
+_SYNC = {
+    "anti_entropy_interval": float,
+    "max_clock_offset_ms": int,
+    "heartbeat_interval": float,
+    "reconnect_min": float,
+    "reconnect_max": float,
+    "poll_interval": float,
+}
+
+
+def parse_address(text: object, where: str) -> tuple[str, int]:
+    """``"127.0.0.1:7401"`` or ``"[::1]:7401"`` -> (host, port)."""
+    if not isinstance(text, str) or ":" not in text:
+        raise ConfigError(f"{where}: write the address as HOST:PORT, e.g. '127.0.0.1:7401'")
+    host, _, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536 or not host:
+        raise ConfigError(f"{where}: {text!r} is not HOST:PORT with a port in 1..65535")
+    return host, int(port_text)
+
+
+def _table(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a table")
+    return value
+
+
+def _unknown(table: dict[str, Any], known: set[str], where: str) -> None:
+    extra = sorted(set(table) - known)
+    if extra:
+        raise ConfigError(f"unknown key(s) {extra} in {where}: known keys are {sorted(known)}")
+
+
+def _path(base: Path, value: object, where: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where} must be a path (a string)")
+    return (base / value).resolve()
+
+
+def _sync_options(table: dict[str, Any]) -> dict[str, Any]:
+    _unknown(table, set(_SYNC), "[sync]")
+    options: dict[str, Any] = {}
+    for key, kind in _SYNC.items():
+        if key in table:
+            value = table[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"[sync] {key} must be a positive number, not {value!r}")
+            options[key] = kind(value)
+    return options
+
+
+def load_config(path: Path) -> RegionConfig:
+    """Read and check a region config; raises ConfigError saying what to fix."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"no config file at {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    _unknown(raw, _TOP, str(path))
+    for key in ("region", "data_dir", "listen", "tls"):
+        if key not in raw:
+            raise ConfigError(f"{path}: the key {key!r} is required")
+    base = path.resolve().parent
+    region = validate_region(raw["region"])
+    host, port = parse_address(raw["listen"], "listen")
+    tls_table = _table(raw["tls"], "[tls]")
+    _unknown(tls_table, {"ca", "cert", "key"}, "[tls]")
+    tls = TlsFiles(
+        ca=_path(base, tls_table.get("ca"), "[tls] ca"),
+        cert=_path(base, tls_table.get("cert"), "[tls] cert"),
+        key=_path(base, tls_table.get("key"), "[tls] key"),
+    )
+    peers = []
+    for i, entry in enumerate(raw.get("peers", [])):
+        table = _table(entry, f"[[peers]] #{i + 1}")
+        _unknown(table, {"region", "address"}, f"[[peers]] #{i + 1}")
+        peer_host, peer_port = parse_address(table.get("address"), f"[[peers]] #{i + 1} address")
+        peer_region = validate_region(table.get("region"))
+        if peer_region == region:
+            raise ConfigError(f"[[peers]] #{i + 1}: a region does not peer with itself")
+        peers.append(PeerConfig(peer_region, peer_host, peer_port))
+    return RegionConfig(
+        region=region,
+        data_dir=_path(base, raw["data_dir"], "data_dir"),
+        host=host,
+        port=port,
+        tls=tls,
+        peers=tuple(peers),
+        **_sync_options(_table(raw.get("sync", {}), "[sync]")),
+    )

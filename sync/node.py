@@ -1,0 +1,262 @@
+"""One region's replication: a listener, a dialer per peer, and the log watcher.
+
+:class:`Replicator` runs inside an asyncio loop with a ``crdtdb.Database``.
+The daemon (``crdtdb serve``) is a thin wrapper around it; an application
+may run it in its own process too.
+
+- Of two peers, the one whose region name sorts first dials; the other only
+  listens, so each pair has one QUIC connection. Dialing retries with
+  exponential backoff and full jitter between ``reconnect_min`` and
+  ``reconnect_max`` seconds.
+- Any growth of the log (a commit of this process, of another process on the
+  same directory, or records received from a peer) wakes every session,
+  which sends the peer what it lacks: that is both the delta push and the
+  relay to regions further down a chain.
+- Status (per peer: connected, last contact, bytes, rounds, repairs, lag) is
+  written atomically to ``DATA_DIR/sync-status.json`` every second for
+  ``crdtdb status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from crdtdb.database import Database
+from crdtdb.errors import CrdtdbError
+
+from . import wire
+from .certs import sign_challenge, verify_peer
+from .config import RegionConfig
+from .session import (
+    AntiEntropyDone,
+    Closed,
+    Established,
+    Event,
+    RecordsReceived,
+    SessionOptions,
+    SyncSession,
+)
+from .transport import SessionProtocol, dial, listen
+
+__all__ = ["STATUS_FILE", "PeerStatus", "Replicator"]
+
+log = logging.getLogger("crdtdb.sync")
+STATUS_FILE = "sync-status.json"
+
+
+@dataclass(slots=True)
+class PeerStatus:
+    region: str
+    address: str | None = None
+    connected: bool = False
+    last_contact: float | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    records_in: int = 0
+    rounds: int = 0
+    repairs: int = 0
+    peer_holds: dict[str, int] | None = None
+    last_error: str | None = None
+
+
+class Replicator:
+    """Keeps one region's store in sync with its peers until stopped."""
+
+    def __init__(self, db: Database, config: RegionConfig) -> None:
+        self.db = db
+        self.config = config
+        self.region = db.region
+        self.options = SessionOptions(anti_entropy_interval=config.anti_entropy_interval)
+        self.peers: dict[str, PeerStatus] = {
+            p.region: PeerStatus(p.region, f"{p.host}:{p.port}") for p in config.peers
+        }
+        self.protocols: set[SessionProtocol] = set()
+        self._ca = config.tls.ca.read_bytes()
+        self._cert = config.tls.cert.read_bytes()
+        self._key = config.tls.key.read_bytes()
+        self.port: int | None = None
+
+    # ------------------------------------------------------------ sessions
+
+    def _prove(self, server_nonce: bytes, client_nonce: bytes, server_region: str) -> wire.Auth:
+        signature = sign_challenge(
+            self._key,
+            server_nonce=server_nonce,
+            client_nonce=client_nonce,
+            client_region=self.region,
+            server_region=server_region,
+        )
+        return wire.Auth(self.region, self._cert, signature)
+
+    def _authenticate(self, auth: wire.Auth, server_nonce: bytes, client_nonce: bytes) -> None:
+        verify_peer(
+            self._ca,
+            auth.certificate,
+            auth.signature,
+            claimed_region=auth.region,
+            server_nonce=server_nonce,
+            client_nonce=client_nonce,
+            server_region=self.region,
+        )
+
+    def _session(self, dialer: bool, expected: str | None = None) -> SyncSession:
+        return SyncSession(
+            self.db,
+            dialer=dialer,
+            now=asyncio.get_running_loop().time(),
+            expected_peer=expected,
+            prove=self._prove,
+            authenticate=self._authenticate,
+            options=self.options,
+        )
+
+    def _on_event(self, protocol: SessionProtocol, event: Event) -> None:
+        session = protocol.session
+        assert session is not None
+        name = session.peer or "?"
+        status = self.peers.setdefault(name, PeerStatus(name)) if session.peer else None
+        if status is not None:
+            status.last_contact = time.time()
+            status.bytes_in, status.bytes_out = session.bytes_in, session.bytes_out
+        if isinstance(event, Established):
+            self.protocols.add(protocol)
+            if status is not None:
+                status.connected = True
+                status.last_error = None
+            log.info("%s: connected to %s", self.region, name)
+        elif isinstance(event, RecordsReceived) and status is not None:
+            status.records_in += event.received
+        elif isinstance(event, AntiEntropyDone) and status is not None:
+            status.rounds += 1
+            status.repairs += event.repaired_docs
+            if event.repaired_docs:
+                log.info(
+                    "%s: anti-entropy with %s repaired %d documents",
+                    self.region,
+                    name,
+                    event.repaired_docs,
+                )
+        elif isinstance(event, Closed):
+            self.protocols.discard(protocol)
+            if status is not None:
+                status.connected = False
+                status.last_error = event.reason if event.error is not None else None
+            level = logging.WARNING if event.error is not None else logging.INFO
+            log.log(level, "%s: session with %s closed: %s", self.region, name, event.reason)
+
+    # --------------------------------------------------------------- tasks
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set; then close every connection."""
+        server = await listen(
+            self.config.host,
+            self.config.port,
+            self.config.tls,
+            lambda dialer: self._session(dialer),
+            self._on_event,
+        )
+        self.port = server._transport.get_extra_info("sockname")[1]  # type: ignore[union-attr]
+        log.info("%s: listening on %s:%s", self.region, self.config.host, self.port)
+        tasks = [
+            asyncio.create_task(self._dial_loop(peer.region, peer.host, peer.port))
+            for peer in self.config.peers
+            if self.region < peer.region
+        ]
+        tasks.append(asyncio.create_task(self._watch_log()))
+        tasks.append(asyncio.create_task(self._write_status_loop()))
+        try:
+            await stop.wait()
+        finally:
+            for protocol in list(self.protocols):
+                if protocol.session is not None:
+                    protocol.session.close("shutting down")
+                    protocol.flush()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            server.close()
+            self._write_status()
+
+    async def _dial_loop(self, peer: str, host: str, port: int) -> None:
+        delay = self.config.reconnect_min
+        while True:
+            started = time.monotonic()
+            try:
+                await dial(
+                    host,
+                    port,
+                    peer,
+                    self.config.tls,
+                    lambda dialer: self._session(dialer, peer),
+                    self._on_event,
+                )
+            except (OSError, TimeoutError, ConnectionError, CrdtdbError) as exc:
+                self.peers[peer].last_error = f"{type(exc).__name__}: {exc}"
+                log.info("%s: cannot reach %s at %s:%s (%s)", self.region, peer, host, port, exc)
+            if time.monotonic() - started > 5 * self.config.reconnect_min:
+                delay = self.config.reconnect_min  # it was up for a while: start over
+            await asyncio.sleep(random.uniform(0, delay))
+            delay = min(self.config.reconnect_max, delay * 2)
+
+    async def _watch_log(self) -> None:
+        position = self.db.log_position()
+        while True:
+            await asyncio.sleep(self.config.poll_interval)
+            current = self.db.log_position()
+            if current != position:
+                position = current
+                for protocol in list(self.protocols):
+                    if protocol.session is not None:
+                        protocol.session.local_changed()
+                        protocol.flush()
+
+    async def _write_status_loop(self) -> None:
+        while True:
+            self._write_status()
+            await asyncio.sleep(1.0)
+
+    def status(self) -> dict[str, Any]:
+        progress = self.db.progress()
+        peers = []
+        for status in self.peers.values():
+            entry = asdict(status)
+            for protocol in self.protocols:
+                session = protocol.session
+                if session is not None and session.peer == status.region:
+                    entry["peer_holds"] = session.peer_holds()
+                    entry["lag_records"] = {
+                        origin: max(0, held[1] - session.peer_holds().get(origin, 0))
+                        for origin, held in progress.items()
+                    }
+            peers.append(entry)
+        return {
+            "region": self.region,
+            "listen": f"{self.config.host}:{self.port}",
+            "pid": os.getpid(),
+            "time": time.time(),
+            "hlc": str(self.db.hlc),
+            "origins": {
+                o: {"contiguous_seq": p[1], "contiguous_hlc": str(p[2])}
+                for o, p in progress.items()
+            },
+            "peers": peers,
+        }
+
+    def _write_status(self) -> None:
+        path = self.config.data_dir / STATUS_FILE
+        temporary = path.with_suffix(".tmp")
+        try:
+            temporary.write_text(json.dumps(self.status(), indent=2, sort_keys=True))
+            temporary.replace(path)
+        except (OSError, CrdtdbError) as exc:
+            log.warning("%s: cannot write %s: %s", self.region, path, exc)

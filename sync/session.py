@@ -1,0 +1,501 @@
+"""The sans-IO replication session between two regions (one per connection).
+
+Bytes in, bytes and events out, time passed in: ``receive(data, now)``,
+``data_to_send(now)``, ``next_event()``, ``get_timer()``, ``handle_timer(now)``.
+No socket, no clock, no asyncio: the QUIC glue (:mod:`.transport`) pumps it,
+and tests wire two sessions together in memory.
+
+Design rules:
+
+- **Handshake.** Both sides send ``Hello`` (protocol version, region, a fresh
+  nonce). The dialing side then proves its identity with ``Auth``: its
+  certificate and a signature over both nonces and both region names, which
+  binds the proof to this connection (TLS already proved the server to the
+  client). The server answers ``AuthOk``. Nothing else is accepted before,
+  and nothing of the store is read or written before.
+- **Records, pulled from the log.** After the handshake each side tells the
+  other, per origin region, the highest contiguous sequence number it holds
+  (``Frontier``). Each side then sends, per origin, the records above what
+  the peer holds, read from its own log in seq order, in batches, at most
+  ``window`` batches unacknowledged. There is no per-peer record queue to
+  overflow: a slow or absent peer just leaves a cursor behind, and a new
+  commit only wakes the pump. Records of every origin are sent, so a chain
+  A-B-C converges though A and C never talk.
+- **Anti-entropy.** The dialing side starts a round on connect and every
+  ``anti_entropy_interval``. The two sides walk the Merkle trees down
+  together: each message carries the sender's hashes of the children of the
+  nodes found different, one level per message, so a round costs the depth
+  of the tree in messages and bytes in proportion to the differing
+  documents. At the leaves they compare document digests, exchange state
+  vectors of the differing documents and send each other the diffs.
+- **Blame.** Anything malformed from the peer closes the session with an
+  ``Error`` message naming the problem; nothing it sent is applied after
+  that. A record the store refuses (bad update bytes, clock skew) is
+  reported as an event and also closes the session: the peer cannot be
+  trusted to send good data.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from crdtdb import merkle
+from crdtdb.errors import CrdtdbError
+from crdtdb.hlc import Hlc
+from crdtdb.records import UpdateRecord
+
+from . import wire
+from .errors import ProtocolError, RemoteProtocolError
+
+__all__ = [
+    "AntiEntropyDone",
+    "Closed",
+    "Established",
+    "Event",
+    "RecordsReceived",
+    "SessionOptions",
+    "Store",
+    "SyncSession",
+]
+
+EMPTY_SV = b"\x00"
+
+
+class Store(Protocol):
+    """What a session needs from a region's store (``crdtdb.Database`` provides it)."""
+
+    @property
+    def region(self) -> str: ...
+
+    def merkle_node(self, node: int) -> bytes: ...
+    def leaf_docs(self, leaf: int) -> list[tuple[str, bytes]]: ...
+    def state_vector(self, doc_id: str) -> bytes: ...
+    def diff(self, doc_id: str, state_vector: bytes = ...) -> bytes: ...
+    def apply_remote(self, record: UpdateRecord) -> bool: ...
+    def apply_diff(self, doc_id: str, update: bytes) -> Hlc | None: ...
+    def records_from(self, origin: str, after_seq: int, limit: int = ...) -> list[UpdateRecord]: ...
+    def progress(self) -> dict[str, tuple[int, int, Hlc]]: ...
+
+
+Authenticator = Callable[[wire.Auth, bytes, bytes], None]
+"""Checks a client's Auth against (server nonce, client nonce); raises to refuse."""
+Prover = Callable[[bytes, bytes, str], wire.Auth]
+"""Makes our Auth from (server nonce, client nonce, server region)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionOptions:
+    """Tuning of one session; defaults suit a WAN link."""
+
+    anti_entropy_interval: float = 2.0
+    """Seconds between anti-entropy rounds started by the dialing side."""
+    handshake_timeout: float = 10.0
+    """Seconds the peer has to complete the handshake."""
+    batch_records: int = 256
+    """Records per ``Records`` message."""
+    window: int = 8
+    """``Records`` messages sent and not yet acknowledged, per session."""
+
+
+# ----------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Established:
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsReceived:
+    peer: str
+    received: int
+    applied: int
+
+
+@dataclass(frozen=True, slots=True)
+class AntiEntropyDone:
+    peer: str
+    repaired_docs: int
+    messages: int
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    peer: str | None
+    reason: str
+    error: ProtocolError | CrdtdbError | None = None
+
+
+Event = Established | RecordsReceived | AntiEntropyDone | Closed
+
+
+@dataclass(slots=True)
+class _Round:
+    started: float
+    messages: int = 0
+    repaired: int = 0
+    sv_sent: set[str] = field(default_factory=set)
+
+
+class SyncSession:
+    """One connection's replication state machine. Not thread-safe; one driver pumps it."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        dialer: bool,
+        now: float,
+        expected_peer: str | None = None,
+        prove: Prover | None = None,
+        authenticate: Authenticator | None = None,
+        options: SessionOptions | None = None,
+        nonce: bytes | None = None,
+    ) -> None:
+        self.store = store
+        self.dialer = dialer
+        self.options = options or SessionOptions()
+        self.expected_peer = expected_peer
+        self.peer: str | None = None
+        self.state = "hello"
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.rounds = 0
+        self.repairs = 0
+        self._prove = prove
+        self._authenticate = authenticate
+        self._nonce = nonce if nonce is not None else os.urandom(32)
+        self._peer_nonce = b""
+        self._decoder = wire.FrameDecoder()
+        self._out: list[bytes] = []
+        self._events: deque[Event] = deque()
+        self._deadline: float | None = now + self.options.handshake_timeout
+        self._next_round: float | None = None
+        self._round: _Round | None = None
+        self._peer_holds: dict[str, int] = {}
+        self._sent_through: dict[str, int] = {}
+        self._unacked = 0
+        self._pump_needed = True
+        self._pending_leaves: tuple[int, ...] = ()
+        self._send(wire.Hello(wire.PROTOCOL_VERSION, store.region, self._nonce))
+
+    # ------------------------------------------------------------ the pump API
+
+    def receive(self, data: bytes, now: float) -> None:
+        """Feed bytes from the peer."""
+        if self.state == "closed":
+            return
+        self.bytes_in += len(data)
+        try:
+            self._decoder.feed(data)
+            while self.state != "closed":
+                message = self._decoder.next_message()
+                if message is None:
+                    break
+                self._handle(message, now)
+        except ProtocolError as exc:
+            self._fail(exc.code, str(exc), exc)
+        except CrdtdbError as exc:
+            self._fail(exc.code, str(exc), exc)
+        self._pump()
+
+    def data_to_send(self, now: float) -> bytes:
+        """Bytes to write to the peer (empty if nothing)."""
+        self._pump()
+        data = b"".join(self._out)
+        self._out.clear()
+        self.bytes_out += len(data)
+        return data
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` must next be called (None: no timer)."""
+        timers = [t for t in (self._deadline, self._next_round) if t is not None]
+        return min(timers) if timers and self.state != "closed" else None
+
+    def handle_timer(self, now: float) -> None:
+        if self.state == "closed":
+            return
+        if self._deadline is not None and now >= self._deadline:
+            self._fail("timeout", "the peer did not complete the handshake in time", None)
+            return
+        if self._next_round is not None and now >= self._next_round:
+            self.start_round(now)
+
+    def local_changed(self) -> None:
+        """The store got new records (local commits or from other peers): send them."""
+        self._pump_needed = True
+        self._pump()
+
+    def close(self, reason: str = "closed by us") -> None:
+        if self.state != "closed":
+            self._send(wire.Error("closing", reason))
+            self._closed(reason, None)
+
+    @property
+    def established(self) -> bool:
+        return self.state == "open"
+
+    def peer_holds(self) -> dict[str, int]:
+        """Per origin, the highest contiguous seq the peer told us it holds."""
+        return dict(self._peer_holds)
+
+    # ------------------------------------------------------------- handshake
+
+    def _handle(self, message: wire.Message, now: float) -> None:
+        if isinstance(message, wire.Error):
+            self._closed(f"peer closed: {message.code}: {message.message}", None)
+            return
+        handler = _HANDLERS.get((self.state, type(message)))
+        if handler is None:
+            raise RemoteProtocolError(
+                f"unexpected {type(message).__name__} in state {self.state!r}",
+                code="unexpected_message",
+            )
+        handler(self, message, now)
+
+    def _on_hello(self, hello: wire.Hello, now: float) -> None:
+        wire.check_version(hello)
+        if hello.region == self.store.region:
+            raise RemoteProtocolError(
+                f"peer claims our own region {hello.region!r}", code="bad_region"
+            )
+        if self.expected_peer is not None and hello.region != self.expected_peer:
+            raise RemoteProtocolError(
+                f"expected region {self.expected_peer!r}, the peer says {hello.region!r}",
+                code="bad_region",
+            )
+        self.peer = hello.region
+        self._peer_nonce = hello.nonce
+        if self.dialer:
+            if self._prove is not None:
+                self._send(self._prove(hello.nonce, self._nonce, hello.region))
+                self.state = "auth"
+            else:
+                self._open(now)
+        else:
+            self.state = "auth" if self._authenticate is not None else "hello-done"
+            if self._authenticate is None:
+                self._open(now)
+
+    def _on_auth(self, auth: wire.Auth, now: float) -> None:
+        if self.dialer or self._authenticate is None:
+            raise RemoteProtocolError("Auth is sent by the dialing side", code="unexpected_message")
+        if auth.region != self.peer:
+            raise RemoteProtocolError(
+                f"Auth is for region {auth.region!r} but Hello said {self.peer!r}",
+                code="bad_region",
+            )
+        self._authenticate(auth, self._nonce, self._peer_nonce)
+        self._send(wire.AuthOk(self.store.region))
+        self._open(now)
+
+    def _on_auth_ok(self, ok: wire.AuthOk, now: float) -> None:
+        if not self.dialer:
+            raise RemoteProtocolError(
+                "AuthOk is sent by the listening side", code="unexpected_message"
+            )
+        self._open(now)
+
+    def _open(self, now: float) -> None:
+        self.state = "open"
+        self._deadline = None
+        assert self.peer is not None
+        self._events.append(Established(self.peer))
+        self._send(self._frontier())
+        if self.dialer:
+            self._next_round = now  # a round on every (re)connect
+
+    def _frontier(self) -> wire.Frontier:
+        progress = self.store.progress()
+        complete = tuple(
+            (origin, contiguous, int(hlc))
+            for origin, (_, contiguous, hlc) in sorted(progress.items())
+        )
+        floor = min((int(hlc) for _, _, hlc in progress.values()), default=0)
+        return wire.Frontier(complete, floor)
+
+    # --------------------------------------------------------------- records
+
+    def _on_frontier(self, frontier: wire.Frontier, now: float) -> None:
+        self._pump_needed = True
+        for origin, contiguous, _ in frontier.complete:
+            self._peer_holds[origin] = max(self._peer_holds.get(origin, 0), contiguous)
+
+    def _on_records(self, message: wire.Records, now: float) -> None:
+        applied = sum(self.store.apply_remote(record) for record in message.records)
+        assert self.peer is not None
+        self._events.append(RecordsReceived(self.peer, len(message.records), applied))
+        progress = self.store.progress()
+        for origin in {record.origin for record in message.records}:
+            self._send(wire.Ack(origin, progress.get(origin, (0, 0, Hlc(0)))[1]))
+
+    def _on_ack(self, ack: wire.Ack, now: float) -> None:
+        self._unacked = max(0, self._unacked - 1)
+        self._pump_needed = True
+        self._peer_holds[ack.origin] = max(self._peer_holds.get(ack.origin, 0), ack.seq)
+
+    def _pump(self) -> None:
+        """Send log records the peer does not hold yet, within the window."""
+        if self.state != "open" or not self._pump_needed:
+            return
+        self._pump_needed = False
+        for origin in sorted(self.store.progress()):
+            while self._unacked < self.options.window:
+                after = max(self._peer_holds.get(origin, 0), self._sent_through.get(origin, 0))
+                records = self.store.records_from(origin, after, self.options.batch_records)
+                if not records:
+                    break
+                self._send(wire.Records(tuple(records)))
+                self._sent_through[origin] = records[-1].seq
+                self._unacked += 1
+            if self._unacked >= self.options.window:
+                self._pump_needed = True  # the next Ack resumes here
+                break
+
+    # ---------------------------------------------------------- anti-entropy
+
+    def start_round(self, now: float) -> None:
+        """Start an anti-entropy round now (the dialing side does so on a timer)."""
+        self._next_round = now + self.options.anti_entropy_interval
+        if self.state != "open" or self._round is not None:
+            return
+        self._round = _Round(started=now)
+        root = merkle.node_id(0, 0)
+        self._send_round(wire.MerkleReply(((root, self.store.merkle_node(root)),)))
+
+    def _send_round(self, message: wire.Message) -> None:
+        if self._round is not None:
+            self._round.messages += 1
+        self._send(message)
+
+    def _on_merkle(self, message: wire.MerkleReply, now: float) -> None:
+        """The peer's hashes of some nodes: answer with ours one level down where they differ."""
+        differing = [n for n, h in message.nodes if self.store.merkle_node(n) != h]
+        if not differing:
+            self._send_round(wire.LeafQuery(()))  # "in sync here": ends the round
+            if self._round is None:  # the answering side counts the round too
+                self._round = _Round(started=now, messages=1)
+            self._finish_round()
+            return
+        if differing[0] >> 16 < merkle.DEPTH:
+            children = [c for node in differing for c in merkle.children(node)]
+            self._send_round(
+                wire.MerkleReply(tuple((c, self.store.merkle_node(c)) for c in children))
+            )
+            return
+        leaves = tuple(node & 0xFFFF for node in differing)
+        docs = tuple(d for leaf in leaves for d in self.store.leaf_docs(leaf))
+        self._send_round(wire.LeafQuery(leaves))
+        self._send_round(wire.LeafReply(docs))
+
+    def _on_leaf_query(self, message: wire.LeafQuery, now: float) -> None:
+        if not message.leaves:
+            self._finish_round()
+            return
+        self._pending_leaves = message.leaves
+
+    def _on_leaf_reply(self, message: wire.LeafReply, now: float) -> None:
+        leaves, self._pending_leaves = self._pending_leaves, ()
+        theirs = dict(message.docs)
+        ours = dict(d for leaf in leaves for d in self.store.leaf_docs(leaf))
+        differing = sorted(d for d in set(theirs) | set(ours) if theirs.get(d) != ours.get(d))
+        if not differing:
+            self._send_round(wire.StateVectors(()))
+            self._finish_round()
+            return
+        if self._round is None:
+            self._round = _Round(started=now)
+        self._round.sv_sent.update(differing)
+        self._send_round(
+            wire.StateVectors(tuple((d, self._state_vector(d, d in ours)) for d in differing))
+        )
+
+    def _state_vector(self, doc_id: str, held: bool) -> bytes:
+        return self.store.state_vector(doc_id) if held else EMPTY_SV
+
+    def _on_state_vectors(self, message: wire.StateVectors, now: float) -> None:
+        """The peer's state vectors: send the diffs; if it asked first, ask back.
+
+        Our own request goes out before the diffs, so that the peer, which
+        still has these documents outstanding, answers it with diffs only.
+        """
+        asked = self._round.sv_sent if self._round is not None else set()
+        mine = tuple(
+            (doc_id, self.store.state_vector(doc_id))
+            for doc_id, _ in message.docs
+            if doc_id not in asked
+        )
+        if mine:
+            if self._round is None:
+                self._round = _Round(started=now)
+            self._round.sv_sent.update(doc_id for doc_id, _ in mine)
+            self._send_round(wire.StateVectors(mine))
+        self._send_round(
+            wire.Diffs(tuple((doc_id, self.store.diff(doc_id, sv)) for doc_id, sv in message.docs))
+        )
+        if not message.docs:
+            self._finish_round()
+
+    def _on_diffs(self, message: wire.Diffs, now: float) -> None:
+        repaired = 0
+        for doc_id, update in message.docs:
+            if update and self.store.apply_diff(doc_id, update) is not None:
+                repaired += 1
+        self.repairs += repaired
+        if self._round is not None:
+            self._round.repaired += repaired
+            self._round.sv_sent.difference_update(doc_id for doc_id, _ in message.docs)
+            if not self._round.sv_sent:
+                self._finish_round()
+
+    def _finish_round(self) -> None:
+        if self._round is None:
+            return
+        round_, self._round = self._round, None
+        self.rounds += 1
+        assert self.peer is not None
+        self._events.append(AntiEntropyDone(self.peer, round_.repaired, round_.messages))
+
+    # ----------------------------------------------------------------- misc
+
+    def _on_heartbeat(self, message: wire.Heartbeat, now: float) -> None:
+        pass
+
+    def _send(self, message: wire.Message) -> None:
+        self._out.append(wire.encode(message))
+
+    def _fail(self, code: str, text: str, error: ProtocolError | CrdtdbError | None) -> None:
+        self._send(wire.Error(code, text))
+        self._closed(f"{code}: {text}", error)
+
+    def _closed(self, reason: str, error: ProtocolError | CrdtdbError | None) -> None:
+        self.state = "closed"
+        self._deadline = self._next_round = None
+        self._events.append(Closed(self.peer, reason, error))
+
+
+_Handler = Callable[[SyncSession, wire.Message, float], None]
+_OPEN_HANDLERS: dict[type, _Handler] = {
+    wire.Frontier: SyncSession._on_frontier,  # type: ignore[dict-item]
+    wire.Records: SyncSession._on_records,  # type: ignore[dict-item]
+    wire.Ack: SyncSession._on_ack,  # type: ignore[dict-item]
+    wire.MerkleReply: SyncSession._on_merkle,  # type: ignore[dict-item]
+    wire.LeafQuery: SyncSession._on_leaf_query,  # type: ignore[dict-item]
+    wire.LeafReply: SyncSession._on_leaf_reply,  # type: ignore[dict-item]
+    wire.StateVectors: SyncSession._on_state_vectors,  # type: ignore[dict-item]
+    wire.Diffs: SyncSession._on_diffs,  # type: ignore[dict-item]
+    wire.Heartbeat: SyncSession._on_heartbeat,  # type: ignore[dict-item]
+}
+_HANDLERS: dict[tuple[str, type], _Handler] = {
+    ("hello", wire.Hello): SyncSession._on_hello,  # type: ignore[dict-item]
+    ("auth", wire.Auth): SyncSession._on_auth,  # type: ignore[dict-item]
+    ("auth", wire.AuthOk): SyncSession._on_auth_ok,  # type: ignore[dict-item]
+    **{("open", kind): handler for kind, handler in _OPEN_HANDLERS.items()},
+}

@@ -1,0 +1,194 @@
+"""The QUIC glue: the only module that imports ``aioquic.asyncio``.
+
+It pumps a :class:`~.session.SyncSession` over one bidirectional QUIC stream
+(opened by the dialing side): stream data in, session bytes out, the
+session's timer on the event loop. TLS 1.3 (aioquic) authenticates the
+listening side to the dialer, which checks the certificate against the
+cluster CA and the name ``REGION.crdtdb``; the session's Auth message
+authenticates the dialer (see :mod:`.certs`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aioquic.asyncio.client import connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.asyncio.server import QuicServer, serve
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
+
+from .session import Event, SyncSession
+
+__all__ = ["ALPN", "SessionProtocol", "TlsFiles", "dial", "listen", "server_name"]
+
+log = logging.getLogger("crdtdb.sync.transport")
+ALPN = "crdtdb/1"
+
+
+def server_name(region: str) -> str:
+    """The TLS name a region's certificate carries."""
+    return f"{region}.crdtdb"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsFiles:
+    """PEM files of one region: the cluster CA, its certificate and key."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+SessionFactory = Callable[[bool], SyncSession]
+"""Makes the session for a new connection; the argument says whether we dialed."""
+EventSink = Callable[["SessionProtocol", Event], None]
+
+
+class SessionProtocol(QuicConnectionProtocol):
+    """One QUIC connection carrying one sync session."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.session: SyncSession | None = None
+        self.on_event: EventSink | None = None
+        self.closed = asyncio.Event()
+        self._stream_id: int | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+
+    def start(self, session: SyncSession, on_event: EventSink, *, dialer: bool) -> None:
+        self.session = session
+        self.on_event = on_event
+        if dialer:
+            self._stream_id = self._quic.get_next_available_stream_id()
+        self.flush()
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, StreamDataReceived) and self.session is not None:
+            if self._stream_id is None:
+                self._stream_id = event.stream_id
+            if event.stream_id == self._stream_id:
+                self.session.receive(event.data, self._loop.time())
+                self.flush()
+        elif isinstance(event, ConnectionTerminated):
+            if self.session is not None and self.session.state != "closed":
+                self.session.close(
+                    f"connection terminated: {event.reason_phrase or event.error_code}"
+                )
+                self._drain_events()
+            self._cancel_timer()
+            self.closed.set()
+
+    def flush(self) -> None:
+        """Send what the session has for the peer, report its events, re-arm its timer."""
+        session = self.session
+        if session is None:
+            return
+        if self._stream_id is not None:  # a listener learns it from the first data
+            data = session.data_to_send(self._loop.time())
+            if data:
+                self._quic.send_stream_data(self._stream_id, data)
+                self.transmit()
+        self._drain_events()
+        if session.state == "closed":
+            self._cancel_timer()
+            self._quic.close(error_code=0, reason_phrase="sync session closed")
+            self.transmit()
+            return
+        self._arm_timer()
+
+    def _drain_events(self) -> None:
+        assert self.session is not None
+        while (event := self.session.next_event()) is not None:
+            if self.on_event is not None:
+                self.on_event(self, event)
+
+    def _arm_timer(self) -> None:
+        self._cancel_timer()
+        assert self.session is not None
+        when = self.session.get_timer()
+        if when is not None:
+            self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.session is not None:
+            self.session.handle_timer(self._loop.time())
+            self.flush()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _configuration(tls: TlsFiles, *, is_client: bool, peer: str | None) -> QuicConfiguration:
+    config = QuicConfiguration(
+        is_client=is_client,
+        alpn_protocols=[ALPN],
+        idle_timeout=20.0,
+        max_datagram_frame_size=None,
+    )
+    config.load_cert_chain(tls.cert, tls.key)
+    if is_client:
+        config.load_verify_locations(cafile=str(tls.ca))
+        config.verify_mode = ssl.CERT_REQUIRED
+        config.server_name = server_name(peer) if peer else None
+    return config
+
+
+async def listen(
+    host: str,
+    port: int,
+    tls: TlsFiles,
+    make_session: SessionFactory,
+    on_event: EventSink,
+) -> QuicServer:
+    """Accept QUIC connections; each gets a session from ``make_session(False)``."""
+
+    def create_protocol(*args: Any, **kwargs: Any) -> SessionProtocol:
+        protocol = SessionProtocol(*args, **kwargs)
+        protocol.start(make_session(False), on_event, dialer=False)
+        return protocol
+
+    return await serve(
+        host,
+        port,
+        configuration=_configuration(tls, is_client=False, peer=None),
+        create_protocol=create_protocol,
+    )
+
+
+async def dial(
+    host: str,
+    port: int,
+    peer: str,
+    tls: TlsFiles,
+    make_session: SessionFactory,
+    on_event: EventSink,
+    *,
+    timeout: float = 10.0,
+) -> None:
+    """Connect to ``peer`` and run the session until the connection ends."""
+    configuration = _configuration(tls, is_client=True, peer=peer)
+    async with asyncio.timeout(timeout):
+        manager = connect(
+            host,
+            port,
+            configuration=configuration,
+            create_protocol=SessionProtocol,
+            wait_connected=True,
+        )
+        protocol: SessionProtocol = await manager.__aenter__()  # type: ignore[assignment]
+    try:
+        protocol.start(make_session(True), on_event, dialer=True)
+        await protocol.closed.wait()
+    finally:
+        await manager.__aexit__(None, None, None)

@@ -1,0 +1,86 @@
+"""Replication over real QUIC on loopback: two Replicators in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import crdtdb
+from crdtdb.sync.certs import init_ca, issue
+from crdtdb.sync.config import PeerConfig, RegionConfig
+from crdtdb.sync.node import Replicator
+from crdtdb.sync.transport import TlsFiles
+
+pytestmark = pytest.mark.integration
+
+
+def region_config(tmp: Path, certs: Path, region: str, peers: list[PeerConfig]) -> RegionConfig:
+    return RegionConfig(
+        region=region,
+        data_dir=tmp / region,
+        host="127.0.0.1",
+        port=0,
+        tls=TlsFiles(
+            ca=certs / "ca.pem", cert=certs / f"{region}.pem", key=certs / f"{region}.key"
+        ),
+        peers=tuple(peers),
+        anti_entropy_interval=0.5,
+        reconnect_min=0.05,
+        reconnect_max=0.5,
+    )
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> Path:
+    directory = tmp_path / "certs"
+    init_ca(directory)
+    for region in ("eu", "us", "ap"):
+        issue(directory, region)
+    return directory
+
+
+def test_two_regions_replicate_over_quic(tmp_path: Path, certs: Path) -> None:
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        us_db = crdtdb.open(tmp_path / "us", region="us")
+        eu_db = crdtdb.open(tmp_path / "eu", region="eu")
+        us = Replicator(us_db, region_config(tmp_path, certs, "us", []))
+        us_task = asyncio.create_task(us.run(stop))
+        await wait_for(lambda: us.port is not None)
+        assert us.port is not None
+        eu = Replicator(
+            eu_db, region_config(tmp_path, certs, "eu", [PeerConfig("us", "127.0.0.1", us.port)])
+        )
+        eu_task = asyncio.create_task(eu.run(stop))
+        try:
+            eu_db.put("users/a", {"from": "eu"})
+            us_db.put("users/b", {"from": "us"})
+            await wait_for(lambda: us_db.get("users/a") is not None)
+            await wait_for(lambda: eu_db.get("users/b") is not None)
+            with eu_db.transaction() as tx:
+                for i in range(300):
+                    tx.put(f"bulk/{i}", {"i": i})
+            await wait_for(lambda: len(us_db.list("bulk")) == 300)
+            await wait_for(lambda: eu.peers["us"].rounds >= 1 and us.peers["eu"].rounds >= 1)
+            assert eu_db.merkle_root() == us_db.merkle_root()
+            assert eu.peers["us"].connected and us.peers["eu"].connected
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(us_task, eu_task), 10)
+            eu_db.close()
+            us_db.close()
+
+    asyncio.run(scenario())
+    status = (tmp_path / "eu" / "sync-status.json").read_text()
+    assert '"region": "eu"' in status

@@ -1,0 +1,251 @@
+"""The sans-IO sync session, driven in memory between real region stores."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
+
+import crdtdb
+from crdtdb import merkle
+from crdtdb.sync import wire
+from crdtdb.sync.session import AntiEntropyDone, Closed, Established, SyncSession
+
+from .sync_helpers import Link
+
+
+def _stores(tmp_path: Path, *regions: str) -> list[crdtdb.Database]:
+    return [crdtdb.open(tmp_path / r, region=r) for r in regions]
+
+
+def test_handshake_then_delta_push(tmp_path: Path) -> None:
+    eu, us = _stores(tmp_path, "eu", "us")
+    eu.put("users/a", {"v": 1})
+    link = Link(eu, us)
+    link.settle()
+    assert link.open
+    assert [e for e in link.events if isinstance(e, Established)]
+    assert us.get("users/a") == {"v": 1}
+    eu.put("users/b", {"v": 2})
+    us.put("users/c", {"v": 3})
+    link.a.local_changed()
+    link.b.local_changed()
+    link.settle()
+    assert eu.get("users/c") == {"v": 3} and us.get("users/b") == {"v": 2}
+    assert link.b.peer_holds()["eu"] == 2 and link.a.peer_holds()["us"] == 1
+
+
+def test_chain_relays_records(tmp_path: Path) -> None:
+    eu, us, ap = _stores(tmp_path, "eu", "us", "ap")
+    left, right = Link(eu, us), Link(us, ap)  # eu and ap never talk
+    eu.put("users/a", {"from": "eu"})
+    ap.put("users/b", {"from": "ap"})
+    for _ in range(5):
+        for link in (left, right):
+            link.a.local_changed()
+            link.b.local_changed()
+            link.settle()
+    assert ap.get("users/a") == {"from": "eu"} and eu.get("users/b") == {"from": "ap"}
+    assert eu.merkle_root() == us.merkle_root() == ap.merkle_root()
+
+
+def test_anti_entropy_repairs_what_records_cannot(tmp_path: Path) -> None:
+    """Content whose records were compacted away reaches the peer as diffs."""
+    eu, us = _stores(tmp_path, "eu", "us")
+    with eu.transaction() as tx:
+        for i in range(50):
+            tx.put(f"docs/{i}", {"i": i})
+    eu.update("docs/7", {"extra": True})
+    assert eu.compact(retention_s=0) == 50  # only the newest record is left in eu's log
+    us.put("docs/9", {"theirs": True})
+    link = Link(eu, us)
+    link.settle()  # handshake and records: only docs/7's last record can travel
+    assert us.get("docs/3") is None
+    link.advance(0)  # the round due on connect
+    link.settle()
+    done = [e for e in link.events if isinstance(e, AntiEntropyDone)]
+    assert done and sum(e.repaired_docs for e in done) >= 50
+    assert eu.merkle_root() == us.merkle_root()
+    assert us.get("docs/3") == {"i": 3}
+    assert us.get("docs/7") == {"i": 7, "extra": True}
+    assert eu.get("docs/9") == us.get("docs/9")
+
+
+def test_delete_only_divergence_is_repaired(tmp_path: Path) -> None:
+    eu, us = _stores(tmp_path, "eu", "us")
+    eu.put("docs/a", {"x": 1, "y": 2})
+    us.apply_diff("docs/a", eu.diff("docs/a"))
+    # a delete that arrives only as content: same state vectors, different delete sets
+    with crdtdb.open(tmp_path / "eu2", region="ap") as side:
+        side.apply_diff("docs/a", eu.diff("docs/a"))
+        with side.transaction() as tx:
+            del tx.doc("docs/a")["x"]
+        eu.apply_diff("docs/a", side.diff("docs/a", eu.state_vector("docs/a")))
+    assert eu.get("docs/a") == {"y": 2} and us.get("docs/a") == {"x": 1, "y": 2}
+    link = Link(eu, us)
+    link.settle()
+    assert us.get("docs/a") == {"y": 2}
+    assert eu.digest("docs/a") == us.digest("docs/a")
+
+
+def test_round_in_sync_costs_one_exchange(tmp_path: Path) -> None:
+    eu, us = _stores(tmp_path, "eu", "us")
+    eu.put("docs/a", {"x": 1})
+    link = Link(eu, us)
+    link.settle()
+    before = link.bytes
+    link.round()
+    done = [e for e in link.events if isinstance(e, AntiEntropyDone)]
+    assert done[-1].repaired_docs == 0 and done[-1].messages <= 2
+    assert link.bytes - before < 200
+
+
+def test_garbage_closes_the_session_and_changes_nothing(tmp_path: Path) -> None:
+    (us,) = _stores(tmp_path, "us")
+    session = SyncSession(us, dialer=False, now=0.0)
+    session.receive(b"\x00garbage that is not a frame" * 3, 0.0)
+    events = []
+    while (event := session.next_event()) is not None:
+        events.append(event)
+    assert isinstance(events[-1], Closed) and events[-1].error is not None
+    assert not session.established
+    assert us.info()["log_records"] == 0
+    out = wire.FrameDecoder()
+    out.feed(session.data_to_send(0.0))
+    messages = []
+    while (message := out.next_message()) is not None:
+        messages.append(message)
+    assert isinstance(messages[-1], wire.Error)
+
+
+def test_records_before_handshake_are_refused(tmp_path: Path) -> None:
+    eu, us = _stores(tmp_path, "eu", "us")
+    eu.put("docs/a", {"x": 1})
+    session = SyncSession(us, dialer=False, now=0.0)
+    session.receive(wire.encode(wire.Records(tuple(eu.changes()))), 0.0)
+    assert session.state == "closed"
+    assert us.get("docs/a") is None
+
+
+def test_peer_claiming_our_region_is_refused(tmp_path: Path) -> None:
+    (us,) = _stores(tmp_path, "us")
+    session = SyncSession(us, dialer=False, now=0.0)
+    session.receive(wire.encode(wire.Hello(wire.PROTOCOL_VERSION, "us", b"n" * 32)), 0.0)
+    assert session.state == "closed"
+
+
+def test_handshake_timeout(tmp_path: Path) -> None:
+    (us,) = _stores(tmp_path, "us")
+    session = SyncSession(us, dialer=False, now=0.0)
+    timer = session.get_timer()
+    assert timer is not None
+    session.handle_timer(timer)
+    assert session.state == "closed"
+
+
+def test_window_bounds_unacknowledged_batches(tmp_path: Path) -> None:
+    from crdtdb.sync.session import SessionOptions
+
+    eu, us = _stores(tmp_path, "eu", "us")
+    with eu.transaction() as tx:
+        for i in range(100):
+            tx.put(f"docs/{i}", {"i": i})
+    options = SessionOptions(batch_records=10, window=2)
+    link = Link(eu, us, options=options)
+    link.transfer()  # hellos
+    link.transfer()  # frontiers
+    data = link.a.data_to_send(0.0)
+    decoder = wire.FrameDecoder()
+    decoder.feed(data)
+    batches = []
+    while (message := decoder.next_message()) is not None:
+        if isinstance(message, wire.Records):
+            batches.append(message)
+    assert len(batches) <= 2  # no more than the window in flight
+    link.b.receive(data, 0.0)
+    link.settle()
+    assert us.info()["live_documents"] == 100
+
+
+class Partitions(RuleBasedStateMachine):
+    """Random edits, connections made and cut mid-transfer; healed, all converge."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = Path(tempfile.mkdtemp(prefix="crdtdb-session-"))
+        self.dbs: dict[str, crdtdb.Database] = {}
+        self.links: dict[tuple[str, str], Link] = {}
+        self.rng = random.Random(0)
+
+    @initialize()
+    def start(self) -> None:
+        for region in ("eu", "us", "ap"):
+            self.dbs[region] = crdtdb.open(self.tmp / region, region=region)
+
+    def teardown(self) -> None:
+        for db in self.dbs.values():
+            db.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    @rule(
+        region=st.sampled_from(["eu", "us", "ap"]),
+        doc=st.integers(0, 5),
+        key=st.sampled_from(["a", "b", "c"]),
+        value=st.integers(0, 9),
+        delete=st.booleans(),
+    )
+    def edit(self, region: str, doc: int, key: str, value: int, delete: bool) -> None:
+        if delete:
+            self.dbs[region].delete(f"d/{doc}")
+        else:
+            self.dbs[region].update(f"d/{doc}", {key: value})
+        for link in self.links.values():
+            link.a.local_changed()
+            link.b.local_changed()
+
+    @rule(pair=st.sampled_from([("eu", "us"), ("us", "ap"), ("eu", "ap")]))
+    def connect(self, pair: tuple[str, str]) -> None:
+        if pair not in self.links:
+            self.links[pair] = Link(self.dbs[pair[0]], self.dbs[pair[1]], rng=self.rng)
+
+    @rule(pair=st.sampled_from([("eu", "us"), ("us", "ap"), ("eu", "ap")]), steps=st.integers(1, 4))
+    def deliver_some(self, pair: tuple[str, str], steps: int) -> None:
+        link = self.links.get(pair)
+        if link is not None:
+            for _ in range(steps):
+                link.transfer()
+
+    @rule(pair=st.sampled_from([("eu", "us"), ("us", "ap"), ("eu", "ap")]))
+    def cut(self, pair: tuple[str, str]) -> None:
+        self.links.pop(pair, None)  # in-flight bytes are lost
+
+    @rule()
+    def heal_and_check(self) -> None:
+        self.links = {}
+        for pair in (("eu", "us"), ("us", "ap"), ("eu", "ap")):
+            self.links[pair] = Link(self.dbs[pair[0]], self.dbs[pair[1]], rng=self.rng)
+        for _ in range(3):
+            for link in self.links.values():
+                link.settle()
+                link.round()
+        for link in self.links.values():
+            assert link.open, link.events
+        roots = {db.merkle_root() for db in self.dbs.values()}
+        assert len(roots) == 1
+        views = [{f"d/{i}": db.get(f"d/{i}") for i in range(6)} for db in self.dbs.values()]
+        assert views[0] == views[1] == views[2]
+        assert roots != {merkle.ZERO} or all(v is None for v in views[0].values())
+
+
+Partitions.TestCase.settings = settings(
+    max_examples=25,
+    stateful_step_count=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestPartitions = Partitions.TestCase
