@@ -324,6 +324,125 @@ class Database:
             ).fetchall()
         return [UpdateRecord(r[0], Hlc(r[1]), r[2], r[3], bytes(r[4])) for r in rows]
 
+    # ------------------------------------------------------------- frontier
+
+    def heartbeat(self) -> Hlc:
+        """Advance this region's clock to now with no record: an idle region's frontier moves."""
+        with self._lock:
+            self._check_no_tx("heartbeat()")
+            hlc: Hlc = self._write(self._heartbeat_locked)
+            return hlc
+
+    def _heartbeat_locked(self) -> tuple[Hlc, builtins.list[UpdateRecord]]:
+        last, seq = self._read_counters()
+        hlc = tick(last, self.options.clock())
+        self._set_last_hlc(hlc)
+        self._counters = (hlc, seq)
+        return hlc, []
+
+    def frontier_entries(self) -> builtins.list[tuple[str, int, Hlc]]:
+        """Per origin: (origin, contiguous seq held, HLC through which all its records are held).
+
+        For this region itself that is (region, its last seq, its clock): every
+        record it makes later will have a higher HLC.
+        """
+        with self._lock:
+            self._check()
+            rows = self._conn.execute(
+                "SELECT origin, contiguous_seq, max(contiguous_hlc, complete_hlc) FROM origins"
+                " WHERE origin != ?",
+                (self.region,),
+            ).fetchall()
+            # regions we know of but hold nothing from: complete through 0 until they report
+            silent = self._conn.execute(
+                "SELECT region, 0, 0 FROM frontiers WHERE region != ?"
+                " AND region NOT IN (SELECT origin FROM origins)",
+                (self.region,),
+            ).fetchall()
+            own = self._conn.execute(
+                "SELECT max_seq FROM origins WHERE origin = ?", (self.region,)
+            ).fetchone()
+            clock = max(self._last_hlc, Hlc(int(self._meta("last_hlc") or 0)))
+        entries = [(row[0], row[1], Hlc(row[2])) for row in rows + silent]
+        return [*entries, (self.region, own[0] if own else 0, clock)]
+
+    def local_frontier(self) -> Hlc:
+        """``C`` of this region: it holds every update (of any origin) with HLC at or below it."""
+        return min(hlc for _, _, hlc in self.frontier_entries())
+
+    def note_frontier(
+        self,
+        entries: builtins.list[tuple[str, int, int]],
+        clocks: builtins.list[tuple[str, int]] = [],  # noqa: B006 - never mutated
+    ) -> None:
+        """Take a peer's frontier report: per origin (seq, hlc), and C of other regions.
+
+        (origin, s, h) means: the peer holds that origin's records 1..s, and the
+        origin made none after s with an HLC at or below h. Once we hold 1..s
+        too, we hold everything of that origin up to h.
+        """
+        with self._lock:
+            self._check_no_tx("note_frontier()")
+            self._write(lambda: self._note_frontier_locked(entries, clocks))
+
+    def _note_frontier_locked(
+        self, entries: builtins.list[tuple[str, int, int]], clocks: builtins.list[tuple[str, int]]
+    ) -> tuple[None, builtins.list[UpdateRecord]]:
+        for origin, seq, hlc in entries:
+            if origin == self.region:
+                continue
+            validate_region(origin)
+            self._conn.execute(
+                "INSERT INTO origins (origin, max_seq, contiguous_seq, contiguous_hlc)"
+                " VALUES (?, 0, 0, 0) ON CONFLICT (origin) DO NOTHING",
+                (origin,),
+            )
+            self._conn.execute(
+                "UPDATE origins SET complete_hlc = max(complete_hlc, ?)"
+                " WHERE origin = ? AND contiguous_seq >= ?",
+                (int(hlc), origin, seq),
+            )
+        for region, hlc in clocks:
+            if region != self.region:
+                self._conn.execute(
+                    "INSERT INTO frontiers (region, hlc) VALUES (?1, ?2) ON CONFLICT (region)"
+                    " DO UPDATE SET hlc = max(hlc, ?2)",
+                    (region, int(hlc)),
+                )
+        return None, []
+
+    def frontier_clocks(self) -> builtins.list[tuple[str, Hlc]]:
+        """C per region known here (this one computed now), for gossip."""
+        own = self.local_frontier()
+        with self._lock:
+            self._check()
+            rows = self._conn.execute("SELECT region, hlc FROM frontiers").fetchall()
+        return [*((row[0], Hlc(row[1])) for row in rows), (self.region, own)]
+
+    def frontier(self) -> Hlc:
+        """The global frontier F: every region holds every update with an HLC at or below it.
+
+        So ``as_of(F)`` gives the same answer in every region, and compaction
+        never folds anything above F. Regions that were named (as peers) but
+        never reported count as 0 until they do.
+        """
+        return min(hlc for _, hlc in self.frontier_clocks())
+
+    def expect_regions(self, regions: builtins.list[str]) -> None:
+        """Name regions that must report before the frontier can move (e.g. configured peers)."""
+        with self._lock:
+            self._check_no_tx("expect_regions()")
+            self._write(
+                lambda: (
+                    self._conn.executemany(
+                        "INSERT INTO frontiers (region, hlc) VALUES (?, 0)"
+                        " ON CONFLICT (region) DO NOTHING",
+                        [(validate_region(r),) for r in regions if r != self.region],
+                    ),
+                    [],
+                )
+            )
+
     def log_position(self) -> int:
         """The id of the newest log record (from any process): cheap to poll for changes."""
         with self._lock:
@@ -446,7 +565,10 @@ class Database:
         horizon_ms = max(0, self.options.clock() - int(keep * 1000))
         with self._lock:
             self._check_no_tx("compact()")
-            return compact(self, Hlc.from_parts(horizon_ms, 0), progress)
+            # Never above the global frontier: a region that has not got a record yet
+            # must still be able to get it from our log.
+            horizon = min(Hlc.from_parts(horizon_ms, 0), self.frontier())
+            return compact(self, horizon, progress)
 
     @property
     def compacted_hlc(self) -> Hlc:

@@ -3,8 +3,12 @@
 Tables:
 
 - ``meta``: schema facts and clocks (region, last HLC issued, compaction state).
-- ``origins``: per origin region, the highest sequence number held and the
-  highest *contiguous* one (with its HLC): the basis of the frontier.
+- ``origins``: per origin region, the highest sequence number held, the
+  highest *contiguous* one (with its HLC), and ``complete_hlc``: every record
+  of that origin with an HLC at or below it is held (learned from peers'
+  frontier reports, which also cover origins that have been idle).
+- ``frontiers``: ``C_R`` gossiped for other regions R (see
+  :meth:`crdtdb.Database.frontier`).
 - ``log``: every update record ``(origin, seq, hlc, doc_id, update)``; ``id``
   is the local arrival order, so other processes can follow the log by id.
   Ids are never reused because compaction never deletes the newest record
@@ -42,8 +46,10 @@ CREATE TABLE origins (
     origin TEXT PRIMARY KEY,
     max_seq INTEGER NOT NULL,
     contiguous_seq INTEGER NOT NULL,
-    contiguous_hlc INTEGER NOT NULL
+    contiguous_hlc INTEGER NOT NULL,
+    complete_hlc INTEGER NOT NULL DEFAULT 0
 ) STRICT, WITHOUT ROWID;
+CREATE TABLE frontiers (region TEXT PRIMARY KEY, hlc INTEGER NOT NULL) STRICT, WITHOUT ROWID;
 CREATE TABLE log (
     id INTEGER PRIMARY KEY,
     origin TEXT NOT NULL,

@@ -74,7 +74,10 @@ class Replicator:
         self.db = db
         self.config = config
         self.region = db.region
-        self.options = SessionOptions(anti_entropy_interval=config.anti_entropy_interval)
+        self.options = SessionOptions(
+            anti_entropy_interval=config.anti_entropy_interval,
+            gossip_interval=config.heartbeat_interval,
+        )
         self.peers: dict[str, PeerStatus] = {
             p.region: PeerStatus(p.region, f"{p.host}:{p.port}") for p in config.peers
         }
@@ -170,7 +173,9 @@ class Replicator:
             for peer in self.config.peers
             if self.region < peer.region
         ]
+        self.db.expect_regions([peer.region for peer in self.config.peers])
         tasks.append(asyncio.create_task(self._watch_log()))
+        tasks.append(asyncio.create_task(self._heartbeat_loop()))
         tasks.append(asyncio.create_task(self._write_status_loop()))
         try:
             await stop.wait()
@@ -220,6 +225,12 @@ class Replicator:
                         protocol.session.local_changed()
                         protocol.flush()
 
+    async def _heartbeat_loop(self) -> None:
+        """Keep an idle region's clock moving so that the global frontier advances."""
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval)
+            self.db.heartbeat()
+
     async def _write_status_loop(self) -> None:
         while True:
             self._write_status()
@@ -245,6 +256,7 @@ class Replicator:
             "pid": os.getpid(),
             "time": time.time(),
             "hlc": str(self.db.hlc),
+            "frontier": str(self.db.frontier()),
             "origins": {
                 o: {"contiguous_seq": p[1], "contiguous_hlc": str(p[2])}
                 for o, p in progress.items()

@@ -79,6 +79,11 @@ class Store(Protocol):
     def apply_diff(self, doc_id: str, update: bytes) -> Hlc | None: ...
     def records_from(self, origin: str, after_seq: int, limit: int = ...) -> list[UpdateRecord]: ...
     def progress(self) -> dict[str, tuple[int, int, Hlc]]: ...
+    def frontier_entries(self) -> list[tuple[str, int, Hlc]]: ...
+    def frontier_clocks(self) -> list[tuple[str, Hlc]]: ...
+    def note_frontier(
+        self, entries: list[tuple[str, int, int]], clocks: list[tuple[str, int]] = ...
+    ) -> None: ...
 
 
 Authenticator = Callable[[wire.Auth, bytes, bytes], None]
@@ -99,6 +104,8 @@ class SessionOptions:
     """Records per ``Records`` message."""
     window: int = 8
     """``Records`` messages sent and not yet acknowledged, per session."""
+    gossip_interval: float = 1.0
+    """Seconds between frontier reports (also the heartbeat of an idle region)."""
 
 
 # ----------------------------------------------------------------- events
@@ -175,6 +182,7 @@ class SyncSession:
         self._events: deque[Event] = deque()
         self._deadline: float | None = now + self.options.handshake_timeout
         self._next_round: float | None = None
+        self._next_gossip: float | None = None
         self._round: _Round | None = None
         self._peer_holds: dict[str, int] = {}
         self._sent_through: dict[str, int] = {}
@@ -216,7 +224,7 @@ class SyncSession:
 
     def get_timer(self) -> float | None:
         """When ``handle_timer`` must next be called (None: no timer)."""
-        timers = [t for t in (self._deadline, self._next_round) if t is not None]
+        timers = [t for t in (self._deadline, self._next_round, self._next_gossip) if t is not None]
         return min(timers) if timers and self.state != "closed" else None
 
     def handle_timer(self, now: float) -> None:
@@ -227,6 +235,8 @@ class SyncSession:
             return
         if self._next_round is not None and now >= self._next_round:
             self.start_round(now)
+        if self._next_gossip is not None and now >= self._next_gossip:
+            self._gossip(now)
 
     def local_changed(self) -> None:
         """The store got new records (local commits or from other peers): send them."""
@@ -308,18 +318,19 @@ class SyncSession:
         self._deadline = None
         assert self.peer is not None
         self._events.append(Established(self.peer))
-        self._send(self._frontier())
+        self._gossip(now)
         if self.dialer:
             self._next_round = now  # a round on every (re)connect
 
-    def _frontier(self) -> wire.Frontier:
-        progress = self.store.progress()
-        complete = tuple(
-            (origin, contiguous, int(hlc))
-            for origin, (_, contiguous, hlc) in sorted(progress.items())
-        )
-        floor = min((int(hlc) for _, _, hlc in progress.values()), default=0)
-        return wire.Frontier(complete, floor)
+    def _gossip(self, now: float) -> None:
+        """Tell the peer what we hold per origin, and every region's C we know of."""
+        self._next_gossip = now + self.options.gossip_interval
+        entries = self.store.frontier_entries()
+        clocks = tuple((region, int(hlc)) for region, hlc in self.store.frontier_clocks())
+        own = next(hlc for region, hlc in clocks if region == self.store.region)
+        complete = tuple((origin, seq, int(hlc)) for origin, seq, hlc in entries)
+        self._send(wire.Frontier(complete, own))
+        self._send(wire.Clocks(clocks))
 
     # --------------------------------------------------------------- records
 
@@ -327,6 +338,10 @@ class SyncSession:
         self._pump_needed = True
         for origin, contiguous, _ in frontier.complete:
             self._peer_holds[origin] = max(self._peer_holds.get(origin, 0), contiguous)
+        self.store.note_frontier(list(frontier.complete))
+
+    def _on_clocks(self, clocks: wire.Clocks, now: float) -> None:
+        self.store.note_frontier([], list(clocks.regions))
 
     def _on_records(self, message: wire.Records, now: float) -> None:
         applied = sum(self.store.apply_remote(record) for record in message.records)
@@ -484,6 +499,7 @@ class SyncSession:
 _Handler = Callable[[SyncSession, wire.Message, float], None]
 _OPEN_HANDLERS: dict[type, _Handler] = {
     wire.Frontier: SyncSession._on_frontier,  # type: ignore[dict-item]
+    wire.Clocks: SyncSession._on_clocks,  # type: ignore[dict-item]
     wire.Records: SyncSession._on_records,  # type: ignore[dict-item]
     wire.Ack: SyncSession._on_ack,  # type: ignore[dict-item]
     wire.MerkleReply: SyncSession._on_merkle,  # type: ignore[dict-item]

@@ -89,6 +89,7 @@ __all__ = [
     "Ack",
     "Auth",
     "AuthOk",
+    "Clocks",
     "Diffs",
     "Error",
     "FrameDecoder",
@@ -565,6 +566,36 @@ class Frontier(Message):
         return cls(complete, Hlc(reader.u64()))
 
 
+@dataclass(frozen=True, slots=True)
+class Clocks(Message):
+    """Gossip of ``C_R`` per region R: R holds every update with an HLC at or below it.
+
+    Each value only grows, so receivers keep the maximum per region; the global
+    frontier is the minimum over all regions heard of.
+    """
+
+    TYPE = 0x14
+    regions: tuple[tuple[str, int], ...]
+
+    def __post_init__(self) -> None:
+        for region, hlc in _check_rows("regions", self.regions, 2):
+            _check_region("region", region)
+            _check_int(f"clock of {region}", hlc, low=0)
+        if len({entry[0] for entry in self.regions}) != len(self.regions):
+            _refuse("Clocks lists a region more than once")
+
+    def _write(self, writer: Writer) -> None:
+        writer.varuint(len(self.regions))
+        for region, hlc in self.regions:
+            writer.text(region)
+            writer.u64(hlc)
+
+    @classmethod
+    def _read(cls, reader: Reader) -> Self:
+        count = reader.count(2 + 8)
+        return cls(tuple((reader.text(), Hlc(reader.u64())) for _ in range(count)))
+
+
 def _check_u32s(name: str, values: object) -> None:
     for value in _check_tuple(name, values):
         _check_int(f"each of {name}", value, low=0, high=MAX_U32)
@@ -721,6 +752,7 @@ MESSAGE_TYPES: Final[Mapping[int, type[Message]]] = MappingProxyType(
             Ack,
             Heartbeat,
             Frontier,
+            Clocks,
             MerkleQuery,
             MerkleReply,
             LeafQuery,
