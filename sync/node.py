@@ -86,6 +86,7 @@ class Replicator:
         self._cert = config.tls.cert.read_bytes()
         self._key = config.tls.key.read_bytes()
         self.port: int | None = None
+        self._last_progress_log = 0.0
 
     # ------------------------------------------------------------ sessions
 
@@ -137,6 +138,7 @@ class Replicator:
             log.info("%s: connected to %s", self.region, name)
         elif isinstance(event, RecordsReceived) and status is not None:
             status.records_in += event.received
+            self._log_progress(session, name)
         elif isinstance(event, AntiEntropyDone) and status is not None:
             status.rounds += 1
             status.repairs += event.repaired_docs
@@ -154,6 +156,29 @@ class Replicator:
                 status.last_error = event.reason if event.error is not None else None
             level = logging.WARNING if event.error is not None else logging.INFO
             log.log(level, "%s: session with %s closed: %s", self.region, name, event.reason)
+
+    def _behind(self, session: SyncSession) -> int:
+        """Records the peer reported holding that we do not hold yet."""
+        progress = self.db.progress()
+        return sum(
+            max(0, seq - progress.get(origin, (0, 0))[1])
+            for origin, seq in session.peer_reports.items()
+        )
+
+    def _log_progress(self, session: SyncSession, name: str) -> None:
+        now = time.monotonic()
+        if now - self._last_progress_log < 2.0:
+            return
+        self._last_progress_log = now
+        behind = self._behind(session)
+        if behind:
+            log.info(
+                "%s: catching up from %s: %d records received, %d behind",
+                self.region,
+                name,
+                self.peers[name].records_in,
+                behind,
+            )
 
     # --------------------------------------------------------------- tasks
 
@@ -245,6 +270,7 @@ class Replicator:
                 session = protocol.session
                 if session is not None and session.peer == status.region:
                     entry["peer_holds"] = session.peer_holds()
+                    entry["behind_records"] = self._behind(session)
                     entry["lag_records"] = {
                         origin: max(0, held[1] - session.peer_holds().get(origin, 0))
                         for origin, held in progress.items()

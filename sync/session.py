@@ -185,6 +185,8 @@ class SyncSession:
         self._next_gossip: float | None = None
         self._round: _Round | None = None
         self._peer_holds: dict[str, int] = {}
+        self.peer_reports: dict[str, int] = {}
+        """Per origin, the contiguous seq the peer last reported holding (what we can get)."""
         self._sent_through: dict[str, int] = {}
         self._unacked = 0
         self._pump_needed = True
@@ -338,6 +340,7 @@ class SyncSession:
         self._pump_needed = True
         for origin, contiguous, _ in frontier.complete:
             self._peer_holds[origin] = max(self._peer_holds.get(origin, 0), contiguous)
+            self.peer_reports[origin] = contiguous
         self.store.note_frontier(list(frontier.complete))
 
     def _on_clocks(self, clocks: wire.Clocks, now: float) -> None:

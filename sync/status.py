@@ -46,14 +46,15 @@ def show_status(target: str, *, as_json: bool = False) -> int:
         f"region {status['region']} listening on {status['listen']} pid {status['pid']},"
         f" reported {age:.1f}s ago{stale}"
     )
-    print(f"hlc {status['hlc']}")
+    print(f"hlc {status['hlc']}  frontier {status.get('frontier', '?')}")
     for peer in status["peers"]:
         state = "connected" if peer["connected"] else "DISCONNECTED"
         lag = peer.get("lag_records") or {}
         print(
             f"  {peer['region']:<10} {state:<12} last contact {_ago(peer['last_contact'], now)};"
-            f" in {peer['bytes_in']} B, out {peer['bytes_out']} B; lag {sum(lag.values())}"
-            f" records; anti-entropy rounds {peer['rounds']}, repairs {peer['repairs']}"
+            f" in {peer['bytes_in']} B, out {peer['bytes_out']} B; it lacks {sum(lag.values())}"
+            f" records, we lack {peer.get('behind_records', 0)};"
+            f" anti-entropy rounds {peer['rounds']}, repairs {peer['repairs']}"
         )
         if peer.get("last_error"):
             print(f"             last error: {peer['last_error']}")
