@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from pycrdt import Doc, Map, Transaction, TransactionEvent, get_update
+from pycrdt import Doc, Map, Subscription, Transaction, TransactionEvent, get_update
 
 __all__ = ["DATA_ROOT", "META_ROOT", "DocCache", "DocHandle"]
 
@@ -34,35 +34,53 @@ LIVE_KEY = "live"
 
 class DocHandle:
     __slots__ = (
+        "_capture",
         "_subscription",
         "_txn",
-        "capturing",
         "doc",
         "ensure_live",
         "loaded_through",
         "meta",
-        "pending",
         "root",
         "tombstone",
         "unintegrated",
     )
 
     def __init__(self, client_id: int) -> None:
+        # The update observer is subscribed only while capturing: a pycrdt Doc
+        # with a live subscription is never freed (the callback is held from
+        # Rust, out of reach of Python's GC), so resting handles have none.
+        self._capture = _Capture()
+        self._subscription: Subscription | None = None
         self.doc: Doc[Any] = Doc(client_id=client_id)
         self.root: Map[Any] = self.doc.get(DATA_ROOT, type=Map)
         self.meta: Map[Any] = self.doc.get(META_ROOT, type=Map)
-        self.pending: list[bytes] = []
-        self.capturing = False
         self.loaded_through = 0
         self.ensure_live = False
         self.tombstone = False
         self.unintegrated: list[bytes] = []
         self._txn: Transaction | None = None
-        self._subscription = self.doc.observe(self._on_update)
 
-    def _on_update(self, event: TransactionEvent) -> None:
-        if self.capturing:
-            self.pending.append(event.update)
+    @property
+    def capturing(self) -> bool:
+        return self._capture.on
+
+    @capturing.setter
+    def capturing(self, on: bool) -> None:
+        self._capture.on = on
+        if on and self._subscription is None:
+            self._subscription = self.doc.observe(self._capture)
+        elif not on and self._subscription is not None:
+            self.doc.unobserve(self._subscription)
+            self._subscription = None
+
+    @property
+    def pending(self) -> list[bytes]:
+        return self._capture.updates
+
+    @pending.setter
+    def pending(self, updates: list[bytes]) -> None:
+        self._capture.updates = updates
 
     @property
     def live(self) -> bool:
@@ -129,6 +147,20 @@ class DocHandle:
         self.ensure_live = False
         self.tombstone = False
         return pending
+
+
+class _Capture:
+    """The doc observer: keeps the updates of local edits while ``on``."""
+
+    __slots__ = ("on", "updates")
+
+    def __init__(self) -> None:
+        self.on = False
+        self.updates: list[bytes] = []
+
+    def __call__(self, event: TransactionEvent) -> None:
+        if self.on:
+            self.updates.append(event.update)
 
 
 def integrated(doc: Doc[Any], update: bytes) -> bool:

@@ -967,7 +967,23 @@ class Database:
     def _flush_digests(self) -> tuple[None, builtins.list[UpdateRecord]]:
         """Bring stale digests and the Merkle tree up to date (inside a write transaction)."""
         deltas: dict[int, int] = {}
-        rows = self._conn.execute("SELECT doc_id, digest FROM docs WHERE dirty").fetchall()
+        while True:  # in chunks: a million stale digests must not be held at once
+            rows = self._conn.execute(
+                "SELECT doc_id, digest FROM docs WHERE dirty LIMIT 1000"
+            ).fetchall()
+            if not rows:
+                break
+            self._flush_chunk(rows, deltas)
+        self._conn.executemany(
+            "INSERT INTO merkle (node, hash) VALUES (?, ?) ON CONFLICT (node)"
+            " DO UPDATE SET hash = xor_blob(hash, excluded.hash)",
+            [(node, delta.to_bytes(merkle.NODE_BYTES, "big")) for node, delta in deltas.items()],
+        )
+        return None, []
+
+    def _flush_chunk(
+        self, rows: builtins.list[tuple[str, bytes | None]], deltas: dict[int, int]
+    ) -> None:
         for doc_id, old in rows:
             handle = self._cache.peek(doc_id) or self._load(doc_id)
             digest = merkle.doc_digest(handle.doc)
@@ -979,12 +995,6 @@ class Database:
             self._conn.execute(
                 "UPDATE docs SET digest = ?, dirty = 0 WHERE doc_id = ?", (digest, doc_id)
             )
-        self._conn.executemany(
-            "INSERT INTO merkle (node, hash) VALUES (?, ?) ON CONFLICT (node)"
-            " DO UPDATE SET hash = xor_blob(hash, excluded.hash)",
-            [(node, delta.to_bytes(merkle.NODE_BYTES, "big")) for node, delta in deltas.items()],
-        )
-        return None, []
 
     def _ensure_digests(self) -> None:
         stale = self._conn.execute("SELECT 1 FROM docs WHERE dirty LIMIT 1").fetchone()
