@@ -1,0 +1,856 @@
+"""Core benchmark: crdtdb against raw pycrdt and pycrdt-store, side by side in one run.
+
+What it measures (the numbers the core's performance issue asks for):
+
+- single-key writes/s, as one-write transactions and batched (1,000 writes per
+  transaction), on one hot document (D=1) and round-robin over D=100 documents;
+- reads/s of a whole document: hot (cached) over the D documents, and cold over
+  many distinct documents with a cache smaller than the set;
+- open time of a 100k-document store: open plus the first read of one document.
+
+Why these three systems: raw in-memory pycrdt is the ceiling (the CRDT work
+alone, no persistence); pycrdt-store (``SQLiteYStore``) is what a pycrdt user
+would reach for today to persist documents; crdtdb is measured with its
+default durability ("normal": survives a process crash) and with
+``durability="full"`` (fsync per commit: survives a power cut, the same class
+as pycrdt-store's defaults of a rollback journal with ``synchronous=FULL``).
+
+Every system runs the same sequence of operations: write ``i`` sets
+``doc[f"k{i % 50}"] = i`` on document ``i % D``. Each timed run lasts about
+``--seconds`` (it runs whole steps of that sequence until the budget is spent,
+so fast systems do more of it); runs are repeated and the median is reported
+(write runs interleaved across systems, so that load on the machine hits all
+of them alike). Everything happens in temporary directories that are removed
+afterwards. See ``bench/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.metadata
+import json
+import os
+import platform
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, ExitStack, closing, contextmanager
+from dataclasses import asdict, dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import anyio
+from pycrdt import Doc, Map, TransactionEvent
+from pycrdt.store import BaseYStore, SQLiteYStore
+
+import crdtdb
+
+KEYS = 50
+"""Distinct keys per document: write ``i`` sets ``k{i % KEYS}``."""
+STEP = 10
+"""Operations between two looks at the clock in a timed run."""
+FILL_ROUNDS = 5
+"""Read benchmark documents hold this many updates, each rewriting all keys."""
+PREFILL = {f"k{k}": -1 for k in range(KEYS)}
+"""Every write benchmark document holds this before timing starts (all keys exist)."""
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "core.json"
+
+Mode = Literal["one", "batched"]
+Durability = Literal["normal", "full"]
+Api = Literal["update", "doc"]
+Cell = tuple[str, str, int | None]
+"""(measure, system, D) identifies one number of the report."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """Sizes of one benchmark run."""
+
+    name: str
+    """"quick" or "full": recorded in the output."""
+    seconds: float
+    """Time budget of one timed run."""
+    repeats: int
+    """Timed runs per number; the median is reported."""
+    doc_counts: tuple[int, ...] = (1, 100)
+    """Values of D: documents the writes and hot reads go round-robin over."""
+    batch: int = 1000
+    """Writes per transaction in the batched mode."""
+    max_ops: int = 5_000_000
+    """Hard cap on operations in one timed run."""
+    open_docs: int
+    """Documents in the store whose open time is measured."""
+    cold_docs: int
+    """Distinct documents the cold reads go round-robin over."""
+    cold_cache: int
+    """crdtdb ``cache_size`` for cold reads (smaller than ``cold_docs``)."""
+
+
+QUICK = Config(
+    name="quick", seconds=0.2, repeats=3, open_docs=10_000, cold_docs=2_000, cold_cache=200
+)
+FULL = Config(
+    name="full", seconds=1.0, repeats=3, open_docs=100_000, cold_docs=10_000, cold_cache=1_000
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One timed run: ``ops`` operations in ``seconds``."""
+
+    ops: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.ops / self.seconds
+
+
+SYSTEMS = {
+    "raw": "raw pycrdt (in memory)",
+    "pycrdt-store": "pycrdt-store SQLiteYStore",
+    "crdtdb": "crdtdb update()",
+    "crdtdb-doc": "crdtdb tx.doc()[k]=v",
+    "crdtdb-full": "crdtdb full, update()",
+    "crdtdb-full-doc": "crdtdb full, tx.doc()[k]=v",
+}
+READ_LABELS = {
+    "raw": SYSTEMS["raw"],
+    "pycrdt-store": SYSTEMS["pycrdt-store"],
+    "crdtdb": "crdtdb get()",
+}
+CRDTDB_VARIANTS: dict[str, tuple[Durability, Api]] = {
+    "crdtdb": ("normal", "update"),
+    "crdtdb-doc": ("normal", "doc"),
+    "crdtdb-full": ("full", "update"),
+    "crdtdb-full-doc": ("full", "doc"),
+}
+
+
+def key_of(i: int) -> str:
+    return f"k{i % KEYS}"
+
+
+def doc_id(d: int) -> str:
+    return f"bench/{d}"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def touched(start: int, n: int, docs: int) -> list[int]:
+    """The documents writes ``start .. start + n - 1`` go to."""
+    return sorted({(start + j) % docs for j in range(min(n, docs))})
+
+
+@contextmanager
+def temp_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="crdtdb-bench-") as tmp:
+        yield Path(tmp)
+
+
+# ------------------------------------------------------------------ timing
+
+
+def timed(step: Callable[[int], int], cfg: Config) -> Run:
+    """Call ``step(ops_done)`` (it returns how many ops it did) until the budget is spent."""
+    gc.collect()
+    ops = 0
+    start = time.perf_counter()
+    while True:
+        ops += step(ops)
+        elapsed = time.perf_counter() - start
+        if elapsed >= cfg.seconds or ops >= cfg.max_ops:
+            return Run(ops, elapsed)
+
+
+async def timed_async(step: Callable[[int], Awaitable[int]], cfg: Config) -> Run:
+    """:func:`timed` for coroutines (pycrdt-store is async)."""
+    gc.collect()
+    ops = 0
+    start = time.perf_counter()
+    while True:
+        ops += await step(ops)
+        elapsed = time.perf_counter() - start
+        if elapsed >= cfg.seconds or ops >= cfg.max_ops:
+            return Run(ops, elapsed)
+
+
+# ------------------------------------------------------------------ writers
+
+
+class Writer(Protocol):
+    def one(self, i: int) -> None: ...
+    def batch(self, start: int, n: int) -> None: ...
+
+
+def new_map() -> Map[Any]:
+    doc: Doc[Any] = Doc()
+    root: Map[Any] = doc.get("data", type=Map)
+    return root
+
+
+class RawWriter:
+    """Raw pycrdt: one Doc with a Map root per document, nothing persisted."""
+
+    def __init__(self, docs: int) -> None:
+        self.maps = [new_map() for _ in range(docs)]
+        for root in self.maps:  # same starting state as the persistent systems
+            root.update(PREFILL)
+
+    def one(self, i: int) -> None:
+        root = self.maps[i % len(self.maps)]
+        with root.doc.transaction():
+            root[key_of(i)] = i
+
+    def batch(self, start: int, n: int) -> None:
+        with ExitStack() as stack:
+            for d in touched(start, n, len(self.maps)):
+                stack.enter_context(self.maps[d].doc.transaction())
+            for i in range(start, start + n):
+                self.maps[i % len(self.maps)][key_of(i)] = i
+
+
+class CrdtdbWriter:
+    """crdtdb: ``update()`` (``tx.update`` when batched) or ``tx.doc(id)[k] = v``."""
+
+    def __init__(self, path: Path, docs: int, durability: Durability, api: Api) -> None:
+        self.db = crdtdb.open(path, region="eu", durability=durability)
+        self.ids = [doc_id(d) for d in range(docs)]
+        self.api = api
+        with self.db.transaction() as tx:  # documents exist and are cached before timing
+            for name in self.ids:
+                tx.put(name, PREFILL)
+
+    def _write(self, tx: crdtdb.Transaction, i: int) -> None:
+        name = self.ids[i % len(self.ids)]
+        if self.api == "update":
+            tx.update(name, {key_of(i): i})
+        else:
+            tx.doc(name)[key_of(i)] = i
+
+    def one(self, i: int) -> None:
+        if self.api == "update":
+            self.db.update(self.ids[i % len(self.ids)], {key_of(i): i})
+            return
+        with self.db.transaction() as tx:
+            self._write(tx, i)
+
+    def batch(self, start: int, n: int) -> None:
+        with self.db.transaction() as tx:
+            for i in range(start, start + n):
+                self._write(tx, i)
+
+
+def bulk_load(db_path: str, rows: list[tuple[str, bytes]]) -> None:
+    """Insert ``(document name, update)`` rows as ``await store.write(update)`` would.
+
+    For set-up only, never timed: ``write`` commits (and fsyncs) once per update,
+    so filling stores through it would take most of the run on a slow disk. The
+    rows are the ones ``write`` inserts (name, update, metadata b"", timestamp);
+    no store here reaches the 100 writes after which ``write`` also checkpoints.
+    """
+    with closing(sqlite3.connect(db_path)) as conn, conn:
+        conn.executemany(
+            "INSERT INTO yupdates VALUES (?, ?, ?, ?)",
+            [(name, update, b"", time.time()) for name, update in rows],
+        )
+
+
+def store_class(path: Path) -> type[SQLiteYStore]:
+    """pycrdt-store is configured by subclassing: one database file, one store per doc."""
+    return type("BenchYStore", (SQLiteYStore,), {"db_path": str(path / "ystore.db")})
+
+
+async def start_stores(
+    cls: type[SQLiteYStore], names: list[str], stack: AsyncExitStack
+) -> list[SQLiteYStore]:
+    """One started store per document name (started one by one: the first creates the file)."""
+    stores = []
+    for name in names:
+        store = await stack.enter_async_context(cls(name))
+        assert isinstance(store, SQLiteYStore) and store.db_initialized is not None
+        await store.db_initialized.wait()
+        stores.append(store)
+    return stores
+
+
+class StoreWriter:
+    """pycrdt-store: in-memory Docs whose updates are written with ``await store.write``."""
+
+    def __init__(self, stores: list[SQLiteYStore]) -> None:
+        self.stores = stores
+        self.maps = [new_map() for _ in stores]
+        self.pending: list[list[bytes]] = [[] for _ in stores]
+        self._subscriptions = [
+            root.doc.observe(partial(self._capture, d)) for d, root in enumerate(self.maps)
+        ]
+
+    def _capture(self, d: int, event: TransactionEvent) -> None:
+        self.pending[d].append(event.update)
+
+    async def flush(self, d: int) -> None:
+        for update in self.pending[d]:
+            await self.stores[d].write(update)
+        self.pending[d].clear()
+
+    async def one(self, i: int) -> None:
+        d = i % len(self.maps)
+        self.maps[d][key_of(i)] = i
+        await self.flush(d)
+
+    def edit(self, start: int, n: int) -> list[int]:
+        """Writes ``start .. start + n - 1`` in memory; return the documents they touched."""
+        docs = touched(start, n, len(self.maps))
+        with ExitStack() as stack:  # one pycrdt transaction, hence one update, per document
+            for d in docs:
+                stack.enter_context(self.maps[d].doc.transaction())
+            for i in range(start, start + n):
+                self.maps[i % len(self.maps)][key_of(i)] = i
+        return docs
+
+    def set_all(self, values: dict[str, int]) -> None:
+        """Set ``values`` in every document, one transaction per document (in memory)."""
+        for root in self.maps:
+            root.update(values)
+
+    async def batch(self, start: int, n: int) -> None:
+        for d in self.edit(start, n):
+            await self.flush(d)
+
+    def bulk_flush(self, db_path: str) -> None:
+        """Store the pending updates without timing them (set-up only), see :func:`bulk_load`."""
+        bulk_load(
+            db_path,
+            [
+                (store.path, update)
+                for store, pending in zip(self.stores, self.pending, strict=True)
+                for update in pending
+            ],
+        )
+        for pending in self.pending:
+            pending.clear()
+
+
+# ------------------------------------------------------------- write runs
+
+
+def write_step(writer: Writer, mode: Mode, cfg: Config) -> Callable[[int], int]:
+    def step(i: int) -> int:
+        if mode == "batched":
+            writer.batch(i, cfg.batch)
+            return cfg.batch
+        for j in range(i, i + STEP):
+            writer.one(j)
+        return STEP
+
+    return step
+
+
+def raw_write_run(cfg: Config, docs: int, mode: Mode) -> Run:
+    return timed(write_step(RawWriter(docs), mode, cfg), cfg)
+
+
+def crdtdb_write_run(durability: Durability, api: Api, cfg: Config, docs: int, mode: Mode) -> Run:
+    with temp_dir() as path:
+        writer = CrdtdbWriter(path, docs, durability, api)
+        try:
+            return timed(write_step(writer, mode, cfg), cfg)
+        finally:
+            writer.db.close()
+
+
+async def _store_write_run(cfg: Config, docs: int, mode: Mode) -> Run:
+    with temp_dir() as path:
+        async with AsyncExitStack() as stack:
+            cls = store_class(path)
+            writer = StoreWriter(await start_stores(cls, [doc_id(d) for d in range(docs)], stack))
+            writer.set_all(PREFILL)  # documents exist before timing
+            writer.bulk_flush(cls.db_path)
+
+            async def step(i: int) -> int:
+                if mode == "batched":
+                    await writer.batch(i, cfg.batch)
+                    return cfg.batch
+                for j in range(i, i + STEP):
+                    await writer.one(j)
+                return STEP
+
+            return await timed_async(step, cfg)
+
+
+def store_write_run(cfg: Config, docs: int, mode: Mode) -> Run:
+    return anyio.run(_store_write_run, cfg, docs, mode)
+
+
+WriteRun = Callable[[Config, int, Mode], Run]
+
+
+def write_runners() -> dict[str, WriteRun]:
+    runners: dict[str, WriteRun] = {"raw": raw_write_run, "pycrdt-store": store_write_run}
+    for system, (durability, api) in CRDTDB_VARIANTS.items():
+        runners[system] = partial(crdtdb_write_run, durability, api)
+    return runners
+
+
+def bench_writes(cfg: Config, results: dict[Cell, list[Run]]) -> None:
+    """Every write cell once per repeat, interleaved, so drift hits all systems alike."""
+    runners = write_runners()
+    for repeat in range(cfg.repeats):
+        for docs in cfg.doc_counts:
+            for mode in ("one", "batched"):
+                for system, runner in runners.items():
+                    run = runner(cfg, docs, mode)
+                    results.setdefault((f"write-{mode}", system, docs), []).append(run)
+                    log(
+                        f"  write {mode:7} D={docs:<3} {system:16} #{repeat + 1}:"
+                        f" {run.rate:>12,.0f}/s"
+                    )
+
+
+# -------------------------------------------------------------- hot reads
+
+
+def fill_values(r: int) -> dict[str, int]:
+    return {key_of(k): r * KEYS + k for k in range(KEYS)}
+
+
+def read_step(read: Callable[[int], object], docs: int) -> Callable[[int], int]:
+    def step(i: int) -> int:
+        for j in range(i, i + STEP):
+            read(j % docs)
+        return STEP
+
+    return step
+
+
+def raw_hot_reads(cfg: Config, docs: int) -> list[Run]:
+    maps = [new_map() for _ in range(docs)]
+    for r in range(FILL_ROUNDS):
+        for root in maps:
+            root.update(fill_values(r))
+    return [timed(read_step(lambda d: maps[d].to_py(), docs), cfg) for _ in range(cfg.repeats)]
+
+
+def crdtdb_hot_reads(cfg: Config, docs: int) -> list[Run]:
+    with temp_dir() as path, crdtdb.open(path, region="eu") as db:
+        for r in range(FILL_ROUNDS):  # one log record per document per round
+            with db.transaction() as tx:
+                for d in range(docs):
+                    tx.update(doc_id(d), fill_values(r))
+        names = [doc_id(d) for d in range(docs)]
+        for name in names:
+            assert db.get(name) == fill_values(FILL_ROUNDS - 1)
+        return [timed(read_step(lambda d: db.get(names[d]), docs), cfg) for _ in range(cfg.repeats)]
+
+
+async def store_read(store: BaseYStore) -> dict[str, Any]:
+    """How a pycrdt-store user reads a document: a new Doc with the stored updates applied."""
+    doc: Doc[Any] = Doc()
+    root = doc.get("data", type=Map)
+    await store.apply_updates(doc)
+    return root.to_py() or {}
+
+
+async def _store_hot_reads(cfg: Config, docs: int) -> list[Run]:
+    with temp_dir() as path:
+        async with AsyncExitStack() as stack:
+            cls = store_class(path)
+            stores = await start_stores(cls, [doc_id(d) for d in range(docs)], stack)
+            writer = StoreWriter(stores)
+            for r in range(FILL_ROUNDS):  # one stored update per document per round
+                writer.set_all(fill_values(r))
+            writer.bulk_flush(cls.db_path)
+            assert await store_read(stores[-1]) == fill_values(FILL_ROUNDS - 1)
+
+            async def step(i: int) -> int:
+                for j in range(i, i + STEP):
+                    await store_read(stores[j % docs])
+                return STEP
+
+            return [await timed_async(step, cfg) for _ in range(cfg.repeats)]
+
+
+def store_hot_reads(cfg: Config, docs: int) -> list[Run]:
+    return anyio.run(_store_hot_reads, cfg, docs)
+
+
+def bench_hot_reads(cfg: Config, results: dict[Cell, list[Run]]) -> None:
+    readers = {"raw": raw_hot_reads, "pycrdt-store": store_hot_reads, "crdtdb": crdtdb_hot_reads}
+    for docs in cfg.doc_counts:
+        for system, reader in readers.items():
+            runs = reader(cfg, docs)
+            results[("read-hot", system, docs)] = runs
+            log(f"  read hot D={docs:<3} {system:16} {median_rate(runs):>12,.0f}/s")
+
+
+# ------------------------------------------------- big stores: open + cold reads
+
+
+def small_doc_id(i: int) -> str:
+    return f"docs/{i}"
+
+
+def create_crdtdb_store(path: Path, n: int, batch: int) -> Run:
+    start = time.perf_counter()
+    with closing(crdtdb.open(path, region="eu")) as db:
+        for first in range(0, n, batch):
+            with db.transaction() as tx:
+                for i in range(first, min(first + batch, n)):
+                    tx.put(small_doc_id(i), {"n": i})
+    return Run(n, time.perf_counter() - start)
+
+
+def small_update(i: int) -> bytes:
+    doc: Doc[Any] = Doc()
+    doc.get("data", type=Map)["n"] = i
+    return doc.get_update()
+
+
+async def create_ystore(path: Path, n: int) -> None:
+    """Document 0 through the store's API (it creates the schema), the rest bulk-loaded.
+
+    Writing 100k documents through ``write`` would take many minutes of fsyncs
+    and measure writes, which are measured above; see :func:`bulk_load`.
+    """
+    cls = store_class(path)
+    async with cls(small_doc_id(0)) as store:
+        await store.write(small_update(0))
+    bulk_load(cls.db_path, [(small_doc_id(i), small_update(i)) for i in range(1, n)])
+
+
+def crdtdb_open_once(path: Path, target: int) -> Run:
+    start = time.perf_counter()
+    db = crdtdb.open(path)
+    value = db.get(small_doc_id(target))
+    elapsed = time.perf_counter() - start
+    db.close()
+    assert value == {"n": target}, value
+    return Run(1, elapsed)
+
+
+async def store_open_once(path: Path, target: int) -> Run:
+    start = time.perf_counter()
+    async with store_class(path)(small_doc_id(target)) as store:
+        value = await store_read(store)
+        elapsed = time.perf_counter() - start
+    assert value == {"n": target}, value
+    return Run(1, elapsed)
+
+
+def crdtdb_cold_reads(cfg: Config, path: Path) -> Run:
+    """A fresh open per run, so the doc cache starts empty and every read misses it."""
+    with closing(crdtdb.open(path, cache_size=cfg.cold_cache)) as db:
+        return timed(read_step(lambda i: db.get(small_doc_id(i)), cfg.cold_docs), cfg)
+
+
+async def store_cold_read(path: Path, i: int) -> dict[str, Any]:
+    """One store per document, started for the read: how pycrdt-store loads a document."""
+    async with store_class(path)(small_doc_id(i)) as store:
+        return await store_read(store)
+
+
+async def store_cold_reads(cfg: Config, path: Path) -> Run:
+    async def step(i: int) -> int:
+        for j in range(i, i + STEP):
+            await store_cold_read(path, j % cfg.cold_docs)
+        return STEP
+
+    return await timed_async(step, cfg)
+
+
+def bench_crdtdb_store(cfg: Config, results: dict[Cell, list[Run]]) -> None:
+    with temp_dir() as path:
+        results[("create", "crdtdb", None)] = [create_crdtdb_store(path, cfg.open_docs, cfg.batch)]
+        target = cfg.open_docs // 2
+        results[("open", "crdtdb", None)] = [
+            crdtdb_open_once(path, target) for _ in range(cfg.repeats)
+        ]
+        results[("read-cold", "crdtdb", None)] = [
+            crdtdb_cold_reads(cfg, path) for _ in range(cfg.repeats)
+        ]
+
+
+async def _bench_ystore(cfg: Config, results: dict[Cell, list[Run]]) -> None:
+    with temp_dir() as path:
+        await create_ystore(path, cfg.open_docs)
+        target = cfg.open_docs // 2
+        results[("open", "pycrdt-store", None)] = [
+            await store_open_once(path, target) for _ in range(cfg.repeats)
+        ]
+        results[("read-cold", "pycrdt-store", None)] = [
+            await store_cold_reads(cfg, path) for _ in range(cfg.repeats)
+        ]
+
+
+def bench_big_stores(cfg: Config, results: dict[Cell, list[Run]]) -> None:
+    bench_crdtdb_store(cfg, results)
+    log(
+        f"  crdtdb: created {cfg.open_docs:,} docs at"
+        f" {median_rate(results[('create', 'crdtdb', None)]):,.0f} docs/s,"
+        f" open {median_seconds(results[('open', 'crdtdb', None)]) * 1e3:.2f} ms"
+    )
+    anyio.run(_bench_ystore, cfg, results)
+    log(
+        f"  pycrdt-store: open"
+        f" {median_seconds(results[('open', 'pycrdt-store', None)]) * 1e3:.2f} ms"
+    )
+
+
+# ------------------------------------------------------------------ report
+
+
+def median_rate(runs: list[Run]) -> float:
+    return statistics.median(run.rate for run in runs)
+
+
+def median_seconds(runs: list[Run]) -> float:
+    return statistics.median(run.seconds for run in runs)
+
+
+def rate(
+    results: dict[Cell, list[Run]], measure: str, system: str, docs: int | None
+) -> float | None:
+    runs = results.get((measure, system, docs))
+    return median_rate(runs) if runs else None
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(row[c]) for row in [headers, *rows]) for c in range(len(headers))]
+    lines = [
+        "  ".join(
+            cell.ljust(widths[0]) if c == 0 else cell.rjust(widths[c]) for c, cell in enumerate(row)
+        )
+        for row in [headers, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def write_table(cfg: Config, results: dict[Cell, list[Run]]) -> str:
+    cols = [(m, d) for m in ("one", "batched") for d in cfg.doc_counts]
+    headers = ["writes/s", *[f"{'one-write' if m == 'one' else 'batched'} D={d}" for m, d in cols]]
+    rows = [
+        [label, *[fmt(rate(results, f"write-{m}", system, d)) for m, d in cols]]
+        for system, label in SYSTEMS.items()
+    ]
+    return table(headers, rows)
+
+
+def read_table(cfg: Config, results: dict[Cell, list[Run]]) -> str:
+    headers = [
+        "reads/s",
+        *[f"hot D={d}" for d in cfg.doc_counts],
+        f"cold {cfg.cold_docs:,} docs",
+        "open+get (ms)",
+    ]
+    rows = []
+    for system in ("raw", "pycrdt-store", "crdtdb"):
+        opened = results.get(("open", system, None))
+        rows.append(
+            [
+                READ_LABELS[system],
+                *[fmt(rate(results, "read-hot", system, d)) for d in cfg.doc_counts],
+                fmt(rate(results, "read-cold", system, None)),
+                f"{median_seconds(opened) * 1e3:.2f}" if opened else "-",
+            ]
+        )
+    return table(headers, rows)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One target of the issue for one crdtdb configuration, checked for every D."""
+
+    name: str
+    measure: str
+    system: str
+    against: str | None
+    """The reference system of a ratio target; None for an absolute rate."""
+    threshold: float
+
+    def value(self, results: dict[Cell, list[Run]], docs: int) -> float | None:
+        mine = rate(results, self.measure, self.system, docs)
+        if self.against is None:
+            return mine
+        return ratio(mine, rate(results, self.measure, self.against, docs))
+
+    def cell(self, results: dict[Cell, list[Run]], docs: int) -> str:
+        value = self.value(results, docs)
+        if value is None:
+            return "-"
+        shown = f"{value:,.0f}/s" if self.against is None else f"{value:.2f}x"
+        return f"{shown} {'MET' if value >= self.threshold else 'MISSED'}"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+TARGETS = [
+    *[
+        Target(f"one-write >= 5,000/s: {SYSTEMS[s]}", "write-one", s, None, 5000)
+        for s in CRDTDB_VARIANTS
+    ],
+    *[
+        Target(f"batched >= 0.5x raw batched: {SYSTEMS[s]}", "write-batched", s, "raw", 0.5)
+        for s in ("crdtdb-doc", "crdtdb-full-doc")
+    ],
+    *[
+        Target(f"one-write > pycrdt-store: {SYSTEMS[s]}", "write-one", s, "pycrdt-store", 1.0)
+        for s in ("crdtdb", "crdtdb-full")
+    ],
+    *[
+        Target(f"batched > pycrdt-store: {SYSTEMS[s]}", "write-batched", s, "pycrdt-store", 1.0)
+        for s in ("crdtdb-doc", "crdtdb-full-doc")
+    ],
+]
+"""One-write targets hold for both APIs; batched ones use ``tx.doc()`` (the batching API)."""
+
+
+def target_table(cfg: Config, results: dict[Cell, list[Run]]) -> str:
+    headers = ["target", *[f"D={d}" for d in cfg.doc_counts]]
+    rows = [[t.name, *[t.cell(results, d) for d in cfg.doc_counts]] for t in TARGETS]
+    return table(headers, rows)
+
+
+def info_lines(cfg: Config, results: dict[Cell, list[Run]]) -> list[str]:
+    """Ratios with no target attached: reads and open time against pycrdt-store."""
+    lines = []
+    for d in cfg.doc_counts:
+        hot = ratio(
+            rate(results, "read-hot", "crdtdb", d), rate(results, "read-hot", "pycrdt-store", d)
+        )
+        lines.append(f"hot get D={d}: crdtdb / pycrdt-store = {hot or 0:.2f}x")
+    cold = ratio(
+        rate(results, "read-cold", "crdtdb", None), rate(results, "read-cold", "pycrdt-store", None)
+    )
+    lines.append(f"cold get: crdtdb / pycrdt-store = {cold or 0:.2f}x")
+    opened = [median_seconds(results[("open", s, None)]) for s in ("pycrdt-store", "crdtdb")]
+    lines.append(f"open+get: pycrdt-store time / crdtdb time = {opened[0] / opened[1]:.2f}x")
+    return lines
+
+
+def report(cfg: Config, results: dict[Cell, list[Run]], env: dict[str, Any]) -> str:
+    created = results[("create", "crdtdb", None)][0]
+    notes = [
+        f"crdtdb core benchmark ({cfg.name}): {cfg.seconds:g} s per timed run, median of"
+        f" {cfg.repeats}; pycrdt {env['pycrdt']}, pycrdt-store {env['pycrdt-store']},"
+        f" SQLite {env['sqlite']}, Python {env['python']}, {env['cpus']} CPUs",
+        "",
+        write_table(cfg, results),
+        "",
+        read_table(cfg, results),
+        "",
+        f"cold: {cfg.cold_docs:,} distinct docs of the open-time store, crdtdb cache_size="
+        f"{cfg.cold_cache:,}; pycrdt-store starts one store per document read.",
+        f"open+get: {cfg.open_docs:,}-document store, warm OS page cache; crdtdb wrote it at"
+        f" {created.rate:,.0f} docs/s ({cfg.batch:,} puts/transaction); the pycrdt-store file"
+        " has the same rows, bulk-loaded.",
+        "",
+        target_table(cfg, results),
+        "",
+        *info_lines(cfg, results),
+    ]
+    return "\n".join(notes)
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "sqlite": sqlite3.sqlite_version,
+        "pycrdt": importlib.metadata.version("pycrdt"),
+        "pycrdt-store": importlib.metadata.version("pycrdt-store"),
+        "crdtdb": crdtdb.__version__,
+        "load_average_before": os.getloadavg(),
+    }
+
+
+def to_json(cfg: Config, results: dict[Cell, list[Run]], env: dict[str, Any]) -> dict[str, Any]:
+    cells = [
+        {
+            "measure": m,
+            "system": s,
+            "docs": d,
+            "median_per_s": median_rate(runs),
+            "median_seconds": median_seconds(runs),
+            "runs": [asdict(run) for run in runs],
+        }
+        for (m, s, d), runs in results.items()
+    ]
+    checks = [
+        {
+            **asdict(t),
+            "values": {str(d): t.value(results, d) for d in cfg.doc_counts},
+            "met": {str(d): (t.value(results, d) or 0) >= t.threshold for d in cfg.doc_counts},
+        }
+        for t in TARGETS
+    ]
+    return {
+        "benchmark": "core",
+        "config": asdict(cfg),
+        "environment": env,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "results": cells,
+        "targets": checks,
+    }
+
+
+# -------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
+    parser.add_argument("--seconds", type=float, help="time budget of one timed run")
+    parser.add_argument("--repeats", type=int, help="timed runs per number (median)")
+    parser.add_argument("--open-docs", type=int, help="documents in the open-time store")
+    parser.add_argument("--cold-docs", type=int, help="documents the cold reads cycle over")
+    parser.add_argument("--cold-cache", type=int, help="crdtdb cache_size for cold reads")
+    args = parser.parse_args(argv)
+    cfg = QUICK if args.quick else FULL
+    overrides = {
+        name: getattr(args, name)
+        for name in ("seconds", "repeats", "open_docs", "cold_docs", "cold_cache")
+        if getattr(args, name) is not None
+    }
+    return replace(cfg, **overrides), args.out
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, out = parse_args(argv)
+    env = environment()
+    results: dict[Cell, list[Run]] = {}
+    sections = [
+        ("writes", bench_writes),
+        ("hot reads", bench_hot_reads),
+        ("open time and cold reads", bench_big_stores),
+    ]
+    for title, section in sections:
+        log(f"{title} ...")
+        start = time.perf_counter()
+        section(cfg, results)
+        log(f"{title}: {time.perf_counter() - start:.1f} s")
+    env["load_average_after"] = os.getloadavg()
+    print(report(cfg, results, env))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(to_json(cfg, results, env), indent=2) + "\n")
+    log(f"results written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
