@@ -34,6 +34,7 @@ from ._cache import DocCache, DocHandle
 from .errors import (
     DatabaseClosedError,
     HistoryCompactedError,
+    InvalidRecordError,
     InvalidUpdateError,
     RegionMismatchError,
     TransactionError,
@@ -1010,6 +1011,13 @@ class Database:
         if held:
             return False, []
         last, local_seq = self._read_counters()
+        if record.origin == self.region:
+            # We are the only source of our own records: one we do not hold was forged
+            # (or comes from a restored backup of this region, which is not supported).
+            raise InvalidRecordError(
+                f"refused record {record.origin}#{record.seq}: it claims to come from this"
+                f" region, which never made it"
+            )
         clock = observe(
             last,
             Hlc(record.hlc),
@@ -1032,8 +1040,7 @@ class Database:
             self._index([(record.doc_id, handle, log_id, len(record.update))], record.hlc)
             self._advance_origin(record)
             self._set_last_hlc(clock)
-            # our own records relayed back may move our max seq: read it again then
-            self._counters = (clock, local_seq) if record.origin != self.region else None
+            self._counters = (clock, local_seq)
         except BaseException:
             self._cache.evict(record.doc_id)
             raise

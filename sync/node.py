@@ -125,20 +125,30 @@ class Replicator:
     def _on_event(self, protocol: SessionProtocol, event: Event) -> None:
         session = protocol.session
         assert session is not None
-        name = session.peer or "?"
-        status = self.peers.setdefault(name, PeerStatus(name)) if session.peer else None
+        # Until the handshake is done the region name is only a claim: it must not
+        # touch the real peer's status (or create one) nor be logged as if true.
+        trusted = protocol in self.protocols or isinstance(event, Established)
+        name = session.peer if trusted and session.peer else None
+        who = (
+            f"{name} at {protocol.remote}"
+            if name
+            else (
+                f"{protocol.remote} (claims {session.peer!r})" if session.peer else protocol.remote
+            )
+        )
+        status = self.peers.setdefault(name, PeerStatus(name)) if name else None
         if status is not None:
             status.last_contact = time.time()
             status.bytes_in, status.bytes_out = session.bytes_in, session.bytes_out
         if isinstance(event, Established):
-            self.protocols.add(protocol)
-            if status is not None:
-                status.connected = True
-                status.last_error = None
-            log.info("%s: connected to %s", self.region, name)
+            self._replace_protocol(protocol, event.peer)
+            assert status is not None
+            status.connected = True
+            status.last_error = None
+            log.info("%s: connected to %s", self.region, who)
         elif isinstance(event, RecordsReceived) and status is not None:
             status.records_in += event.received
-            self._log_progress(session, name)
+            self._log_progress(session, event.peer)
         elif isinstance(event, AntiEntropyDone) and status is not None:
             status.rounds += 1
             status.repairs += event.repaired_docs
@@ -146,16 +156,28 @@ class Replicator:
                 log.info(
                     "%s: anti-entropy with %s repaired %d documents",
                     self.region,
-                    name,
+                    who,
                     event.repaired_docs,
                 )
         elif isinstance(event, Closed):
-            self.protocols.discard(protocol)
-            if status is not None:
-                status.connected = False
-                status.last_error = event.reason if event.error is not None else None
-            level = logging.WARNING if event.error is not None else logging.INFO
-            log.log(level, "%s: session with %s closed: %s", self.region, name, event.reason)
+            if protocol in self.protocols:
+                self.protocols.discard(protocol)
+                if status is not None:
+                    status.connected = any(
+                        p.session and p.session.peer == name for p in self.protocols
+                    )
+                    status.last_error = event.reason if event.error is not None else None
+            level = logging.INFO if event.error is None and trusted else logging.WARNING
+            log.log(level, "%s: session with %s closed: %s", self.region, who, event.reason)
+
+    def _replace_protocol(self, protocol: SessionProtocol, peer: str) -> None:
+        """Keep one established session per peer: a newer one replaces an older one."""
+        for old in [p for p in self.protocols if p.session and p.session.peer == peer]:
+            self.protocols.discard(old)
+            if old.session is not None:
+                old.session.close("replaced by a newer connection")
+                old.flush()
+        self.protocols.add(protocol)
 
     def _behind(self, session: SyncSession) -> int:
         """Records the peer reported holding that we do not hold yet."""

@@ -60,7 +60,7 @@ class SessionProtocol(QuicConnectionProtocol):
         self.on_event: EventSink | None = None
         self.closed = asyncio.Event()
         self._stream_id: int | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._session_timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
 
     def start(self, session: SyncSession, on_event: EventSink, *, dialer: bool) -> None:
@@ -69,6 +69,15 @@ class SessionProtocol(QuicConnectionProtocol):
         if dialer:
             self._stream_id = self._quic.get_next_available_stream_id()
         self.flush()
+
+    @property
+    def remote(self) -> str:
+        """The peer's address, for log lines (the region it claims may be a lie)."""
+        paths = getattr(self._quic, "_network_paths", None)  # aioquic keeps no public accessor
+        if not paths:
+            return "?"
+        host, port = paths[0].addr[:2]
+        return f"{host}:{port}"
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, StreamDataReceived) and self.session is not None:
@@ -110,23 +119,24 @@ class SessionProtocol(QuicConnectionProtocol):
             if self.on_event is not None:
                 self.on_event(self, event)
 
+    # (Not ``_timer``: QuicConnectionProtocol uses that name for the QUIC timer.)
     def _arm_timer(self) -> None:
         self._cancel_timer()
         assert self.session is not None
         when = self.session.get_timer()
         if when is not None:
-            self._timer = self._loop.call_at(when, self._on_timer)
+            self._session_timer = self._loop.call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:
-        self._timer = None
+        self._session_timer = None
         if self.session is not None:
             self.session.handle_timer(self._loop.time())
             self.flush()
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._session_timer is not None:
+            self._session_timer.cancel()
+            self._session_timer = None
 
 
 def _configuration(tls: TlsFiles, *, is_client: bool, peer: str | None) -> QuicConfiguration:
@@ -158,11 +168,14 @@ async def listen(
         protocol.start(make_session(False), on_event, dialer=False)
         return protocol
 
+    # retry: a client must prove it receives at its source address before the
+    # server keeps any state for it (no sessions for spoofed Initial packets).
     return await serve(
         host,
         port,
         configuration=_configuration(tls, is_client=False, peer=None),
         create_protocol=create_protocol,
+        retry=True,
     )
 
 

@@ -617,3 +617,16 @@ def test_records_from_progress_and_leaf_docs(pair: tuple[crdtdb.Database, crdtdb
     leaf = merkle.leaf_of("docs/3")
     assert ("docs/3", eu.digest("docs/3")) in eu.leaf_docs(leaf)
     assert all(merkle.leaf_of(doc_id) == leaf for doc_id, _ in eu.leaf_docs(leaf))
+
+
+def test_a_forged_record_of_our_own_region_is_refused(
+    pair: tuple[crdtdb.Database, crdtdb.Database],
+) -> None:
+    eu, _us = pair
+    eu.put("docs/a", {"v": 1})
+    mine = next(iter(eu.changes()))
+    assert eu.apply_remote(mine) is False  # our own record relayed back: a duplicate
+    forged = UpdateRecord("docs/b", mine.hlc, "eu", 5, mine.update)
+    with pytest.raises(errors.InvalidRecordError, match="never made it"):
+        eu.apply_remote(forged)
+    assert eu.put("docs/c", {"v": 2}) and [r.seq for r in eu.changes()] == [1, 2]

@@ -28,6 +28,7 @@ def region_config(tmp: Path, certs: Path, region: str, peers: list[PeerConfig]) 
         ),
         peers=tuple(peers),
         anti_entropy_interval=0.5,
+        heartbeat_interval=0.2,
         reconnect_min=0.05,
         reconnect_max=0.5,
     )
@@ -84,3 +85,37 @@ def test_two_regions_replicate_over_quic(tmp_path: Path, certs: Path) -> None:
     asyncio.run(scenario())
     status = (tmp_path / "eu" / "sync-status.json").read_text()
     assert '"region": "eu"' in status
+
+
+def test_an_idle_link_keeps_running_rounds_and_moving_the_frontier(
+    tmp_path: Path, certs: Path
+) -> None:
+    """The session's timer must not be clobbered by aioquic's own (they once shared a name)."""
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        us_db = crdtdb.open(tmp_path / "us", region="us")
+        eu_db = crdtdb.open(tmp_path / "eu", region="eu")
+        us = Replicator(us_db, region_config(tmp_path, certs, "us", [PeerConfig("eu", "x", 1)]))
+        tasks = [asyncio.create_task(us.run(stop))]
+        await wait_for(lambda: us.port is not None)
+        assert us.port is not None
+        eu = Replicator(
+            eu_db, region_config(tmp_path, certs, "eu", [PeerConfig("us", "127.0.0.1", us.port)])
+        )
+        tasks.append(asyncio.create_task(eu.run(stop)))
+        try:
+            written = eu_db.put("users/a", {"v": 1})
+            await wait_for(lambda: eu.peers["us"].connected)
+            rounds = eu.peers["us"].rounds
+            # nothing is written from here on: only timers can make progress
+            await wait_for(lambda: eu.peers["us"].rounds >= rounds + 4)
+            await wait_for(lambda: eu_db.frontier() > written and us_db.frontier() > written)
+            assert eu.peers["us"].connected and us.peers["eu"].connected
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), 10)
+            eu_db.close()
+            us_db.close()
+
+    asyncio.run(scenario())
