@@ -47,3 +47,15 @@ def pair(tmp_path: Path) -> Iterator[tuple[crdtdb.Database, crdtdb.Database]]:
 def ship(source: crdtdb.Database, target: crdtdb.Database) -> int:
     """Deliver every record of ``source`` to ``target``; return how many were new."""
     return sum(target.apply_remote(record) for record in source.changes())
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> Path:
+    """A cluster CA in ``tmp_path/certs`` with certificates for eu, us and ap."""
+    from crdtdb.sync.certs import init_ca, issue
+
+    directory = tmp_path / "certs"
+    init_ca(directory)
+    for region in ("eu", "us", "ap"):
+        issue(directory, region)
+    return directory

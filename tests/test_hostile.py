@@ -35,54 +35,17 @@ from crdtdb.hlc import Hlc
 from crdtdb.records import UpdateRecord
 from crdtdb.sync import wire
 from crdtdb.sync.certs import init_ca, issue, sign_challenge
-from crdtdb.sync.config import PeerConfig, RegionConfig
+from crdtdb.sync.config import PeerConfig
 from crdtdb.sync.node import Replicator
 from crdtdb.sync.session import SessionOptions
-from crdtdb.sync.transport import TlsFiles
 
 from .hostile_client import HostileProtocol, hostile_connection, self_signed
+from .quic_helpers import region_config, wait_for
 
 pytestmark = pytest.mark.integration
 
 LOGGER = "crdtdb.sync"
 SCENARIO_TIMEOUT = 30.0
-
-
-# ----------------------------------------------------------------- helpers
-# region_config, wait_for and the certs fixture as in test_quic_sync.py
-
-
-def region_config(tmp: Path, certs: Path, region: str, peers: list[PeerConfig]) -> RegionConfig:
-    return RegionConfig(
-        region=region,
-        data_dir=tmp / region,
-        host="127.0.0.1",
-        port=0,
-        tls=TlsFiles(
-            ca=certs / "ca.pem", cert=certs / f"{region}.pem", key=certs / f"{region}.key"
-        ),
-        peers=tuple(peers),
-        anti_entropy_interval=0.5,
-        reconnect_min=0.05,
-        reconnect_max=0.5,
-    )
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-def certs(tmp_path: Path) -> Path:
-    directory = tmp_path / "certs"
-    init_ca(directory)
-    for region in ("eu", "us", "ap"):
-        issue(directory, region)
-    return directory
 
 
 @dataclass

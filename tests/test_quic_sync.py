@@ -3,52 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import crdtdb
-from crdtdb.sync.certs import init_ca, issue
-from crdtdb.sync.config import PeerConfig, RegionConfig
+from crdtdb.sync.config import PeerConfig
 from crdtdb.sync.node import Replicator
-from crdtdb.sync.transport import TlsFiles
+
+from .quic_helpers import region_config, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def region_config(tmp: Path, certs: Path, region: str, peers: list[PeerConfig]) -> RegionConfig:
-    return RegionConfig(
-        region=region,
-        data_dir=tmp / region,
-        host="127.0.0.1",
-        port=0,
-        tls=TlsFiles(
-            ca=certs / "ca.pem", cert=certs / f"{region}.pem", key=certs / f"{region}.key"
-        ),
-        peers=tuple(peers),
-        anti_entropy_interval=0.5,
-        heartbeat_interval=0.2,
-        reconnect_min=0.05,
-        reconnect_max=0.5,
-    )
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-def certs(tmp_path: Path) -> Path:
-    directory = tmp_path / "certs"
-    init_ca(directory)
-    for region in ("eu", "us", "ap"):
-        issue(directory, region)
-    return directory
 
 
 def test_two_regions_replicate_over_quic(tmp_path: Path, certs: Path) -> None:
