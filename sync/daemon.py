@@ -26,6 +26,7 @@ async def _serve(config_path: Path) -> int:
     config = load_config(config_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_quiet_abandoned_handshakes)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     with open_db(
@@ -35,6 +36,18 @@ async def _serve(config_path: Path) -> int:
         await replicator.run(stop)
     logging.getLogger("crdtdb.sync").info("%s: stopped", config.region)
     return 0
+
+
+def _quiet_abandoned_handshakes(
+    loop: asyncio.AbstractEventLoop, context: dict[str, object]
+) -> None:
+    """Drop the noise of a timed-out dial: aioquic's shielded handshake future then fails
+    unobserved ("Future exception was never retrieved"); the dial loop already logged it."""
+    if isinstance(context.get("exception"), ConnectionError) and "never retrieved" in str(
+        context.get("message", "")
+    ):
+        return
+    loop.default_exception_handler(context)
 
 
 def serve(config_path: Path, *, verbose: bool = False) -> int:

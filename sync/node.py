@@ -77,6 +77,7 @@ class Replicator:
         self.options = SessionOptions(
             anti_entropy_interval=config.anti_entropy_interval,
             gossip_interval=config.heartbeat_interval,
+            silence_timeout=max(3.0, 5 * config.heartbeat_interval),
         )
         self.peers: dict[str, PeerStatus] = {
             p.region: PeerStatus(p.region, f"{p.host}:{p.port}") for p in config.peers
@@ -253,6 +254,8 @@ class Replicator:
                     self._on_event,
                 )
             except (OSError, TimeoutError, ConnectionError, CrdtdbError) as exc:
+                if isinstance(exc, TimeoutError) and not str(exc):
+                    exc = TimeoutError("no QUIC handshake within 10 s")
                 self.peers[peer].last_error = f"{type(exc).__name__}: {exc}"
                 log.info("%s: cannot reach %s at %s:%s (%s)", self.region, peer, host, port, exc)
             if time.monotonic() - started > 5 * self.config.reconnect_min:

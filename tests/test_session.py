@@ -249,3 +249,17 @@ Partitions.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestPartitions = Partitions.TestCase
+
+
+def test_a_silent_peer_is_dropped_but_gossip_keeps_a_quiet_link_open(tmp_path: Path) -> None:
+    eu, us = _stores(tmp_path, "eu", "us")
+    link = Link(eu, us)
+    link.settle()
+    for _ in range(20):  # 20 s of no writes: the frontier reports keep both sides hearing
+        link.advance(1.0)
+        link.settle()
+    assert link.open
+    link.advance(6.0)  # then nothing gets through for longer than the silence timeout
+    assert not link.a.established and not link.b.established
+    closed = [e for e in (link.a.next_event(), link.b.next_event()) if isinstance(e, Closed)]
+    assert closed and all("silent" in e.reason for e in closed)
