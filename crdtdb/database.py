@@ -501,11 +501,50 @@ class Database:
         update bytes that do not decode (``InvalidUpdateError``), an HLC more than
         ``max_clock_offset_ms`` ahead of local wall time (``ClockSkewError``).
         """
-        record.validated()
+        return self.apply_remote_many([record]) == 1
+
+    def apply_remote_many(self, records: builtins.list[UpdateRecord]) -> int:
+        """Apply a batch of remote records in one transaction; return how many were new.
+
+        Records already held are skipped before the write lock is taken (a relay
+        often sends back what we have). If any record is refused, the error is
+        raised and none of the batch is applied.
+        """
+        for record in records:
+            record.validated()
         with self._lock:
             self._check_no_tx("apply_remote()")
-            applied: bool = self._write(lambda: self._apply_remote_locked(record))
+            fresh = self._not_held(records)
+            if not fresh:
+                return 0
+            try:
+                applied: int = self._write(lambda: self._apply_batch_locked(fresh))
+            except BaseException:
+                for record in fresh:
+                    self._cache.evict(record.doc_id)
+                raise
             return applied
+
+    def _not_held(self, records: builtins.list[UpdateRecord]) -> builtins.list[UpdateRecord]:
+        held: set[tuple[str, int]] = set()
+        for origin in {r.origin for r in records}:
+            seqs = [r.seq for r in records if r.origin == origin]
+            held.update(
+                (origin, row[0])
+                for row in self._conn.execute(
+                    "SELECT seq FROM log WHERE origin = ? AND seq BETWEEN ? AND ?",
+                    (origin, min(seqs), max(seqs)),
+                )
+            )
+        return [r for r in records if (r.origin, r.seq) not in held]
+
+    def _apply_batch_locked(
+        self, records: builtins.list[UpdateRecord]
+    ) -> tuple[int, builtins.list[UpdateRecord]]:
+        applied: builtins.list[UpdateRecord] = []
+        for record in records:
+            applied.extend(self._apply_remote_locked(record)[1])
+        return len(applied), applied
 
     # ---------------------------------------------------------------- history
 

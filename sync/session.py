@@ -63,6 +63,8 @@ __all__ = [
 ]
 
 EMPTY_SV = b"\x00"
+CHUNK_BYTES = 1 << 20
+"""State vectors and diffs of a round go in messages of about this size."""
 
 
 class Store(Protocol):
@@ -76,6 +78,7 @@ class Store(Protocol):
     def state_vector(self, doc_id: str) -> bytes: ...
     def diff(self, doc_id: str, state_vector: bytes = ...) -> bytes: ...
     def apply_remote(self, record: UpdateRecord) -> bool: ...
+    def apply_remote_many(self, records: list[UpdateRecord]) -> int: ...
     def apply_diff(self, doc_id: str, update: bytes) -> Hlc | None: ...
     def records_from(self, origin: str, after_seq: int, limit: int = ...) -> list[UpdateRecord]: ...
     def progress(self) -> dict[str, tuple[int, int, Hlc]]: ...
@@ -188,6 +191,7 @@ class SyncSession:
         self._next_round: float | None = None
         self._next_gossip: float | None = None
         self._last_heard = now
+        self._last_records_at = -float("inf")
         self._round: _Round | None = None
         self._peer_holds: dict[str, int] = {}
         self.peer_reports: dict[str, int] = {}
@@ -363,7 +367,15 @@ class SyncSession:
         self.store.note_frontier([], list(clocks.regions))
 
     def _on_records(self, message: wire.Records, now: float) -> None:
-        applied = sum(self.store.apply_remote(record) for record in message.records)
+        self._last_records_at = now
+        applied = self.store.apply_remote_many(list(message.records))
+        for origin in {record.origin for record in message.records}:
+            # The peer holds what it sent: do not send it back (when the batch follows
+            # on from what we know it holds, so no gap of ours is skipped).
+            seqs = [r.seq for r in message.records if r.origin == origin]
+            known = max(self._peer_holds.get(origin, 0), self._sent_through.get(origin, 0))
+            if min(seqs) <= known + 1:
+                self._sent_through[origin] = max(self._sent_through.get(origin, 0), max(seqs))
         assert self.peer is not None
         self._events.append(RecordsReceived(self.peer, len(message.records), applied))
         progress = self.store.progress()
@@ -381,6 +393,8 @@ class SyncSession:
             return
         self._pump_needed = False
         for origin in sorted(self.store.progress()):
+            if origin == self.peer:
+                continue  # a region holds all of its own records
             while self._unacked < self.options.window:
                 after = max(self._peer_holds.get(origin, 0), self._sent_through.get(origin, 0))
                 records = self.store.records_from(origin, after, self.options.batch_records)
@@ -396,13 +410,24 @@ class SyncSession:
     # ---------------------------------------------------------- anti-entropy
 
     def start_round(self, now: float) -> None:
-        """Start an anti-entropy round now (the dialing side does so on a timer)."""
+        """Start an anti-entropy round now (the dialing side does so on a timer).
+
+        Skipped while records are still flowing (a bootstrap, a burst): they close
+        the gap far more cheaply, and a round then would repair every document
+        twice. Once the flow stops, whatever records cannot fix (compacted
+        history, lost state) is left to the round.
+        """
         self._next_round = now + self.options.anti_entropy_interval
-        if self.state != "open" or self._round is not None:
+        if self.state != "open" or self._round is not None or self.catching_up(now):
             return
         self._round = _Round(started=now)
         root = merkle.node_id(0, 0)
         self._send_round(wire.MerkleReply(((root, self.store.merkle_node(root)),)))
+
+    def catching_up(self, now: float) -> bool:
+        """Whether records are still flowing: ours unacknowledged, or the peer's recent."""
+        recent = now - self._last_records_at < self.options.anti_entropy_interval
+        return self._unacked > 0 or recent
 
     def _send_round(self, message: wire.Message) -> None:
         if self._round is not None:
@@ -447,8 +472,8 @@ class SyncSession:
         if self._round is None:
             self._round = _Round(started=now)
         self._round.sv_sent.update(differing)
-        self._send_round(
-            wire.StateVectors(tuple((d, self._state_vector(d, d in ours)) for d in differing))
+        self._send_pairs(
+            wire.StateVectors, [(d, self._state_vector(d, d in ours)) for d in differing]
         )
 
     def _state_vector(self, doc_id: str, held: bool) -> bytes:
@@ -470,12 +495,31 @@ class SyncSession:
             if self._round is None:
                 self._round = _Round(started=now)
             self._round.sv_sent.update(doc_id for doc_id, _ in mine)
-            self._send_round(wire.StateVectors(mine))
-        self._send_round(
-            wire.Diffs(tuple((doc_id, self.store.diff(doc_id, sv)) for doc_id, sv in message.docs))
-        )
+            self._send_pairs(wire.StateVectors, list(mine))
         if not message.docs:
+            self._send_round(wire.Diffs(()))
             self._finish_round()
+            return
+        self._send_pairs(
+            wire.Diffs, [(doc_id, self.store.diff(doc_id, sv)) for doc_id, sv in message.docs]
+        )
+
+    def _send_pairs(
+        self,
+        kind: type[wire.StateVectors] | type[wire.Diffs],
+        pairs: list[tuple[str, bytes]],
+    ) -> None:
+        """Send (doc_id, bytes) pairs in messages of about CHUNK_BYTES, never one huge one."""
+        batch: list[tuple[str, bytes]] = []
+        size = 0
+        for doc_id, data in pairs:
+            if batch and size + len(data) > CHUNK_BYTES:
+                self._send_round(kind(tuple(batch)))
+                batch, size = [], 0
+            batch.append((doc_id, data))
+            size += len(data) + len(doc_id)
+        if batch:
+            self._send_round(kind(tuple(batch)))
 
     def _on_diffs(self, message: wire.Diffs, now: float) -> None:
         repaired = 0

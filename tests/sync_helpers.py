@@ -68,9 +68,13 @@ class Link:
                 session.handle_timer(self.now)
 
     def round(self) -> None:
-        """Run one anti-entropy round to completion."""
+        """Run one anti-entropy round to completion (after records stopped flowing)."""
+        self.now += self.a.options.anti_entropy_interval
+        before = self.a.rounds
         self.a.start_round(self.now)
         self.settle()
+        if self.open and self.a.rounds == before:
+            raise AssertionError("the anti-entropy round did not run to completion")
 
     @property
     def open(self) -> bool:

@@ -14,7 +14,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 import crdtdb
 from crdtdb import merkle
 from crdtdb.sync import wire
-from crdtdb.sync.session import AntiEntropyDone, Closed, Established, SyncSession
+from crdtdb.sync.session import (
+    AntiEntropyDone,
+    Closed,
+    Established,
+    RecordsReceived,
+    SyncSession,
+)
 
 from .sync_helpers import Link
 
@@ -37,6 +43,10 @@ def test_handshake_then_delta_push(tmp_path: Path) -> None:
     link.b.local_changed()
     link.settle()
     assert eu.get("users/c") == {"v": 3} and us.get("users/b") == {"v": 2}
+    from_us = [e for e in link.events if isinstance(e, RecordsReceived) and e.peer == "us"]
+    assert sum(e.received for e in from_us) == 1  # us#1 only: eu's records are not echoed
+    link.advance(1.0)  # the frontier reports tell each side what the other holds
+    link.settle()
     assert link.b.peer_holds()["eu"] == 2 and link.a.peer_holds()["us"] == 1
 
 
@@ -66,7 +76,10 @@ def test_anti_entropy_repairs_what_records_cannot(tmp_path: Path) -> None:
     link = Link(eu, us)
     link.settle()  # handshake and records: only docs/7's last record can travel
     assert us.get("docs/3") is None
-    link.advance(0)  # the round due on connect
+    link.advance(0)  # the round due on connect waits: records just flowed
+    link.settle()
+    assert not [e for e in link.events if isinstance(e, AntiEntropyDone)]
+    link.advance(2.0)  # the flow has stopped: the round runs and repairs the rest
     link.settle()
     done = [e for e in link.events if isinstance(e, AntiEntropyDone)]
     assert done and sum(e.repaired_docs for e in done) >= 50
@@ -263,3 +276,31 @@ def test_a_silent_peer_is_dropped_but_gossip_keeps_a_quiet_link_open(tmp_path: P
     assert not link.a.established and not link.b.established
     closed = [e for e in (link.a.next_event(), link.b.next_event()) if isinstance(e, Closed)]
     assert closed and all("silent" in e.reason for e in closed)
+
+
+def test_round_sends_large_repairs_in_chunks(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Diffs and state vectors go in bounded messages, never one over the size limit."""
+    from crdtdb.sync import session as session_module
+
+    monkeypatch.setattr(session_module, "CHUNK_BYTES", 4_000)
+    eu, us = _stores(tmp_path, "eu", "us")
+    with eu.transaction() as tx:
+        for i in range(30):
+            tx.put(f"docs/{i}", {"text": f"{i}-" + "x" * 1_500})
+    eu.put("docs/last", {"v": 1})
+    eu.compact(retention_s=0)  # the records are gone: only a round can carry the content
+    link = Link(eu, us)
+    link.settle()
+    sizes: list[int] = []
+    original = SyncSession._send
+
+    def recording(self: SyncSession, message: wire.Message) -> None:
+        if isinstance(message, (wire.Diffs, wire.StateVectors)):
+            sizes.append(len(wire.encode(message)))
+        original(self, message)
+
+    monkeypatch.setattr(SyncSession, "_send", recording)
+    link.round()
+    assert us.get("docs/29") == {"text": "29-" + "x" * 1_500}
+    assert eu.merkle_root() == us.merkle_root()
+    assert len(sizes) > 5 and max(sizes) < 4_000 + 2_000  # one diff may top a chunk up
