@@ -5,6 +5,7 @@
     python3 dev.py test         # every test (pytest), then ruff and mypy on the package
     python3 dev.py lint         # ruff and mypy only
     python3 dev.py bench [ARGS] # the core benchmark (bench/bench_core.py)
+    python3 dev.py bench-sync [ARGS]  # the sync benchmark (bench/bench_sync.py)
 
 Each command first creates ``.venv`` (or refreshes it when pyproject.toml
 changed) and installs crdtdb into it in editable mode with its test tools.
@@ -68,9 +69,10 @@ def main(argv: list[str]) -> int:
     if command == "lint":
         ensure_env()
         return lint()
-    if command == "bench":
+    if command in ("bench", "bench-sync"):
         ensure_env()
-        return _run(PYTHON, "bench/bench_core.py", *rest)
+        script = "bench/bench_core.py" if command == "bench" else "bench/bench_sync.py"
+        return _run(PYTHON, script, *rest)
     print(__doc__)
     return 0 if command in ("help", "-h", "--help") else 2
 
