@@ -299,6 +299,21 @@ class Database:
             row = self._conn.execute("SELECT hash FROM merkle WHERE node = ?", (node,)).fetchone()
             return bytes(row[0]) if row else merkle.ZERO
 
+    def merkle_nodes(self, nodes: builtins.list[int]) -> builtins.list[bytes]:
+        """The hashes of many Merkle nodes at once, in order, up to date."""
+        with self._lock:
+            self._check_no_tx("merkle_nodes()")
+            self._ensure_digests()
+            found: dict[int, bytes] = {}
+            for start in range(0, len(nodes), 500):
+                chunk = nodes[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for node, digest in self._conn.execute(
+                    f"SELECT node, hash FROM merkle WHERE node IN ({marks})", chunk
+                ):
+                    found[node] = bytes(digest)
+            return [found.get(node, merkle.ZERO) for node in nodes]
+
     def merkle_root(self) -> bytes:
         return self.merkle_node(merkle.node_id(0, 0))
 

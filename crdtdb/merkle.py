@@ -163,6 +163,12 @@ def children(node: int) -> list[int]:
     return [node_id(level + 1, first + i) for i in range(FANOUT)]
 
 
+def valid_node(node: int) -> bool:
+    """Whether ``node`` names a node of the tree (its index fits its level)."""
+    level, index = node >> 16, node & 0xFFFF
+    return 0 <= level <= DEPTH and index < FANOUT**level
+
+
 def xor_bytes(a: bytes | None, b: bytes | None) -> bytes:
     """XOR of two node hashes; ``None`` counts as all zeros (an empty subtree)."""
     left = int.from_bytes(a or ZERO, "big")

@@ -74,6 +74,7 @@ class Store(Protocol):
     def region(self) -> str: ...
 
     def merkle_node(self, node: int) -> bytes: ...
+    def merkle_nodes(self, nodes: list[int]) -> list[bytes]: ...
     def leaf_docs(self, leaf: int) -> list[tuple[str, bytes]]: ...
     def state_vector(self, doc_id: str) -> bytes: ...
     def diff(self, doc_id: str, state_vector: bytes = ...) -> bytes: ...
@@ -422,7 +423,10 @@ class SyncSession:
             return
         self._round = _Round(started=now)
         root = merkle.node_id(0, 0)
-        self._send_round(wire.MerkleReply(((root, self.store.merkle_node(root)),)))
+        salt = self.rounds % 4  # each round compares another slice of the hashes
+        self._send_round(
+            wire.MerkleHashes(salt, (), wire.merkle_slice(self.store.merkle_node(root), salt))
+        )
 
     def catching_up(self, now: float) -> bool:
         """Whether records are still flowing: ours unacknowledged, or the peer's recent."""
@@ -448,6 +452,40 @@ class SyncSession:
             self._send_round(
                 wire.MerkleReply(tuple((c, self.store.merkle_node(c)) for c in children))
             )
+            return
+        leaves = tuple(node & 0xFFFF for node in differing)
+        docs = tuple(d for leaf in leaves for d in self.store.leaf_docs(leaf))
+        self._send_round(wire.LeafQuery(leaves))
+        self._send_round(wire.LeafReply(docs))
+
+    def _on_merkle_hashes(self, message: wire.MerkleHashes, now: float) -> None:
+        """The peer's (sliced) hashes: answer with ours one level down where they differ."""
+        salt, size = message.salt, wire.MERKLE_HASH_BYTES
+        nodes = (
+            [c for parent in message.parents for c in merkle.children(parent)]
+            if message.parents
+            else [merkle.node_id(0, 0)]
+        )
+        if any(node >> 16 > merkle.DEPTH or not merkle.valid_node(node) for node in nodes):
+            raise RemoteProtocolError(
+                "MerkleHashes names a node outside the tree", code="bad_payload"
+            )
+        ours = self.store.merkle_nodes(nodes)
+        differing = [
+            node
+            for i, (node, digest) in enumerate(zip(nodes, ours, strict=True))
+            if wire.merkle_slice(digest, salt) != message.hashes[i * size : (i + 1) * size]
+        ]
+        if not differing:
+            self._send_round(wire.LeafQuery(()))  # "in sync here": ends the round
+            if self._round is None:  # the answering side counts the round too
+                self._round = _Round(started=now, messages=1)
+            self._finish_round()
+            return
+        if differing[0] >> 16 < merkle.DEPTH:
+            children = [c for node in differing for c in merkle.children(node)]
+            hashes = b"".join(wire.merkle_slice(h, salt) for h in self.store.merkle_nodes(children))
+            self._send_round(wire.MerkleHashes(salt, tuple(differing), hashes))
             return
         leaves = tuple(node & 0xFFFF for node in differing)
         docs = tuple(d for leaf in leaves for d in self.store.leaf_docs(leaf))
@@ -566,6 +604,7 @@ _OPEN_HANDLERS: dict[type, _Handler] = {
     wire.Records: SyncSession._on_records,  # type: ignore[dict-item]
     wire.Ack: SyncSession._on_ack,  # type: ignore[dict-item]
     wire.MerkleReply: SyncSession._on_merkle,  # type: ignore[dict-item]
+    wire.MerkleHashes: SyncSession._on_merkle_hashes,  # type: ignore[dict-item]
     wire.LeafQuery: SyncSession._on_leaf_query,  # type: ignore[dict-item]
     wire.LeafReply: SyncSession._on_leaf_reply,  # type: ignore[dict-item]
     wire.StateVectors: SyncSession._on_state_vectors,  # type: ignore[dict-item]

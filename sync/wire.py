@@ -98,6 +98,7 @@ __all__ = [
     "Hello",
     "LeafQuery",
     "LeafReply",
+    "MerkleHashes",
     "MerkleQuery",
     "MerkleReply",
     "Message",
@@ -596,6 +597,48 @@ class Clocks(Message):
         return cls(tuple((reader.text(), Hlc(reader.u64())) for _ in range(count)))
 
 
+MERKLE_HASH_BYTES = 8
+"""Tree hashes travel truncated: a miss (2**-64 per node) is caught next round (new salt)."""
+
+
+def merkle_slice(digest: bytes, salt: int) -> bytes:
+    """The 8 bytes of a 32-byte node hash that a round with ``salt`` compares."""
+    offset = MERKLE_HASH_BYTES * (salt % (HASH_BYTES // MERKLE_HASH_BYTES))
+    return digest[offset : offset + MERKLE_HASH_BYTES]
+
+
+@dataclass(frozen=True, slots=True)
+class MerkleHashes(Message):
+    """The sender's hashes of some Merkle nodes, for the receiver to compare with its own.
+
+    With no ``parents`` the one node is the root; otherwise the nodes are the
+    16 children of each parent, in order, so no node ids travel. Each hash is
+    the :func:`merkle_slice` of the node's hash for ``salt``.
+    """
+
+    TYPE = 0x26
+    salt: int
+    parents: tuple[int, ...]
+    hashes: bytes
+
+    def __post_init__(self) -> None:
+        _check_int("salt", self.salt, low=0, high=255)
+        _check_u32s("parents", self.parents)
+        _check_bytes("hashes", self.hashes)
+        count = 16 * len(self.parents) if self.parents else 1
+        if len(self.hashes) != MERKLE_HASH_BYTES * count:
+            _refuse(f"MerkleHashes carries {len(self.hashes)} hash bytes for {count} nodes")
+
+    def _write(self, writer: Writer) -> None:
+        writer.varuint(self.salt)
+        _write_u32s(writer, self.parents)
+        writer.blob(self.hashes)
+
+    @classmethod
+    def _read(cls, reader: Reader) -> Self:
+        return cls(reader.varuint(), _read_u32s(reader), reader.blob())
+
+
 def _check_u32s(name: str, values: object) -> None:
     for value in _check_tuple(name, values):
         _check_int(f"each of {name}", value, low=0, high=MAX_U32)
@@ -753,6 +796,7 @@ MESSAGE_TYPES: Final[Mapping[int, type[Message]]] = MappingProxyType(
             Heartbeat,
             Frontier,
             Clocks,
+            MerkleHashes,
             MerkleQuery,
             MerkleReply,
             LeafQuery,

@@ -304,3 +304,29 @@ def test_round_sends_large_repairs_in_chunks(tmp_path: Path, monkeypatch) -> Non
     assert us.get("docs/29") == {"text": "29-" + "x" * 1_500}
     assert eu.merkle_root() == us.merkle_root()
     assert len(sizes) > 5 and max(sizes) < 4_000 + 2_000  # one diff may top a chunk up
+
+
+def test_round_costs_bytes_in_proportion_to_the_differences(tmp_path: Path) -> None:
+    """Sliced hashes and implicit node ids: a few differing documents cost a few KB."""
+    eu, us = _stores(tmp_path, "eu", "us")
+    with eu.transaction() as tx:
+        for i in range(2_000):
+            tx.put(f"docs/{i}", {"i": i})
+    link = Link(eu, us)
+    link.settle()
+    link.round()
+    assert eu.merkle_root() == us.merkle_root()
+    for i in range(5):
+        eu.update(f"docs/{i * 97}", {"changed": True})
+    eu.records_from = lambda *args, **kwargs: []  # type: ignore[method-assign]  # no push
+    fresh = Link(eu, us)
+    fresh.settle()
+    before = fresh.bytes
+    fresh.round()
+    repaired = sum(e.repaired_docs for e in fresh.events if isinstance(e, AntiEntropyDone))
+    assert repaired == 5
+    assert eu.merkle_root() == us.merkle_root()
+    assert us.get("docs/97") == {"i": 97, "changed": True}
+    # 5 paths of 4 levels, 16 sliced 8-byte hashes each (~2.6 KB), plus 5 leaves and diffs;
+    # full 32-byte hashes with node ids would cost ~12 KB
+    assert fresh.bytes - before < 6_000, fresh.bytes - before

@@ -45,6 +45,7 @@ from crdtdb.sync.wire import (
     Hello,
     LeafQuery,
     LeafReply,
+    MerkleHashes,
     MerkleQuery,
     MerkleReply,
     Message,
@@ -96,6 +97,14 @@ messages: st.SearchStrategy[Message] = st.one_of(
         non_negative,
     ),
     st.builds(Clocks, tuples(st.tuples(regions, non_negative), unique_by=lambda e: e[0])),
+    st.lists(u32s, max_size=3).flatmap(
+        lambda parents: st.builds(
+            MerkleHashes,
+            st.integers(0, 255),
+            st.just(tuple(parents)),
+            st.binary(min_size=8 * (16 * len(parents) or 1), max_size=8 * (16 * len(parents) or 1)),
+        )
+    ),
     st.builds(MerkleQuery, tuples(u32s)),
     st.builds(MerkleReply, tuples(st.tuples(u32s, hashes))),
     st.builds(LeafQuery, tuples(u32s)),
