@@ -18,6 +18,11 @@ import os
 import subprocess
 import sys
 import venv
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: setups are then not serialised
+    fcntl = None  # type: ignore[assignment]
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -33,10 +38,27 @@ def _run(*args: str | Path) -> int:
 
 
 def ensure_env(extras: str = "dev,bench") -> None:
+    """Create or refresh ``.venv``; one process at a time (a lock file serialises them)."""
+    with open(ROOT / ".venv.lock", "w") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        _ensure_env(extras)
+
+
+def _ensure_env(extras: str) -> None:
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted and PYTHON.exists():
         return
-    if not PYTHON.exists():
+    has_pip = (
+        PYTHON.exists()
+        and subprocess.call(
+            [str(PYTHON), "-m", "pip", "--version"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        == 0
+    )
+    if not has_pip:  # missing, or left broken by an interrupted setup: start again
         print(f"creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
     code = _run(
