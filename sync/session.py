@@ -438,26 +438,6 @@ class SyncSession:
             self._round.messages += 1
         self._send(message)
 
-    def _on_merkle(self, message: wire.MerkleReply, now: float) -> None:
-        """The peer's hashes of some nodes: answer with ours one level down where they differ."""
-        differing = [n for n, h in message.nodes if self.store.merkle_node(n) != h]
-        if not differing:
-            self._send_round(wire.LeafQuery(()))  # "in sync here": ends the round
-            if self._round is None:  # the answering side counts the round too
-                self._round = _Round(started=now, messages=1)
-            self._finish_round()
-            return
-        if differing[0] >> 16 < merkle.DEPTH:
-            children = [c for node in differing for c in merkle.children(node)]
-            self._send_round(
-                wire.MerkleReply(tuple((c, self.store.merkle_node(c)) for c in children))
-            )
-            return
-        leaves = tuple(node & 0xFFFF for node in differing)
-        docs = tuple(d for leaf in leaves for d in self.store.leaf_docs(leaf))
-        self._send_round(wire.LeafQuery(leaves))
-        self._send_round(wire.LeafReply(docs))
-
     def _on_merkle_hashes(self, message: wire.MerkleHashes, now: float) -> None:
         """The peer's (sliced) hashes: answer with ours one level down where they differ."""
         salt, size = message.salt, wire.MERKLE_HASH_BYTES
@@ -603,7 +583,6 @@ _OPEN_HANDLERS: dict[type, _Handler] = {
     wire.Clocks: SyncSession._on_clocks,  # type: ignore[dict-item]
     wire.Records: SyncSession._on_records,  # type: ignore[dict-item]
     wire.Ack: SyncSession._on_ack,  # type: ignore[dict-item]
-    wire.MerkleReply: SyncSession._on_merkle,  # type: ignore[dict-item]
     wire.MerkleHashes: SyncSession._on_merkle_hashes,  # type: ignore[dict-item]
     wire.LeafQuery: SyncSession._on_leaf_query,  # type: ignore[dict-item]
     wire.LeafReply: SyncSession._on_leaf_reply,  # type: ignore[dict-item]
