@@ -28,6 +28,14 @@ Design rules:
   of the tree in messages and bytes in proportion to the differing
   documents. At the leaves they compare document digests, exchange state
   vectors of the differing documents and send each other the diffs.
+- **Lanes.** Everything goes on the main lane (one QUIC stream) except a
+  record or diff of a large document (``SessionOptions.large_bytes`` or more): that goes in
+  a message of its own on one of ``BULK_LANES`` bulk lanes (each its own
+  stream, chosen by the document id), so a large document is sent beside
+  the small ones instead of in front of them. The receiver applies what
+  comes in any order (a CRDT does not mind; the store keeps the contiguous
+  seq per origin apart from the highest one), and accepts only ``Records``
+  and ``Diffs`` on a bulk lane, and only once the handshake is done.
 - **Blame.** Anything malformed from the peer closes the session with an
   ``Error`` message naming the problem; nothing it sent is applied after
   that. A record the store refuses (bad update bytes, clock skew) is
@@ -38,6 +46,7 @@ Design rules:
 from __future__ import annotations
 
 import os
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,9 +58,10 @@ from crdtdb.hlc import Hlc
 from crdtdb.records import UpdateRecord
 
 from . import wire
-from .errors import ProtocolError, RemoteProtocolError
+from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 
 __all__ = [
+    "BULK_LANES",
     "AntiEntropyDone",
     "Closed",
     "Established",
@@ -64,7 +74,9 @@ __all__ = [
 
 EMPTY_SV = b"\x00"
 CHUNK_BYTES = 1 << 20
-"""State vectors and diffs of a round go in messages of about this size."""
+"""State vectors and diffs of a round, and records, go in messages of about this size."""
+BULK_LANES = 4
+"""Bulk lanes (QUIC streams) per direction besides the main one."""
 
 
 class Store(Protocol):
@@ -110,6 +122,8 @@ class SessionOptions:
     """``Records`` messages sent and not yet acknowledged, per session."""
     gossip_interval: float = 1.0
     """Seconds between frontier reports (also the heartbeat of an idle region)."""
+    large_bytes: int = 64 * 1024
+    """A record or diff at least this big goes in a message of its own on a bulk lane."""
     silence_timeout: float = 5.0
     """Close the session when nothing came from the peer for this long (it sends every
     ``gossip_interval``), so a restarted peer is redialed at once instead of after the
@@ -185,8 +199,9 @@ class SyncSession:
         self._authenticate = authenticate
         self._nonce = nonce if nonce is not None else os.urandom(32)
         self._peer_nonce = b""
-        self._decoder = wire.FrameDecoder()
+        self._decoders = {0: wire.FrameDecoder()}
         self._out: list[bytes] = []
+        self._lane_out: dict[int, list[bytes]] = {}
         self._events: deque[Event] = deque()
         self._deadline: float | None = now + self.options.handshake_timeout
         self._next_round: float | None = None
@@ -199,24 +214,31 @@ class SyncSession:
         """Per origin, the contiguous seq the peer last reported holding (what we can get)."""
         self._sent_through: dict[str, int] = {}
         self._unacked = 0
-        self._pump_needed = True
+        self._pump_needed = False  # until the peer's Frontier says what it holds
         self._pending_leaves: tuple[int, ...] = ()
         self._send(wire.Hello(wire.PROTOCOL_VERSION, store.region, self._nonce))
 
     # ------------------------------------------------------------ the pump API
 
-    def receive(self, data: bytes, now: float) -> None:
-        """Feed bytes from the peer."""
+    def receive(self, data: bytes, now: float, lane: int = 0) -> None:
+        """Feed bytes from the peer that came on ``lane`` (0: the main lane)."""
         if self.state == "closed":
             return
         self.bytes_in += len(data)
         self._last_heard = now
         try:
-            self._decoder.feed(data)
+            decoder = self._decoder(lane)
+            decoder.feed(data)
             while self.state != "closed":
-                message = self._decoder.next_message()
+                message = decoder.next_message()
                 if message is None:
                     break
+                if lane and not isinstance(message, wire.Records | wire.Diffs):
+                    raise RemoteProtocolError(
+                        f"{type(message).__name__} on a bulk lane, which carries only"
+                        " Records and Diffs",
+                        code="unexpected_message",
+                    )
                 self._handle(message, now)
         except ProtocolError as exc:
             self._fail(exc.code, str(exc), exc)
@@ -224,13 +246,38 @@ class SyncSession:
             self._fail(exc.code, str(exc), exc)
         self._pump()
 
+    def _decoder(self, lane: int) -> wire.FrameDecoder:
+        decoder = self._decoders.get(lane)
+        if decoder is not None:
+            return decoder
+        if not 0 < lane <= BULK_LANES:
+            raise RemoteProtocolError(
+                f"the peer opened more than {BULK_LANES} bulk lanes (streams)",
+                code="too_many_streams",
+            )
+        if self.state != "open":
+            raise RemoteProtocolError(
+                "data on a bulk lane before the handshake finished", code="unexpected_message"
+            )
+        decoder = self._decoders[lane] = wire.FrameDecoder(
+            max_message_bytes=wire.MAX_BULK_MESSAGE_BYTES
+        )
+        return decoder
+
     def data_to_send(self, now: float) -> bytes:
-        """Bytes to write to the peer (empty if nothing)."""
+        """Bytes to write to the peer on the main lane (empty if nothing)."""
         self._pump()
         data = b"".join(self._out)
         self._out.clear()
         self.bytes_out += len(data)
         return data
+
+    def lanes_to_send(self) -> list[tuple[int, bytes]]:
+        """Bytes to write on bulk lanes, as (lane 1..BULK_LANES, bytes); after ``data_to_send``."""
+        out = [(lane, b"".join(chunks)) for lane, chunks in sorted(self._lane_out.items())]
+        self._lane_out.clear()
+        self.bytes_out += sum(len(data) for _, data in out)
+        return out
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -393,20 +440,41 @@ class SyncSession:
         if self.state != "open" or not self._pump_needed:
             return
         self._pump_needed = False
-        for origin in sorted(self.store.progress()):
-            if origin == self.peer:
-                continue  # a region holds all of its own records
-            while self._unacked < self.options.window:
-                after = max(self._peer_holds.get(origin, 0), self._sent_through.get(origin, 0))
-                records = self.store.records_from(origin, after, self.options.batch_records)
-                if not records:
+        try:
+            for origin in sorted(self.store.progress()):
+                if origin == self.peer:
+                    continue  # a region holds all of its own records
+                while self._unacked < self.options.window:
+                    after = max(self._peer_holds.get(origin, 0), self._sent_through.get(origin, 0))
+                    records = self.store.records_from(origin, after, self.options.batch_records)
+                    if not records:
+                        break
+                    self._send_records(records)
+                    self._sent_through[origin] = records[-1].seq
+                if self._unacked >= self.options.window:
+                    self._pump_needed = True  # the next Ack resumes here
                     break
-                self._send(wire.Records(tuple(records)))
-                self._sent_through[origin] = records[-1].seq
+        except LocalProtocolError as exc:
+            self._fail(exc.code, str(exc), exc)
+
+    def _send_records(self, records: list[UpdateRecord]) -> None:
+        """Records in messages of about CHUNK_BYTES; a large one alone on a bulk lane."""
+        batch: list[UpdateRecord] = []
+        size = 0
+        for record in records:
+            if len(record.update) >= self.options.large_bytes:
+                self._send_bulk(wire.Records((record,)), record.doc_id)
                 self._unacked += 1
-            if self._unacked >= self.options.window:
-                self._pump_needed = True  # the next Ack resumes here
-                break
+                continue
+            if batch and size + len(record.update) > CHUNK_BYTES:
+                self._send(wire.Records(tuple(batch)))
+                self._unacked += 1
+                batch, size = [], 0
+            batch.append(record)
+            size += len(record.update)
+        if batch:
+            self._send(wire.Records(tuple(batch)))
+            self._unacked += 1
 
     # ---------------------------------------------------------- anti-entropy
 
@@ -433,10 +501,13 @@ class SyncSession:
         recent = now - self._last_records_at < self.options.anti_entropy_interval
         return self._unacked > 0 or recent
 
-    def _send_round(self, message: wire.Message) -> None:
+    def _send_round(self, message: wire.Message, *, lane_of: str | None = None) -> None:
         if self._round is not None:
             self._round.messages += 1
-        self._send(message)
+        if lane_of is None:
+            self._send(message)
+        else:
+            self._send_bulk(message, lane_of)
 
     def _on_merkle_hashes(self, message: wire.MerkleHashes, now: float) -> None:
         """The peer's (sliced) hashes: answer with ours one level down where they differ."""
@@ -531,6 +602,9 @@ class SyncSession:
         batch: list[tuple[str, bytes]] = []
         size = 0
         for doc_id, data in pairs:
+            if kind is wire.Diffs and len(data) >= self.options.large_bytes:
+                self._send_round(kind(((doc_id, data),)), lane_of=doc_id)
+                continue
             if batch and size + len(data) > CHUNK_BYTES:
                 self._send_round(kind(tuple(batch)))
                 batch, size = [], 0
@@ -566,6 +640,12 @@ class SyncSession:
 
     def _send(self, message: wire.Message) -> None:
         self._out.append(wire.encode(message))
+
+    def _send_bulk(self, message: wire.Message, doc_id: str) -> None:
+        """Send ``message`` (one document's) on that document's bulk lane."""
+        lane = 1 + zlib.crc32(doc_id.encode()) % BULK_LANES
+        frame = wire.encode(message, max_message_bytes=wire.MAX_BULK_MESSAGE_BYTES)
+        self._lane_out.setdefault(lane, []).append(frame)
 
     def _fail(self, code: str, text: str, error: ProtocolError | CrdtdbError | None) -> None:
         self._send(wire.Error(code, text))

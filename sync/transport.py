@@ -1,8 +1,10 @@
 """The QUIC glue: the only module that imports ``aioquic.asyncio``.
 
-It pumps a :class:`~.session.SyncSession` over one bidirectional QUIC stream
-(opened by the dialing side): stream data in, session bytes out, the
-session's timer on the event loop. TLS 1.3 (aioquic) authenticates the
+It pumps a :class:`~.session.SyncSession` over QUIC streams: the session's
+main lane on one bidirectional stream (opened by the dialing side), and
+each of its bulk lanes on a unidirectional stream of the sending side,
+opened when first used. Stream data in, session bytes out, the session's
+timer on the event loop. TLS 1.3 (aioquic) authenticates the
 listening side to the dialer, which checks the certificate against the
 cluster CA and the name ``REGION.crdtdb``; the session's Auth message
 authenticates the dialer (see :mod:`.certs`).
@@ -22,7 +24,7 @@ from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer, serve
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
+from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived, StreamReset
 
 from .session import Event, SyncSession
 
@@ -60,6 +62,10 @@ class SessionProtocol(QuicConnectionProtocol):
         self.on_event: EventSink | None = None
         self.closed = asyncio.Event()
         self._stream_id: int | None = None
+        self._lane_streams: dict[int, int] = {}
+        """Our unidirectional stream per bulk lane we send on."""
+        self._peer_lanes: dict[int, int] = {}
+        """The peer's streams other than the main one, numbered 1, 2, ... as they appear."""
         self._session_timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
 
@@ -81,11 +87,19 @@ class SessionProtocol(QuicConnectionProtocol):
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, StreamDataReceived) and self.session is not None:
-            if self._stream_id is None:
-                self._stream_id = event.stream_id
-            if event.stream_id == self._stream_id:
+            stream_id = event.stream_id
+            if self._stream_id is None and not stream_id & 2:  # the first bidirectional one
+                self._stream_id = stream_id
+            if stream_id == self._stream_id:
                 self.session.receive(event.data, self._loop.time())
-                self.flush()
+            else:
+                # Any other stream is a bulk lane; the session refuses one too many.
+                lane = self._peer_lanes.setdefault(stream_id, len(self._peer_lanes) + 1)
+                self.session.receive(event.data, self._loop.time(), lane)
+            self.flush()
+        elif isinstance(event, StreamReset) and self.session is not None:
+            self.session.close(f"the peer reset stream {event.stream_id}")
+            self.flush()
         elif isinstance(event, ConnectionTerminated):
             if self.session is not None and self.session.state != "closed":
                 self.session.close(
@@ -104,6 +118,14 @@ class SessionProtocol(QuicConnectionProtocol):
             data = session.data_to_send(self._loop.time())
             if data:
                 self._quic.send_stream_data(self._stream_id, data)
+            lanes = session.lanes_to_send()
+            for lane, lane_data in lanes:
+                stream_id = self._lane_streams.get(lane)
+                if stream_id is None:
+                    stream_id = self._quic.get_next_available_stream_id(is_unidirectional=True)
+                    self._lane_streams[lane] = stream_id
+                self._quic.send_stream_data(stream_id, lane_data)
+            if data or lanes:
                 self.transmit()
         self._drain_events()
         if session.state == "closed":

@@ -13,8 +13,14 @@ Frame (8-byte header, then the payload)::
     0       2     magic b"CD"
     2       1     frame version (FRAME_VERSION = 1)
     3       1     message type
-    4       4     payload length, u32 big-endian, at most max_message_bytes (16 MiB)
+    4       4     payload length, u32 big-endian, at most max_message_bytes
     8       n     payload
+
+A connection carries a main lane (every message, at most 16 MiB,
+``MAX_MESSAGE_BYTES``) and a few bulk lanes, each its own QUIC stream, that
+carry only ``Records`` and ``Diffs`` holding one large document, at most
+256 MiB (``MAX_BULK_MESSAGE_BYTES``), so that one large document never holds
+up the others (see :mod:`.session`).
 
 The decoder checks the header as soon as its bytes arrive, so a bad magic,
 version, type or length is refused before any of the payload is buffered.
@@ -82,6 +88,7 @@ __all__ = [
     "HASH_BYTES",
     "HEADER_BYTES",
     "MAGIC",
+    "MAX_BULK_MESSAGE_BYTES",
     "MAX_MESSAGE_BYTES",
     "MESSAGE_TYPES",
     "NONCE_BYTES",
@@ -115,6 +122,8 @@ FRAME_VERSION: Final = 1
 PROTOCOL_VERSION: Final = 1
 HEADER_BYTES: Final = 8
 MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+MAX_BULK_MESSAGE_BYTES: Final = 256 * 1024 * 1024
+"""The largest message on a bulk lane: one document's update or diff."""
 HASH_BYTES: Final = 32
 NONCE_BYTES: Final = 32
 

@@ -10,7 +10,8 @@ from crdtdb.sync.session import Event, SessionOptions, Store, SyncSession
 class Link:
     """A connection between two stores: a dialing session and a listening session.
 
-    ``transfer`` moves bytes both ways, optionally cut into random chunks;
+    ``transfer`` moves bytes both ways, on every lane, optionally cut into random
+    chunks with the lanes in random order;
     ``cut`` drops the connection with whatever was in flight, like a partition.
     """
 
@@ -35,12 +36,14 @@ class Link:
         """Deliver everything pending once each way; return the bytes moved."""
         moved = 0
         for sender, receiver in ((self.a, self.b), (self.b, self.a)):
-            data = sender.data_to_send(self.now)
-            if not data:
-                continue
-            moved += len(data)
-            for chunk in self._chunks(data):
-                receiver.receive(chunk, self.now)
+            main = (0, sender.data_to_send(self.now))
+            lanes = [(lane, data) for lane, data in [main, *sender.lanes_to_send()] if data]
+            if self.rng is not None:
+                self.rng.shuffle(lanes)  # streams are independent: any lane may come first
+            for lane, data in lanes:
+                moved += len(data)
+                for chunk in self._chunks(data):
+                    receiver.receive(chunk, self.now, lane)
         for session in (self.a, self.b):
             while (event := session.next_event()) is not None:
                 self.events.append(event)

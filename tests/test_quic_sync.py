@@ -84,3 +84,51 @@ def test_an_idle_link_keeps_running_rounds_and_moving_the_frontier(
             us_db.close()
 
     asyncio.run(scenario())
+
+
+def test_a_large_document_does_not_hold_up_the_small_ones(tmp_path: Path, certs: Path) -> None:
+    """Over real QUIC: small commits made after a 20 MB one arrive before it does.
+
+    The large record travels on a bulk lane (its own stream) beside the main
+    one; on one stream the small records would queue behind it. 20 MB is also
+    over the main lane's 16 MiB message limit, which once stopped such a
+    document from replicating at all.
+    """
+    text = "x" * 20_000_000
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        us_db = crdtdb.open(tmp_path / "us", region="us")
+        eu_db = crdtdb.open(tmp_path / "eu", region="eu")
+        us = Replicator(us_db, region_config(tmp_path, certs, "us", []))
+        tasks = [asyncio.create_task(us.run(stop))]
+        await wait_for(lambda: us.port is not None)
+        assert us.port is not None
+        eu = Replicator(
+            eu_db, region_config(tmp_path, certs, "eu", [PeerConfig("us", "127.0.0.1", us.port)])
+        )
+        tasks.append(asyncio.create_task(eu.run(stop)))
+        try:
+            await wait_for(lambda: eu.peers["us"].connected and us.peers["eu"].connected)
+            eu_db.put("big/1", {"text": text})
+            for i in range(5):
+                eu_db.put(f"small/{i}", {"i": i})
+            seen: dict[str, float] = {}
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while len(seen) < 2 and loop.time() < deadline:
+                for doc_id in ("big/1", "small/4"):
+                    if doc_id not in seen and us_db.get(doc_id) is not None:
+                        seen[doc_id] = loop.time()
+                await asyncio.sleep(0.002)
+            assert set(seen) == {"big/1", "small/4"}, "not replicated before the deadline"
+            assert seen["small/4"] < seen["big/1"]
+            assert us_db.get("big/1") == {"text": text}
+            await wait_for(lambda: eu_db.merkle_root() == us_db.merkle_root(), timeout=30)
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), 10)
+            eu_db.close()
+            us_db.close()
+
+    asyncio.run(scenario())

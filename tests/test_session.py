@@ -15,10 +15,12 @@ import crdtdb
 from crdtdb import merkle
 from crdtdb.sync import wire
 from crdtdb.sync.session import (
+    BULK_LANES,
     AntiEntropyDone,
     Closed,
     Established,
     RecordsReceived,
+    SessionOptions,
     SyncSession,
 )
 
@@ -221,10 +223,21 @@ class Partitions(RuleBasedStateMachine):
             link.a.local_changed()
             link.b.local_changed()
 
+    def _link(self, pair: tuple[str, str]) -> Link:
+        # A low large_bytes sends many records and diffs on bulk lanes, which
+        # arrive in any order relative to the main lane.
+        large = self.rng.choice([16, 30, 64 * 1024])
+        return Link(
+            self.dbs[pair[0]],
+            self.dbs[pair[1]],
+            rng=self.rng,
+            options=SessionOptions(large_bytes=large),
+        )
+
     @rule(pair=st.sampled_from([("eu", "us"), ("us", "ap"), ("eu", "ap")]))
     def connect(self, pair: tuple[str, str]) -> None:
         if pair not in self.links:
-            self.links[pair] = Link(self.dbs[pair[0]], self.dbs[pair[1]], rng=self.rng)
+            self.links[pair] = self._link(pair)
 
     @rule(pair=st.sampled_from([("eu", "us"), ("us", "ap"), ("eu", "ap")]), steps=st.integers(1, 4))
     def deliver_some(self, pair: tuple[str, str], steps: int) -> None:
@@ -241,7 +254,7 @@ class Partitions(RuleBasedStateMachine):
     def heal_and_check(self) -> None:
         self.links = {}
         for pair in (("eu", "us"), ("us", "ap"), ("eu", "ap")):
-            self.links[pair] = Link(self.dbs[pair[0]], self.dbs[pair[1]], rng=self.rng)
+            self.links[pair] = self._link(pair)
         for _ in range(3):
             for link in self.links.values():
                 link.settle()
@@ -330,3 +343,109 @@ def test_round_costs_bytes_in_proportion_to_the_differences(tmp_path: Path) -> N
     # 5 paths of 4 levels, 16 sliced 8-byte hashes each (~2.6 KB), plus 5 leaves and diffs;
     # full 32-byte hashes with node ids would cost ~12 KB
     assert fresh.bytes - before < 6_000, fresh.bytes - before
+
+
+# ------------------------------------------------------------------ lanes
+
+
+def _messages(data: bytes, *, bulk: bool = False) -> list[wire.Message]:
+    limit = wire.MAX_BULK_MESSAGE_BYTES if bulk else wire.MAX_MESSAGE_BYTES
+    decoder = wire.FrameDecoder(max_message_bytes=limit)
+    decoder.feed(data)
+    messages = []
+    while (message := decoder.next_message()) is not None:
+        messages.append(message)
+    return messages
+
+
+def test_a_large_record_travels_beside_the_small_ones(tmp_path: Path) -> None:
+    """A big record goes on a bulk lane: records written after it need not wait for it."""
+    eu, us = _stores(tmp_path, "eu", "us")
+    link = Link(eu, us)
+    link.settle()
+    eu.put("big/1", {"text": "x" * 300_000})
+    eu.put("small/1", {"v": 1})
+    eu.put("small/2", {"v": 2})
+    link.a.local_changed()
+    main = link.a.data_to_send(0.0)
+    lanes = link.a.lanes_to_send()
+    main_docs = [
+        r.doc_id for m in _messages(main) if isinstance(m, wire.Records) for r in m.records
+    ]
+    assert main_docs == ["small/1", "small/2"]
+    assert len(lanes) == 1 and 1 <= lanes[0][0] <= BULK_LANES
+    (bulk,) = _messages(lanes[0][1], bulk=True)
+    assert isinstance(bulk, wire.Records) and [r.doc_id for r in bulk.records] == ["big/1"]
+    link.b.receive(main, 0.0)  # the small ones arrive first, past the big one's seq
+    assert us.get("small/2") == {"v": 2} and us.get("big/1") is None
+    assert us.progress()["eu"][1] == 0  # contiguous: seq 1 (the big one) is still missing
+    link.b.receive(lanes[0][1], 0.0, lanes[0][0])
+    assert us.get("big/1") == {"text": "x" * 300_000}
+    assert us.progress()["eu"][1] == 3
+    link.settle()
+    assert link.open and eu.merkle_root() == us.merkle_root()
+
+
+def test_a_large_diff_goes_on_a_bulk_lane(tmp_path: Path) -> None:
+    eu, us = _stores(tmp_path, "eu", "us")
+    eu.put("big/1", {"text": "y" * 200_000})
+    eu.put("small/1", {"v": 1})
+    eu.compact(retention_s=0)  # the records are gone: only anti-entropy can repair
+    link = Link(eu, us)
+    link.settle()
+    sent_on_lanes = []
+    lanes_to_send = link.a.lanes_to_send
+
+    def spy() -> list[tuple[int, bytes]]:
+        out = lanes_to_send()
+        sent_on_lanes.extend(m for _, data in out for m in _messages(data, bulk=True))
+        return out
+
+    link.a.lanes_to_send = spy  # type: ignore[method-assign]
+    link.advance(2.0)  # the records stopped flowing: the round due runs
+    link.settle()
+    diffs = [d for m in sent_on_lanes if isinstance(m, wire.Diffs) for d in m.docs]
+    assert [doc_id for doc_id, _ in diffs] == ["big/1"]
+    assert us.get("big/1") == {"text": "y" * 200_000} and us.get("small/1") == {"v": 1}
+    assert eu.merkle_root() == us.merkle_root()
+
+
+def test_a_record_over_the_main_lane_limit_replicates(tmp_path: Path) -> None:
+    """One update above 16 MiB (the main lane's message limit) once could not be sent."""
+    eu, us = _stores(tmp_path, "eu", "us")
+    text = "z" * (wire.MAX_MESSAGE_BYTES + 1024)
+    eu.put("huge/1", {"text": text})
+    link = Link(eu, us)
+    link.settle()
+    assert link.open
+    assert us.get("huge/1") == {"text": text}
+
+
+def test_bulk_lane_abuse_is_refused(tmp_path: Path) -> None:
+    eu, us = _stores(tmp_path, "eu", "us")
+    eu.put("docs/a", {"x": 1})
+    records = wire.encode(wire.Records(tuple(eu.changes())))
+    # before the handshake: refused, nothing applied
+    early = SyncSession(us, dialer=False, now=0.0)
+    early.receive(records, 0.0, 1)
+    assert early.state == "closed" and us.get("docs/a") is None
+    # after it: only Records and Diffs, and only BULK_LANES lanes
+    for lane, data, code in (
+        (1, wire.encode(wire.Frontier((), 0)), "unexpected_message"),
+        (BULK_LANES + 1, records, "too_many_streams"),
+    ):
+        link = Link(eu, us)
+        link.settle()
+        assert link.open
+        link.b.receive(data, 0.0, lane)
+        closed = [e for e in link.events + _drain(link.b) if isinstance(e, Closed)]
+        assert closed and closed[-1].error is not None, code
+        assert getattr(closed[-1].error, "code", None) == code
+    assert us.get("docs/a") == {"x": 1}  # only what the honest links delivered
+
+
+def _drain(session: SyncSession) -> list[object]:
+    events = []
+    while (event := session.next_event()) is not None:
+        events.append(event)
+    return events
