@@ -94,11 +94,24 @@ class DocHandle:
 
     def apply(self, update: bytes) -> None:
         """Apply an update (raises ValueError, changing nothing, if it does not decode)."""
+        self.receive(update)
+        self.settle([update])
+
+    def receive(self, update: bytes) -> None:
+        """Apply an update without checking it integrated: call :meth:`settle` after a batch."""
         self.doc.apply_update(update)
-        if not integrated(self.doc, update):
-            self.unintegrated.append(update)
-        elif self.unintegrated:
-            self._retry()
+
+    def settle(self, updates: list[bytes]) -> None:
+        """Check once that the updates just received are integrated; keep the ones that are not.
+
+        One state vector for the whole batch: an update held pending until a
+        later one of the batch arrived counts as integrated, as it is.
+        """
+        state = self.doc.get_state()
+        stuck = [update for update in updates if not integrated_in(state, update)]
+        self.unintegrated.extend(stuck)
+        if len(stuck) < len(updates) and self.unintegrated:
+            self._retry()  # the document advanced: stuck updates may fit now
 
     def _retry(self) -> None:
         progress = True
@@ -165,8 +178,12 @@ class _Capture:
 
 def integrated(doc: Doc[Any], update: bytes) -> bool:
     """Whether every struct of ``update`` is in ``doc`` (not held pending)."""
-    missing = get_update(update, doc.get_state())
-    return missing[:1] == b"\x00"  # zero struct groups left
+    return integrated_in(doc.get_state(), update)
+
+
+def integrated_in(state: bytes, update: bytes) -> bool:
+    """Whether every struct of ``update`` is covered by the state vector ``state``."""
+    return get_update(update, state)[:1] == b"\x00"  # zero struct groups left
 
 
 class DocCache:

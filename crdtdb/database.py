@@ -317,6 +317,37 @@ class Database:
     def merkle_root(self) -> bytes:
         return self.merkle_node(merkle.node_id(0, 0))
 
+    def refresh_digests(self, limit: int = 100) -> int:
+        """Bring up to ``limit`` stale digests and their Merkle paths up to date; return how many.
+
+        Reading the tree flushes every stale digest on the reader's thread (about
+        60 µs a document). A sync daemon instead calls this from a worker thread
+        (``asyncio.to_thread``) until it returns 0: each call is one write
+        transaction under the lock, so the event loop's calls wait for one call
+        at most, and the next read finds the tree fresh. XOR deltas combine in
+        any grouping, so the tree is the same as if flushed at once.
+        """
+        with self._lock:
+            self._check_no_tx("refresh_digests()")
+            if self._conn.execute("SELECT 1 FROM docs WHERE dirty LIMIT 1").fetchone() is None:
+                return 0  # nothing stale: no write lock taken
+
+            def flush() -> tuple[int, builtins.list[UpdateRecord]]:
+                rows = self._conn.execute(
+                    "SELECT doc_id, digest FROM docs WHERE dirty LIMIT ?", (limit,)
+                ).fetchall()
+                deltas: dict[int, int] = {}
+                self._flush_chunk(rows, deltas)
+                self._conn.executemany(  # as in _flush_digests
+                    "INSERT INTO merkle (node, hash) VALUES (?, ?) ON CONFLICT (node)"
+                    " DO UPDATE SET hash = xor_blob(hash, excluded.hash)",
+                    [(n, d.to_bytes(merkle.NODE_BYTES, "big")) for n, d in deltas.items()],
+                )
+                return len(rows), []
+
+            count: int = self._write(flush)
+            return count
+
     def leaf_docs(self, leaf: int) -> builtins.list[tuple[str, bytes]]:
         """(doc_id, digest) of every document in one Merkle leaf, digests up to date."""
         with self._lock:
@@ -522,8 +553,9 @@ class Database:
         """Apply a batch of remote records in one transaction; return how many were new.
 
         Records already held are skipped before the write lock is taken (a relay
-        often sends back what we have). If any record is refused, the error is
-        raised and none of the batch is applied.
+        often sends back what we have); of two records with the same origin and
+        seq in one batch the first counts. If any record is refused, the error
+        is raised and none of the batch is applied.
         """
         for record in records:
             record.validated()
@@ -535,31 +567,96 @@ class Database:
             try:
                 applied: int = self._write(lambda: self._apply_batch_locked(fresh))
             except BaseException:
-                for record in fresh:
-                    self._cache.evict(record.doc_id)
+                for doc_id in {record.doc_id for record in fresh}:
+                    self._cache.evict(doc_id)
                 raise
             return applied
 
     def _not_held(self, records: builtins.list[UpdateRecord]) -> builtins.list[UpdateRecord]:
+        """The records whose (origin, seq) is neither in the log nor earlier in the batch."""
+        seqs: dict[str, builtins.list[int]] = {}
+        for record in records:
+            seqs.setdefault(record.origin, []).append(record.seq)
         held: set[tuple[str, int]] = set()
-        for origin in {r.origin for r in records}:
-            seqs = [r.seq for r in records if r.origin == origin]
+        for origin, wanted in seqs.items():
             held.update(
                 (origin, row[0])
                 for row in self._conn.execute(
                     "SELECT seq FROM log WHERE origin = ? AND seq BETWEEN ? AND ?",
-                    (origin, min(seqs), max(seqs)),
+                    (origin, min(wanted), max(wanted)),
                 )
             )
-        return [r for r in records if (r.origin, r.seq) not in held]
+        fresh = []
+        for record in records:
+            key = (record.origin, record.seq)
+            if key not in held:
+                held.add(key)
+                fresh.append(record)
+        return fresh
 
     def _apply_batch_locked(
         self, records: builtins.list[UpdateRecord]
     ) -> tuple[int, builtins.list[UpdateRecord]]:
-        applied: builtins.list[UpdateRecord] = []
+        """Apply fresh records: each document's row, each origin's row and the clock once.
+
+        Checked before any document is touched: the records are still not held
+        (another process may have applied some since), none claims this region
+        as its origin, and no HLC is too far ahead.
+        """
+        records = self._not_held(records)
+        if not records:
+            return 0, []
         for record in records:
-            applied.extend(self._apply_remote_locked(record)[1])
-        return len(applied), applied
+            if record.origin == self.region:
+                # We are the only source of our own records: one we do not hold was forged
+                # (or comes from a restored backup of this region, which is not supported).
+                raise InvalidRecordError(
+                    f"refused record {record.origin}#{record.seq}: it claims to come from this"
+                    f" region, which never made it"
+                )
+        last, local_seq = self._read_counters()
+        clock = self._observe_all(last, records)
+        handles = self._apply_updates(records)
+        first_id = self._seen_id + 1  # free: we hold the write lock and caught up
+        self._conn.executemany(
+            "INSERT INTO log (id, origin, seq, hlc, doc_id, payload) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (first_id + i, r.origin, r.seq, int(r.hlc), r.doc_id, r.update)
+                for i, r in enumerate(records)
+            ],
+        )
+        self._seen_id = first_id + len(records) - 1
+        self._index(_doc_changes(records, handles, first_id))
+        self._advance_origins(records)
+        self._set_last_hlc(clock)
+        self._counters = (clock, local_seq)
+        return len(records), records
+
+    def _observe_all(self, last: Hlc, records: builtins.list[UpdateRecord]) -> Hlc:
+        """The clock after observing every record's HLC (ClockSkewError if one is too far ahead)."""
+        wall, max_offset = self.options.clock(), self.options.max_clock_offset_ms
+        for record in records:
+            last = observe(last, Hlc(record.hlc), wall, max_offset)
+        return last
+
+    def _apply_updates(self, records: builtins.list[UpdateRecord]) -> dict[str, DocHandle]:
+        """Apply the updates to their documents in order; the handles by document."""
+        by_doc: dict[str, builtins.list[UpdateRecord]] = {}
+        for record in records:
+            by_doc.setdefault(record.doc_id, []).append(record)
+        handles: dict[str, DocHandle] = {}
+        for doc_id, mine in by_doc.items():
+            handle = handles[doc_id] = self._handle(doc_id)
+            for record in mine:
+                try:
+                    handle.receive(record.update)
+                except ValueError as exc:
+                    raise InvalidUpdateError(
+                        f"refused record {record.origin}#{record.seq} for {doc_id}: the update"
+                        f" does not decode ({exc}); nothing of its batch was applied"
+                    ) from None
+            handle.settle([record.update for record in mine])
+        return handles
 
     # ---------------------------------------------------------------- history
 
@@ -938,12 +1035,11 @@ class Database:
         self._seen_id = first_id + len(records) - 1
         self._index(
             [
-                (doc_id, handle, first_id + i, len(record.update))
+                (doc_id, handle, first_id + i, len(record.update), hlc)
                 for i, ((doc_id, handle, _), record) in enumerate(
                     zip(changes, records, strict=True)
                 )
-            ],
-            hlc,
+            ]
         )
         self._conn.execute(
             "INSERT INTO origins (origin, max_seq, contiguous_seq, contiguous_hlc)"
@@ -954,20 +1050,11 @@ class Database:
         self._counters = (hlc, seq)
         return hlc, records
 
-    def _append(self, doc_id: str, hlc: Hlc, origin: str, seq: int, update: bytes) -> int:
-        cursor = self._conn.execute(
-            "INSERT INTO log (origin, seq, hlc, doc_id, payload) VALUES (?, ?, ?, ?, ?)",
-            (origin, seq, int(hlc), doc_id, update),
-        )
-        log_id = cursor.lastrowid
-        assert log_id is not None
-        self._seen_id = log_id  # we hold the write lock and caught up before it
-        return log_id
-
-    def _index(self, changed: builtins.list[tuple[str, DocHandle, int, int]], hlc: Hlc) -> None:
+    def _index(self, changed: builtins.list[_DocChange]) -> None:
         """Record changed documents' liveness and HLC, and mark their digests stale.
 
-        ``changed`` holds (doc_id, handle, log id, update size) per document.
+        ``changed`` holds (doc_id, handle, its newest log id, bytes logged, HLC),
+        once per document.
 
         Digests are computed when the Merkle tree is next read (once per
         anti-entropy round), not per commit: a digest scans the document's
@@ -980,7 +1067,7 @@ class Database:
         """
         known: dict[str, tuple[int, int, int | None]] = {}
         for start in range(0, len(changed), 500):
-            chunk = [doc_id for doc_id, _, _, _ in changed[start : start + 500]]
+            chunk = [change[0] for change in changed[start : start + 500]]
             marks = ",".join("?" * len(chunk))
             for row in self._conn.execute(
                 "SELECT doc_id, pending, hlc, length(snapshot) FROM docs"
@@ -989,7 +1076,7 @@ class Database:
             ):
                 known[row[0]] = (row[1], row[2], row[3])
         params = []
-        for doc_id, handle, log_id, size in changed:
+        for doc_id, handle, log_id, size, hlc in changed:
             handle.loaded_through = log_id
             pending, doc_hlc, snapshot_size = known.get(doc_id, (0, 0, 0))
             pending += size
@@ -1062,69 +1149,48 @@ class Database:
         while self._write(self._flush_digests):
             pass
 
-    def _apply_remote_locked(
-        self, record: UpdateRecord
-    ) -> tuple[bool, builtins.list[UpdateRecord]]:
-        held = self._conn.execute(
-            "SELECT 1 FROM log WHERE origin = ? AND seq = ?", (record.origin, record.seq)
-        ).fetchone()
-        if held:
-            return False, []
-        last, local_seq = self._read_counters()
-        if record.origin == self.region:
-            # We are the only source of our own records: one we do not hold was forged
-            # (or comes from a restored backup of this region, which is not supported).
-            raise InvalidRecordError(
-                f"refused record {record.origin}#{record.seq}: it claims to come from this"
-                f" region, which never made it"
-            )
-        clock = observe(
-            last,
-            Hlc(record.hlc),
-            self.options.clock(),
-            self.options.max_clock_offset_ms,
-        )
-        handle = self._handle(record.doc_id)
-        try:
-            handle.apply(record.update)
-        except ValueError as exc:
-            self._cache.evict(record.doc_id)
-            raise InvalidUpdateError(
-                f"refused record {record.origin}#{record.seq} for {record.doc_id}: the update"
-                f" does not decode ({exc}); nothing was applied"
-            ) from None
-        try:
-            log_id = self._append(
-                record.doc_id, record.hlc, record.origin, record.seq, record.update
-            )
-            self._index([(record.doc_id, handle, log_id, len(record.update))], record.hlc)
-            self._advance_origin(record)
-            self._set_last_hlc(clock)
-            self._counters = (clock, local_seq)
-        except BaseException:
-            self._cache.evict(record.doc_id)
-            raise
-        return True, [record]
-
-    def _advance_origin(self, record: UpdateRecord) -> None:
-        row = self._conn.execute(
-            "SELECT max_seq, contiguous_seq, contiguous_hlc FROM origins WHERE origin = ?",
-            (record.origin,),
-        ).fetchone()
-        max_seq, contiguous, contiguous_hlc = row if row else (0, 0, 0)
-        max_seq = max(max_seq, record.seq)
-        if record.seq == contiguous + 1:
-            contiguous, contiguous_hlc = record.seq, int(record.hlc)
+    def _advance_origins(self, records: builtins.list[UpdateRecord]) -> None:
+        """Move each origin's max seq, and its contiguous seq over any gap now filled."""
+        top: dict[str, int] = {}
+        for record in records:
+            top[record.origin] = max(top.get(record.origin, 0), record.seq)
+        for origin, batch_max in top.items():
+            row = self._conn.execute(
+                "SELECT max_seq, contiguous_seq, contiguous_hlc FROM origins WHERE origin = ?",
+                (origin,),
+            ).fetchone()
+            max_seq, contiguous, contiguous_hlc = row if row else (0, 0, 0)
             for seq, hlc in self._conn.execute(
                 "SELECT seq, hlc FROM log WHERE origin = ? AND seq > ? ORDER BY seq",
-                (record.origin, contiguous),
+                (origin, contiguous),
             ):
                 if seq != contiguous + 1:
                     break
                 contiguous, contiguous_hlc = seq, hlc
-        self._conn.execute(
-            "INSERT INTO origins (origin, max_seq, contiguous_seq, contiguous_hlc)"
-            " VALUES (?1, ?2, ?3, ?4) ON CONFLICT (origin) DO UPDATE SET max_seq = ?2,"
-            " contiguous_seq = ?3, contiguous_hlc = ?4",
-            (record.origin, max_seq, contiguous, contiguous_hlc),
+            self._conn.execute(
+                "INSERT INTO origins (origin, max_seq, contiguous_seq, contiguous_hlc)"
+                " VALUES (?1, ?2, ?3, ?4) ON CONFLICT (origin) DO UPDATE SET max_seq = ?2,"
+                " contiguous_seq = ?3, contiguous_hlc = ?4",
+                (origin, max(max_seq, batch_max), contiguous, contiguous_hlc),
+            )
+
+
+_DocChange = tuple[str, DocHandle, int, int, Hlc]
+"""(doc_id, handle, its newest log id, bytes logged, HLC): one changed document of a commit."""
+
+
+def _doc_changes(
+    records: builtins.list[UpdateRecord], handles: dict[str, DocHandle], first_id: int
+) -> builtins.list[_DocChange]:
+    """Per document of a batch logged from ``first_id`` on: what ``_index`` records."""
+    changes: dict[str, _DocChange] = {}
+    for log_id, record in enumerate(records, first_id):
+        _, _, _, size, hlc = changes.get(record.doc_id, ("", handles[record.doc_id], 0, 0, Hlc(0)))
+        changes[record.doc_id] = (
+            record.doc_id,
+            handles[record.doc_id],
+            log_id,
+            size + len(record.update),
+            max(hlc, record.hlc),
         )
+    return list(changes.values())
