@@ -26,8 +26,14 @@ Design rules:
   together: each message carries the sender's hashes of the children of the
   nodes found different, one level per message, so a round costs the depth
   of the tree in messages and bytes in proportion to the differing
-  documents. At the leaves they compare document digests, exchange state
-  vectors of the differing documents and send each other the diffs.
+  documents. Hashes travel as 4-byte slices, another slice each round. The
+  side that reaches the differing leaves lists its documents there
+  (``LeafReply``: id, digest slice, state vector); the other answers with the
+  diffs the listed state vectors lack and its own state vectors of the
+  documents that differ (``StateVectors``), which the first answers with
+  diffs. Three flights after the descent, and no state vector of a
+  document in sync crosses the wire, except those sharing a leaf with one
+  that is not.
 - **Lanes.** Everything goes on the main lane (one QUIC stream) except a
   record or diff of a large document (``SessionOptions.large_bytes`` or more): that goes in
   a message of its own on one of ``BULK_LANES`` bulk lanes (each its own
@@ -167,7 +173,12 @@ class _Round:
     started: float
     messages: int = 0
     repaired: int = 0
+    listed: bool = False
+    """The differing leaves' documents were all listed (sent, or the final one received)."""
+    awaiting: int = 0
+    """LeafReply messages we sent that the peer has not answered yet."""
     sv_sent: set[str] = field(default_factory=set)
+    """Documents we asked the peer about and whose diffs have not come yet."""
 
 
 class SyncSession:
@@ -215,7 +226,6 @@ class SyncSession:
         self._sent_through: dict[str, int] = {}
         self._unacked = 0
         self._pump_needed = False  # until the peer's Frontier says what it holds
-        self._pending_leaves: tuple[int, ...] = ()
         self._send(wire.Hello(wire.PROTOCOL_VERSION, store.region, self._nonce))
 
     # ------------------------------------------------------------ the pump API
@@ -528,7 +538,7 @@ class SyncSession:
             if wire.merkle_slice(digest, salt) != message.hashes[i * size : (i + 1) * size]
         ]
         if not differing:
-            self._send_round(wire.LeafQuery(()))  # "in sync here": ends the round
+            self._send_round(wire.LeafReply(salt, True, (), ()))  # "in sync here": ends the round
             if self._round is None:  # the answering side counts the round too
                 self._round = _Round(started=now, messages=1)
             self._finish_round()
@@ -538,60 +548,81 @@ class SyncSession:
             hashes = b"".join(wire.merkle_slice(h, salt) for h in self.store.merkle_nodes(children))
             self._send_round(wire.MerkleHashes(salt, tuple(differing), hashes))
             return
-        leaves = tuple(node & 0xFFFF for node in differing)
-        docs = tuple(d for leaf in leaves for d in self.store.leaf_docs(leaf))
-        self._send_round(wire.LeafQuery(leaves))
-        self._send_round(wire.LeafReply(docs))
+        self._send_leaves(salt, [node & 0xFFFF for node in differing], now)
 
-    def _on_leaf_query(self, message: wire.LeafQuery, now: float) -> None:
-        if not message.leaves:
-            self._finish_round()
-            return
-        self._pending_leaves = message.leaves
+    def _send_leaves(self, salt: int, leaves: list[int], now: float) -> None:
+        """List our documents of the differing leaves, with their state vectors.
 
-    def _on_leaf_reply(self, message: wire.LeafReply, now: float) -> None:
-        leaves, self._pending_leaves = self._pending_leaves, ()
-        theirs = dict(message.docs)
-        ours = dict(d for leaf in leaves for d in self.store.leaf_docs(leaf))
-        differing = sorted(d for d in set(theirs) | set(ours) if theirs.get(d) != ours.get(d))
-        if not differing:
-            self._send_round(wire.StateVectors(()))
-            self._finish_round()
-            return
+        In messages of about CHUNK_BYTES, each holding whole leaves, so that the
+        peer can compare each one on its own; the peer answers each.
+        """
         if self._round is None:
             self._round = _Round(started=now)
-        self._round.sv_sent.update(differing)
-        self._send_pairs(
-            wire.StateVectors, [(d, self._state_vector(d, d in ours)) for d in differing]
-        )
+        chunks: list[tuple[list[int], list[tuple[str, bytes, bytes]]]] = [([], [])]
+        size = 0
+        for leaf in leaves:
+            docs = [
+                (doc_id, wire.merkle_slice(digest, salt), self.store.state_vector(doc_id))
+                for doc_id, digest in self.store.leaf_docs(leaf)
+            ]
+            leaf_size = sum(len(doc_id) + len(sv) + 8 for doc_id, _, sv in docs)
+            if chunks[-1][0] and size + leaf_size > CHUNK_BYTES:
+                chunks.append(([], []))
+                size = 0
+            chunks[-1][0].append(leaf)
+            chunks[-1][1].extend(docs)
+            size += leaf_size
+        self._round.awaiting += len(chunks)
+        self._round.listed = True
+        for i, (chunk_leaves, docs) in enumerate(chunks):
+            final = i == len(chunks) - 1
+            self._send_round(wire.LeafReply(salt, final, tuple(chunk_leaves), tuple(docs)))
+
+    def _on_leaf_reply(self, message: wire.LeafReply, now: float) -> None:
+        """The peer's documents of differing leaves: send diffs, ask for what we lack."""
+        if not message.leaves:
+            if not message.final:
+                raise RemoteProtocolError("LeafReply lists no leaf", code="bad_payload")
+            self._finish_round()  # in sync
+            return
+        if any(leaf >= merkle.FANOUT**merkle.DEPTH for leaf in message.leaves):
+            raise RemoteProtocolError("LeafReply names a leaf outside the tree", code="bad_payload")
+        if self._round is None:
+            self._round = _Round(started=now)
+        round_ = self._round
+        theirs = {doc_id: (digest, sv) for doc_id, digest, sv in message.docs}
+        ours = dict(d for leaf in message.leaves for d in self.store.leaf_docs(leaf))
+        diffs: list[tuple[str, bytes]] = []
+        asks: list[tuple[str, bytes]] = []
+        for doc_id in sorted(set(theirs) | set(ours)):
+            mine, other = ours.get(doc_id), theirs.get(doc_id)
+            if (
+                mine is not None
+                and other is not None
+                and wire.merkle_slice(mine, message.salt) == other[0]
+            ):
+                continue
+            if mine is not None:
+                diffs.append((doc_id, self.store.diff(doc_id, other[1] if other else EMPTY_SV)))
+            if other is not None:
+                asks.append((doc_id, self._state_vector(doc_id, mine is not None)))
+        round_.sv_sent.update(doc_id for doc_id, _ in asks)
+        round_.listed = round_.listed or message.final
+        self._send_pairs(wire.Diffs, diffs)
+        self._send_round(wire.StateVectors(tuple(asks)))  # always: it answers this LeafReply
+        self._maybe_finish_round()
 
     def _state_vector(self, doc_id: str, held: bool) -> bytes:
         return self.store.state_vector(doc_id) if held else EMPTY_SV
 
     def _on_state_vectors(self, message: wire.StateVectors, now: float) -> None:
-        """The peer's state vectors: send the diffs; if it asked first, ask back.
-
-        Our own request goes out before the diffs, so that the peer, which
-        still has these documents outstanding, answers it with diffs only.
-        """
-        asked = self._round.sv_sent if self._round is not None else set()
-        mine = tuple(
-            (doc_id, self.store.state_vector(doc_id))
-            for doc_id, _ in message.docs
-            if doc_id not in asked
-        )
-        if mine:
-            if self._round is None:
-                self._round = _Round(started=now)
-            self._round.sv_sent.update(doc_id for doc_id, _ in mine)
-            self._send_pairs(wire.StateVectors, list(mine))
-        if not message.docs:
-            self._send_round(wire.Diffs(()))
-            self._finish_round()
-            return
+        """The peer's answer to one of our LeafReply messages: send it the diffs it asks."""
         self._send_pairs(
             wire.Diffs, [(doc_id, self.store.diff(doc_id, sv)) for doc_id, sv in message.docs]
         )
+        if self._round is not None and self._round.awaiting > 0:
+            self._round.awaiting -= 1
+            self._maybe_finish_round()
 
     def _send_pairs(
         self,
@@ -622,8 +653,12 @@ class SyncSession:
         if self._round is not None:
             self._round.repaired += repaired
             self._round.sv_sent.difference_update(doc_id for doc_id, _ in message.docs)
-            if not self._round.sv_sent:
-                self._finish_round()
+            self._maybe_finish_round()
+
+    def _maybe_finish_round(self) -> None:
+        round_ = self._round
+        if round_ is not None and round_.listed and not round_.awaiting and not round_.sv_sent:
+            self._finish_round()
 
     def _finish_round(self) -> None:
         if self._round is None:
@@ -664,7 +699,6 @@ _OPEN_HANDLERS: dict[type, _Handler] = {
     wire.Records: SyncSession._on_records,  # type: ignore[dict-item]
     wire.Ack: SyncSession._on_ack,  # type: ignore[dict-item]
     wire.MerkleHashes: SyncSession._on_merkle_hashes,  # type: ignore[dict-item]
-    wire.LeafQuery: SyncSession._on_leaf_query,  # type: ignore[dict-item]
     wire.LeafReply: SyncSession._on_leaf_reply,  # type: ignore[dict-item]
     wire.StateVectors: SyncSession._on_state_vectors,  # type: ignore[dict-item]
     wire.Diffs: SyncSession._on_diffs,  # type: ignore[dict-item]

@@ -24,10 +24,12 @@ up the others (see :mod:`.session`).
 
 The decoder checks the header as soon as its bytes arrive, so a bad magic,
 version, type or length is refused before any of the payload is buffered.
-The header version changes only if this frame layout or a message's
-encoding changes; what the protocol means is negotiated by
-``Hello.protocol_version`` (see :func:`check_version`), so ``Hello``'s layout
-is frozen across versions.
+The header version changes only if this frame layout changes. The
+messages after ``Hello``, their encodings and what they mean are versioned
+by ``Hello.protocol_version`` (see :func:`check_version`), so ``Hello``'s
+layout is frozen across versions. Version 2 sends 4-byte hash slices and
+the state vectors inside ``LeafReply``; version 1 nodes are refused with a
+message to upgrade.
 
 Payload fields:
 
@@ -58,10 +60,13 @@ Messages (type byte, name, payload):
 0x12  Heartbeat     hlc u64
 0x13  Frontier      count, then per origin: region str, seq varuint, hlc u64;
                     then frontier_hlc u64 (the sender's min over origins)
-0x20  MerkleQuery   count, then node id u32 each
-0x21  MerkleReply   count, then per node: node id u32, hash
-0x22  LeafQuery     count, then leaf u32 each
-0x23  LeafReply     count, then per document: doc_id str, digest hash
+0x14  Clocks        count, then per region: region str, hlc u64
+0x26  MerkleHashes  salt varuint, count, then parent node id u32 each; then
+                    hashes bytes: 4 (MERKLE_HASH_BYTES) per node, the root's
+                    with no parents, else those of each parent's 16 children
+0x23  LeafReply     salt varuint, final varuint (0 or 1), count, then leaf
+                    u32 each; count, then per document: doc_id str, digest
+                    slice (4 raw bytes), state vector bytes
 0x24  StateVectors  count, then per document: doc_id str, state vector bytes
 0x25  Diffs         count, then per document: doc_id str, update bytes
 ====  ============  =========================================================
@@ -103,11 +108,8 @@ __all__ = [
     "Frontier",
     "Heartbeat",
     "Hello",
-    "LeafQuery",
     "LeafReply",
     "MerkleHashes",
-    "MerkleQuery",
-    "MerkleReply",
     "Message",
     "Records",
     "StateVectors",
@@ -119,7 +121,7 @@ __all__ = [
 
 MAGIC: Final = b"CD"
 FRAME_VERSION: Final = 1
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 HEADER_BYTES: Final = 8
 MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 MAX_BULK_MESSAGE_BYTES: Final = 256 * 1024 * 1024
@@ -160,6 +162,10 @@ class Writer:
 
     def blob(self, data: bytes) -> None:
         self.varuint(len(data))
+        self._out += data
+
+    def raw(self, data: bytes) -> None:
+        """Bytes of a width both sides know, with no length."""
         self._out += data
 
     def text(self, value: str) -> None:
@@ -606,12 +612,14 @@ class Clocks(Message):
         return cls(tuple((reader.text(), Hlc(reader.u64())) for _ in range(count)))
 
 
-MERKLE_HASH_BYTES = 8
-"""Tree hashes travel truncated: a miss (2**-64 per node) is caught next round (new salt)."""
+MERKLE_HASH_BYTES = 4
+"""Tree hashes and document digests travel truncated to this many bytes. A node or
+document that differs is missed with probability 2**-32 per round, and then caught
+by a later round, which compares another slice."""
 
 
 def merkle_slice(digest: bytes, salt: int) -> bytes:
-    """The 8 bytes of a 32-byte node hash that a round with ``salt`` compares."""
+    """The bytes of a 32-byte hash or digest that a round with ``salt`` compares."""
     offset = MERKLE_HASH_BYTES * (salt % (HASH_BYTES // MERKLE_HASH_BYTES))
     return digest[offset : offset + MERKLE_HASH_BYTES]
 
@@ -663,66 +671,6 @@ def _write_u32s(writer: Writer, values: tuple[int, ...]) -> None:
         writer.u32(value)
 
 
-@dataclass(frozen=True, slots=True)
-class MerkleQuery(Message):
-    """Asks for the peer's hashes of these Merkle node ids."""
-
-    TYPE = 0x20
-    nodes: tuple[int, ...]
-
-    def __post_init__(self) -> None:
-        _check_u32s("nodes", self.nodes)
-
-    def _write(self, writer: Writer) -> None:
-        _write_u32s(writer, self.nodes)
-
-    @classmethod
-    def _read(cls, reader: Reader) -> Self:
-        return cls(_read_u32s(reader))
-
-
-@dataclass(frozen=True, slots=True)
-class MerkleReply(Message):
-    """The sender's ``(node id, 32-byte hash)`` of some Merkle nodes."""
-
-    TYPE = 0x21
-    nodes: tuple[tuple[int, bytes], ...]
-
-    def __post_init__(self) -> None:
-        for node, digest in _check_rows("nodes", self.nodes, 2):
-            _check_int("node id", node, low=0, high=MAX_U32)
-            _check_bytes(f"hash of node {node}", digest, HASH_BYTES)
-
-    def _write(self, writer: Writer) -> None:
-        writer.varuint(len(self.nodes))
-        for node, digest in self.nodes:
-            writer.u32(node)
-            writer.blob(digest)
-
-    @classmethod
-    def _read(cls, reader: Reader) -> Self:
-        count = reader.count(4 + 1 + HASH_BYTES)
-        return cls(tuple((reader.u32(), reader.blob()) for _ in range(count)))
-
-
-@dataclass(frozen=True, slots=True)
-class LeafQuery(Message):
-    """Asks for the documents (and digests) in these Merkle leaves."""
-
-    TYPE = 0x22
-    leaves: tuple[int, ...]
-
-    def __post_init__(self) -> None:
-        _check_u32s("leaves", self.leaves)
-
-    def _write(self, writer: Writer) -> None:
-        _write_u32s(writer, self.leaves)
-
-    @classmethod
-    def _read(cls, reader: Reader) -> Self:
-        return cls(_read_u32s(reader))
-
-
 _DOC_MIN_BYTES = 4  # a doc id is at least "c/k" behind its length byte
 
 
@@ -740,20 +688,52 @@ def _read_doc_pairs(reader: Reader, value_min_bytes: int) -> tuple[tuple[str, by
 
 @dataclass(frozen=True, slots=True)
 class LeafReply(Message):
-    """The ``(doc_id, 32-byte digest)`` of the sender's documents in the queried leaves."""
+    """The sender's documents in some Merkle leaves found different, for the receiver to repair.
+
+    Per document: its id, the :func:`merkle_slice` of its digest for ``salt``,
+    and its state vector. The receiver compares the slices with its own
+    documents of those ``leaves``; for each one that differs it sends the diff
+    against this state vector and asks back with its own. ``final`` marks the
+    last of a round's LeafReply messages (a round with no differing leaf sends
+    just one, empty).
+    """
 
     TYPE = 0x23
-    docs: tuple[tuple[str, bytes], ...]
+    salt: int
+    final: bool
+    leaves: tuple[int, ...]
+    docs: tuple[tuple[str, bytes, bytes], ...]
 
     def __post_init__(self) -> None:
-        _check_doc_pairs("digest", self.docs, HASH_BYTES)
+        _check_int("salt", self.salt, low=0, high=255)
+        if not isinstance(self.final, bool):
+            _refuse(f"final must be a bool, got {type(self.final).__name__}")
+        _check_u32s("leaves", self.leaves)
+        for doc_id, digest, state_vector in _check_rows("docs", self.docs, 3):
+            _check_doc_id(doc_id)
+            _check_bytes(f"digest slice of {doc_id}", digest, MERKLE_HASH_BYTES)
+            _check_bytes(f"state vector of {doc_id}", state_vector)
 
     def _write(self, writer: Writer) -> None:
-        _write_doc_pairs(writer, self.docs)
+        writer.varuint(self.salt)
+        writer.varuint(int(self.final))
+        _write_u32s(writer, self.leaves)
+        writer.varuint(len(self.docs))
+        for doc_id, digest, state_vector in self.docs:
+            writer.text(doc_id)
+            writer.raw(digest)
+            writer.blob(state_vector)
 
     @classmethod
     def _read(cls, reader: Reader) -> Self:
-        return cls(_read_doc_pairs(reader, 1 + HASH_BYTES))
+        salt, final, leaves = reader.varuint(), reader.varuint(), _read_u32s(reader)
+        if final > 1:
+            reader.fail(f"final must be 0 or 1, got {final}")
+        count = reader.count(_DOC_MIN_BYTES + MERKLE_HASH_BYTES + 1)
+        docs = tuple(
+            (reader.text(), reader.take(MERKLE_HASH_BYTES), reader.blob()) for _ in range(count)
+        )
+        return cls(salt, bool(final), leaves, docs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -806,9 +786,6 @@ MESSAGE_TYPES: Final[Mapping[int, type[Message]]] = MappingProxyType(
             Frontier,
             Clocks,
             MerkleHashes,
-            MerkleQuery,
-            MerkleReply,
-            LeafQuery,
             LeafReply,
             StateVectors,
             Diffs,

@@ -43,11 +43,8 @@ from crdtdb.sync.wire import (
     Frontier,
     Heartbeat,
     Hello,
-    LeafQuery,
     LeafReply,
     MerkleHashes,
-    MerkleQuery,
-    MerkleReply,
     Message,
     Records,
     StateVectors,
@@ -67,6 +64,7 @@ positive = st.integers(1, MAX63)
 non_negative = st.integers(0, MAX63)
 u32s = st.integers(0, (1 << 32) - 1)
 hashes = st.binary(min_size=32, max_size=32)
+slices = st.binary(min_size=wire.MERKLE_HASH_BYTES, max_size=wire.MERKLE_HASH_BYTES)
 blobs = st.binary(max_size=40)
 
 
@@ -102,13 +100,19 @@ messages: st.SearchStrategy[Message] = st.one_of(
             MerkleHashes,
             st.integers(0, 255),
             st.just(tuple(parents)),
-            st.binary(min_size=8 * (16 * len(parents) or 1), max_size=8 * (16 * len(parents) or 1)),
+            st.binary(
+                min_size=wire.MERKLE_HASH_BYTES * (16 * len(parents) or 1),
+                max_size=wire.MERKLE_HASH_BYTES * (16 * len(parents) or 1),
+            ),
         )
     ),
-    st.builds(MerkleQuery, tuples(u32s)),
-    st.builds(MerkleReply, tuples(st.tuples(u32s, hashes))),
-    st.builds(LeafQuery, tuples(u32s)),
-    st.builds(LeafReply, tuples(st.tuples(doc_ids, hashes))),
+    st.builds(
+        LeafReply,
+        st.integers(0, 255),
+        st.booleans(),
+        tuples(u32s),
+        tuples(st.tuples(doc_ids, slices, st.binary(min_size=1, max_size=40))),
+    ),
     st.builds(StateVectors, tuples(st.tuples(doc_ids, blobs))),
     st.builds(Diffs, tuples(st.tuples(doc_ids, blobs))),
 )
@@ -404,7 +408,7 @@ def test_invalid_region() -> None:
 
 def test_invalid_doc_id() -> None:
     assert "document id" in str(payload_error(0x10, record_payload(doc_id=b"nocollection")))
-    payload_error(0x23, b"\x01\x04a/\x01b\x20" + HASH)  # control character in the key
+    payload_error(0x23, b"\x00\x00\x00\x01\x04a/\x01b" + HASH[:4] + b"\x01\x00")  # a control char
     payload_error(0x24, b"\x01\x03/bc\x00")
 
 
@@ -435,26 +439,41 @@ def test_varuint_must_be_minimal_and_bounded() -> None:
     assert wire.decode_frame(frame(0x11, b"\x02eu\x81\x01")) == Ack("eu", 129)
 
 
-@pytest.mark.parametrize("kind", [0x10, 0x13, 0x20, 0x21, 0x22, 0x23, 0x24, 0x25])
-def test_count_larger_than_payload_refused_before_allocating(kind: int) -> None:
-    huge = b"\xff\xff\xff\xff\xff\xff\xff\x7f"  # 2**56 - 1 items in a frame of 8 bytes
-    assert "claims" in str(payload_error(kind, huge + bytes(8)))
+HUGE = b"\xff\xff\xff\xff\xff\xff\xff\x7f"  # a count of 2**56 - 1 items
+
+
+@pytest.mark.parametrize(
+    ("kind", "prefix"),
+    [
+        (0x10, b""),
+        (0x13, b""),
+        (0x23, b"\x00\x00"),
+        (0x23, b"\x00\x00\x00"),
+        (0x24, b""),
+        (0x25, b""),
+    ],
+)
+def test_count_larger_than_payload_refused_before_allocating(kind: int, prefix: bytes) -> None:
+    assert "claims" in str(payload_error(kind, prefix + HUGE + bytes(8)))
 
 
 def test_count_just_fitting_is_accepted() -> None:
-    payload = b"\x02" + (1).to_bytes(4, "big") + (2).to_bytes(4, "big")
-    assert wire.decode_frame(frame(0x20, payload)) == MerkleQuery((1, 2))
-    assert "claims" in str(payload_error(0x20, b"\x03" + payload[1:]))
-
-
-def test_hash_fields_must_be_32_bytes() -> None:
-    node = (7).to_bytes(4, "big")
-    assert "32 bytes" in str(payload_error(0x21, b"\x01" + node + b"\x1f" + HASH[:31] + b"\x00"))
-    assert "32 bytes" in str(payload_error(0x21, b"\x01" + node + b"\x21" + HASH + b"\x00"))
-    assert "32 bytes" in str(payload_error(0x23, b"\x01\x03a/b\x1f" + HASH[:31] + bytes(10)))
-    assert wire.decode_frame(frame(0x21, b"\x01" + node + b"\x20" + HASH)) == MerkleReply(
-        ((7, HASH),)
+    leaves = b"\x02" + (1).to_bytes(4, "big") + (2).to_bytes(4, "big")
+    assert wire.decode_frame(frame(0x23, b"\x05\x01" + leaves + b"\x00")) == LeafReply(
+        5, True, (1, 2), ()
     )
+    assert "claims" in str(payload_error(0x23, b"\x05\x01\x03" + leaves[1:] + b"\x00"))
+
+
+def test_leaf_reply_fields() -> None:
+    doc = b"\x03a/b" + HASH[:4] + b"\x02\x01\x00"
+    assert wire.decode_frame(frame(0x23, b"\x00\x00\x00\x01" + doc)) == LeafReply(
+        0, False, (), (("a/b", HASH[:4], b"\x01\x00"),)
+    )
+    assert "0 or 1" in str(payload_error(0x23, b"\x00\x02\x00\x01" + doc))
+    assert "truncated" in str(payload_error(0x23, b"\x00\x00\x00\x01\x0aabcdefgh/b" + HASH[:3]))
+    with pytest.raises(LocalProtocolError, match="4 bytes"):
+        LeafReply(0, True, (), (("a/b", HASH, b"\x00"),))
 
 
 def test_hello_nonce_must_be_32_bytes() -> None:
@@ -507,9 +526,11 @@ def test_zero_means_nothing_yet_only_where_documented() -> None:
         lambda: Heartbeat(1 << 63),
         lambda: Frontier((("eu", 1, 1), ("eu", 2, 2)), 1),
         lambda: Frontier((("eu", 1),), 1),
-        lambda: MerkleQuery((1 << 32,)),
-        lambda: MerkleReply(((1, b"short"),)),
-        lambda: LeafReply((("a/b", HASH + b"x"),)),
+        lambda: MerkleHashes(0, (), HASH),
+        lambda: LeafReply(256, True, (), ()),
+        lambda: LeafReply(0, 1, (), ()),
+        lambda: LeafReply(0, True, (1 << 32,), ()),
+        lambda: LeafReply(0, True, (), (("a/b", HASH[:3], b"\x00"),)),
         lambda: StateVectors((("a/b", "not bytes"),)),
         lambda: Diffs((("bad id", b""),)),
     ],
@@ -526,11 +547,12 @@ def test_invalid_messages_refused_when_built(build: object) -> None:
 
 
 def test_check_version() -> None:
-    assert wire.check_version(Hello(wire.PROTOCOL_VERSION, "eu", NONCE)) == 1
-    with pytest.raises(RemoteProtocolError, match="version 2") as info:
-        wire.check_version(Hello(2, "us", NONCE))
-    assert info.value.code == "bad_version"
-    assert "'us'" in str(info.value)
+    assert wire.check_version(Hello(wire.PROTOCOL_VERSION, "eu", NONCE)) == 2
+    for other in (1, 3):  # version 1 sent 8-byte hash slices and no state vectors in LeafReply
+        with pytest.raises(RemoteProtocolError, match=f"version {other}") as info:
+            wire.check_version(Hello(other, "us", NONCE))
+        assert info.value.code == "bad_version"
+        assert "'us'" in str(info.value)
 
 
 def test_error_tree() -> None:
