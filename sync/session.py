@@ -565,7 +565,7 @@ class SyncSession:
                 (doc_id, wire.merkle_slice(digest, salt), self.store.state_vector(doc_id))
                 for doc_id, digest in self.store.leaf_docs(leaf)
             ]
-            leaf_size = sum(len(doc_id) + len(sv) + 8 for doc_id, _, sv in docs)
+            leaf_size = 4 + sum(len(doc_id) + len(sv) + 8 for doc_id, _, sv in docs)
             if chunks[-1][0] and size + leaf_size > CHUNK_BYTES:
                 chunks.append(([], []))
                 size = 0
