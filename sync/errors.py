@@ -37,6 +37,7 @@ ERROR_CODES: Final[Mapping[str, int]] = MappingProxyType(
         "unexpected_message": 7,  # a valid message, out of turn
         "bad_region": 8,  # a region that is not the one expected here
         "auth_failed": 9,  # the peer's proof of identity was refused
+        "too_many_streams": 10,  # more bulk lanes (QUIC streams) than the protocol allows
     }
 )
 """Stable numbers of the protocol error codes. Never renumber; only append."""

@@ -61,6 +61,12 @@ class HostileProtocol(QuicConnectionProtocol):
     def send(self, message: wire.Message) -> None:
         self.send_raw(wire.encode(message))
 
+    def send_on_new_stream(self, message: wire.Message) -> None:
+        """Open one more unidirectional stream (a bulk lane) and write ``message`` on it."""
+        stream_id = self._quic.get_next_available_stream_id(is_unidirectional=True)
+        self._quic.send_stream_data(stream_id, wire.encode(message))
+        self.transmit()
+
     async def keep_alive(self, every: float = 1.0) -> None:
         """Send QUIC PINGs until cancelled, so that no idle timeout ends the connection."""
         while not self.terminated.is_set():

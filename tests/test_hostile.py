@@ -388,6 +388,44 @@ def test_records_before_auth_are_refused(
     run_attack(tmp_path, certs, attack)
 
 
+def test_records_on_a_bulk_lane_before_auth_are_refused(
+    tmp_path: Path, certs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The bulk lanes (extra streams) are closed to anyone who has not authenticated."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    record = eu_record(tmp_path)
+
+    async def attack(us: Us) -> None:
+        async with hostile_connection(us.port, us.ca) as client:
+            await say_hello(client)
+            client.send_on_new_stream(wire.Records((record,)))
+            await client.expect_refusal("unexpected_message")
+        await assert_refusal_logged(
+            caplog, "eu", "unexpected_message: ", "bulk lane before the handshake"
+        )
+        assert us.db.get(record.doc_id) is None
+
+    run_attack(tmp_path, certs, attack)
+
+
+def test_an_authenticated_peer_opening_too_many_streams_is_refused(
+    tmp_path: Path, certs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    from crdtdb.sync.session import BULK_LANES
+
+    async def attack(us: Us) -> None:
+        async with hostile_connection(us.port, us.ca) as client:
+            await authenticate_as_eu(client, certs)
+            for _ in range(BULK_LANES + 1):
+                client.send_on_new_stream(wire.Diffs(()))  # harmless on a lane, but too many
+                await asyncio.sleep(0.01)
+            await client.expect_refusal("too_many_streams")
+        await assert_refusal_logged(caplog, "eu", "too_many_streams: ", "bulk lanes")
+
+    run_attack(tmp_path, certs, attack)
+
+
 # --------------------------------------------- 6. a certificate the CA never signed
 
 
