@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import anyio
+from _report import table, verdict  # bench/_report.py: this folder is sys.path[0]
 from pycrdt import Doc, Map, TransactionEvent
 from pycrdt.store import BaseYStore, SQLiteYStore
 
@@ -621,18 +622,6 @@ def rate(
     return median_rate(runs) if runs else None
 
 
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(row[c]) for row in [headers, *rows]) for c in range(len(headers))]
-    lines = [
-        "  ".join(
-            cell.ljust(widths[0]) if c == 0 else cell.rjust(widths[c]) for c, cell in enumerate(row)
-        )
-        for row in [headers, *rows]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
@@ -690,7 +679,7 @@ class Target:
         if value is None:
             return "-"
         shown = f"{value:,.0f}/s" if self.against is None else f"{value:.2f}x"
-        return f"{shown} {'MET' if value >= self.threshold else 'MISSED'}"
+        return f"{shown} {verdict(value >= self.threshold)}"
 
 
 def ratio(a: float | None, b: float | None) -> float | None:

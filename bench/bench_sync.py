@@ -52,6 +52,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from _report import table, verdict  # bench/_report.py: this folder is sys.path[0]
+
 import crdtdb
 from crdtdb import Database
 from crdtdb.records import UpdateRecord
@@ -1284,22 +1286,6 @@ ROLES: dict[str, Callable[..., None]] = {
 
 
 # ------------------------------------------------------------------ report
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(row[c]) for row in [headers, *rows]) for c in range(len(headers))]
-    lines = [
-        "  ".join(
-            cell.ljust(widths[0]) if c == 0 else cell.rjust(widths[c]) for c, cell in enumerate(row)
-        )
-        for row in [headers, *rows]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def verdict(met: bool) -> str:
-    return "MET" if met else "MISSED"
 
 
 @dataclass(frozen=True, slots=True)
