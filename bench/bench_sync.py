@@ -15,6 +15,11 @@ What it measures (the numbers the replication issue asks for):
 3. **steady-state replicated updates/s**, eu -> us, one-write transactions,
    counted on arrival in us; against pycrdt-websocket (hypercorn server, httpx-ws
    client, one update per message) counted on arrival in the server's room.
+   Beside it, the **replication pipeline's capacity**: eu's daemon is stopped
+   while a writer puts a backlog of one-write records in eu's log, then started;
+   records/s arriving in us while the backlog drains. The live number cannot
+   exceed the writer's commit rate; the backlog number says what the pipeline
+   (push, QUIC, batched apply) carries when the writer is not the limit.
 4. **bulk bootstrap**: a fresh region's daemon syncing N documents from a
    populated one; against pycrdt-websocket fetching the same documents (one room
    per document, as it is built; and, as its best case, all of them in one
@@ -106,6 +111,8 @@ class Config:
     """MB pushed through one raw aioquic stream for the ceiling."""
     batch: int = 1000
     """Documents per transaction when the source store is written."""
+    backlog: int = 20_000
+    """One-write records waiting in eu's log when its daemon starts (pipeline capacity)."""
 
 
 QUICK = Config(
@@ -125,6 +132,7 @@ FULL = Config(
     repeats=3,
     ws_docs=2_000,
     ceiling_mb=50,
+    backlog=50_000,
 )
 SECTIONS = ("bootstrap", "ae", "lag", "rate")
 
@@ -923,6 +931,107 @@ def ws_rate_results(ws: WsRate, repeats: int) -> list[RateRun]:
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class BacklogRun:
+    """One backlog drain: ``records`` in eu's log before its daemon started, then pushed to us."""
+
+    records: int
+    written_per_s: float
+    """The writer's commit rate while it wrote the backlog (no daemon running in eu)."""
+    first_after_s: float
+    """From starting eu's daemon to the first record seen in us (start-up, handshake)."""
+    drain_s: float
+    """From the first record seen in us to the last."""
+    first_seen: int
+    """Records seen together with the first (one poll): they arrived before the span began."""
+    cpu_s: dict[str, float]
+    """CPU seconds each daemon used from the first arrival in us to the last."""
+    cpu_records: int
+    """Records that arrived in that span (the CPU is per one of these)."""
+    anti_entropy_repairs: int | None
+    """Documents repaired by anti-entropy meanwhile (eu's daemon runs a round on connect)."""
+
+    @property
+    def arrived_per_s(self) -> float:
+        """Records per second of the drain, those of the first poll excluded."""
+        drained = self.records - self.first_seen
+        return drained / self.drain_s if drained > 0 else float("nan")
+
+    def cpu_us_per_record(self) -> dict[str, float]:
+        per = 1e6 / self.cpu_records if self.cpu_records > 0 else float("nan")
+        return {name: s * per for name, s in self.cpu_s.items()}
+
+
+def backlog_run(
+    pair: Pair, eu_config: Path, us_daemon: Child, cfg: Config, repeat: int
+) -> BacklogRun:
+    """With eu's daemon stopped, write ``cfg.backlog`` records in eu; start it; time the drain."""
+    doc_id, result = f"backlog/{repeat}", pair.work / f"backlog{repeat}.json"
+    writer = pair.children.role(
+        f"writer-backlog{repeat}", "write-count", pair.eu_dir, doc_id, cfg.backlog, result
+    )
+    if writer.wait(120 + cfg.backlog / 100) != 0:
+        raise BenchError(f"the backlog writer failed:\n{writer.tail()}")
+    written = read_json(result)
+    launched: list[tuple[Child, float]] = []
+    meter: list[tuple[CpuMeter, int]] = []  # started at the first arrival, leaving out start-up
+
+    def launch() -> Child:
+        daemon = start_daemon(pair.children, eu_config, "eu")
+        launched.append((daemon, time.time()))
+        return daemon
+
+    def finished(seen: list[tuple[str, float]]) -> bool:
+        if seen and not meter:
+            meter.append(
+                (CpuMeter({"daemon eu": launched[0][0], "daemon us": us_daemon}), len(seen))
+            )
+            meter[0][0].start()
+        return len(seen) >= written["writes"]
+
+    seen = asyncio.run(
+        arrivals(
+            pair.us,
+            lambda r: r.doc_id == doc_id and r.origin == "eu",
+            launch,
+            finished,
+            120 + cfg.backlog / 100,
+            pair.children,
+        )
+    )
+    cpu = meter[0][0].stop()
+    eu_daemon, started = launched[0]
+    stop_daemon(pair.children, eu_daemon)
+    times = sorted(t for _, t in seen)
+    return BacklogRun(
+        records=written["writes"],
+        written_per_s=written["writes"] / (written["ended"] - written["started"]),
+        first_after_s=times[0] - started,
+        drain_s=times[-1] - times[0],
+        first_seen=sum(1 for t in times if t - times[0] < 0.002),
+        cpu_s=cpu,
+        cpu_records=len(seen) - meter[0][1],
+        anti_entropy_repairs=peer_status(pair.eu_dir).get("repairs"),
+    )
+
+
+def stop_daemon(children: Children, daemon: Child) -> None:
+    """Stop one daemon cleanly (it writes its status a last time) and forget it."""
+    if daemon.stop() != 0:
+        raise BenchError(f"{daemon.name} did not exit cleanly:\n{daemon.tail()}")
+    children.running.remove(daemon)
+
+
+def daemons_summary(eu_dir: Path) -> dict[str, Any]:
+    status = peer_status(eu_dir)
+    return {
+        "anti_entropy_rounds": status.get("rounds"),
+        "anti_entropy_repairs": status.get("repairs"),
+        "records_received_by_eu": status.get("records_in"),
+        "records_written_in_eu": held_now(eu_dir, "eu"),
+    }
+
+
 def bench_lag_and_rate(
     cfg: Config, work: Path, certs: Path, sections: set[str], out: dict[str, Any]
 ) -> None:
@@ -965,13 +1074,19 @@ def bench_lag_and_rate(
                     f" {theirs_run.arrived_per_s:,.0f} updates/s arrived"
                 )
             out["rate"] = {"crdtdb": mine, "pycrdt-websocket": theirs}
-    status = peer_status(eu_dir)
-    out["lag_daemons"] = {
-        "anti_entropy_rounds": status.get("rounds"),
-        "anti_entropy_repairs": status.get("repairs"),
-        "records_received_by_eu": status.get("records_in"),
-        "records_written_in_eu": held_now(eu_dir, "eu"),
-    }
+            # The backlog runs restart eu's daemon: sum up its first life before.
+            stop_daemon(children, daemons["eu"])
+            out["lag_daemons"] = daemons_summary(eu_dir)
+            out["rate_backlog"] = []
+            for repeat in range(cfg.repeats):
+                run = backlog_run(pair, configs["eu"], daemons["us"], cfg, repeat)
+                out["rate_backlog"].append(run)
+                log(
+                    f"  backlog #{repeat + 1}: {run.records:,} records drained at"
+                    f" {run.arrived_per_s:,.0f}/s (written at {run.written_per_s:,.0f}/s)"
+                )
+    if "lag_daemons" not in out:
+        out["lag_daemons"] = daemons_summary(eu_dir)
 
 
 def held_now(path: Path, origin: str) -> int:
@@ -1021,6 +1136,24 @@ def role_write_fast(eu_dir: str, doc_id: str, seconds: str, result: str) -> None
     write_json(
         Path(result),
         {"started": started, "ended": ended, "writes": i, "cpu_s": time.process_time() - cpu},
+    )
+
+
+def role_write_count(eu_dir: str, doc_id: str, count: str, result: str) -> None:
+    """``count`` one-write transactions on one document, as fast as they go."""
+    with crdtdb.open(eu_dir) as db:
+        started, cpu = time.time(), time.process_time()
+        for i in range(int(count)):
+            db.update(doc_id, {f"k{i % 50}": i})
+        ended = time.time()
+    write_json(
+        Path(result),
+        {
+            "started": started,
+            "ended": ended,
+            "writes": int(count),
+            "cpu_s": time.process_time() - cpu,
+        },
     )
 
 
@@ -1276,6 +1409,7 @@ async def _quic_source(port: int, certs: Path, mb: int, repeats: int, result: Pa
 ROLES: dict[str, Callable[..., None]] = {
     "write-paced": role_write_paced,
     "write-fast": role_write_fast,
+    "write-count": role_write_count,
     "ws-server": role_ws_server,
     "ws-writer": role_ws_writer,
     "ws-fetch": role_ws_fetch,
@@ -1433,6 +1567,53 @@ def rate_report(rate: dict[str, list[RateRun]], checks: list[Check]) -> list[str
     ]
 
 
+def backlog_report(backlog: list[BacklogRun], live: list[RateRun]) -> list[str]:
+    """The pipeline's capacity beside the live rate: which of the two limits the live number."""
+    drained = statistics.median(r.arrived_per_s for r in backlog)
+    live_arrived = median_of(live, lambda r: r.arrived_per_s)
+    live_written = median_of(live, lambda r: r.writes_per_s)
+    rows = [
+        [
+            "live: writer running, daemons up",
+            f"{live_arrived:,.0f}",
+            f"{live_written:,.0f}",
+            "-",
+            "-",
+        ],
+        [
+            f"backlog: {backlog[0].records:,} records waiting",
+            f"{drained:,.0f}",
+            f"{statistics.median(r.written_per_s for r in backlog):,.0f}",
+            f"{statistics.median(r.first_after_s for r in backlog):.2f}",
+            f"{drained / live_arrived:.2f}x",
+        ],
+    ]
+    cpu = ", ".join(
+        f"{name} {statistics.median(r.cpu_us_per_record().get(name, 0) for r in backlog):.0f}"
+        for name in sorted(backlog[0].cpu_s)
+    )
+    lagging = median_of(live, lambda r: r.drained_after_s)
+    if lagging > max(0.25, 0.1 * median_of(live, lambda r: r.write_seconds)):
+        limit = (
+            f"live: the pipeline fell behind the writer (still delivering {lagging:.2f} s after"
+            " the last commit)"
+        )
+    else:
+        limit = (
+            f"live: the pipeline kept up (last record {lagging:.2f} s after the last commit), so"
+            f" the writer's commit rate is the limit; a backlog drains at"
+            f" {drained / live_arrived:.1f}x the live rate"
+        )
+    return [
+        "   crdtdb replication pipeline, eu -> us: live against a backlog drain (eu's daemon"
+        " started with the records already in its log)",
+        table(["crdtdb eu -> us", "arrived/s", "written/s", "first after (s)", "vs live"], rows),
+        f"   CPU per record in the backlog drain (us, median): {cpu};"
+        f" anti-entropy repaired {backlog[-1].anti_entropy_repairs or 0} documents meanwhile",
+        f"   {limit}",
+    ]
+
+
 def bootstrap_report(boot: dict[str, Any], cfg: Config, checks: list[Check]) -> list[str]:
     mine: Transfer = boot["crdtdb"]
     ceiling_mb_s = statistics.median(t.wire_mb_s or 0 for t in boot["ceiling"])
@@ -1522,7 +1703,10 @@ def report(cfg: Config, out: dict[str, Any], env: dict[str, Any]) -> tuple[str, 
     if "lag" in out:
         lines += [*lag_report(out["lag"], cfg, checks), ""]
     if "rate" in out:
-        lines += [*rate_report(out["rate"], checks), ""]
+        lines += rate_report(out["rate"], checks)
+        if "rate_backlog" in out:
+            lines += backlog_report(out["rate_backlog"], out["rate"]["crdtdb"])
+        lines.append("")
     if "bootstrap" in out:
         lines += [*bootstrap_report(out["bootstrap"], cfg, checks), ""]
     if "lag_daemons" in out:
@@ -1571,6 +1755,8 @@ def jsonable(value: Any) -> Any:
         }
     if isinstance(value, RateRun):
         return {**asdict(value), "writes_per_s": value.writes_per_s}
+    if isinstance(value, BacklogRun):
+        return {**asdict(value), "arrived_per_s": value.arrived_per_s}
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
