@@ -22,7 +22,7 @@ import contextlib
 import logging
 import random
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -348,37 +348,6 @@ class Database:
             count: int = self._write(flush)
             return count
 
-    def refresh_digests(self, limit: int = 100) -> int:
-        """Bring up to ``limit`` stale digests and their Merkle paths up to date; return how many.
-
-        Reading the tree flushes every stale digest on the reader's thread (about
-        60 µs a document). A sync daemon instead calls this from a worker thread
-        (``asyncio.to_thread``) until it returns 0: each call is one write
-        transaction under the lock, so the event loop's calls wait for one call
-        at most, and the next read finds the tree fresh. XOR deltas combine in
-        any grouping, so the tree is the same as if flushed at once.
-        """
-        with self._lock:
-            self._check_no_tx("refresh_digests()")
-            if self._conn.execute("SELECT 1 FROM docs WHERE dirty LIMIT 1").fetchone() is None:
-                return 0  # nothing stale: no write lock taken
-
-            def flush() -> tuple[int, builtins.list[UpdateRecord]]:
-                rows = self._conn.execute(
-                    "SELECT doc_id, digest FROM docs WHERE dirty LIMIT ?", (limit,)
-                ).fetchall()
-                deltas: dict[int, int] = {}
-                self._flush_chunk(rows, deltas)
-                self._conn.executemany(  # as in _flush_digests
-                    "INSERT INTO merkle (node, hash) VALUES (?, ?) ON CONFLICT (node)"
-                    " DO UPDATE SET hash = xor_blob(hash, excluded.hash)",
-                    [(n, d.to_bytes(merkle.NODE_BYTES, "big")) for n, d in deltas.items()],
-                )
-                return len(rows), []
-
-            count: int = self._write(flush)
-            return count
-
     def leaf_docs(self, leaf: int) -> builtins.list[tuple[str, bytes]]:
         """(doc_id, digest) of every document in one Merkle leaf, digests up to date."""
         with self._lock:
@@ -592,11 +561,12 @@ class Database:
             record.validated()
         with self._lock:
             self._check_no_tx("apply_remote()")
+            version = self._data_version  # no other process committed while it stays so
             fresh = self._not_held(records)
             if not fresh:
                 return 0
             try:
-                applied: int = self._write(lambda: self._apply_batch_locked(fresh))
+                applied: int = self._write(lambda: self._apply_batch_locked(fresh, version))
             except BaseException:
                 for doc_id in {record.doc_id for record in fresh}:
                     self._cache.evict(doc_id)
@@ -626,17 +596,19 @@ class Database:
         return fresh
 
     def _apply_batch_locked(
-        self, records: builtins.list[UpdateRecord]
+        self, records: builtins.list[UpdateRecord], version: int
     ) -> tuple[int, builtins.list[UpdateRecord]]:
         """Apply fresh records: each document's row, each origin's row and the clock once.
 
         Checked before any document is touched: the records are still not held
-        (another process may have applied some since), none claims this region
-        as its origin, and no HLC is too far ahead.
+        (looked for again if another process committed since ``version``, the
+        data version before they were first looked for), none claims this
+        region as its origin, and no HLC is too far ahead.
         """
-        records = self._not_held(records)
-        if not records:
-            return 0, []
+        if self._data_version != version:
+            records = self._not_held(records)
+            if not records:
+                return 0, []
         for record in records:
             if record.origin == self.region:
                 # We are the only source of our own records: one we do not hold was forged
@@ -664,11 +636,12 @@ class Database:
         return len(records), records
 
     def _observe_all(self, last: Hlc, records: builtins.list[UpdateRecord]) -> Hlc:
-        """The clock after observing every record's HLC (ClockSkewError if one is too far ahead)."""
-        wall, max_offset = self.options.clock(), self.options.max_clock_offset_ms
-        for record in records:
-            last = observe(last, Hlc(record.hlc), wall, max_offset)
-        return last
+        """The clock after receiving the batch: above every record's HLC, as one message.
+
+        The newest HLC is the one a skew check would refuse, if any is refused.
+        """
+        newest = Hlc(max(record.hlc for record in records))
+        return observe(last, newest, self.options.clock(), self.options.max_clock_offset_ms)
 
     def _apply_updates(self, records: builtins.list[UpdateRecord]) -> dict[str, DocHandle]:
         """Apply the updates to their documents in order; the handles by document."""
@@ -1182,19 +1155,23 @@ class Database:
 
     def _advance_origins(self, records: builtins.list[UpdateRecord]) -> None:
         """Move each origin's max seq, and its contiguous seq over any gap now filled."""
-        top: dict[str, int] = {}
+        by_origin: dict[str, builtins.list[tuple[int, int]]] = {}
         for record in records:
-            top[record.origin] = max(top.get(record.origin, 0), record.seq)
-        for origin, batch_max in top.items():
+            by_origin.setdefault(record.origin, []).append((record.seq, int(record.hlc)))
+        for origin, batch in by_origin.items():
             row = self._conn.execute(
                 "SELECT max_seq, contiguous_seq, contiguous_hlc FROM origins WHERE origin = ?",
                 (origin,),
             ).fetchone()
             max_seq, contiguous, contiguous_hlc = row if row else (0, 0, 0)
-            for seq, hlc in self._conn.execute(
-                "SELECT seq, hlc FROM log WHERE origin = ? AND seq > ? ORDER BY seq",
-                (origin, contiguous),
-            ):
+            if max_seq <= contiguous:  # no gap before: past it, the log holds just this batch
+                after: Iterable[tuple[int, int]] = sorted(batch)
+            else:
+                after = self._conn.execute(
+                    "SELECT seq, hlc FROM log WHERE origin = ? AND seq > ? ORDER BY seq",
+                    (origin, contiguous),
+                )
+            for seq, hlc in after:
                 if seq != contiguous + 1:
                     break
                 contiguous, contiguous_hlc = seq, hlc
@@ -1202,7 +1179,7 @@ class Database:
                 "INSERT INTO origins (origin, max_seq, contiguous_seq, contiguous_hlc)"
                 " VALUES (?1, ?2, ?3, ?4) ON CONFLICT (origin) DO UPDATE SET max_seq = ?2,"
                 " contiguous_seq = ?3, contiguous_hlc = ?4",
-                (origin, max(max_seq, batch_max), contiguous, contiguous_hlc),
+                (origin, max(max_seq, *(seq for seq, _ in batch)), contiguous, contiguous_hlc),
             )
 
 
