@@ -11,7 +11,8 @@ may run it in its own process too.
 - Any growth of the log (a commit of this process, of another process on the
   same directory, or records received from a peer) wakes every session,
   which sends the peer what it lacks: that is both the delta push and the
-  relay to regions further down a chain.
+  relay to regions further down a chain. How growth is noticed cheaply (an
+  idle daemon must not keep querying SQLite) is :mod:`.watch`'s business.
 - Status (per peer: connected, last contact, bytes, rounds, repairs, lag) is
   written atomically to ``DATA_DIR/sync-status.json`` every second for
   ``crdtdb status``.
@@ -32,7 +33,7 @@ from typing import Any
 from crdtdb.database import Database
 from crdtdb.errors import CrdtdbError
 
-from . import wire
+from . import watch, wire
 from .certs import sign_challenge, verify_peer
 from .config import RegionConfig
 from .session import (
@@ -45,6 +46,7 @@ from .session import (
     SyncSession,
 )
 from .transport import SessionProtocol, dial, listen
+from .watch import LogWatcher
 
 __all__ = ["STATUS_FILE", "PeerStatus", "Replicator"]
 
@@ -88,6 +90,7 @@ class Replicator:
         self._key = config.tls.key.read_bytes()
         self.port: int | None = None
         self._last_progress_log = 0.0
+        self.watcher: LogWatcher | None = None
 
     # ------------------------------------------------------------ sessions
 
@@ -264,16 +267,22 @@ class Replicator:
             delay = min(self.config.reconnect_max, delay * 2)
 
     async def _watch_log(self) -> None:
-        position = self.db.log_position()
-        while True:
-            await asyncio.sleep(self.config.poll_interval)
-            current = self.db.log_position()
-            if current != position:
-                position = current
+        """Wake every session when the log grows, whichever process wrote (see :mod:`.watch`)."""
+        watcher = LogWatcher(
+            self.db.log_position,
+            watch.open_probe(self.config.data_dir, self.config.poll_interval),
+            self.config.poll_interval,
+            watch.CONFIRM_INTERVAL,
+        )
+        self.watcher = watcher
+        try:
+            async for _ in watcher.changes():
                 for protocol in list(self.protocols):
                     if protocol.session is not None:
                         protocol.session.local_changed()
                         protocol.flush()
+        finally:
+            watcher.close()
 
     async def _heartbeat_loop(self) -> None:
         """Keep an idle region's clock moving so that the global frontier advances."""
