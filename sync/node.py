@@ -13,6 +13,9 @@ may run it in its own process too.
   which sends the peer what it lacks: that is both the delta push and the
   relay to regions further down a chain. How growth is noticed cheaply (an
   idle daemon must not keep querying SQLite) is :mod:`.watch`'s business.
+- Merkle digests of changed documents are refreshed in a worker thread after
+  each burst, so that an anti-entropy round finds the tree fresh instead of
+  computing them on the event loop.
 - Status (per peer: connected, last contact, bytes, rounds, repairs, lag) is
   written atomically to ``DATA_DIR/sync-status.json`` every second for
   ``crdtdb status``.
@@ -52,6 +55,10 @@ __all__ = ["STATUS_FILE", "PeerStatus", "Replicator"]
 
 log = logging.getLogger("crdtdb.sync")
 STATUS_FILE = "sync-status.json"
+DIGEST_QUIET = 0.1
+"""Seconds without log growth after which stale Merkle digests are refreshed."""
+DIGEST_CHUNK = 100
+"""Digests refreshed per lock hold (about 6 ms for documents not in the cache)."""
 
 
 @dataclass(slots=True)
@@ -90,6 +97,8 @@ class Replicator:
         self._key = config.tls.key.read_bytes()
         self.port: int | None = None
         self._last_progress_log = 0.0
+        self._last_growth = 0.0
+        self._digests_stale = asyncio.Event()
         self.watcher: LogWatcher | None = None
 
     # ------------------------------------------------------------ sessions
@@ -226,6 +235,7 @@ class Replicator:
         ]
         self.db.expect_regions([peer.region for peer in self.config.peers])
         tasks.append(asyncio.create_task(self._watch_log()))
+        tasks.append(asyncio.create_task(self._refresh_digests_loop()))
         tasks.append(asyncio.create_task(self._heartbeat_loop()))
         tasks.append(asyncio.create_task(self._write_status_loop()))
         try:
@@ -277,12 +287,40 @@ class Replicator:
         self.watcher = watcher
         try:
             async for _ in watcher.changes():
+                self._last_growth = asyncio.get_running_loop().time()
+                self._digests_stale.set()
                 for protocol in list(self.protocols):
                     if protocol.session is not None:
                         protocol.session.local_changed()
                         protocol.flush()
         finally:
             watcher.close()
+
+    async def _refresh_digests_loop(self) -> None:
+        """Keep the Merkle tree fresh from a worker thread, so rounds do not flush it on the loop.
+
+        Digests of changed documents are computed lazily, by whoever reads the
+        tree first: the session starting or answering a round, on the event
+        loop, which stalled for as long as that took after a burst (about
+        60 µs a document). Here they are flushed once the log has been quiet
+        for a moment, or at least every half anti-entropy interval while it
+        keeps growing, in chunks of ``DIGEST_CHUNK`` documents per lock hold,
+        so that the loop's own calls on the store wait for one chunk at most.
+        """
+        loop = asyncio.get_running_loop()
+        quiet = min(DIGEST_QUIET, self.config.anti_entropy_interval / 4)
+        longest = self.config.anti_entropy_interval / 2
+        while True:
+            await self._digests_stale.wait()
+            first = loop.time()
+            while (wait := min(self._last_growth + quiet, first + longest) - loop.time()) > 0:
+                await asyncio.sleep(wait)
+            self._digests_stale.clear()
+            try:
+                while await asyncio.to_thread(self.db.refresh_digests, DIGEST_CHUNK):
+                    pass
+            except CrdtdbError as exc:
+                log.warning("%s: cannot refresh Merkle digests: %s", self.region, exc)
 
     async def _heartbeat_loop(self) -> None:
         """Keep an idle region's clock moving so that the global frontier advances."""

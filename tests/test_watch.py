@@ -1,4 +1,4 @@
-"""The daemon notices other processes' commits, cheaply when idle.
+"""The daemon notices other processes' commits, cheaply when idle; Merkle digests off the loop.
 
 Pure tests of the look schedule; probe tests on a real directory; then two
 Replicators over loopback QUIC while a separate process commits to one
@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from crdtdb.sync.config import PeerConfig
 from crdtdb.sync.node import Replicator
 from crdtdb.sync.watch import FOLLOW_UP, InotifyProbe, LogWatcher, StatProbe, WatchSchedule
 
+from .conftest import ship
 from .quic_helpers import region_config, wait_for
 
 LINUX = sys.platform.startswith("linux")
@@ -234,5 +237,82 @@ def test_commits_of_another_process_are_shipped_promptly(
             await commit_elsewhere(tmp_path / "eu", "users/after-ckpt")
             await wait_for(lambda: pair.us_db.get("users/after-ckpt") is not None)
             assert pair.us_db.get("users/after-ckpt") == {"by": "another process"}
+
+    asyncio.run(scenario())
+
+
+# ------------------------------------------------------------ Merkle digests
+
+
+def fresh_root(source: crdtdb.Database, directory: Path) -> bytes:
+    """The Merkle root of a new store given every record of ``source``, flushed at once."""
+    with crdtdb.open(directory, region="zz") as copy:
+        ship(source, copy)
+        return copy.merkle_root()
+
+
+def test_refreshing_digests_in_chunks_from_a_thread_gives_the_fresh_root(
+    tmp_path: Path,
+) -> None:
+    with crdtdb.open(tmp_path / "eu", region="eu") as db:
+        with db.transaction() as tx:
+            for i in range(250):
+                tx.put(f"docs/{i}", {"i": i})
+        counts: list[int] = []
+        failures: list[BaseException] = []
+
+        def refresh() -> None:
+            try:
+                while count := db.refresh_digests(7):
+                    counts.append(count)
+            except BaseException as exc:  # pragma: no cover - reported below
+                failures.append(exc)
+
+        thread = threading.Thread(target=refresh)
+        thread.start()
+        for i in range(0, 250, 5):  # commits interleave with the chunks
+            db.update(f"docs/{i}", {"again": i})
+        db.delete("docs/1")
+        thread.join(60)
+        assert not thread.is_alive() and not failures
+        assert counts and max(counts) <= 7
+        while db.refresh_digests(7):
+            pass
+        assert db.refresh_digests() == 0
+        with sqlite3.connect(tmp_path / "eu" / STORE_FILE) as conn:
+            assert conn.execute("SELECT count(*) FROM docs WHERE dirty").fetchone() == (0,)
+        assert db.merkle_root() == fresh_root(db, tmp_path / "copy")
+
+
+def stale_digests(directory: Path) -> int:
+    conn = sqlite3.connect(f"file:{directory / STORE_FILE}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM docs WHERE dirty").fetchone()[0])
+    finally:
+        conn.close()
+
+
+@pytest.mark.integration
+def test_the_daemon_refreshes_digests_off_the_loop_after_a_burst(
+    tmp_path: Path, certs: Path
+) -> None:
+    """No round runs (they are a minute apart), yet both trees end up fresh and equal."""
+
+    async def scenario() -> None:
+        async with two_regions(tmp_path, certs, **QUIET) as pair:
+            await wait_for(lambda: pair.eu.peers["us"].rounds >= 1)  # the one on connect
+            rounds = pair.eu.peers["us"].rounds, pair.us.peers["eu"].rounds
+            with pair.eu_db.transaction() as tx:
+                for i in range(300):
+                    tx.put(f"bulk/{i}", {"i": i})
+            await commit_elsewhere(tmp_path / "eu", "bulk/other")
+            await wait_for(lambda: pair.us_db.get("bulk/other") is not None)
+            await wait_for(lambda: len(pair.us_db.list("bulk")) == 301)
+            await wait_for(lambda: stale_digests(tmp_path / "eu") == 0)
+            await wait_for(lambda: stale_digests(tmp_path / "us") == 0)
+            assert (pair.eu.peers["us"].rounds, pair.us.peers["eu"].rounds) == rounds
+            root = pair.eu_db.merkle_root()
+            assert pair.us_db.merkle_root() == root
+            assert fresh_root(pair.eu_db, tmp_path / "copy") == root
 
     asyncio.run(scenario())
