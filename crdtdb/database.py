@@ -1191,14 +1191,15 @@ def _doc_changes(
     records: builtins.list[UpdateRecord], handles: dict[str, DocHandle], first_id: int
 ) -> builtins.list[_DocChange]:
     """Per document of a batch logged from ``first_id`` on: what ``_index`` records."""
-    changes: dict[str, _DocChange] = {}
+    newest_id: dict[str, int] = {}
+    size: dict[str, int] = {}
+    hlc: dict[str, int] = {}
     for log_id, record in enumerate(records, first_id):
-        _, _, _, size, hlc = changes.get(record.doc_id, ("", handles[record.doc_id], 0, 0, Hlc(0)))
-        changes[record.doc_id] = (
-            record.doc_id,
-            handles[record.doc_id],
-            log_id,
-            size + len(record.update),
-            max(hlc, record.hlc),
-        )
-    return list(changes.values())
+        doc_id = record.doc_id
+        newest_id[doc_id] = log_id
+        size[doc_id] = size.get(doc_id, 0) + len(record.update)
+        hlc[doc_id] = max(hlc.get(doc_id, 0), record.hlc)
+    return [
+        (doc_id, handles[doc_id], log_id, size[doc_id], Hlc(hlc[doc_id]))
+        for doc_id, log_id in newest_id.items()
+    ]
