@@ -73,6 +73,7 @@ class PeerStatus:
     rounds: int = 0
     repairs: int = 0
     peer_holds: dict[str, int] | None = None
+    """Per origin, the contiguous seq the peer holds (last known while disconnected)."""
     last_error: str | None = None
 
 
@@ -176,6 +177,7 @@ class Replicator:
             if protocol in self.protocols:
                 self.protocols.discard(protocol)
                 if status is not None:
+                    status.peer_holds = session.peer_holds()
                     status.connected = any(
                         p.session and p.session.peer == name for p in self.protocols
                     )
@@ -333,20 +335,38 @@ class Replicator:
             self._write_status()
             await asyncio.sleep(1.0)
 
+    def _lag_seconds(self, holds: dict[str, int], now_ms: int) -> float:
+        """Age of the oldest record we hold and the peer lacks (0.0: it lacks nothing)."""
+        oldest = min(
+            (
+                records[0].hlc.wall_ms
+                for origin, (_, contiguous, _) in self.db.progress().items()
+                if contiguous > holds.get(origin, 0)
+                for records in [self.db.records_from(origin, holds.get(origin, 0), 1)]
+                if records
+            ),
+            default=now_ms,
+        )
+        return max(0, now_ms - oldest) / 1000
+
     def status(self) -> dict[str, Any]:
         progress = self.db.progress()
+        now_ms = int(time.time() * 1000)
         peers = []
         for status in self.peers.values():
             entry = asdict(status)
+            holds = status.peer_holds
             for protocol in self.protocols:
                 session = protocol.session
                 if session is not None and session.peer == status.region:
-                    entry["peer_holds"] = session.peer_holds()
+                    holds = entry["peer_holds"] = session.peer_holds()
                     entry["behind_records"] = self._behind(session)
-                    entry["lag_records"] = {
-                        origin: max(0, held[1] - session.peer_holds().get(origin, 0))
-                        for origin, held in progress.items()
-                    }
+            if holds is not None:
+                entry["lag_records"] = {
+                    origin: max(0, held[1] - holds.get(origin, 0))
+                    for origin, held in progress.items()
+                }
+                entry["lag_seconds"] = self._lag_seconds(holds, now_ms)
             peers.append(entry)
         return {
             "region": self.region,

@@ -49,11 +49,16 @@ def show_status(target: str, *, as_json: bool = False) -> int:
     print(f"hlc {status['hlc']}  frontier {status.get('frontier', '?')}")
     for peer in status["peers"]:
         state = "connected" if peer["connected"] else "DISCONNECTED"
-        lag = peer.get("lag_records") or {}
+        lag = peer.get("lag_records")
+        lag_text = (
+            "lag unknown (never connected)"
+            if lag is None
+            else f"it lacks {sum(lag.values())} records (lag {peer.get('lag_seconds', 0.0):.1f}s)"
+        )
         print(
             f"  {peer['region']:<10} {state:<12} last contact {_ago(peer['last_contact'], now)};"
-            f" in {peer['bytes_in']} B, out {peer['bytes_out']} B; it lacks {sum(lag.values())}"
-            f" records, we lack {peer.get('behind_records', 0)};"
+            f" in {peer['bytes_in']} B, out {peer['bytes_out']} B; {lag_text},"
+            f" we lack {peer.get('behind_records', 0)};"
             f" anti-entropy rounds {peer['rounds']}, repairs {peer['repairs']}"
         )
         if peer.get("last_error"):

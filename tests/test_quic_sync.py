@@ -132,3 +132,59 @@ def test_a_large_document_does_not_hold_up_the_small_ones(tmp_path: Path, certs:
             us_db.close()
 
     asyncio.run(scenario())
+
+
+def test_status_reports_each_peer_and_its_lag(tmp_path: Path, certs: Path) -> None:
+    """`crdtdb status` shows connection, contact, bytes, lag (records and time), rounds."""
+    import subprocess
+    import sys
+
+    async def scenario() -> None:
+        stop_us, stop_eu = asyncio.Event(), asyncio.Event()
+        us_db = crdtdb.open(tmp_path / "us", region="us")
+        eu_db = crdtdb.open(tmp_path / "eu", region="eu")
+        us = Replicator(us_db, region_config(tmp_path, certs, "us", []))
+        us_task = asyncio.create_task(us.run(stop_us))
+        await wait_for(lambda: us.port is not None)
+        assert us.port is not None
+        eu = Replicator(
+            eu_db, region_config(tmp_path, certs, "eu", [PeerConfig("us", "127.0.0.1", us.port)])
+        )
+        eu_task = asyncio.create_task(eu.run(stop_eu))
+        try:
+            eu_db.put("users/a", {"v": 1})
+            await wait_for(lambda: us_db.get("users/a") is not None)
+            await wait_for(lambda: eu.peers["us"].rounds >= 1)
+            await wait_for(lambda: eu.status()["peers"][0].get("lag_records", {}).get("eu") == 0)
+            live = eu.status()["peers"][0]
+            assert live["connected"] and live["lag_seconds"] == 0.0
+            assert live["bytes_in"] > 0 and live["bytes_out"] > 0
+            stop_us.set()
+            await asyncio.wait_for(us_task, 10)
+            await wait_for(lambda: not eu.peers["us"].connected)
+            for i in range(3):
+                eu_db.put(f"users/late{i}", {"i": i})
+            await asyncio.sleep(0.3)
+            down = eu.status()["peers"][0]
+            assert down["lag_records"]["eu"] == 3  # from what us last held, kept after the drop
+            assert 0.25 <= down["lag_seconds"] < 30
+            eu._write_status()
+        finally:
+            stop_us.set()
+            stop_eu.set()
+            await asyncio.wait_for(asyncio.gather(us_task, eu_task), 10)
+            eu_db.close()
+            us_db.close()
+
+    asyncio.run(scenario())
+    shown = subprocess.run(
+        [sys.executable, "-m", "crdtdb", "status", str(tmp_path / "eu")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "region eu listening on" in shown and "frontier" in shown
+    (line,) = [row for row in shown.splitlines() if row.strip().startswith("us ")]
+    assert "DISCONNECTED" in line and "last contact" in line and "it lacks 3 records" in line
+    assert "anti-entropy rounds" in line and "lag " in line
