@@ -21,6 +21,7 @@ import builtins
 import contextlib
 import logging
 import random
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -37,7 +38,9 @@ from .errors import (
     InvalidRecordError,
     InvalidUpdateError,
     RegionMismatchError,
+    StoreError,
     TransactionError,
+    UsageError,
 )
 from .hlc import DEFAULT_MAX_OFFSET_MS, Hlc, WallClock, observe, system_wall_ms, tick
 from .ids import (
@@ -78,6 +81,10 @@ class Options:
     """How far back time travel reaches after ``compact()`` (default 7 days)."""
     snapshot_min_bytes: int = 64 * 1024
     """Log bytes of one document before its load snapshot is first rewritten."""
+    wal_autocheckpoint: int = 1000
+    """WAL pages after which a commit of this process also copies the WAL into the
+    database file (SQLite's default). 0: never in a commit; the process calls
+    :meth:`Database.checkpoint` itself, from a worker thread (the sync daemon does)."""
     clock: WallClock = system_wall_ms
     """Wall-clock milliseconds; injectable for tests."""
 
@@ -118,7 +125,13 @@ class Database:
         self.path = Path(path)
         wanted = validate_region(region) if region is not None else None
         synchronous = "FULL" if self.options.durability == "full" else "NORMAL"
+        checkpoint = self.options.wal_autocheckpoint
+        if isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or checkpoint < 0:
+            raise UsageError(
+                f"wal_autocheckpoint must be a number of pages >= 0, not {checkpoint!r}"
+            )
         self._conn = storage.connect(self.path, region=wanted, synchronous=synchronous)
+        self._conn.execute(f"PRAGMA wal_autocheckpoint = {checkpoint}")
         stored = self._meta("region")
         if wanted is not None and stored != wanted:
             self._conn.close()
@@ -316,6 +329,30 @@ class Database:
 
     def merkle_root(self) -> bytes:
         return self.merkle_node(merkle.node_id(0, 0))
+
+    def checkpoint(self) -> tuple[int, int]:
+        """Copy what the WAL holds into the database file; return (WAL pages, pages copied).
+
+        SQLite's PASSIVE checkpoint, on a connection of its own and without the
+        store's lock, so that it can run in a worker thread while this process
+        goes on reading and committing (nor does it wait for other processes).
+        For a process that opened the store with ``wal_autocheckpoint=0``, so
+        that none of its commits pays for a checkpoint and its fsync.
+        """
+        with self._lock:
+            self._check()
+        conn = sqlite3.connect(
+            self.path / storage.STORE_FILE,
+            isolation_level=None,
+            timeout=storage.BUSY_TIMEOUT_MS / 1000,
+        )
+        try:
+            _, pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: checkpoint failed: {exc}") from exc
+        finally:
+            conn.close()
+        return int(pages), int(copied)
 
     def refresh_digests(self, limit: int = 100) -> int:
         """Bring up to ``limit`` stale digests and their Merkle paths up to date; return how many.

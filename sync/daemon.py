@@ -30,9 +30,12 @@ async def _serve(config_path: Path) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     with open_db(
-        config.data_dir, region=config.region, max_clock_offset_ms=config.max_clock_offset_ms
+        config.data_dir,
+        region=config.region,
+        max_clock_offset_ms=config.max_clock_offset_ms,
+        wal_autocheckpoint=0,  # the replicator checkpoints from a worker thread
     ) as db:
-        replicator = Replicator(db, config)
+        replicator = Replicator(db, config, manage_gc=True)
         await replicator.run(stop)
     logging.getLogger("crdtdb.sync").info("%s: stopped", config.region)
     return 0

@@ -1,0 +1,122 @@
+"""WAL checkpoints taken out of commits, and the daemon's garbage collection schedule."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from pathlib import Path
+
+import pytest
+
+import crdtdb
+from crdtdb.errors import UsageError
+from crdtdb.storage import STORE_FILE
+from crdtdb.sync.node import Replicator
+
+from .quic_helpers import region_config, wait_for
+
+PAGE = 4096
+
+
+def _wal_bytes(directory: Path) -> int:
+    wal = directory / (STORE_FILE + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def _fill(db: crdtdb.Database, count: int, prefix: str = "docs") -> None:
+    for start in range(0, count, 500):
+        with db.transaction() as tx:
+            for i in range(start, min(count, start + 500)):
+                tx.put(f"{prefix}/{i}", {"i": i, "text": "x" * 1000})
+
+
+def test_without_autocheckpoint_commits_leave_the_wal_to_checkpoint(tmp_path: Path) -> None:
+    with crdtdb.open(tmp_path / "auto", region="eu") as auto:
+        _fill(auto, 6000)
+        auto_wal = _wal_bytes(tmp_path / "auto")
+    with crdtdb.open(tmp_path / "manual", region="eu", wal_autocheckpoint=0) as manual:
+        _fill(manual, 6000)
+        assert _wal_bytes(tmp_path / "manual") > 2 * 1000 * PAGE > auto_wal
+        pages, copied = manual.checkpoint()
+        assert pages > 2000 and copied == pages
+        assert manual.checkpoint() == (pages, pages)  # nothing new: all copied already
+        manual.put("docs/after", {"v": 1})  # the WAL restarts from its beginning
+        assert manual.checkpoint()[0] < 50
+    with crdtdb.open(tmp_path / "manual") as reopened:
+        assert reopened.get("docs/5999") == {"i": 5999, "text": "x" * 1000}
+        assert reopened.get("docs/after") == {"v": 1}
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "1000", True])
+def test_wal_autocheckpoint_must_be_pages(tmp_path: Path, bad: object) -> None:
+    with pytest.raises(UsageError, match="wal_autocheckpoint"):
+        crdtdb.open(tmp_path / "eu", region="eu", wal_autocheckpoint=bad)
+
+
+def test_a_replicator_checkpoints_a_store_that_leaves_it_to_it(tmp_path: Path, certs: Path) -> None:
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        db = crdtdb.open(tmp_path / "eu", region="eu", wal_autocheckpoint=0)
+        replicator = Replicator(db, region_config(tmp_path, certs, "eu", []))
+        task = asyncio.create_task(replicator.run(stop))
+        try:
+            await wait_for(lambda: replicator.port is not None)
+            _fill(db, 6000)
+            await wait_for(lambda: replicator.checkpoints >= 1)
+            # everything written before is in the database file now
+            await wait_for(lambda: db.checkpoint()[0] == db.checkpoint()[1])
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            db.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_replicator_leaves_checkpoints_to_sqlite_by_default(tmp_path: Path, certs: Path) -> None:
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        db = crdtdb.open(tmp_path / "eu", region="eu")
+        replicator = Replicator(db, region_config(tmp_path, certs, "eu", []))
+        task = asyncio.create_task(replicator.run(stop))
+        try:
+            await wait_for(lambda: replicator.port is not None)
+            _fill(db, 2000)
+            await asyncio.sleep(1.5)
+            assert replicator.checkpoints == 0
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            db.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_daemon_runs_full_collections_itself_when_the_log_is_quiet(
+    tmp_path: Path, certs: Path
+) -> None:
+    before = gc.get_threshold()
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        db = crdtdb.open(tmp_path / "eu", region="eu")
+        replicator = Replicator(db, region_config(tmp_path, certs, "eu", []), manage_gc=True)
+        task = asyncio.create_task(replicator.run(stop))
+        try:
+            await wait_for(lambda: replicator.port is not None)
+            await asyncio.sleep(0.1)
+            assert gc.get_threshold()[2] >= 1 << 30  # no automatic full collection
+            collections = gc.get_stats()[2]["collections"]
+            db.put("docs/a", {"v": 1})
+            await wait_for(lambda: replicator.full_collections >= 1, timeout=10)
+            assert gc.get_stats()[2]["collections"] > collections
+            done = replicator.full_collections
+            await asyncio.sleep(2.5)  # quiet since: no collection without new growth
+            assert replicator.full_collections == done
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            db.close()
+
+    asyncio.run(scenario())
+    assert gc.get_threshold() == before  # restored when the replicator stops
