@@ -369,8 +369,16 @@ def test_unsupported_protocol_version_is_refused(
 # ----------------------------------------------------- 5. Records before Auth
 
 
+@pytest.mark.parametrize(
+    ("stream", "reason"),
+    [
+        ("main", "unexpected Records in state 'auth'"),
+        # the bulk lanes (extra streams) are closed to anyone who has not authenticated
+        ("bulk lane", "bulk lane before the handshake"),
+    ],
+)
 def test_records_before_auth_are_refused(
-    tmp_path: Path, certs: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, certs: Path, caplog: pytest.LogCaptureFixture, stream: str, reason: str
 ) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
     record = eu_record(tmp_path)
@@ -378,31 +386,10 @@ def test_records_before_auth_are_refused(
     async def attack(us: Us) -> None:
         async with hostile_connection(us.port, us.ca) as client:
             await say_hello(client)
-            client.send(wire.Records((record,)))
+            send = client.send if stream == "main" else client.send_on_new_stream
+            send(wire.Records((record,)))
             await client.expect_refusal("unexpected_message")
-        await assert_refusal_logged(
-            caplog, "eu", "unexpected_message: ", "unexpected Records in state 'auth'"
-        )
-        assert us.db.get(record.doc_id) is None
-
-    run_attack(tmp_path, certs, attack)
-
-
-def test_records_on_a_bulk_lane_before_auth_are_refused(
-    tmp_path: Path, certs: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The bulk lanes (extra streams) are closed to anyone who has not authenticated."""
-    caplog.set_level(logging.INFO, logger=LOGGER)
-    record = eu_record(tmp_path)
-
-    async def attack(us: Us) -> None:
-        async with hostile_connection(us.port, us.ca) as client:
-            await say_hello(client)
-            client.send_on_new_stream(wire.Records((record,)))
-            await client.expect_refusal("unexpected_message")
-        await assert_refusal_logged(
-            caplog, "eu", "unexpected_message: ", "bulk lane before the handshake"
-        )
+        await assert_refusal_logged(caplog, "eu", "unexpected_message: ", reason)
         assert us.db.get(record.doc_id) is None
 
     run_attack(tmp_path, certs, attack)

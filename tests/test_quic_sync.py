@@ -3,49 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-import crdtdb
-from crdtdb.sync.config import PeerConfig
-from crdtdb.sync.node import Replicator
-
-from .quic_helpers import region_config, wait_for
+from .quic_helpers import eu_dials_us, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def test_two_regions_replicate_over_quic(tmp_path: Path, certs: Path) -> None:
     async def scenario() -> None:
-        stop = asyncio.Event()
-        us_db = crdtdb.open(tmp_path / "us", region="us")
-        eu_db = crdtdb.open(tmp_path / "eu", region="eu")
-        us = Replicator(us_db, region_config(tmp_path, certs, "us", []))
-        us_task = asyncio.create_task(us.run(stop))
-        await wait_for(lambda: us.port is not None)
-        assert us.port is not None
-        eu = Replicator(
-            eu_db, region_config(tmp_path, certs, "eu", [PeerConfig("us", "127.0.0.1", us.port)])
-        )
-        eu_task = asyncio.create_task(eu.run(stop))
-        try:
-            eu_db.put("users/a", {"from": "eu"})
-            us_db.put("users/b", {"from": "us"})
-            await wait_for(lambda: us_db.get("users/a") is not None)
-            await wait_for(lambda: eu_db.get("users/b") is not None)
-            with eu_db.transaction() as tx:
+        async with eu_dials_us(tmp_path, certs) as (eu, us):
+            eu.db.put("users/a", {"from": "eu"})
+            us.db.put("users/b", {"from": "us"})
+            await wait_for(lambda: us.db.get("users/a") is not None)
+            await wait_for(lambda: eu.db.get("users/b") is not None)
+            with eu.db.transaction() as tx:
                 for i in range(300):
                     tx.put(f"bulk/{i}", {"i": i})
-            await wait_for(lambda: len(us_db.list("bulk")) == 300)
-            await wait_for(lambda: eu.peers["us"].rounds >= 1 and us.peers["eu"].rounds >= 1)
-            assert eu_db.merkle_root() == us_db.merkle_root()
-            assert eu.peers["us"].connected and us.peers["eu"].connected
-        finally:
-            stop.set()
-            await asyncio.wait_for(asyncio.gather(us_task, eu_task), 10)
-            eu_db.close()
-            us_db.close()
+            await wait_for(lambda: len(us.db.list("bulk")) == 300)
+            await wait_for(
+                lambda: (
+                    eu.replicator.peers["us"].rounds >= 1 and us.replicator.peers["eu"].rounds >= 1
+                )
+            )
+            assert eu.db.merkle_root() == us.db.merkle_root()
+            assert eu.replicator.peers["us"].connected and us.replicator.peers["eu"].connected
 
     asyncio.run(scenario())
     status = (tmp_path / "eu" / "sync-status.json").read_text()
@@ -58,30 +44,15 @@ def test_an_idle_link_keeps_running_rounds_and_moving_the_frontier(
     """The session's timer must not be clobbered by aioquic's own (they once shared a name)."""
 
     async def scenario() -> None:
-        stop = asyncio.Event()
-        us_db = crdtdb.open(tmp_path / "us", region="us")
-        eu_db = crdtdb.open(tmp_path / "eu", region="eu")
-        us = Replicator(us_db, region_config(tmp_path, certs, "us", [PeerConfig("eu", "x", 1)]))
-        tasks = [asyncio.create_task(us.run(stop))]
-        await wait_for(lambda: us.port is not None)
-        assert us.port is not None
-        eu = Replicator(
-            eu_db, region_config(tmp_path, certs, "eu", [PeerConfig("us", "127.0.0.1", us.port)])
-        )
-        tasks.append(asyncio.create_task(eu.run(stop)))
-        try:
-            written = eu_db.put("users/a", {"v": 1})
-            await wait_for(lambda: eu.peers["us"].connected)
-            rounds = eu.peers["us"].rounds
+        async with eu_dials_us(tmp_path, certs) as (eu, us):
+            written = eu.db.put("users/a", {"v": 1})
+            link = eu.replicator.peers["us"]
+            await wait_for(lambda: link.connected)
+            rounds = link.rounds
             # nothing is written from here on: only timers can make progress
-            await wait_for(lambda: eu.peers["us"].rounds >= rounds + 4)
-            await wait_for(lambda: eu_db.frontier() > written and us_db.frontier() > written)
-            assert eu.peers["us"].connected and us.peers["eu"].connected
-        finally:
-            stop.set()
-            await asyncio.wait_for(asyncio.gather(*tasks), 10)
-            eu_db.close()
-            us_db.close()
+            await wait_for(lambda: link.rounds >= rounds + 4)
+            await wait_for(lambda: eu.db.frontier() > written and us.db.frontier() > written)
+            assert link.connected and us.replicator.peers["eu"].connected
 
     asyncio.run(scenario())
 
@@ -97,84 +68,52 @@ def test_a_large_document_does_not_hold_up_the_small_ones(tmp_path: Path, certs:
     text = "x" * 20_000_000
 
     async def scenario() -> None:
-        stop = asyncio.Event()
-        us_db = crdtdb.open(tmp_path / "us", region="us")
-        eu_db = crdtdb.open(tmp_path / "eu", region="eu")
-        us = Replicator(us_db, region_config(tmp_path, certs, "us", []))
-        tasks = [asyncio.create_task(us.run(stop))]
-        await wait_for(lambda: us.port is not None)
-        assert us.port is not None
-        eu = Replicator(
-            eu_db, region_config(tmp_path, certs, "eu", [PeerConfig("us", "127.0.0.1", us.port)])
-        )
-        tasks.append(asyncio.create_task(eu.run(stop)))
-        try:
-            await wait_for(lambda: eu.peers["us"].connected and us.peers["eu"].connected)
-            eu_db.put("big/1", {"text": text})
+        async with eu_dials_us(tmp_path, certs) as (eu, us):
+            await wait_for(
+                lambda: eu.replicator.peers["us"].connected and us.replicator.peers["eu"].connected
+            )
+            eu.db.put("big/1", {"text": text})
             for i in range(5):
-                eu_db.put(f"small/{i}", {"i": i})
+                eu.db.put(f"small/{i}", {"i": i})
             seen: dict[str, float] = {}
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 60
             while len(seen) < 2 and loop.time() < deadline:
                 for doc_id in ("big/1", "small/4"):
-                    if doc_id not in seen and us_db.get(doc_id) is not None:
+                    if doc_id not in seen and us.db.get(doc_id) is not None:
                         seen[doc_id] = loop.time()
                 await asyncio.sleep(0.002)
             assert set(seen) == {"big/1", "small/4"}, "not replicated before the deadline"
             assert seen["small/4"] < seen["big/1"]
-            assert us_db.get("big/1") == {"text": text}
-            await wait_for(lambda: eu_db.merkle_root() == us_db.merkle_root(), timeout=30)
-        finally:
-            stop.set()
-            await asyncio.wait_for(asyncio.gather(*tasks), 10)
-            eu_db.close()
-            us_db.close()
+            assert us.db.get("big/1") == {"text": text}
+            await wait_for(lambda: eu.db.merkle_root() == us.db.merkle_root(), timeout=30)
 
     asyncio.run(scenario())
 
 
 def test_status_reports_each_peer_and_its_lag(tmp_path: Path, certs: Path) -> None:
     """`crdtdb status` shows connection, contact, bytes, lag (records and time), rounds."""
-    import subprocess
-    import sys
 
     async def scenario() -> None:
-        stop_us, stop_eu = asyncio.Event(), asyncio.Event()
-        us_db = crdtdb.open(tmp_path / "us", region="us")
-        eu_db = crdtdb.open(tmp_path / "eu", region="eu")
-        us = Replicator(us_db, region_config(tmp_path, certs, "us", []))
-        us_task = asyncio.create_task(us.run(stop_us))
-        await wait_for(lambda: us.port is not None)
-        assert us.port is not None
-        eu = Replicator(
-            eu_db, region_config(tmp_path, certs, "eu", [PeerConfig("us", "127.0.0.1", us.port)])
-        )
-        eu_task = asyncio.create_task(eu.run(stop_eu))
-        try:
-            eu_db.put("users/a", {"v": 1})
-            await wait_for(lambda: us_db.get("users/a") is not None)
-            await wait_for(lambda: eu.peers["us"].rounds >= 1)
-            await wait_for(lambda: eu.status()["peers"][0].get("lag_records", {}).get("eu") == 0)
-            live = eu.status()["peers"][0]
+        async with eu_dials_us(tmp_path, certs) as (eu, us):
+            eu.db.put("users/a", {"v": 1})
+            await wait_for(lambda: us.db.get("users/a") is not None)
+            await wait_for(lambda: eu.replicator.peers["us"].rounds >= 1)
+            await wait_for(
+                lambda: eu.replicator.status()["peers"][0].get("lag_records", {}).get("eu") == 0
+            )
+            live = eu.replicator.status()["peers"][0]
             assert live["connected"] and live["lag_seconds"] == 0.0
             assert live["bytes_in"] > 0 and live["bytes_out"] > 0
-            stop_us.set()
-            await asyncio.wait_for(us_task, 10)
-            await wait_for(lambda: not eu.peers["us"].connected)
+            await us.halt()
+            await wait_for(lambda: not eu.replicator.peers["us"].connected)
             for i in range(3):
-                eu_db.put(f"users/late{i}", {"i": i})
+                eu.db.put(f"users/late{i}", {"i": i})
             await asyncio.sleep(0.3)
-            down = eu.status()["peers"][0]
+            down = eu.replicator.status()["peers"][0]
             assert down["lag_records"]["eu"] == 3  # from what us last held, kept after the drop
             assert 0.25 <= down["lag_seconds"] < 30
-            eu._write_status()
-        finally:
-            stop_us.set()
-            stop_eu.set()
-            await asyncio.wait_for(asyncio.gather(us_task, eu_task), 10)
-            eu_db.close()
-            us_db.close()
+            eu.replicator._write_status()
 
     asyncio.run(scenario())
     shown = subprocess.run(
