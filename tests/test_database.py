@@ -630,3 +630,27 @@ def test_a_forged_record_of_our_own_region_is_refused(
     with pytest.raises(errors.InvalidRecordError, match="never made it"):
         eu.apply_remote(forged)
     assert eu.put("docs/c", {"v": 2}) and [r.seq for r in eu.changes()] == [1, 2]
+
+
+def test_refresh_digests_takes_cached_documents_first(tmp_path: Path) -> None:
+    """Behind a bulk load, refreshing in doc id order would reload evicted documents."""
+    import sqlite3
+
+    from crdtdb.storage import STORE_FILE
+
+    with crdtdb.open(tmp_path / "eu", region="eu", cache_size=100) as db:
+        for i in range(300):
+            db.put(f"docs/{i:03d}", {"i": i})  # only the last 100 stay loaded
+        assert db.refresh_digests(50) == 50
+        side = sqlite3.connect(tmp_path / "eu" / STORE_FILE)
+        fresh = sorted(row[0] for row in side.execute("SELECT doc_id FROM docs WHERE NOT dirty"))
+        assert fresh == [f"docs/{i:03d}" for i in range(200, 250)]  # the oldest loaded ones
+        while db.refresh_digests(50):
+            pass
+        assert side.execute("SELECT count(*) FROM docs WHERE dirty").fetchone()[0] == 0
+        side.close()
+        root = db.merkle_root()
+    with crdtdb.open(tmp_path / "copy", region="us") as copy:
+        with crdtdb.open(tmp_path / "eu") as source:
+            copy.apply_remote_many(list(source.changes()))
+        assert copy.merkle_root() == root
