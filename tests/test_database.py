@@ -654,3 +654,26 @@ def test_refresh_digests_takes_cached_documents_first(tmp_path: Path) -> None:
         with crdtdb.open(tmp_path / "eu") as source:
             copy.apply_remote_many(list(source.changes()))
         assert copy.merkle_root() == root
+
+
+def test_a_record_is_checked_once_and_a_bad_one_every_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from crdtdb import records
+
+    calls: list[str] = []
+
+    def counting(doc_id: str) -> str:
+        calls.append(doc_id)
+        return validate(doc_id)
+
+    validate = records.validate_doc_id
+    monkeypatch.setattr(records, "validate_doc_id", counting)
+    good = UpdateRecord("docs/a", Hlc(5), "eu", 1, b"\x00\x00")
+    assert good.validated() is good and good.validated() is good
+    assert calls == ["docs/a"]  # the fields are frozen: once is enough
+    bad = UpdateRecord("docs/a", Hlc(5), "eu", 0, b"\x00\x00")
+    for _ in range(2):
+        with pytest.raises(errors.InvalidRecordError, match="seq"):
+            bad.validated()
+    assert good == UpdateRecord("docs/a", Hlc(5), "eu", 1, b"\x00\x00")  # not in equality
