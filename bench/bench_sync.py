@@ -72,15 +72,7 @@ OBSERVER_POLL_S = 0.001
 """How often this process looks for new records in region us (adds ~0.5 ms to each lag)."""
 NOW = 0.0
 """The in-memory sessions never see time pass: no timer fires during a round."""
-AE_TYPES = {
-    "MerkleHashes",
-    "MerkleQuery",
-    "MerkleReply",
-    "LeafQuery",
-    "LeafReply",
-    "StateVectors",
-    "Diffs",
-}
+AE_TYPES = {"MerkleHashes", "LeafReply", "StateVectors", "Diffs"}
 EMPTY_UPDATE = b"\x00\x00"
 REFERENCE_PACKAGES = ("pycrdt.websocket", "hypercorn", "httpx_ws")
 
