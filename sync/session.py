@@ -608,7 +608,7 @@ class SyncSession:
                 asks.append((doc_id, self._state_vector(doc_id, mine is not None)))
         round_.sv_sent.update(doc_id for doc_id, _ in asks)
         round_.listed = round_.listed or message.final
-        self._send_pairs(wire.Diffs, diffs)
+        self._send_diffs(diffs)
         self._send_round(wire.StateVectors(tuple(asks)))  # always: it answers this LeafReply
         self._maybe_finish_round()
 
@@ -617,32 +617,26 @@ class SyncSession:
 
     def _on_state_vectors(self, message: wire.StateVectors, now: float) -> None:
         """The peer's answer to one of our LeafReply messages: send it the diffs it asks."""
-        self._send_pairs(
-            wire.Diffs, [(doc_id, self.store.diff(doc_id, sv)) for doc_id, sv in message.docs]
-        )
+        self._send_diffs([(doc_id, self.store.diff(doc_id, sv)) for doc_id, sv in message.docs])
         if self._round is not None and self._round.awaiting > 0:
             self._round.awaiting -= 1
             self._maybe_finish_round()
 
-    def _send_pairs(
-        self,
-        kind: type[wire.StateVectors] | type[wire.Diffs],
-        pairs: list[tuple[str, bytes]],
-    ) -> None:
-        """Send (doc_id, bytes) pairs in messages of about CHUNK_BYTES, never one huge one."""
+    def _send_diffs(self, diffs: list[tuple[str, bytes]]) -> None:
+        """Diffs in messages of about CHUNK_BYTES; a large one alone on a bulk lane."""
         batch: list[tuple[str, bytes]] = []
         size = 0
-        for doc_id, data in pairs:
-            if kind is wire.Diffs and len(data) >= self.options.large_bytes:
-                self._send_round(kind(((doc_id, data),)), lane_of=doc_id)
+        for doc_id, data in diffs:
+            if len(data) >= self.options.large_bytes:
+                self._send_round(wire.Diffs(((doc_id, data),)), lane_of=doc_id)
                 continue
             if batch and size + len(data) > CHUNK_BYTES:
-                self._send_round(kind(tuple(batch)))
+                self._send_round(wire.Diffs(tuple(batch)))
                 batch, size = [], 0
             batch.append((doc_id, data))
             size += len(data) + len(doc_id)
         if batch:
-            self._send_round(kind(tuple(batch)))
+            self._send_round(wire.Diffs(tuple(batch)))
 
     def _on_diffs(self, message: wire.Diffs, now: float) -> None:
         repaired = 0
