@@ -6,7 +6,8 @@ the daemon learns of their commits only by looking. Asking SQLite (the log's
 the wake-ups themselves rather than the query. So :class:`LogWatcher`:
 
 - sleeps until the WAL file is written where the kernel can say so (inotify
-  on Linux, through ctypes, on the data directory), then confirms with SQL;
+  on Linux, through the ``inotify_simple`` package, on the data directory),
+  then confirms with SQL;
 - elsewhere stats the WAL file every ``poll_interval`` (inode, size, mtime:
   about 2 µs, no lock, no SQL) and confirms with SQL only when that changed;
 - after a look that found new records, waits ``poll_interval`` before the
@@ -36,10 +37,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
-import struct
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -145,10 +144,6 @@ class StatProbe:
         pass
 
 
-_IN_MODIFY, _IN_MOVED_TO, _IN_CREATE, _IN_Q_OVERFLOW = 0x2, 0x80, 0x100, 0x4000
-_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then the name
-
-
 class InotifyProbe:
     """Linux inotify on the data directory: woken by the kernel when the WAL file is written.
 
@@ -157,36 +152,25 @@ class InotifyProbe:
     """
 
     def __init__(self, directory: Path, name: str = WAL_FILE) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-        mask = _IN_MODIFY | _IN_CREATE | _IN_MOVED_TO
-        if libc.inotify_add_watch(fd, os.fsencode(directory), mask) < 0:
-            errno = ctypes.get_errno()
-            os.close(fd)
-            raise OSError(errno, f"inotify_add_watch({directory}) failed")
-        self._fd = fd
-        self._name = os.fsencode(name)
+        from inotify_simple import INotify, flags  # Linux only: imported here
+
+        self._overflow = flags.Q_OVERFLOW
+        self._inotify = INotify(nonblocking=True)
+        try:
+            self._inotify.add_watch(directory, flags.MODIFY | flags.CREATE | flags.MOVED_TO)
+        except OSError:
+            self._inotify.close()
+            raise
+        self._name = name
         self._written = asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(fd, self._readable)
+        self._loop.add_reader(self._inotify.fileno(), self._readable)
 
     def _readable(self) -> None:
         with contextlib.suppress(BlockingIOError, InterruptedError):
-            while data := os.read(self._fd, 64 * 1024):
-                if self._relevant(data):
-                    self._written.set()
-
-    def _relevant(self, data: bytes) -> bool:
-        offset = 0
-        while offset + _EVENT.size <= len(data):
-            _, mask, _, length = _EVENT.unpack_from(data, offset)
-            name = data[offset + _EVENT.size : offset + _EVENT.size + length].rstrip(b"\0")
-            if mask & _IN_Q_OVERFLOW or name == self._name:
-                return True
-            offset += _EVENT.size + length
-        return False
+            events = self._inotify.read(timeout=0)
+            if any(e.mask & self._overflow or e.name == self._name for e in events):
+                self._written.set()
 
     async def wait(self, timeout: float) -> bool:
         if not self._written.is_set() and timeout > 0:
@@ -198,10 +182,9 @@ class InotifyProbe:
         return written
 
     def close(self) -> None:
-        if self._fd >= 0:
-            self._loop.remove_reader(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+        if not self._inotify.closed:
+            self._loop.remove_reader(self._inotify.fileno())
+            self._inotify.close()
 
 
 def open_probe(directory: Path, poll_interval: float) -> WriteProbe:
@@ -209,7 +192,7 @@ def open_probe(directory: Path, poll_interval: float) -> WriteProbe:
     if sys.platform.startswith("linux"):
         try:
             return InotifyProbe(directory)
-        except (OSError, AttributeError) as exc:  # no inotify in this libc, or out of watches
+        except (ImportError, OSError) as exc:  # no inotify_simple, or out of watches
             log.warning(
                 "cannot watch %s with inotify (%s): checking the WAL file every %g s instead",
                 directory,
