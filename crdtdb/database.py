@@ -371,18 +371,7 @@ class Database:
             if self._conn.execute("SELECT 1 FROM docs WHERE dirty LIMIT 1").fetchone() is None:
                 return 0  # nothing stale: no write lock taken
 
-            def flush() -> tuple[int, builtins.list[UpdateRecord]]:
-                rows = self._stale_rows(limit)
-                deltas: dict[int, int] = {}
-                self._flush_chunk(rows, deltas)
-                self._conn.executemany(  # as in _flush_digests
-                    "INSERT INTO merkle (node, hash) VALUES (?, ?) ON CONFLICT (node)"
-                    " DO UPDATE SET hash = xor_blob(hash, excluded.hash)",
-                    [(n, d.to_bytes(merkle.NODE_BYTES, "big")) for n, d in deltas.items()],
-                )
-                return len(rows), []
-
-            count: int = self._write(flush)
+            count: int = self._write(lambda: self._flush_digests(limit))
             return count
 
     def _stale_rows(self, limit: int) -> builtins.list[tuple[str, bytes | None]]:
@@ -1183,19 +1172,17 @@ class Database:
         while len(stale) > 4 * self._cache.capacity:  # the rest is found by their mark
             del stale[next(iter(stale))]
 
-    def _flush_digests(self) -> tuple[bool, builtins.list[UpdateRecord]]:
-        """Bring up to 1,000 stale digests and their Merkle paths up to date.
+    def _flush_digests(self, limit: int = 1000) -> tuple[int, builtins.list[UpdateRecord]]:
+        """Bring up to ``limit`` stale digests and their Merkle paths up to date.
 
-        Runs inside one write transaction and returns whether any were stale.
+        Runs inside one write transaction and returns how many were stale.
         XOR deltas combine in any grouping, so flushing in chunks gives the same
         tree as flushing at once, while other processes get the write lock
         between chunks (a million stale digests take about a minute).
         """
-        rows = self._conn.execute(
-            "SELECT doc_id, digest FROM docs WHERE dirty LIMIT 1000"
-        ).fetchall()
+        rows = self._stale_rows(limit)
         if not rows:
-            return False, []
+            return 0, []
         deltas: dict[int, int] = {}
         self._flush_chunk(rows, deltas)
         self._conn.executemany(
@@ -1203,7 +1190,7 @@ class Database:
             " DO UPDATE SET hash = xor_blob(hash, excluded.hash)",
             [(node, delta.to_bytes(merkle.NODE_BYTES, "big")) for node, delta in deltas.items()],
         )
-        return True, []
+        return len(rows), []
 
     def _flush_chunk(
         self, rows: builtins.list[tuple[str, bytes | None]], deltas: dict[int, int]
