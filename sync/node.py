@@ -43,6 +43,7 @@ from typing import Any
 
 from crdtdb.database import Database
 from crdtdb.errors import CrdtdbError
+from crdtdb.hlc import Hlc
 
 from . import watch, wire
 from .certs import sign_challenge, verify_peer
@@ -409,12 +410,14 @@ class Replicator:
             self._write_status()
             await asyncio.sleep(1.0)
 
-    def _lag_seconds(self, holds: dict[str, int], now_ms: int) -> float:
+    def _lag_seconds(
+        self, progress: dict[str, tuple[int, int, Hlc]], holds: dict[str, int], now_ms: int
+    ) -> float:
         """Age of the oldest record we hold and the peer lacks (0.0: it lacks nothing)."""
         oldest = min(
             (
                 records[0].hlc.wall_ms
-                for origin, (_, contiguous, _) in self.db.progress().items()
+                for origin, (_, contiguous, _) in progress.items()
                 if contiguous > holds.get(origin, 0)
                 for records in [self.db.records_from(origin, holds.get(origin, 0), 1)]
                 if records
@@ -440,7 +443,7 @@ class Replicator:
                     origin: max(0, held[1] - holds.get(origin, 0))
                     for origin, held in progress.items()
                 }
-                entry["lag_seconds"] = self._lag_seconds(holds, now_ms)
+                entry["lag_seconds"] = self._lag_seconds(progress, holds, now_ms)
             peers.append(entry)
         return {
             "region": self.region,
