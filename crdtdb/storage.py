@@ -28,6 +28,7 @@ the schema version so that an older crdtdb refuses a newer store.
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 from .errors import NotAStoreError, SchemaVersionError, StoreError
@@ -112,9 +113,15 @@ def connect(directory: Path, *, region: str | None, synchronous: str) -> sqlite3
 
 def _prepare(conn: sqlite3.Connection, path: Path, region: str | None, synchronous: str) -> None:
     try:
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
+        # One read transaction: another process may be creating the store right now,
+        # and its tables must not be seen without its application id.
+        conn.execute("BEGIN")
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
+        finally:
+            conn.execute("COMMIT")
     except sqlite3.DatabaseError as exc:
         raise NotAStoreError(
             f"{path} is not a crdtdb store ({exc}): point crdtdb at its own data directory"
@@ -130,7 +137,7 @@ def _prepare(conn: sqlite3.Connection, path: Path, region: str | None, synchrono
             f" ({SCHEMA_VERSION}): upgrade crdtdb to open it"
         )
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    mode = _switch_to_wal(conn)
     if mode.lower() != "wal":
         raise StoreError(
             f"{path}: could not switch to WAL mode (got {mode}); is the disk read-only?"
@@ -139,6 +146,28 @@ def _prepare(conn: sqlite3.Connection, path: Path, region: str | None, synchrono
     conn.execute("PRAGMA foreign_keys = OFF")
     if app_id != APPLICATION_ID:
         _create(conn, path, region)
+
+
+def _switch_to_wal(conn: sqlite3.Connection) -> str:
+    """``PRAGMA journal_mode = WAL``, retried while other processes hold the file.
+
+    Several processes opening a new store at once all start in rollback-journal
+    mode; a switch that would have to wait on another's shared lock fails at
+    once with "database is locked" instead of waiting (SQLite does not wait
+    where waiting could deadlock). So retry, with backoff, for up to the busy
+    timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.001
+    while True:
+        try:
+            mode: str = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            return mode
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(2 * delay, 0.05)
 
 
 def _create(conn: sqlite3.Connection, path: Path, region: str | None) -> None:

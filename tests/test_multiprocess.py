@@ -159,3 +159,41 @@ def test_watch_follows_commits_of_another_process(tmp_path: Path) -> None:
     assert Counter(r.doc_id for r in seen) == want
     assert [r.seq for r in seen] == list(range(2, 2 + len(seen)))
     assert sorted({r.hlc for r in seen}) == report["hlcs"]
+
+
+_OPEN_AT_ONCE = """
+import sys, time
+import crdtdb
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+with crdtdb.open(sys.argv[1], region="eu") as db:
+    db.put("docs/" + sys.argv[3], {"by": sys.argv[3]})
+"""
+
+
+def test_processes_creating_a_store_at_once_all_open_it(tmp_path: Path) -> None:
+    """Racing first opens once failed with "database is locked" or "another application"."""
+    import subprocess
+    import sys
+    import time
+
+    for round_ in range(5):
+        directory = tmp_path / f"r{round_}"
+        start = time.time() + 0.5
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _OPEN_AT_ONCE, str(directory), str(start), f"p{i}"],
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(6)
+        ]
+        errors = []
+        for proc in procs:
+            _, err = proc.communicate(timeout=TIMEOUT)
+            if proc.returncode:
+                errors.append(err.strip().splitlines()[-1])
+        assert errors == []
+        with crdtdb.open(directory) as db:
+            assert sorted(db.list("docs")) == sorted(f"docs/p{i}" for i in range(6))
