@@ -72,7 +72,7 @@ OBSERVER_POLL_S = 0.001
 """How often this process looks for new records in region us (adds ~0.5 ms to each lag)."""
 NOW = 0.0
 """The in-memory sessions never see time pass: no timer fires during a round."""
-AE_TYPES = {"MerkleHashes", "LeafReply", "StateVectors", "Diffs"}
+AE_TYPES = {"MerkleHashes", "LeafList", "Wants", "Answers", "Fills", "Diffs"}
 EMPTY_UPDATE = b"\x00\x00"
 REFERENCE_PACKAGES = ("pycrdt.websocket", "hypercorn", "httpx_ws")
 
@@ -682,6 +682,14 @@ def bench_ae(cfg: Config, work: Path, replica: Path | None, out: dict[str, Any])
             eu.merkle_root(),
             us.merkle_root(),
         )  # digests of the edits: computed at commit time's next read
+        # what the naive exchange sends once it has the state vectors: each side's
+        # diff of every divergent document against the other's state vector
+        naive_diffs = [
+            (d, mine.diff(d, theirs.state_vector(d)))
+            for ids in groups.values()
+            for d in ids
+            for mine, theirs in ((eu, us), (us, eu))
+        ]
         link = Link(Unpushed(eu), Unpushed(us))
         link.settle()  # handshake and frontier gossip: not part of the round
         link.reset()
@@ -700,8 +708,7 @@ def bench_ae(cfg: Config, work: Path, replica: Path | None, out: dict[str, Any])
         full = [(d, eu.diff(d)) for d in names] + [(d, us.diff(d)) for d in names]
         rounds = (link.a.rounds, link.b.rounds)
     ae_bytes = sum(size for kind, size in link.bytes.items() if kind in AE_TYPES)
-    diffs = link.bytes["Diffs"]
-    naive = encoded_size(wire.StateVectors, state_vectors) + diffs
+    naive = encoded_size(wire.Diffs, state_vectors) + encoded_size(wire.Diffs, naive_diffs)
     out["ae"] = {
         "setup": setup,
         "groups": {name: len(ids) for name, ids in groups.items()},

@@ -16,6 +16,12 @@ changed document, never a rebuild.
 
 Node numbers: ``(level << 16) | index``; level 0 is the root (index 0), level
 ``DEPTH`` the leaves.
+
+Anti-entropy may also descend four ways instead of sixteen where few nodes
+differ: a node's sixteen children split into four *quads* of four, and a quad's
+hash is the XOR of its four children's, computed when asked, never stored.
+Quad numbers: ``QUAD | (level << 16) | (index * 4 + q)`` for quad ``q`` of node
+``(level, index)``.
 """
 
 from __future__ import annotations
@@ -29,13 +35,19 @@ __all__ = [
     "DEPTH",
     "FANOUT",
     "NODE_BYTES",
+    "QUAD",
     "canonical_state",
     "children",
     "contribution",
+    "delete_set_digest",
     "doc_digest",
+    "is_leaf",
     "leaf_of",
     "node_id",
     "path_to_root",
+    "quad_children",
+    "quads",
+    "state_vector_clocks",
     "xor_bytes",
 ]
 
@@ -44,6 +56,8 @@ FANOUT = 1 << FANOUT_BITS
 DEPTH = 4
 NODE_BYTES = 32
 ZERO = bytes(NODE_BYTES)
+QUAD = 1 << 20
+"""Flag bit of a quad's number (see the module docstring)."""
 
 
 def doc_digest(doc: Doc[Any]) -> bytes:
@@ -164,9 +178,46 @@ def children(node: int) -> list[int]:
 
 
 def valid_node(node: int) -> bool:
-    """Whether ``node`` names a node of the tree (its index fits its level)."""
+    """Whether ``node`` names a node of the tree (its index fits its level), or a quad of one."""
+    if node & QUAD:
+        level, index = (node ^ QUAD) >> 16, node & 0xFFFF
+        return level < DEPTH and index < 4 * FANOUT**level
     level, index = node >> 16, node & 0xFFFF
     return 0 <= level <= DEPTH and index < FANOUT**level
+
+
+def is_leaf(node: int) -> bool:
+    return not node & QUAD and node >> 16 == DEPTH
+
+
+def quads(node: int) -> list[int]:
+    """The four quads of a node above the leaves (``[]`` for a leaf)."""
+    level, index = node >> 16, node & 0xFFFF
+    if node & QUAD or level >= DEPTH:
+        return []
+    return [QUAD | (level << 16) | (index * 4 + q) for q in range(4)]
+
+
+def quad_children(quad: int) -> list[int]:
+    """The four nodes (one level down) whose hashes XOR to the quad's."""
+    level, index = (quad ^ QUAD) >> 16, quad & 0xFFFF
+    return [node_id(level + 1, index * 4 + i) for i in range(4)]
+
+
+def state_vector_clocks(state_vector: bytes) -> dict[int, int]:
+    """``{client: clock}`` of an encoded state vector; ValueError if it does not decode."""
+    try:
+        pairs, end = _read_pairs(state_vector, 0)
+    except IndexError:
+        raise ValueError("truncated state vector") from None
+    if end != len(state_vector):
+        raise ValueError("trailing bytes after the state vector")
+    return dict(pairs)
+
+
+def delete_set_digest(delete_update: bytes) -> bytes:
+    """Digest of the delete set in ``delete_update`` (an update from ``get_update(own state)``)."""
+    return hashlib.sha256(canonical_state(b"\x00", delete_update)).digest()
 
 
 def xor_bytes(a: bytes | None, b: bytes | None) -> bytes:

@@ -24,16 +24,19 @@ Design rules:
 - **Anti-entropy.** The dialing side starts a round on connect and every
   ``anti_entropy_interval``. The two sides walk the Merkle trees down
   together: each message carries the sender's hashes of the children of the
-  nodes found different, one level per message, so a round costs the depth
-  of the tree in messages and bytes in proportion to the differing
-  documents. Hashes travel as 4-byte slices, another slice each round. The
-  side that reaches the differing leaves lists its documents there
-  (``LeafReply``: id, digest slice, state vector); the other answers with the
-  diffs the listed state vectors lack and its own state vectors of the
-  documents that differ (``StateVectors``), which the first answers with
-  diffs. Three flights after the descent, and no state vector of a
-  document in sync crosses the wire, except those sharing a leaf with one
-  that is not.
+  nodes found different, one level per message, so bytes grow with the
+  differing documents, not the store. Just above the leaves, where few nodes
+  differ, the walk goes four ways (quads) instead of sixteen: one more flight,
+  half the hashes. Hashes travel as 3-byte slices, other bytes each round.
+  The side that reaches the differing leaves lists its documents there by 2
+  bytes of id hash and a digest slice (``LeafList``); the other names back
+  the ones that differ, by position, with its state vector, an id check and
+  a delete-set slice (``Wants``); the lister answers each with the diff the
+  state vector lacks, if it has anything the other lacks, and its own state
+  vector if it lacks something (``Answers``); the asker sends those diffs
+  (``Fills``). Documents one side has not at all go whole in ``Diffs``, by
+  name. No document id, and no state vector of a document in sync, crosses
+  the wire in a round, but for documents one side lacks.
 - **Lanes.** Everything goes on the main lane (one QUIC stream) except a
   record or diff of a large document (``SessionOptions.large_bytes`` or more): that goes in
   a message of its own on one of ``BULK_LANES`` bulk lanes (each its own
@@ -51,9 +54,10 @@ Design rules:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import zlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -79,6 +83,11 @@ __all__ = [
 ]
 
 EMPTY_SV = b"\x00"
+LIST_DOCS = 2048
+"""Documents per LeafList (whole leaves; more only if one leaf holds more): its Wants
+carry a state vector each, and must stay well within the message size limit."""
+QUAD_DENSITY = 0.75
+"""Descend into the leaves by quads when fewer than this share of the nodes above differ."""
 CHUNK_BYTES = 1 << 20
 """State vectors and diffs of a round, and records, go in messages of about this size."""
 BULK_LANES = 4
@@ -173,12 +182,31 @@ class _Round:
     started: float
     messages: int = 0
     repaired: int = 0
+    salt: int = 0
     listed: bool = False
-    """The differing leaves' documents were all listed (sent, or the final one received)."""
-    awaiting: int = 0
-    """LeafReply messages we sent that the peer has not answered yet."""
-    sv_sent: set[str] = field(default_factory=set)
-    """Documents we asked the peer about and whose diffs have not come yet."""
+    """Lister: all our LeafLists are sent. Asker: the peer's final LeafList came."""
+    lists: deque[list[str]] = field(default_factory=deque)
+    """Lister: per LeafList the peer has not answered yet, its document ids in order."""
+    wants: deque[list[tuple[str, bytes] | None]] = field(default_factory=deque)
+    """Asker: per Wants not answered yet, per entry (our doc id, the state vector we
+    sent), or None where we have no such document."""
+    fills: deque[list[str]] = field(default_factory=deque)
+    """Lister: per Answers with asks not filled yet, the documents asked."""
+
+
+def _id_slice(doc_id: str, salt: int) -> bytes:
+    """The bytes of the id's hash that name a document in a ``LeafList`` for ``salt``.
+
+    Not the first two: those place the document in its leaf."""
+    offset = 2 + wire.ID_HASH_BYTES * (salt % 15)
+    return hashlib.sha256(doc_id.encode("utf-8")).digest()[offset : offset + wire.ID_HASH_BYTES]
+
+
+def _id_check(doc_id: str, salt: int) -> bytes:
+    """What ``Wants`` carries to show which document it means by a list position."""
+    digest = hashlib.sha256(b"id-check\x00" + doc_id.encode("utf-8")).digest()
+    offset = wire.ID_CHECK_BYTES * (salt % (len(digest) // wire.ID_CHECK_BYTES))
+    return digest[offset : offset + wire.ID_CHECK_BYTES]
 
 
 class SyncSession:
@@ -220,6 +248,7 @@ class SyncSession:
         self._last_heard = now
         self._last_records_at = -float("inf")
         self._round: _Round | None = None
+        self._inline_bytes = 0  # diffs in the Answers or Fills being built
         self._peer_holds: dict[str, int] = {}
         self.peer_reports: dict[str, int] = {}
         """Per origin, the contiguous seq the peer last reported holding (what we can get)."""
@@ -501,9 +530,9 @@ class SyncSession:
             return
         self._round = _Round(started=now)
         root = merkle.node_id(0, 0)
-        salt = self.rounds % 4  # each round compares another slice of the hashes
+        salt = self.rounds % 8  # each round compares other slices of the hashes
         self._send_round(
-            wire.MerkleHashes(salt, (), wire.merkle_slice(self.store.merkle_node(root), salt))
+            wire.MerkleHashes(salt, 16, (), wire.merkle_slice(self.store.merkle_node(root), salt))
         )
 
     def catching_up(self, now: float) -> bool:
@@ -519,108 +548,305 @@ class SyncSession:
         else:
             self._send_bulk(message, lane_of)
 
-    def _on_merkle_hashes(self, message: wire.MerkleHashes, now: float) -> None:
-        """The peer's (sliced) hashes: answer with ours one level down where they differ."""
-        salt, size = message.salt, wire.MERKLE_HASH_BYTES
-        nodes = (
-            [c for parent in message.parents for c in merkle.children(parent)]
-            if message.parents
-            else [merkle.node_id(0, 0)]
-        )
-        if any(node >> 16 > merkle.DEPTH or not merkle.valid_node(node) for node in nodes):
+    def _round_for(self, message: wire.Message, now: float) -> _Round:
+        """The round ``message`` belongs to; the answering side starts its own on the root."""
+        if isinstance(message, wire.MerkleHashes) and not message.parents:
+            if self.dialer:
+                raise RemoteProtocolError(
+                    "a round started by the listening side (only the dialer starts rounds)",
+                    code="unexpected_message",
+                )
+            self._round = _Round(started=now)  # a new round replaces any unfinished one
+        elif self._round is None:
             raise RemoteProtocolError(
-                "MerkleHashes names a node outside the tree", code="bad_payload"
+                f"{type(message).__name__} outside an anti-entropy round",
+                code="unexpected_message",
             )
-        ours = self.store.merkle_nodes(nodes)
+        return self._round
+
+    def _node_hashes(self, nodes: list[int]) -> list[bytes]:
+        """Our hashes of tree nodes and quads (a quad's: the XOR of its four nodes')."""
+        real = sorted(
+            {c for n in nodes for c in (merkle.quad_children(n) if n & merkle.QUAD else (n,))}
+        )
+        known = dict(zip(real, self.store.merkle_nodes(real), strict=True))
+        out = []
+        for node in nodes:
+            if node & merkle.QUAD:
+                digest = merkle.ZERO
+                for child in merkle.quad_children(node):
+                    digest = merkle.xor_bytes(digest, known[child])
+                out.append(digest)
+            else:
+                out.append(known[node])
+        return out
+
+    def _on_merkle_hashes(self, message: wire.MerkleHashes, now: float) -> None:
+        """The peer's (sliced) hashes: answer with ours one step down where they differ."""
+        round_ = self._round_for(message, now)
+        salt, size = message.salt, wire.MERKLE_HASH_BYTES
+        nodes = [merkle.node_id(0, 0)] if not message.parents else []
+        for parent in message.parents:
+            if not merkle.valid_node(parent) or merkle.is_leaf(parent):
+                raise RemoteProtocolError(
+                    f"MerkleHashes names {parent:#x}, not a node above the leaves",
+                    code="bad_payload",
+                )
+            if parent & merkle.QUAD:
+                if message.fanout != 4:
+                    raise RemoteProtocolError(
+                        "MerkleHashes gives a quad 16 children", code="bad_payload"
+                    )
+                nodes.extend(merkle.quad_children(parent))
+            else:
+                nodes.extend(
+                    merkle.children(parent) if message.fanout == 16 else merkle.quads(parent)
+                )
+        ours = self._node_hashes(nodes)
         differing = [
             node
             for i, (node, digest) in enumerate(zip(nodes, ours, strict=True))
             if wire.merkle_slice(digest, salt) != message.hashes[i * size : (i + 1) * size]
         ]
         if not differing:
-            self._send_round(wire.LeafReply(salt, True, (), ()))  # "in sync here": ends the round
-            if self._round is None:  # the answering side counts the round too
-                self._round = _Round(started=now, messages=1)
+            self._send_round(wire.LeafList(salt, True, ()))  # "in sync here": ends the round
             self._finish_round()
             return
-        if differing[0] >> 16 < merkle.DEPTH:
-            children = [c for node in differing for c in merkle.children(node)]
-            hashes = b"".join(wire.merkle_slice(h, salt) for h in self.store.merkle_nodes(children))
-            self._send_round(wire.MerkleHashes(salt, tuple(differing), hashes))
+        if merkle.is_leaf(differing[0]):
+            self._send_leaves(round_, salt, [node & 0xFFFF for node in differing])
             return
-        self._send_leaves(salt, [node & 0xFFFF for node in differing], now)
+        # Four ways where the differences are sparse just above the leaves: half the
+        # hashes for one more flight (a quad's children cost 4 hashes, not 16).
+        quad_step = (
+            not differing[0] & merkle.QUAD
+            and differing[0] >> 16 == merkle.DEPTH - 1
+            and len(differing) < QUAD_DENSITY * len(nodes)
+        )
+        if differing[0] & merkle.QUAD or quad_step:
+            fanout = 4
+            below = [
+                c
+                for node in differing
+                for c in (merkle.quad_children(node) if node & merkle.QUAD else merkle.quads(node))
+            ]
+        else:
+            fanout = 16
+            below = [c for node in differing for c in merkle.children(node)]
+        hashes = b"".join(wire.merkle_slice(h, salt) for h in self._node_hashes(below))
+        self._send_round(wire.MerkleHashes(salt, fanout, tuple(differing), hashes))
 
-    def _send_leaves(self, salt: int, leaves: list[int], now: float) -> None:
-        """List our documents of the differing leaves, with their state vectors.
+    def _send_leaves(self, round_: _Round, salt: int, leaves: list[int]) -> None:
+        """List our documents of the differing leaves: id hash and digest slices.
 
-        In messages of about CHUNK_BYTES, each holding whole leaves, so that the
-        peer can compare each one on its own; the peer answers each.
+        In messages of about CHUNK_BYTES, each holding whole leaves; the peer
+        answers each with one ``Wants`` naming entries by position, so we keep
+        each list's document ids until then.
         """
-        if self._round is None:
-            self._round = _Round(started=now)
-        chunks: list[tuple[list[int], list[tuple[str, bytes, bytes]]]] = [([], [])]
+        chunks: list[tuple[list[tuple[int, bytes]], list[str]]] = [([], [])]
         size = 0
         for leaf in leaves:
-            docs = [
-                (doc_id, wire.merkle_slice(digest, salt), self.store.state_vector(doc_id))
-                for doc_id, digest in self.store.leaf_docs(leaf)
-            ]
-            leaf_size = 4 + sum(len(doc_id) + len(sv) + 8 for doc_id, _, sv in docs)
-            if chunks[-1][0] and size + leaf_size > CHUNK_BYTES:
+            docs = self.store.leaf_docs(leaf)
+            entries = b"".join(
+                _id_slice(doc_id, salt) + wire.merkle_slice(digest, salt) for doc_id, digest in docs
+            )
+            if chunks[-1][0] and (
+                size + len(entries) > CHUNK_BYTES or len(chunks[-1][1]) >= LIST_DOCS
+            ):
                 chunks.append(([], []))
                 size = 0
-            chunks[-1][0].append(leaf)
-            chunks[-1][1].extend(docs)
-            size += leaf_size
-        self._round.awaiting += len(chunks)
-        self._round.listed = True
-        for i, (chunk_leaves, docs) in enumerate(chunks):
-            final = i == len(chunks) - 1
-            self._send_round(wire.LeafReply(salt, final, tuple(chunk_leaves), tuple(docs)))
+            chunks[-1][0].append((leaf, entries))
+            chunks[-1][1].extend(doc_id for doc_id, _ in docs)
+            size += len(entries) + 4
+        round_.salt = salt
+        for i, (listed, doc_ids) in enumerate(chunks):
+            round_.lists.append(doc_ids)
+            self._send_round(wire.LeafList(salt, i == len(chunks) - 1, tuple(listed)))
+        round_.listed = True
 
-    def _on_leaf_reply(self, message: wire.LeafReply, now: float) -> None:
-        """The peer's documents of differing leaves: send diffs, ask for what we lack."""
-        if not message.leaves:
-            if not message.final:
-                raise RemoteProtocolError("LeafReply lists no leaf", code="bad_payload")
+    def _on_leaf_list(self, message: wire.LeafList, now: float) -> None:
+        """The peer's documents of differing leaves: say which differ here, send what it lacks."""
+        round_ = self._round_for(message, now)
+        if round_.listed:
+            raise RemoteProtocolError("LeafList after the round's final one", code="bad_payload")
+        if not message.leaves and message.final and not round_.wants:
             self._finish_round()  # in sync
             return
-        if any(leaf >= merkle.FANOUT**merkle.DEPTH for leaf in message.leaves):
-            raise RemoteProtocolError("LeafReply names a leaf outside the tree", code="bad_payload")
-        if self._round is None:
-            self._round = _Round(started=now)
-        round_ = self._round
-        theirs = {doc_id: (digest, sv) for doc_id, digest, sv in message.docs}
-        ours = dict(d for leaf in message.leaves for d in self.store.leaf_docs(leaf))
-        diffs: list[tuple[str, bytes]] = []
-        asks: list[tuple[str, bytes]] = []
-        for doc_id in sorted(set(theirs) | set(ours)):
-            mine, other = ours.get(doc_id), theirs.get(doc_id)
-            if (
-                mine is not None
-                and other is not None
-                and wire.merkle_slice(mine, message.salt) == other[0]
-            ):
-                continue
-            if mine is not None:
-                diffs.append((doc_id, self.store.diff(doc_id, other[1] if other else EMPTY_SV)))
-            if other is not None:
-                asks.append((doc_id, self._state_vector(doc_id, mine is not None)))
-        round_.sv_sent.update(doc_id for doc_id, _ in asks)
-        round_.listed = round_.listed or message.final
-        self._send_diffs(diffs)
-        self._send_round(wire.StateVectors(tuple(asks)))  # always: it answers this LeafReply
+        if any(leaf >= merkle.FANOUT**merkle.DEPTH for leaf, _ in message.leaves):
+            raise RemoteProtocolError("LeafList names a leaf outside the tree", code="bad_payload")
+        salt, width = message.salt, wire.LEAF_ENTRY_BYTES
+        wants: list[tuple[int, bytes, bytes, bytes]] = []
+        meant: list[tuple[str, bytes] | None] = []
+        pushes: list[tuple[str, bytes]] = []
+        position = 0
+        for leaf, data in message.leaves:
+            theirs = [data[i : i + width] for i in range(0, len(data), width)]
+            ours = self.store.leaf_docs(leaf)
+            by_id: dict[bytes, list[tuple[str, bytes]]] = {}
+            for doc_id, digest in ours:
+                by_id.setdefault(_id_slice(doc_id, salt), []).append((doc_id, digest))
+            seen = Counter(entry[: wire.ID_HASH_BYTES] for entry in theirs)
+            matched: set[str] = set()
+            for entry in theirs:
+                id_slice, digest_slice = entry[: wire.ID_HASH_BYTES], entry[wire.ID_HASH_BYTES :]
+                candidates = by_id.get(id_slice, [])
+                if len(candidates) == 1 and seen[id_slice] == 1:
+                    doc_id, digest = candidates[0]
+                    matched.add(doc_id)
+                    if wire.merkle_slice(digest, salt) != digest_slice:
+                        state_vector, deletes = self._summary(doc_id)
+                        check = _id_check(doc_id, salt)
+                        deletes_slice = wire.merkle_slice(deletes, salt)
+                        wants.append((position, state_vector, check, deletes_slice))
+                        meant.append((doc_id, state_vector))
+                else:  # not here, or an id-hash clash: ask for all of it, by name
+                    wants.append((position, b"", b"", b""))
+                    meant.append(None)
+                position += 1
+            pushes.extend(
+                (doc_id, self.store.diff(doc_id, EMPTY_SV))
+                for doc_id, _ in ours
+                if doc_id not in matched
+            )
+        self._send_diffs(pushes)  # what the peer has no document of
+        self._send_round(wire.Wants(tuple(wants)))
+        round_.wants.append(meant)
+        round_.listed = message.final
         self._maybe_finish_round()
 
-    def _state_vector(self, doc_id: str, held: bool) -> bytes:
-        return self.store.state_vector(doc_id) if held else EMPTY_SV
+    def _summary(self, doc_id: str) -> tuple[bytes, bytes]:
+        """Our state vector of a document and the digest of its delete set."""
+        state_vector = self.store.state_vector(doc_id)
+        return state_vector, merkle.delete_set_digest(self.store.diff(doc_id, state_vector))
 
-    def _on_state_vectors(self, message: wire.StateVectors, now: float) -> None:
-        """The peer's answer to one of our LeafReply messages: send it the diffs it asks."""
-        self._send_diffs([(doc_id, self.store.diff(doc_id, sv)) for doc_id, sv in message.docs])
-        if self._round is not None and self._round.awaiting > 0:
-            self._round.awaiting -= 1
-            self._maybe_finish_round()
+    def _on_wants(self, message: wire.Wants, now: float) -> None:
+        """The peer's answer to one of our lists: send the diffs it lacks, ask for ours."""
+        round_ = self._round_for(message, now)
+        if not round_.lists:
+            raise RemoteProtocolError("Wants that answer no LeafList", code="unexpected_message")
+        doc_ids, salt = round_.lists.popleft(), round_.salt
+        answers: list[tuple[str, bytes, bool, bytes | None]] = []
+        asked: list[str] = []
+        self._inline_bytes = 0
+        for position, their_sv, check, their_deletes in message.wants:
+            if position >= len(doc_ids):
+                raise RemoteProtocolError(
+                    f"Wants names entry {position} of a list of {len(doc_ids)}",
+                    code="bad_payload",
+                )
+            doc_id = doc_ids[position]
+            if not their_sv or check != _id_check(doc_id, salt):  # the peer has no such doc
+                answers.append(self._answer(doc_id, doc_id, EMPTY_SV, None))
+                continue
+            ours, deletes = self._summary(doc_id)
+            try:
+                mine, theirs = (
+                    merkle.state_vector_clocks(ours),
+                    merkle.state_vector_clocks(their_sv),
+                )
+            except ValueError as exc:
+                raise RemoteProtocolError(
+                    f"Wants carries a bad state vector for {doc_id}: {exc}", code="bad_payload"
+                ) from None
+            deletes_differ = wire.merkle_slice(deletes, salt) != their_deletes
+            we_have_more = any(clock > theirs.get(c, 0) for c, clock in mine.items())
+            they_have_more = any(clock > mine.get(c, 0) for c, clock in theirs.items())
+            ask = None
+            if they_have_more or deletes_differ:
+                ask = wire.SAME_STATE_VECTOR if mine == theirs else ours
+                asked.append(doc_id)
+            send = we_have_more or deletes_differ
+            answers.append(self._answer("", doc_id, their_sv if send else None, ask))
+        self._send_round(wire.Answers(tuple(answers)))
+        if asked:
+            round_.fills.append(asked)
+        self._maybe_finish_round()
+
+    def _answer(
+        self, name: str, doc_id: str, state_vector: bytes | None, ask: bytes | None
+    ) -> tuple[str, bytes, bool, bytes | None]:
+        """One ``Answers`` entry: the diff against ``state_vector`` (if any), in it or apart."""
+        diff = b"" if state_vector is None else self.store.diff(doc_id, state_vector)
+        return (name, *self._inline(doc_id, diff), ask)
+
+    def _inline(self, doc_id: str, diff: bytes) -> tuple[bytes, bool]:
+        """``(diff, False)`` to carry it in the message being built, or ``(b"", True)``
+        when it went apart in a ``Diffs``: a large one alone on a bulk lane, or any once
+        the message holds CHUNK_BYTES of diffs (so that it stays within the size limit)."""
+        if len(diff) >= self.options.large_bytes:
+            self._send_round(wire.Diffs(((doc_id, diff),)), lane_of=doc_id)
+            return b"", True
+        if self._inline_bytes + len(diff) > CHUNK_BYTES:
+            self._send_round(wire.Diffs(((doc_id, diff),)))
+            return b"", True
+        self._inline_bytes += len(diff)
+        return diff, False
+
+    def _on_answers(self, message: wire.Answers, now: float) -> None:
+        """The lister's answer to our Wants: apply its diffs, fill what it asks."""
+        round_ = self._round_for(message, now)
+        if not round_.wants:
+            raise RemoteProtocolError("Answers that answer no Wants", code="unexpected_message")
+        meant = round_.wants.popleft()
+        if len(message.answers) != len(meant):
+            raise RemoteProtocolError(
+                f"Answers has {len(message.answers)} entries for {len(meant)} wants",
+                code="bad_payload",
+            )
+        fills: list[bytes] = []
+        self._inline_bytes = 0
+        for (name, diff, _, ask), want in zip(message.answers, meant, strict=True):
+            if not name and want is None:
+                raise RemoteProtocolError(
+                    "Answers leaves unnamed a document we do not have", code="bad_payload"
+                )
+            if diff:
+                self._apply_repair(round_, name or want[0] if want else name, diff)
+            if ask is not None:
+                if name or want is None:
+                    raise RemoteProtocolError(
+                        f"Answers asks for {name}, which we do not have", code="bad_payload"
+                    )
+                doc_id, sent = want
+                if ask == wire.SAME_STATE_VECTOR and self._holds_all_of_ours(doc_id, diff):
+                    fills.append(b"")
+                    continue
+                fill = self.store.diff(doc_id, sent if ask == wire.SAME_STATE_VECTOR else ask)
+                fills.append(self._inline(doc_id, fill)[0])
+        if fills:
+            self._send_round(wire.Fills(tuple(fills)))
+        self._maybe_finish_round()
+
+    def _holds_all_of_ours(self, doc_id: str, diff: bytes) -> bool:
+        """Whether the lister, at our state vector, already has all our deletes.
+
+        ``diff`` is what it sent us: with no structs (first byte 0) it is just
+        the lister's whole delete set, so if ours, now merged with it, is the
+        same, the lister lacks nothing of this document.
+        """
+        if not diff or diff[0] != 0:
+            return False
+        ours = self.store.diff(doc_id, self.store.state_vector(doc_id))
+        return merkle.delete_set_digest(ours) == merkle.delete_set_digest(diff)
+
+    def _on_fills(self, message: wire.Fills, now: float) -> None:
+        round_ = self._round_for(message, now)
+        if not round_.fills:
+            raise RemoteProtocolError("Fills that answer no ask", code="unexpected_message")
+        asked = round_.fills.popleft()
+        if len(message.diffs) != len(asked):
+            raise RemoteProtocolError(
+                f"Fills has {len(message.diffs)} diffs for {len(asked)} asks", code="bad_payload"
+            )
+        for doc_id, diff in zip(asked, message.diffs, strict=True):
+            if diff:
+                self._apply_repair(round_, doc_id, diff)
+        self._maybe_finish_round()
+
+    def _apply_repair(self, round_: _Round | None, doc_id: str, diff: bytes) -> None:
+        if self.store.apply_diff(doc_id, diff) is not None:
+            self.repairs += 1
+            if round_ is not None:
+                round_.repaired += 1
 
     def _send_diffs(self, diffs: list[tuple[str, bytes]]) -> None:
         """Diffs in messages of about CHUNK_BYTES; a large one alone on a bulk lane."""
@@ -639,19 +865,19 @@ class SyncSession:
             self._send_round(wire.Diffs(tuple(batch)))
 
     def _on_diffs(self, message: wire.Diffs, now: float) -> None:
-        repaired = 0
         for doc_id, update in message.docs:
-            if update and self.store.apply_diff(doc_id, update) is not None:
-                repaired += 1
-        self.repairs += repaired
-        if self._round is not None:
-            self._round.repaired += repaired
-            self._round.sv_sent.difference_update(doc_id for doc_id, _ in message.docs)
-            self._maybe_finish_round()
+            if update:
+                self._apply_repair(self._round, doc_id, update)
 
     def _maybe_finish_round(self) -> None:
         round_ = self._round
-        if round_ is not None and round_.listed and not round_.awaiting and not round_.sv_sent:
+        if (
+            round_ is not None
+            and round_.listed
+            and not round_.lists
+            and not round_.wants
+            and not round_.fills
+        ):
             self._finish_round()
 
     def _finish_round(self) -> None:
@@ -693,8 +919,10 @@ _OPEN_HANDLERS: dict[type, _Handler] = {
     wire.Records: SyncSession._on_records,  # type: ignore[dict-item]
     wire.Ack: SyncSession._on_ack,  # type: ignore[dict-item]
     wire.MerkleHashes: SyncSession._on_merkle_hashes,  # type: ignore[dict-item]
-    wire.LeafReply: SyncSession._on_leaf_reply,  # type: ignore[dict-item]
-    wire.StateVectors: SyncSession._on_state_vectors,  # type: ignore[dict-item]
+    wire.LeafList: SyncSession._on_leaf_list,  # type: ignore[dict-item]
+    wire.Wants: SyncSession._on_wants,  # type: ignore[dict-item]
+    wire.Answers: SyncSession._on_answers,  # type: ignore[dict-item]
+    wire.Fills: SyncSession._on_fills,  # type: ignore[dict-item]
     wire.Diffs: SyncSession._on_diffs,  # type: ignore[dict-item]
     wire.Heartbeat: SyncSession._on_heartbeat,  # type: ignore[dict-item]
 }

@@ -27,9 +27,9 @@ version, type or length is refused before any of the payload is buffered.
 The header version changes only if this frame layout changes. The
 messages after ``Hello``, their encodings and what they mean are versioned
 by ``Hello.protocol_version`` (see :func:`check_version`), so ``Hello``'s
-layout is frozen across versions. Version 2 sends 4-byte hash slices and
-the state vectors inside ``LeafReply``; version 1 nodes are refused with a
-message to upgrade.
+layout is frozen across versions. Version 3 lists leaves by id and digest
+slices and names documents by position (``LeafList``, ``Wants``, ``Answers``,
+``Fills``); nodes of versions 1 and 2 are refused with a message to upgrade.
 
 Payload fields:
 
@@ -61,13 +61,25 @@ Messages (type byte, name, payload):
 0x13  Frontier      count, then per origin: region str, seq varuint, hlc u64;
                     then frontier_hlc u64 (the sender's min over origins)
 0x14  Clocks        count, then per region: region str, hlc u64
-0x26  MerkleHashes  salt varuint, count, then parent node id u32 each; then
-                    hashes bytes: 4 (MERKLE_HASH_BYTES) per node, the root's
-                    with no parents, else those of each parent's 16 children
-0x23  LeafReply     salt varuint, final varuint (0 or 1), count, then leaf
-                    u32 each; count, then per document: doc_id str, digest
-                    slice (4 raw bytes), state vector bytes
-0x24  StateVectors  count, then per document: doc_id str, state vector bytes
+0x26  MerkleHashes  salt varuint, fanout varuint (4 or 16), count, then each
+                    parent node id as the gap from the previous one
+                    (varuint); then hashes bytes: 3 (MERKLE_HASH_BYTES) per
+                    node, the root's with no parents, else per parent its 16
+                    children or its 4 quads (a quad's: its 4 nodes)
+0x23  LeafList      salt varuint, final varuint (0 or 1), count, then each
+                    leaf as a gap; then per leaf: entries bytes, 5 per
+                    document (2-byte id hash slice, 3-byte digest slice)
+0x24  Wants         count, then each list position as a gap; then a client
+                    table (count, client id varuint each); then per entry:
+                    a state vector as its length + 1 (0: no such document)
+                    and (client's index in the table, clock) varuint pairs,
+                    and with one the 4-byte id check and the 3-byte delete-set
+                    slice
+0x27  Answers       a client table as in Wants; count, then per entry: flags
+                    varuint (1 id, 2 diff, 4 diff sent apart, 8 ask, 16 ask
+                    with "same state vector"), then doc_id str, diff bytes,
+                    state vector (as in Wants), each if flagged
+0x28  Fills         count, then per ask: diff bytes (empty: none here)
 0x25  Diffs         count, then per document: doc_id str, update bytes
 ====  ============  =========================================================
 """
@@ -99,20 +111,22 @@ __all__ = [
     "NONCE_BYTES",
     "PROTOCOL_VERSION",
     "Ack",
+    "Answers",
     "Auth",
     "AuthOk",
     "Clocks",
     "Diffs",
     "Error",
+    "Fills",
     "FrameDecoder",
     "Frontier",
     "Heartbeat",
     "Hello",
-    "LeafReply",
+    "LeafList",
     "MerkleHashes",
     "Message",
     "Records",
-    "StateVectors",
+    "Wants",
     "check_version",
     "decode_frame",
     "encode",
@@ -121,7 +135,7 @@ __all__ = [
 
 MAGIC: Final = b"CD"
 FRAME_VERSION: Final = 1
-PROTOCOL_VERSION: Final = 2
+PROTOCOL_VERSION: Final = 3
 HEADER_BYTES: Final = 8
 MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 MAX_BULK_MESSAGE_BYTES: Final = 256 * 1024 * 1024
@@ -612,10 +626,18 @@ class Clocks(Message):
         return cls(tuple((reader.text(), Hlc(reader.u64())) for _ in range(count)))
 
 
-MERKLE_HASH_BYTES = 4
-"""Tree hashes and document digests travel truncated to this many bytes. A node or
-document that differs is missed with probability 2**-32 per round, and then caught
-by a later round, which compares another slice."""
+MERKLE_HASH_BYTES = 3
+"""Tree hashes, document digests and delete-set digests travel truncated to this many
+bytes. A node or document that differs is missed with probability 2**-24 per round
+(about 1 round in 6,000 when 1,000 documents differ), and then caught by a later
+round, which compares another slice."""
+ID_HASH_BYTES = 2
+"""A document in a ``LeafList`` is named by this many bytes of its id's hash."""
+ID_CHECK_BYTES = 4
+"""The ``Wants`` naming a listed document back carry this many bytes of another hash
+of the id that they mean, so that a clash of the short id hashes never applies one
+document's diff to another (it would then take 2**-32 more)."""
+FANOUTS = (4, 16)
 
 
 def merkle_slice(digest: bytes, salt: int) -> bytes:
@@ -624,51 +646,352 @@ def merkle_slice(digest: bytes, salt: int) -> bytes:
     return digest[offset : offset + MERKLE_HASH_BYTES]
 
 
+def _check_ascending(name: str, values: object, high: int) -> None:
+    previous = -1
+    for value in _check_tuple(name, values):
+        _check_int(f"each of {name}", value, low=0, high=high)
+        assert isinstance(value, int)
+        if value <= previous:
+            _refuse(f"{name} must be strictly ascending, got {value} after {previous}")
+        previous = value
+
+
+def _write_ascending(writer: Writer, values: tuple[int, ...]) -> None:
+    """Count, then the first value and each gap to the next (varuints)."""
+    writer.varuint(len(values))
+    previous = -1
+    for value in values:
+        writer.varuint(value - previous - 1)
+        previous = value
+
+
+def _read_ascending(reader: Reader, high: int) -> tuple[int, ...]:
+    values = []
+    previous = -1
+    for _ in range(reader.count(1)):
+        previous += reader.varuint() + 1
+        if previous > high:
+            reader.fail(f"value {previous} above {high}")
+        values.append(previous)
+    return tuple(values)
+
+
 @dataclass(frozen=True, slots=True)
 class MerkleHashes(Message):
     """The sender's hashes of some Merkle nodes, for the receiver to compare with its own.
 
-    With no ``parents`` the one node is the root; otherwise the nodes are the
-    16 children of each parent, in order, so no node ids travel. Each hash is
-    the :func:`merkle_slice` of the node's hash for ``salt``.
+    With no ``parents`` the one node is the root. Otherwise the nodes are, for
+    each parent in order, its 16 children (``fanout`` 16) or its 4 quads
+    (``fanout`` 4; a quad parent always has ``fanout`` 4: its 4 nodes), so no
+    node ids travel but the parents', as gaps. Each hash is the
+    :func:`merkle_slice` of the node's hash for ``salt``.
     """
 
     TYPE = 0x26
     salt: int
+    fanout: int
     parents: tuple[int, ...]
     hashes: bytes
 
     def __post_init__(self) -> None:
         _check_int("salt", self.salt, low=0, high=255)
-        _check_u32s("parents", self.parents)
+        if self.fanout not in FANOUTS:
+            _refuse(f"fanout must be 4 or 16, got {self.fanout!r}")
+        _check_ascending("parents", self.parents, MAX_U32)
         _check_bytes("hashes", self.hashes)
-        count = 16 * len(self.parents) if self.parents else 1
+        count = self.fanout * len(self.parents) if self.parents else 1
         if len(self.hashes) != MERKLE_HASH_BYTES * count:
             _refuse(f"MerkleHashes carries {len(self.hashes)} hash bytes for {count} nodes")
 
     def _write(self, writer: Writer) -> None:
         writer.varuint(self.salt)
-        _write_u32s(writer, self.parents)
+        writer.varuint(self.fanout)
+        _write_ascending(writer, self.parents)
         writer.blob(self.hashes)
 
     @classmethod
     def _read(cls, reader: Reader) -> Self:
-        return cls(reader.varuint(), _read_u32s(reader), reader.blob())
+        return cls(
+            reader.varuint(), reader.varuint(), _read_ascending(reader, MAX_U32), reader.blob()
+        )
 
 
-def _check_u32s(name: str, values: object) -> None:
-    for value in _check_tuple(name, values):
-        _check_int(f"each of {name}", value, low=0, high=MAX_U32)
+LEAF_ENTRY_BYTES = ID_HASH_BYTES + MERKLE_HASH_BYTES
 
 
-def _read_u32s(reader: Reader) -> tuple[int, ...]:
-    return tuple(reader.u32() for _ in range(reader.count(4)))
+@dataclass(frozen=True, slots=True)
+class LeafList(Message):
+    """The sender's documents in some Merkle leaves found different, for the receiver to compare.
+
+    ``leaves`` pairs each leaf (ascending) with its documents' entries, each
+    ``ID_HASH_BYTES`` of the id's hash and the :func:`merkle_slice` of the
+    digest, concatenated in the sender's order. The receiver answers each
+    ``LeafList`` with one ``Wants`` that names entries by their position in the
+    message (counting across its leaves). ``final`` marks the last of a round's
+    lists; a round with no differing leaf sends just one, with no leaf.
+    """
+
+    TYPE = 0x23
+    salt: int
+    final: bool
+    leaves: tuple[tuple[int, bytes], ...]
+
+    def __post_init__(self) -> None:
+        _check_int("salt", self.salt, low=0, high=255)
+        if not isinstance(self.final, bool):
+            _refuse(f"final must be a bool, got {type(self.final).__name__}")
+        rows = _check_rows("leaves", self.leaves, 2)
+        _check_ascending("leaf numbers", tuple(row[0] for row in rows), MAX_U32)
+        for leaf, entries in rows:
+            _check_bytes(f"entries of leaf {leaf}", entries)
+            assert isinstance(entries, bytes)
+            if len(entries) % LEAF_ENTRY_BYTES:
+                _refuse(f"entries of leaf {leaf} are not {LEAF_ENTRY_BYTES} bytes each")
+
+    def entries(self) -> int:
+        return sum(len(data) // LEAF_ENTRY_BYTES for _, data in self.leaves)
+
+    def _write(self, writer: Writer) -> None:
+        writer.varuint(self.salt)
+        writer.varuint(int(self.final))
+        _write_ascending(writer, tuple(leaf for leaf, _ in self.leaves))
+        for _, entries in self.leaves:
+            writer.blob(entries)
+
+    @classmethod
+    def _read(cls, reader: Reader) -> Self:
+        salt, final = reader.varuint(), reader.varuint()
+        if final > 1:
+            reader.fail(f"final must be 0 or 1, got {final}")
+        leaves = _read_ascending(reader, MAX_U32)
+        return cls(salt, bool(final), tuple((leaf, reader.blob()) for leaf in leaves))
 
 
-def _write_u32s(writer: Writer, values: tuple[int, ...]) -> None:
-    writer.varuint(len(values))
-    for value in values:
-        writer.u32(value)
+def _sv_pairs(state_vector: bytes) -> list[tuple[int, int]]:
+    """The (client, clock) pairs of a state vector in Yjs's encoding; refused unless it
+    decodes whole, in shortest form (as Yrs writes it), so that it re-encodes exactly."""
+    reader = Reader(state_vector, "state vector")
+    try:
+        pairs = [(reader.varuint(), reader.varuint()) for _ in range(reader.count(2))]
+        reader.expect_end()
+    except RemoteProtocolError as exc:
+        _refuse(f"not a state vector: {exc}")
+    return pairs
+
+
+class _Clients:
+    """The client ids of a message's state vectors, each written once.
+
+    A state vector then travels as its length + 1 (0: none) and (client's
+    index in the table, clock) pairs: client ids are random 53-bit numbers,
+    8 bytes each, shared by most documents of a message.
+    """
+
+    def __init__(self, state_vectors: list[bytes]) -> None:
+        self.pairs = {sv: _sv_pairs(sv) for sv in state_vectors if sv}
+        self.index: dict[int, int] = {}
+        for pairs in self.pairs.values():
+            for client, _ in pairs:
+                self.index.setdefault(client, len(self.index))
+
+    def write_table(self, writer: Writer) -> None:
+        writer.varuint(len(self.index))
+        for client in self.index:
+            writer.varuint(client)
+
+    def write(self, writer: Writer, state_vector: bytes) -> None:
+        if not state_vector:
+            writer.varuint(0)
+            return
+        pairs = self.pairs[state_vector]
+        writer.varuint(len(pairs) + 1)
+        for client, clock in pairs:
+            writer.varuint(self.index[client])
+            writer.varuint(clock)
+
+    @staticmethod
+    def read_table(reader: Reader) -> list[bytes]:
+        """The table's client ids, each already in its varuint encoding."""
+        table = []
+        for _ in range(reader.count(1)):
+            encoded = Writer()
+            encoded.varuint(reader.varuint())
+            table.append(encoded.getvalue())
+        return table
+
+    @staticmethod
+    def read(reader: Reader, table: list[bytes]) -> bytes:
+        """A state vector back in Yjs's encoding (empty bytes: none)."""
+        size = reader.varuint()
+        if not size:
+            return b""
+        if (size - 1) * 2 > reader.remaining():
+            reader.fail(
+                f"claims a state vector of {size - 1} clients, {reader.remaining()} bytes left"
+            )
+        out = Writer()
+        out.varuint(size - 1)
+        for _ in range(size - 1):
+            index = reader.varuint()
+            if index >= len(table):
+                reader.fail(f"client index {index} outside a table of {len(table)}")
+            out.raw(table[index])
+            out.varuint(reader.varuint())
+        return out.getvalue()
+
+
+@dataclass(frozen=True, slots=True)
+class Wants(Message):
+    """The answer to one ``LeafList``: the listed documents that differ here.
+
+    Per entry: its position in that list (ascending); then the sender's state
+    vector of the document, or empty bytes if it has no such document; with a
+    state vector, the id check (:func:`merkle_slice` of the id's check hash)
+    and the slice of the sender's delete-set digest. The lister answers with
+    one ``Answers``, entry for entry.
+    """
+
+    TYPE = 0x24
+    wants: tuple[tuple[int, bytes, bytes, bytes], ...]
+
+    def __post_init__(self) -> None:
+        rows = _check_rows("wants", self.wants, 4)
+        _check_ascending("want positions", tuple(row[0] for row in rows), MAX_U32)
+        for position, state_vector, check, deletes in rows:
+            _check_bytes(f"state vector of entry {position}", state_vector)
+            assert isinstance(state_vector, bytes)
+            if state_vector:
+                _sv_pairs(state_vector)
+            held = bool(state_vector)
+            _check_bytes(f"id check of entry {position}", check, ID_CHECK_BYTES * held)
+            _check_bytes(f"delete-set slice of entry {position}", deletes, MERKLE_HASH_BYTES * held)
+
+    def _write(self, writer: Writer) -> None:
+        _write_ascending(writer, tuple(row[0] for row in self.wants))
+        clients = _Clients([row[1] for row in self.wants])
+        clients.write_table(writer)
+        for _, state_vector, check, deletes in self.wants:
+            clients.write(writer, state_vector)
+            writer.raw(check)
+            writer.raw(deletes)
+
+    @classmethod
+    def _read(cls, reader: Reader) -> Self:
+        positions = _read_ascending(reader, MAX_U32)
+        table = _Clients.read_table(reader)
+        wants = []
+        for position in positions:
+            state_vector = _Clients.read(reader, table)
+            held = bool(state_vector)
+            check = reader.take(ID_CHECK_BYTES * held)
+            wants.append((position, state_vector, check, reader.take(MERKLE_HASH_BYTES * held)))
+        return cls(tuple(wants))
+
+
+_HAS_ID, _HAS_DIFF, _APART, _ASKS, _ASKS_SAME = 1, 2, 4, 8, 16
+SAME_STATE_VECTOR = b""
+"""In an ``Answers`` entry's ask: "my state vector is the one you sent"."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answers(Message):
+    """The lister's answer to one ``Wants``, entry for entry.
+
+    Per entry: the document id (empty unless the asker has no such document,
+    or its id check did not match: then this is the lister's document of that
+    name); the diff the asker's state vector lacks (empty bytes for none);
+    ``apart``: the diff comes apart, in a ``Diffs`` by name (on a bulk lane
+    if large, or once the message holds enough diffs); and ``ask``: None, or
+    the lister's state vector (or ``SAME_STATE_VECTOR``) when it lacks some of
+    the asker's document. The
+    asker answers the asks with one ``Fills``.
+    """
+
+    TYPE = 0x27
+    answers: tuple[tuple[str, bytes, bool, bytes | None], ...]
+
+    def __post_init__(self) -> None:
+        for doc_id, diff, apart, ask in _check_rows("answers", self.answers, 4):
+            if doc_id != "":
+                _check_doc_id(doc_id)
+            _check_bytes("diff", diff)
+            if not isinstance(apart, bool):
+                _refuse(f"apart must be a bool, got {type(apart).__name__}")
+            if apart and diff:
+                _refuse("a diff sent apart carries no bytes here")
+            if ask is not None:
+                _check_bytes("ask", ask)
+                assert isinstance(ask, bytes)
+                if ask:
+                    _sv_pairs(ask)
+
+    def asks(self) -> int:
+        return sum(ask is not None for *_, ask in self.answers)
+
+    def _write(self, writer: Writer) -> None:
+        clients = _Clients([ask for *_, ask in self.answers if ask])
+        clients.write_table(writer)
+        writer.varuint(len(self.answers))
+        for doc_id, diff, apart, ask in self.answers:
+            flags = (
+                (_HAS_ID if doc_id else 0)
+                | (_HAS_DIFF if diff else 0)
+                | (_APART if apart else 0)
+                | (_ASKS if ask is not None else 0)
+                | (_ASKS_SAME if ask == SAME_STATE_VECTOR else 0)
+            )
+            writer.varuint(flags)
+            if doc_id:
+                writer.text(doc_id)
+            if diff:
+                writer.blob(diff)
+            if ask:
+                clients.write(writer, ask)
+
+    @classmethod
+    def _read(cls, reader: Reader) -> Self:
+        table = _Clients.read_table(reader)
+        answers = []
+        for _ in range(reader.count(1)):
+            flags = reader.varuint()
+            if flags >= 32 or (flags & _ASKS_SAME and not flags & _ASKS):
+                reader.fail(f"unknown answer flags {flags}")
+            doc_id = reader.text() if flags & _HAS_ID else ""
+            diff = reader.blob() if flags & _HAS_DIFF else b""
+            if (flags & _HAS_ID and not doc_id) or (flags & _HAS_DIFF and not diff):
+                reader.fail("an answer field flagged present is empty")
+            ask: bytes | None = None
+            if flags & _ASKS:
+                ask = SAME_STATE_VECTOR if flags & _ASKS_SAME else _Clients.read(reader, table)
+                if not flags & _ASKS_SAME and not ask:
+                    reader.fail("an answer's state vector is empty")
+            answers.append((doc_id, diff, bool(flags & _APART), ask))
+        return cls(tuple(answers))
+
+
+@dataclass(frozen=True, slots=True)
+class Fills(Message):
+    """The asker's diffs for the asks of one ``Answers``, ask for ask (in its order).
+
+    Empty bytes: nothing to send, or the diff is large and comes in a ``Diffs``
+    on a bulk lane.
+    """
+
+    TYPE = 0x28
+    diffs: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        for diff in _check_tuple("diffs", self.diffs):
+            _check_bytes("diff", diff)
+
+    def _write(self, writer: Writer) -> None:
+        writer.varuint(len(self.diffs))
+        for diff in self.diffs:
+            writer.blob(diff)
+
+    @classmethod
+    def _read(cls, reader: Reader) -> Self:
+        return cls(tuple(reader.blob() for _ in range(reader.count(1))))
 
 
 _DOC_MIN_BYTES = 4  # a doc id is at least "c/k" behind its length byte
@@ -684,74 +1007,6 @@ def _write_doc_pairs(writer: Writer, docs: tuple[tuple[str, bytes], ...]) -> Non
 def _read_doc_pairs(reader: Reader, value_min_bytes: int) -> tuple[tuple[str, bytes], ...]:
     count = reader.count(_DOC_MIN_BYTES + value_min_bytes)
     return tuple((reader.text(), reader.blob()) for _ in range(count))
-
-
-@dataclass(frozen=True, slots=True)
-class LeafReply(Message):
-    """The sender's documents in some Merkle leaves found different, for the receiver to repair.
-
-    Per document: its id, the :func:`merkle_slice` of its digest for ``salt``,
-    and its state vector. The receiver compares the slices with its own
-    documents of those ``leaves``; for each one that differs it sends the diff
-    against this state vector and asks back with its own. ``final`` marks the
-    last of a round's LeafReply messages (a round with no differing leaf sends
-    just one, empty).
-    """
-
-    TYPE = 0x23
-    salt: int
-    final: bool
-    leaves: tuple[int, ...]
-    docs: tuple[tuple[str, bytes, bytes], ...]
-
-    def __post_init__(self) -> None:
-        _check_int("salt", self.salt, low=0, high=255)
-        if not isinstance(self.final, bool):
-            _refuse(f"final must be a bool, got {type(self.final).__name__}")
-        _check_u32s("leaves", self.leaves)
-        for doc_id, digest, state_vector in _check_rows("docs", self.docs, 3):
-            _check_doc_id(doc_id)
-            _check_bytes(f"digest slice of {doc_id}", digest, MERKLE_HASH_BYTES)
-            _check_bytes(f"state vector of {doc_id}", state_vector)
-
-    def _write(self, writer: Writer) -> None:
-        writer.varuint(self.salt)
-        writer.varuint(int(self.final))
-        _write_u32s(writer, self.leaves)
-        writer.varuint(len(self.docs))
-        for doc_id, digest, state_vector in self.docs:
-            writer.text(doc_id)
-            writer.raw(digest)
-            writer.blob(state_vector)
-
-    @classmethod
-    def _read(cls, reader: Reader) -> Self:
-        salt, final, leaves = reader.varuint(), reader.varuint(), _read_u32s(reader)
-        if final > 1:
-            reader.fail(f"final must be 0 or 1, got {final}")
-        count = reader.count(_DOC_MIN_BYTES + MERKLE_HASH_BYTES + 1)
-        docs = tuple(
-            (reader.text(), reader.take(MERKLE_HASH_BYTES), reader.blob()) for _ in range(count)
-        )
-        return cls(salt, bool(final), leaves, docs)
-
-
-@dataclass(frozen=True, slots=True)
-class StateVectors(Message):
-    """The sender's state vector per document: "send me what I miss of these"."""
-
-    TYPE = 0x24
-    docs: tuple[tuple[str, bytes], ...]
-
-    def __post_init__(self) -> None:
-        _check_doc_pairs("state vector", self.docs)
-
-    def _write(self, writer: Writer) -> None:
-        _write_doc_pairs(writer, self.docs)
-
-    @classmethod
-    def _read(cls, reader: Reader) -> Self:
-        return cls(_read_doc_pairs(reader, 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -786,8 +1041,10 @@ MESSAGE_TYPES: Final[Mapping[int, type[Message]]] = MappingProxyType(
             Frontier,
             Clocks,
             MerkleHashes,
-            LeafReply,
-            StateVectors,
+            LeafList,
+            Wants,
+            Answers,
+            Fills,
             Diffs,
         )
     }

@@ -293,7 +293,7 @@ def test_a_silent_peer_is_dropped_but_gossip_keeps_a_quiet_link_open(tmp_path: P
 
 
 def test_round_sends_large_repairs_in_chunks(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """Diffs and state vectors go in bounded messages, never one over the size limit."""
+    """Lists, wants, answers, fills and diffs go in bounded messages, never one over the limit."""
     from crdtdb.sync import session as session_module
 
     monkeypatch.setattr(session_module, "CHUNK_BYTES", 4_000)
@@ -309,7 +309,7 @@ def test_round_sends_large_repairs_in_chunks(tmp_path: Path, monkeypatch) -> Non
     original = SyncSession._send
 
     def recording(self: SyncSession, message: wire.Message) -> None:
-        if isinstance(message, (wire.Diffs, wire.StateVectors)):
+        if isinstance(message, (wire.Diffs, wire.LeafList, wire.Wants, wire.Answers, wire.Fills)):
             sizes.append(len(wire.encode(message)))
         original(self, message)
 
@@ -471,6 +471,7 @@ def test_a_long_leaf_listing_goes_in_chunks_each_answered(
     import crdtdb.sync.session as session_module
 
     monkeypatch.setattr(session_module, "CHUNK_BYTES", 2_000)
+    monkeypatch.setattr(session_module, "LIST_DOCS", 100)
     eu, us = _stores(tmp_path, "eu", "us")
     with eu.transaction() as tx:
         for i in range(400):
@@ -491,12 +492,188 @@ def test_a_long_leaf_listing_goes_in_chunks_each_answered(
         session.data_to_send = spy  # type: ignore[method-assign]
     link.settle()
     link.round()
-    listings = [m for m in sent if isinstance(m, wire.LeafReply)]
+    listings = [m for m in sent if isinstance(m, wire.LeafList)]
     assert len(listings) > 3 and [m.final for m in listings].count(True) == 1
     assert listings[-1].final
-    assert all(len(wire.encode(m)) < 4 * 2_000 for m in listings)
-    answers = [m for m in sent if isinstance(m, wire.StateVectors)]
+    assert all(len(wire.encode(m)) < 4 * 2_000 and m.entries() <= 101 for m in listings)
+    answers = [m for m in sent if isinstance(m, wire.Wants)]
     assert len(answers) == len(listings)  # one answer per listing
     assert eu.merkle_root() == us.merkle_root()
     assert us.get("docs/399") == {"i": 399} and eu.get("ours/0") == {"i": 0}
     assert link.a.rounds == 1 and link.b.rounds == 1
+
+
+# ------------------------------------------------------------------ anti-entropy, protocol 3
+
+
+def _spy(link: Link) -> list[tuple[str, wire.Message]]:
+    """Record every main-lane message each side sends, as (sender "a"/"b", message)."""
+    sent: list[tuple[str, wire.Message]] = []
+    for name, session in (("a", link.a), ("b", link.b)):
+        data_to_send = session.data_to_send
+
+        def spy(now: float, original=data_to_send, name=name) -> bytes:  # type: ignore[no-untyped-def]
+            data = original(now)
+            sent.extend((name, m) for m in _messages(data))
+            return data
+
+        session.data_to_send = spy  # type: ignore[method-assign]
+    return sent
+
+
+def _synced_pair(tmp_path: Path, count: int) -> tuple[crdtdb.Database, crdtdb.Database]:
+    eu, us = _stores(tmp_path, "eu", "us")
+    with eu.transaction() as tx:
+        for i in range(count):
+            tx.put(f"docs/{i}", {"i": i})
+    link = Link(eu, us)
+    link.settle()
+    assert eu.merkle_root() == us.merkle_root()
+    return eu, us
+
+
+def test_sparse_differences_descend_by_quads_dense_ones_by_sixteen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crdtdb.sync import session as session_module
+
+    eu, us = _synced_pair(tmp_path, 3_000)
+    eu.update("docs/5", {"changed": True})  # one path: the last step goes four ways
+    link = Link(_NoLog(eu), _NoLog(us))  # type: ignore[arg-type]
+    link.settle()
+    sent = _spy(link)
+    link.round()
+    fanouts = [m.fanout for _, m in sent if isinstance(m, wire.MerkleHashes) and m.parents]
+    assert fanouts == [16, 16, 16, 4, 4]  # levels 1-3, then quads and their leaves
+    assert us.get("docs/5") == {"i": 5, "changed": True}
+    with eu.transaction() as tx:  # a third of the documents: a fifth of the level-3 nodes
+        for i in range(0, 3_000, 3):
+            tx.update(f"docs/{i}", {"dense": True})
+    monkeypatch.setattr(session_module, "QUAD_DENSITY", 0.1)  # ... counts as dense below 10%
+    sent.clear()
+    link.round()
+    fanouts = [m.fanout for _, m in sent if isinstance(m, wire.MerkleHashes) and m.parents]
+    assert fanouts == [16, 16, 16, 16]
+    assert eu.merkle_root() == us.merkle_root()
+
+
+def test_round_names_no_document_in_sync_and_moves_only_what_is_lacking(tmp_path: Path) -> None:
+    eu, us = _synced_pair(tmp_path, 500)
+    eu.update("docs/1", {"eu": True})  # eu has more: eu's diff, no ask back
+    us.update("docs/2", {"us": True})  # us has more: an ask, filled
+    eu.put("docs/new", {"only": "eu"})
+    us.put("docs/mine", {"only": "us"})
+    link = Link(_NoLog(eu), _NoLog(us))  # type: ignore[arg-type]
+    link.settle()
+    sent = _spy(link)
+    link.round()
+    assert eu.merkle_root() == us.merkle_root()
+    assert eu.get("docs/2") == {"i": 2, "us": True} and us.get("docs/1") == {"i": 1, "eu": True}
+    assert eu.get("docs/mine") == {"only": "us"} and us.get("docs/new") == {"only": "eu"}
+    kinds = [type(m).__name__ for _, m in sent]
+    assert {"LeafList", "Wants", "Answers", "Fills"} <= set(kinds)
+    wants = [w for _, m in sent if isinstance(m, wire.Wants) for w in m.wants]
+    answers = [a for _, m in sent if isinstance(m, wire.Answers) for a in m.answers]
+    # the lister's new document is asked for whole (no state vector), the others by position
+    assert sorted(bool(sv) for _, sv, _, _ in wants) == [False, True, True]
+    named = [name for name, *_ in answers if name]
+    assert named == ["docs/new"] or named == ["docs/mine"]
+    asks = [ask for *_, ask in answers if ask is not None]
+    assert len(asks) == 1  # only the document the lister lacks something of
+    named_diffs = [d for _, m in sent if isinstance(m, wire.Diffs) for d, _ in m.docs]
+    assert named_diffs == ["docs/mine"] or named_diffs == ["docs/new"]  # the asker's own new doc
+
+
+def test_a_delete_set_the_lister_already_holds_is_not_sent_back(tmp_path: Path) -> None:
+    eu, us = _synced_pair(tmp_path, 50)
+    for doc_id, db in (("docs/3", eu), ("docs/4", us)):  # a delete only one side holds
+        with crdtdb.open(tmp_path / f"side-{doc_id[-1]}", region="ap") as side:
+            side.apply_diff(doc_id, db.diff(doc_id))
+            with side.transaction() as tx:
+                del tx.doc(doc_id)["i"]
+            db.apply_diff(doc_id, side.diff(doc_id, db.state_vector(doc_id)))
+    link = Link(_NoLog(eu), _NoLog(us))  # type: ignore[arg-type]
+    link.settle()
+    sent = _spy(link)
+    link.round()
+    for doc_id in ("docs/3", "docs/4"):  # the field is gone on both sides (an empty doc)
+        assert eu.get(doc_id) == us.get(doc_id) and "i" not in (us.get(doc_id) or {})
+    assert eu.merkle_root() == us.merkle_root()
+    fills = [f for _, m in sent if isinstance(m, wire.Fills) for f in m.diffs]
+    assert len(fills) == 2 and sorted(bool(f) for f in fills) == [False, True]
+
+
+def test_an_id_hash_clash_never_applies_a_diff_to_another_document(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two documents, one per side, in one leaf and with the same short id hash."""
+    from crdtdb.sync import session as session_module
+
+    by_leaf: dict[int, str] = {}
+    for i in range(100_000):
+        doc_id = f"docs/{i}"
+        first = by_leaf.setdefault(merkle.leaf_of(doc_id), doc_id)
+        if first != doc_id:
+            break
+    ours, theirs = first, doc_id
+    eu, us = _stores(tmp_path, "eu", "us")
+    eu.put(ours, {"owner": "eu"})
+    us.put(theirs, {"owner": "us"})
+    monkeypatch.setattr(session_module, "_id_slice", lambda doc_id, salt: b"\x00\x00")
+    link = Link(_NoLog(eu), _NoLog(us))  # type: ignore[arg-type]
+    link.settle()
+    link.round()
+    # each side took the other's document for its own; the id check caught it, so the
+    # listed one arrived whole by name and nothing was mixed into the wrong document
+    for db in (eu, us):
+        for doc_id in (ours, theirs):
+            value = db.get(doc_id)
+            assert value in (None, {"owner": "eu" if doc_id == ours else "us"}), (db.region, value)
+    assert (eu.get(theirs), us.get(ours)).count(None) == 1  # one arrived, one waits
+    monkeypatch.undo()  # the next round hashes other bytes of the ids: no clash
+    link.round()
+    assert eu.get(theirs) == {"owner": "us"} and us.get(ours) == {"owner": "eu"}
+    assert eu.merkle_root() == us.merkle_root()
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        wire.Wants(((0, b"", b"", b""),)),
+        wire.Answers((("", b"", False, None),)),
+        wire.Fills((b"",)),
+        wire.LeafList(0, True, ((1, b""),)),
+        wire.MerkleHashes(0, 16, (0,), bytes(16 * wire.MERKLE_HASH_BYTES)),
+    ],
+)
+def test_round_messages_outside_a_round_are_refused(tmp_path: Path, message: wire.Message) -> None:
+    eu, us = _synced_pair(tmp_path, 5)
+    link = Link(eu, us)
+    link.settle()
+    before = us.merkle_root()
+    link.b.receive(wire.encode(message), link.now)
+    closed = [e for e in iter(link.b.next_event, None) if isinstance(e, Closed)]
+    assert closed and closed[0].error is not None
+    assert closed[0].error.code == "unexpected_message" and "round" in closed[0].reason
+    assert us.merkle_root() == before
+
+
+def test_wants_naming_an_entry_past_the_list_are_refused(tmp_path: Path) -> None:
+    eu, us = _synced_pair(tmp_path, 200)
+    eu.update("docs/7", {"changed": True})
+    link = Link(_NoLog(eu), _NoLog(us))  # type: ignore[arg-type]
+    link.settle()
+    link.a.start_round(link.now)
+    lister = None
+    for _ in range(20):  # walk down until one side has sent its LeafList
+        link.transfer()
+        for session in (link.a, link.b):
+            if session._round is not None and session._round.lists:
+                lister = session
+        if lister is not None:
+            break
+    assert lister is not None
+    lister.receive(wire.encode(wire.Wants(((10_000, b"", b"", b""),))), link.now)
+    closed = [e for e in iter(lister.next_event, None) if isinstance(e, Closed)]
+    assert closed and closed[0].error is not None and closed[0].error.code == "bad_payload"
+    assert "entry 10000" in closed[0].reason

@@ -34,20 +34,22 @@ from crdtdb.sync.errors import (
 )
 from crdtdb.sync.wire import (
     Ack,
+    Answers,
     Auth,
     AuthOk,
     Clocks,
     Diffs,
     Error,
+    Fills,
     FrameDecoder,
     Frontier,
     Heartbeat,
     Hello,
-    LeafReply,
+    LeafList,
     MerkleHashes,
     Message,
     Records,
-    StateVectors,
+    Wants,
 )
 
 MAX63 = (1 << 63) - 1
@@ -66,6 +68,29 @@ u32s = st.integers(0, (1 << 32) - 1)
 hashes = st.binary(min_size=32, max_size=32)
 slices = st.binary(min_size=wire.MERKLE_HASH_BYTES, max_size=wire.MERKLE_HASH_BYTES)
 blobs = st.binary(max_size=40)
+
+
+def _encode_sv(pairs: list[tuple[int, int]]) -> bytes:
+    out = wire.Writer()
+    out.varuint(len(pairs))
+    for client, clock in pairs:
+        out.varuint(client)
+        out.varuint(clock)
+    return out.getvalue()
+
+
+state_vectors = st.one_of(
+    st.just(b""),  # "no such document" in Wants
+    st.lists(st.tuples(st.integers(0, (1 << 53) - 1), st.integers(0, 1 << 40)), max_size=3).map(
+        _encode_sv
+    ),
+)
+
+
+def slices_of(state_vector: bytes, fill: bytes) -> bytes:
+    """A Wants entry's id check or delete-set slice: present only with a state vector."""
+    size = wire.ID_CHECK_BYTES if fill == b"c" else wire.MERKLE_HASH_BYTES
+    return fill * size if state_vector else b""
 
 
 def tuples(elements: st.SearchStrategy[Any], **kwargs: Any) -> st.SearchStrategy[tuple[Any, ...]]:
@@ -95,25 +120,48 @@ messages: st.SearchStrategy[Message] = st.one_of(
         non_negative,
     ),
     st.builds(Clocks, tuples(st.tuples(regions, non_negative), unique_by=lambda e: e[0])),
-    st.lists(u32s, max_size=3).flatmap(
-        lambda parents: st.builds(
+    st.tuples(st.lists(u32s, max_size=3, unique=True), st.sampled_from(wire.FANOUTS)).flatmap(
+        lambda spec: st.builds(
             MerkleHashes,
             st.integers(0, 255),
-            st.just(tuple(parents)),
+            st.just(spec[1]),
+            st.just(tuple(sorted(spec[0]))),
             st.binary(
-                min_size=wire.MERKLE_HASH_BYTES * (16 * len(parents) or 1),
-                max_size=wire.MERKLE_HASH_BYTES * (16 * len(parents) or 1),
+                min_size=wire.MERKLE_HASH_BYTES * (spec[1] * len(spec[0]) or 1),
+                max_size=wire.MERKLE_HASH_BYTES * (spec[1] * len(spec[0]) or 1),
             ),
         )
     ),
     st.builds(
-        LeafReply,
+        LeafList,
         st.integers(0, 255),
         st.booleans(),
-        tuples(u32s),
-        tuples(st.tuples(doc_ids, slices, st.binary(min_size=1, max_size=40))),
+        st.lists(st.tuples(u32s, st.integers(0, 3)), max_size=4, unique_by=lambda e: e[0]).map(
+            lambda leaves: tuple(
+                (leaf, bytes(range(n * wire.LEAF_ENTRY_BYTES))) for leaf, n in sorted(leaves)
+            )
+        ),
     ),
-    st.builds(StateVectors, tuples(st.tuples(doc_ids, blobs))),
+    st.builds(
+        Wants,
+        st.lists(st.tuples(u32s, state_vectors), max_size=4, unique_by=lambda e: e[0]).map(
+            lambda wants: tuple(
+                (p, sv, slices_of(sv, b"c"), slices_of(sv, b"d")) for p, sv in sorted(wants)
+            )
+        ),
+    ),
+    st.builds(
+        Answers,
+        tuples(
+            st.tuples(
+                st.one_of(st.just(""), doc_ids),
+                blobs,
+                st.booleans(),
+                st.one_of(st.none(), st.just(wire.SAME_STATE_VECTOR), state_vectors.filter(bool)),
+            ).map(lambda a: (a[0], b"" if a[2] else a[1], a[2], a[3]))
+        ),
+    ),
+    st.builds(Fills, tuples(blobs)),
     st.builds(Diffs, tuples(st.tuples(doc_ids, blobs))),
 )
 
@@ -448,9 +496,11 @@ HUGE = b"\xff\xff\xff\xff\xff\xff\xff\x7f"  # a count of 2**56 - 1 items
         (0x10, b""),
         (0x13, b""),
         (0x23, b"\x00\x00"),
-        (0x23, b"\x00\x00\x00"),
         (0x24, b""),
         (0x25, b""),
+        (0x26, b"\x00\x10"),
+        (0x27, b"\x00"),
+        (0x28, b""),
     ],
 )
 def test_count_larger_than_payload_refused_before_allocating(kind: int, prefix: bytes) -> None:
@@ -458,22 +508,53 @@ def test_count_larger_than_payload_refused_before_allocating(kind: int, prefix: 
 
 
 def test_count_just_fitting_is_accepted() -> None:
-    leaves = b"\x02" + (1).to_bytes(4, "big") + (2).to_bytes(4, "big")
-    assert wire.decode_frame(frame(0x23, b"\x05\x01" + leaves + b"\x00")) == LeafReply(
-        5, True, (1, 2), ()
+    # two leaves (gaps 1 and 0: leaves 1 and 2), each with an empty entries blob
+    leaves = b"\x02\x01\x00" + b"\x00\x00"
+    assert wire.decode_frame(frame(0x23, b"\x05\x01" + leaves)) == LeafList(
+        5, True, ((1, b""), (2, b""))
     )
-    assert "claims" in str(payload_error(0x23, b"\x05\x01\x03" + leaves[1:] + b"\x00"))
+    assert "claims" in str(payload_error(0x23, b"\x05\x01\x06\x01\x00\x00\x00"))
 
 
-def test_leaf_reply_fields() -> None:
-    doc = b"\x03a/b" + HASH[:4] + b"\x02\x01\x00"
-    assert wire.decode_frame(frame(0x23, b"\x00\x00\x00\x01" + doc)) == LeafReply(
-        0, False, (), (("a/b", HASH[:4], b"\x01\x00"),)
+def test_leaf_list_fields() -> None:
+    entry = HASH[: wire.LEAF_ENTRY_BYTES]  # 2 bytes of id hash, 3 of digest
+    assert wire.decode_frame(frame(0x23, b"\x00\x00\x01\x07\x05" + entry)) == LeafList(
+        0, False, ((7, entry),)
     )
-    assert "0 or 1" in str(payload_error(0x23, b"\x00\x02\x00\x01" + doc))
-    assert "truncated" in str(payload_error(0x23, b"\x00\x00\x00\x01\x0aabcdefgh/b" + HASH[:3]))
-    with pytest.raises(LocalProtocolError, match="4 bytes"):
-        LeafReply(0, True, (), (("a/b", HASH, b"\x00"),))
+    assert "0 or 1" in str(payload_error(0x23, b"\x00\x02\x01\x07\x05" + entry))
+    assert "5 bytes each" in str(payload_error(0x23, b"\x00\x00\x01\x07\x04" + entry[:4]))
+    with pytest.raises(LocalProtocolError, match="ascending"):
+        LeafList(0, True, ((3, b""), (3, b"")))
+
+
+def test_wants_and_answers_fields() -> None:
+    # position 3; a table of one client (id 300); then a state vector of 1 client
+    # (length + 1 = 2: index 0, clock 7), the id check and the delete-set slice
+    table = b"\x01\xac\x02"
+    want = b"\x01\x03" + table + b"\x02\x00\x07" + HASH[:7]
+    sv = b"\x01\xac\x02\x07"  # the same state vector in Yjs's encoding
+    lacking = b"\x01\x04\x00\x00"  # position 4, an empty table, no such document
+    assert wire.decode_frame(frame(0x24, want)) == Wants(((3, sv, HASH[:4], HASH[4:7]),))
+    assert wire.encode(Wants(((3, sv, HASH[:4], HASH[4:7]),))) == frame(0x24, want)
+    assert wire.decode_frame(frame(0x24, lacking)) == Wants(((4, b"", b"", b""),))
+    assert "truncated" in str(payload_error(0x24, want[:-1]))
+    assert "outside a table" in str(payload_error(0x24, b"\x01\x03" + table + b"\x02\x01\x07"))
+    with pytest.raises(LocalProtocolError, match="id check"):
+        Wants(((0, b"", HASH[:4], b""),))
+    with pytest.raises(LocalProtocolError, match="not a state vector"):
+        Wants(((0, b"\x05", HASH[:4], HASH[:3]),))
+    # flags 1|2|8: named, with a diff, asking back with a state vector
+    answer = b"\x01\x0b\x03a/b\x02\x00\x00\x02\x00\x07"
+    assert wire.decode_frame(frame(0x27, table + answer)) == Answers(
+        (("a/b", b"\x00\x00", False, sv),)
+    )
+    same = b"\x00\x01\x18"  # flags 8|16: asks against the state vector the asker sent
+    assert wire.decode_frame(frame(0x27, same)) == Answers((("", b"", False, b""),))
+    assert "flags" in str(payload_error(0x27, b"\x00\x01\x10"))  # "same" without an ask
+    assert "flags" in str(payload_error(0x27, b"\x00\x01\x20"))
+    assert "empty" in str(payload_error(0x27, b"\x00\x01\x02\x00"))
+    with pytest.raises(LocalProtocolError, match="apart"):
+        Answers((("", b"x", True, None),))
 
 
 def test_hello_nonce_must_be_32_bytes() -> None:
@@ -526,12 +607,18 @@ def test_zero_means_nothing_yet_only_where_documented() -> None:
         lambda: Heartbeat(1 << 63),
         lambda: Frontier((("eu", 1, 1), ("eu", 2, 2)), 1),
         lambda: Frontier((("eu", 1),), 1),
-        lambda: MerkleHashes(0, (), HASH),
-        lambda: LeafReply(256, True, (), ()),
-        lambda: LeafReply(0, 1, (), ()),
-        lambda: LeafReply(0, True, (1 << 32,), ()),
-        lambda: LeafReply(0, True, (), (("a/b", HASH[:3], b"\x00"),)),
-        lambda: StateVectors((("a/b", "not bytes"),)),
+        lambda: MerkleHashes(0, 16, (), HASH),
+        lambda: MerkleHashes(0, 8, (), HASH[:4]),
+        lambda: MerkleHashes(0, 4, (2, 1), bytes(32)),
+        lambda: LeafList(256, True, ()),
+        lambda: LeafList(0, 1, ()),
+        lambda: LeafList(0, True, ((1 << 32, b""),)),
+        lambda: LeafList(0, True, ((1, HASH[:4]),)),
+        lambda: Wants(((1, b"\x00", b"", b""),)),
+        lambda: Wants(((2, b"", b"", b""), (1, b"", b"", b""))),
+        lambda: Answers((("bad id", b"", False, None),)),
+        lambda: Answers((("", "not bytes", False, None),)),
+        lambda: Fills(("not bytes",)),
         lambda: Diffs((("bad id", b""),)),
     ],
 )
@@ -547,8 +634,8 @@ def test_invalid_messages_refused_when_built(build: object) -> None:
 
 
 def test_check_version() -> None:
-    assert wire.check_version(Hello(wire.PROTOCOL_VERSION, "eu", NONCE)) == 2
-    for other in (1, 3):  # version 1 sent 8-byte hash slices and no state vectors in LeafReply
+    assert wire.check_version(Hello(wire.PROTOCOL_VERSION, "eu", NONCE)) == 3
+    for other in (1, 2, 4):  # version 2 listed leaves with ids and state vectors
         with pytest.raises(RemoteProtocolError, match=f"version {other}") as info:
             wire.check_version(Hello(other, "us", NONCE))
         assert info.value.code == "bad_version"
