@@ -341,9 +341,9 @@ def test_round_costs_bytes_in_proportion_to_the_differences(tmp_path: Path) -> N
     assert repaired == 5
     assert eu.merkle_root() == us.merkle_root()
     assert us.get("docs/97") == {"i": 97, "changed": True}
-    # 5 paths of 4 levels, 16 sliced 8-byte hashes each (~2.6 KB), plus 5 leaves and diffs;
-    # full 32-byte hashes with node ids would cost ~12 KB
-    assert fresh.bytes - before < 6_000, fresh.bytes - before
+    # 5 paths of 3 levels by 16 and 2 by 4, 3-byte hashes (~1 KB), plus 5 listed leaves,
+    # wants and diffs; full 32-byte hashes with node ids would cost ~12 KB
+    assert fresh.bytes - before < 1_800, fresh.bytes - before
 
 
 # ------------------------------------------------------------------ lanes
