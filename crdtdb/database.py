@@ -705,8 +705,13 @@ class Database:
         for record in records:
             by_doc.setdefault(record.doc_id, []).append(record)
         handles: dict[str, DocHandle] = {}
+        absent = self._absent([d for d in by_doc if self._cache.peek(d) is None])
         for doc_id, mine in by_doc.items():
-            handle = handles[doc_id] = self._handle(doc_id)
+            if doc_id in absent:  # nothing on disk to load: start it empty (a bootstrap)
+                handle = handles[doc_id] = DocHandle(self._client_id)
+                self._cache.put(doc_id, handle)
+            else:
+                handle = handles[doc_id] = self._handle(doc_id)
             for record in mine:
                 try:
                     handle.receive(record.update)
@@ -717,6 +722,20 @@ class Database:
                     ) from None
             handle.settle([record.update for record in mine])
         return handles
+
+    def _absent(self, doc_ids: builtins.list[str]) -> set[str]:
+        """Those of ``doc_ids`` this store has never held (no row: no history to load)."""
+        absent = set(doc_ids)
+        for start in range(0, len(doc_ids), 500):
+            chunk = doc_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            absent.difference_update(
+                row[0]
+                for row in self._conn.execute(
+                    f"SELECT doc_id FROM docs WHERE doc_id IN ({marks})", chunk
+                )
+            )
+        return absent
 
     # ---------------------------------------------------------------- history
 
@@ -1116,9 +1135,13 @@ class Database:
         ``changed`` holds (doc_id, handle, its newest log id, bytes logged, HLC),
         once per document.
 
-        Digests are computed when the Merkle tree is next read (once per
-        anti-entropy round), not per commit: a digest scans the document's
-        whole delete set, which grows with its history.
+        A changed document's digest is computed when the Merkle tree is next
+        read (once per anti-entropy round), not per commit: a digest scans the
+        document's whole delete set, which grows with its history. A document
+        new to this store is the exception: its digest costs no more than what
+        the commit wrote, and computing it now, with the document in hand,
+        spares a reload later (a bootstrap, or an application creating
+        documents, would otherwise have each one loaded again to be hashed).
 
         The load snapshot is rewritten once the log bytes written since the last
         one reach that snapshot's size (at least ``snapshot_min_bytes``): loading
@@ -1136,8 +1159,15 @@ class Database:
             ):
                 known[row[0]] = (row[1], row[2], row[3])
         params = []
+        deltas: dict[int, int] = {}
         for doc_id, handle, log_id, size, hlc in changed:
             handle.loaded_through = log_id
+            digest: bytes | None = None
+            if doc_id not in known:  # new here: its digest costs only what this commit wrote
+                digest = merkle.doc_digest(handle.doc)
+                delta = int.from_bytes(merkle.contribution(doc_id, digest), "big")
+                for node in merkle.path_to_root(merkle.leaf_of(doc_id)):
+                    deltas[node] = deltas.get(node, 0) ^ delta
             pending, doc_hlc, snapshot_size = known.get(doc_id, (0, 0, 0))
             pending += size
             snapshot: bytes | None = None
@@ -1156,19 +1186,23 @@ class Database:
                     snapshot,
                     snapshot_id,
                     pending,
+                    digest,
                 )
             )
         self._conn.executemany(
             "INSERT INTO docs (doc_id, collection, leaf, live, hlc, dirty, snapshot, snapshot_id,"
-            " pending) VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8) ON CONFLICT (doc_id) DO UPDATE"
-            " SET live = ?4, hlc = ?5, dirty = 1, pending = ?8,"
+            " pending, digest) VALUES (?1, ?2, ?3, ?4, ?5, ?9 IS NULL, ?6, ?7, ?8, ?9)"
+            " ON CONFLICT (doc_id) DO UPDATE SET live = ?4, hlc = ?5, dirty = 1, pending = ?8,"
             " snapshot = coalesce(?6, snapshot), snapshot_id = max(?7, snapshot_id)",
             params,
         )
+        if deltas:
+            self._xor_into_tree(deltas)
         stale = self._stale_here
         for change in changed:
-            stale.pop(change[0], None)
-            stale[change[0]] = None
+            if change[0] in known:
+                stale.pop(change[0], None)
+                stale[change[0]] = None
         while len(stale) > 4 * self._cache.capacity:  # the rest is found by their mark
             del stale[next(iter(stale))]
 
@@ -1185,12 +1219,15 @@ class Database:
             return 0, []
         deltas: dict[int, int] = {}
         self._flush_chunk(rows, deltas)
+        self._xor_into_tree(deltas)
+        return len(rows), []
+
+    def _xor_into_tree(self, deltas: dict[int, int]) -> None:
         self._conn.executemany(
             "INSERT INTO merkle (node, hash) VALUES (?, ?) ON CONFLICT (node)"
             " DO UPDATE SET hash = xor_blob(hash, excluded.hash)",
             [(node, delta.to_bytes(merkle.NODE_BYTES, "big")) for node, delta in deltas.items()],
         )
-        return len(rows), []
 
     def _flush_chunk(
         self, rows: builtins.list[tuple[str, bytes | None]], deltas: dict[int, int]

@@ -639,8 +639,12 @@ def test_refresh_digests_takes_cached_documents_first(tmp_path: Path) -> None:
     from crdtdb.storage import STORE_FILE
 
     with crdtdb.open(tmp_path / "eu", region="eu", cache_size=100) as db:
+        with db.transaction() as tx:  # new documents: hashed as they are created
+            for i in range(300):
+                tx.put(f"docs/{i:03d}", {"i": i})
+        assert db.refresh_digests(50) == 0
         for i in range(300):
-            db.put(f"docs/{i:03d}", {"i": i})  # only the last 100 stay loaded
+            db.update(f"docs/{i:03d}", {"j": i})  # stale now; only the last 100 stay loaded
         assert db.refresh_digests(50) == 50
         side = sqlite3.connect(tmp_path / "eu" / STORE_FILE)
         fresh = sorted(row[0] for row in side.execute("SELECT doc_id FROM docs WHERE NOT dirty"))

@@ -130,3 +130,46 @@ def test_regions_with_equal_content_have_equal_roots(tmp_path: Path) -> None:
         root = merkle.node_id(0, 0)
         differing = [n for n in merkle.children(root) if eu.merkle_node(n) != us.merkle_node(n)]
         assert len(differing) == 1  # only the path to d/7 differs
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["put", "update", "delete"]), st.integers(0, 30), st.integers(0, 3)
+            ),
+            min_size=1,
+            max_size=6,
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    st.integers(1, 7),
+)
+def test_documents_hashed_as_they_are_created_give_the_tree_of_a_rebuild(
+    tmp_path_factory: object, transactions: list[list[tuple[str, int, int]]], chunk: int
+) -> None:
+    """A document new to a store is hashed in the commit (or batch) that creates it."""
+    path = tmp_path_factory.mktemp("merkle")  # type: ignore[attr-defined]
+    with crdtdb.open(path / "eu", region="eu") as db, crdtdb.open(path / "us", region="us") as us:
+        for ops in transactions:  # several documents, new and old, in one commit
+            with db.transaction() as tx:
+                for op, doc, value in ops:
+                    doc_id = f"d/{doc}"
+                    if op == "put":
+                        tx.put(doc_id, {"v": value})
+                    elif op == "update":
+                        tx.update(doc_id, {f"k{value}": value})
+                    else:
+                        tx.delete(doc_id)
+        records = list(db.changes())
+        for start in range(0, len(records), chunk):  # new to us in batches of any size
+            us.apply_remote_many(records[start : start + chunk])
+        for store in (db, us):
+            expected = _tree_from_scratch(store)
+            for node, value in expected.items():
+                assert store.merkle_node(node) == value
+            for doc_id in {r.doc_id for r in records}:
+                assert store.digest(doc_id) == merkle.doc_digest(store._handle(doc_id).doc)
+        assert us.merkle_root() == db.merkle_root()

@@ -258,6 +258,9 @@ def test_refreshing_digests_in_chunks_from_a_thread_gives_the_fresh_root(
         with db.transaction() as tx:
             for i in range(250):
                 tx.put(f"docs/{i}", {"i": i})
+        with db.transaction() as tx:  # changed, no longer new: stale until refreshed
+            for i in range(250):
+                tx.update(f"docs/{i}", {"j": i})
         counts: list[int] = []
         failures: list[BaseException] = []
 
