@@ -115,6 +115,11 @@ def open(path: str | Path, region: str | None = None, **options: Any) -> Databas
     return Database(path, region, Options(**options))
 
 
+EAGER_DIGESTS = 32
+"""A commit or remote batch that creates at least this many documents hashes them
+at once (see ``Database._index``); smaller ones leave it to the next tree read."""
+
+
 class Database:
     """One region's store. Thread-safe; several processes may open the same directory."""
 
@@ -1136,12 +1141,16 @@ class Database:
         once per document.
 
         A changed document's digest is computed when the Merkle tree is next
-        read (once per anti-entropy round), not per commit: a digest scans the
-        document's whole delete set, which grows with its history. A document
-        new to this store is the exception: its digest costs no more than what
-        the commit wrote, and computing it now, with the document in hand,
-        spares a reload later (a bootstrap, or an application creating
-        documents, would otherwise have each one loaded again to be hashed).
+        read (once per anti-entropy round, or by the daemon's refresh), not per
+        commit: a digest scans the document's whole delete set, which grows
+        with its history. Documents new to this store, when a commit or batch
+        creates at least ``EAGER_DIGESTS`` of them, are the exception: a new
+        document's digest costs no more than what was written, and computing
+        it now, with the document in hand, spares a reload later (a bootstrap
+        or a bulk import would otherwise have each one loaded again to be
+        hashed, long evicted from the cache). A small commit stays lazy: the
+        refresh finds its documents still cached and hashes them in batches,
+        sharing the upper tree nodes, for less than the commit would pay.
 
         The load snapshot is rewritten once the log bytes written since the last
         one reach that snapshot's size (at least ``snapshot_min_bytes``): loading
@@ -1160,10 +1169,11 @@ class Database:
                 known[row[0]] = (row[1], row[2], row[3])
         params = []
         deltas: dict[int, int] = {}
+        eager = len(changed) - len(known) >= EAGER_DIGESTS
         for doc_id, handle, log_id, size, hlc in changed:
             handle.loaded_through = log_id
             digest: bytes | None = None
-            if doc_id not in known:  # new here: its digest costs only what this commit wrote
+            if eager and doc_id not in known:  # new: its digest costs only what was written
                 digest = merkle.doc_digest(handle.doc)
                 delta = int.from_bytes(merkle.contribution(doc_id, digest), "big")
                 for node in merkle.path_to_root(merkle.leaf_of(doc_id)):

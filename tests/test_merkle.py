@@ -146,30 +146,52 @@ def test_regions_with_equal_content_have_equal_roots(tmp_path: Path) -> None:
         max_size=12,
     ),
     st.integers(1, 7),
+    st.sampled_from([1, 2, 1_000]),
 )
 def test_documents_hashed_as_they_are_created_give_the_tree_of_a_rebuild(
-    tmp_path_factory: object, transactions: list[list[tuple[str, int, int]]], chunk: int
+    tmp_path_factory: object,
+    transactions: list[list[tuple[str, int, int]]],
+    chunk: int,
+    eager_from: int,
 ) -> None:
-    """A document new to a store is hashed in the commit (or batch) that creates it."""
+    """Documents new to a store, hashed in the commit (or batch) that creates them."""
+    from crdtdb import database
+
     path = tmp_path_factory.mktemp("merkle")  # type: ignore[attr-defined]
-    with crdtdb.open(path / "eu", region="eu") as db, crdtdb.open(path / "us", region="us") as us:
-        for ops in transactions:  # several documents, new and old, in one commit
-            with db.transaction() as tx:
-                for op, doc, value in ops:
-                    doc_id = f"d/{doc}"
-                    if op == "put":
-                        tx.put(doc_id, {"v": value})
-                    elif op == "update":
-                        tx.update(doc_id, {f"k{value}": value})
-                    else:
-                        tx.delete(doc_id)
-        records = list(db.changes())
-        for start in range(0, len(records), chunk):  # new to us in batches of any size
-            us.apply_remote_many(records[start : start + chunk])
-        for store in (db, us):
-            expected = _tree_from_scratch(store)
-            for node, value in expected.items():
-                assert store.merkle_node(node) == value
-            for doc_id in {r.doc_id for r in records}:
-                assert store.digest(doc_id) == merkle.doc_digest(store._handle(doc_id).doc)
-        assert us.merkle_root() == db.merkle_root()
+    saved, database.EAGER_DIGESTS = database.EAGER_DIGESTS, eager_from
+    try:
+        with (
+            crdtdb.open(path / "eu", region="eu") as db,
+            crdtdb.open(path / "us", region="us") as us,
+        ):
+            _create_then_compare(db, us, transactions, chunk)
+    finally:
+        database.EAGER_DIGESTS = saved
+
+
+def _create_then_compare(
+    db: crdtdb.Database,
+    us: crdtdb.Database,
+    transactions: list[list[tuple[str, int, int]]],
+    chunk: int,
+) -> None:
+    for ops in transactions:  # several documents, new and old, in one commit
+        with db.transaction() as tx:
+            for op, doc, value in ops:
+                doc_id = f"d/{doc}"
+                if op == "put":
+                    tx.put(doc_id, {"v": value})
+                elif op == "update":
+                    tx.update(doc_id, {f"k{value}": value})
+                else:
+                    tx.delete(doc_id)
+    records = list(db.changes())
+    for start in range(0, len(records), chunk):  # new to us in batches of any size
+        us.apply_remote_many(records[start : start + chunk])
+    for store in (db, us):
+        expected = _tree_from_scratch(store)
+        for node, value in expected.items():
+            assert store.merkle_node(node) == value
+        for doc_id in {r.doc_id for r in records}:
+            assert store.digest(doc_id) == merkle.doc_digest(store._handle(doc_id).doc)
+    assert us.merkle_root() == db.merkle_root()
