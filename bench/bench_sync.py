@@ -24,6 +24,9 @@ What it measures (the numbers the replication issue asks for):
    populated one; against pycrdt-websocket fetching the same documents (one room
    per document, as it is built; and, as its best case, all of them in one
    document), and against raw aioquic pushing one big stream (the ceiling).
+   Twice: with tiny documents (~42 B, where per-document costs are all there
+   is) and with text documents (2-4 KB of a real paper's text, where MB/s
+   means something).
 
 Every number comes from one run of this script on one machine, so they share
 its load. Throughput runs are repeated (interleaved across systems) and the
@@ -36,6 +39,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
+import gzip
 import importlib.metadata
 import importlib.util
 import json
@@ -58,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from _report import table, verdict  # bench/_report.py: this folder is sys.path[0]
+from pycrdt import Text
 
 import crdtdb
 from crdtdb import Database
@@ -75,6 +81,10 @@ NOW = 0.0
 AE_TYPES = {"MerkleHashes", "LeafList", "Wants", "Answers", "Fills", "Diffs"}
 EMPTY_UPDATE = b"\x00\x00"
 REFERENCE_PACKAGES = ("pycrdt.websocket", "hypercorn", "httpx_ws")
+TEXT_TRACE = "automerge-paper.json.gz"
+"""The editing trace whose final text (104,852 ASCII characters) the text documents are cut from."""
+TEXT_CHARS = (2_000, 4_000)
+"""Characters of one text document, least to most (about 3 KB of CRDT update on average)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,6 +109,12 @@ class Config:
     """Documents pycrdt-websocket bootstraps one room at a time (a sample of the N)."""
     ws_connections: int = 16
     """Concurrent pycrdt-websocket connections in that bootstrap."""
+    ws_one_doc_text: int = 20_000
+    """Text documents pycrdt-websocket fetches as one document (a sample of the N).
+
+    httpx-ws joins the frames of a message by repeated ``bytes +=``, quadratic in
+    its size: 40,000 text documents (123 MB) take 20 s, 100,000 (300 MB) stall.
+    """
     ceiling_mb: int
     """MB pushed through one raw aioquic stream for the ceiling."""
     batch: int = 1000
@@ -351,14 +367,66 @@ def held(db: Database, origin: str) -> int:
     return entry[1] if entry else 0
 
 
-def build_source(path: Path, cfg: Config) -> float:
-    """Region eu with N documents ``{"n": i, "tag": "t"}``, batched; returns docs/s."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Profile:
+    """What each document of a bootstrap holds (section 4 runs every one of ``PROFILES``)."""
+
+    name: str
+    """Its key in the output: "tiny" or "text"."""
+    shown: str
+    """The document as the report describes it."""
+
+
+PROFILES = (
+    Profile(name="tiny", shown='{"n": i, "tag": "t"}'),
+    Profile(
+        name="text",
+        shown=f'{{"n": i, "body": Text(...)}}, {TEXT_CHARS[0]:,}-{TEXT_CHARS[1]:,} characters of'
+        f" {TEXT_TRACE.removesuffix('.json.gz')}'s final text",
+    ),
+)
+
+
+@functools.cache
+def paper_text() -> str:
+    """The final text of a real paper (josephg/editing-traces, CC BY 4.0; see its README)."""
+    shared = SCRIPT.parents[2] / "shared"
+    if not shared.is_dir():
+        shared = Path("/work/shared")
+    path = shared / "data" / "editing-traces" / TEXT_TRACE
+    if not path.is_file():
+        raise BenchError(
+            f"the text documents are cut from {path}, which is missing: restore the shared"
+            " test data (josephg/editing-traces, CC BY 4.0) or run --sections without bootstrap"
+        )
+    text: str = json.loads(gzip.decompress(path.read_bytes()))["endContent"]
+    return text
+
+
+def doc_value(profile: str, i: int) -> dict[str, Any]:
+    """Document ``i`` of a profile, for ``tx.put`` or a pycrdt ``Map`` (new objects each call).
+
+    A text document is one slice of the paper, of a length and at an offset that
+    vary with ``i`` (multiplying by primes spreads them), inserted as one
+    ``Text``: a document written at once, not typed, as a document DB mostly
+    receives them.
+    """
+    if profile == "tiny":
+        return {"n": i, "tag": "t"}
+    paper, low, high = paper_text(), *TEXT_CHARS
+    size = low + i * 7_919 % (high - low + 1)
+    start = i * 104_729 % (len(paper) - size)
+    return {"n": i, "body": Text(paper[start : start + size])}
+
+
+def build_source(path: Path, cfg: Config, profile: str = "tiny") -> float:
+    """Region eu with N documents of ``profile``, ``cfg.batch`` a transaction; returns docs/s."""
     start = time.perf_counter()
     with crdtdb.open(path, region="eu") as db:
         for first in range(0, cfg.docs, cfg.batch):
             with db.transaction() as tx:
                 for i in range(first, min(cfg.docs, first + cfg.batch)):
-                    tx.put(doc_name(i), {"n": i, "tag": "t"})
+                    tx.put(doc_name(i), doc_value(profile, i))
         db.merkle_root()  # digests computed once here, not during a measurement
     return cfg.docs / (time.perf_counter() - start)
 
@@ -477,16 +545,21 @@ def bootstrap_crdtdb(cfg: Config, work: Path, certs: Path, source: Path, fresh: 
     )
 
 
-def bootstrap_ws(cfg: Config, work: Path, source: Path, mode: str) -> Transfer:
+def bootstrap_ws(cfg: Config, work: Path, source: Path, mode: str, profile: str) -> Transfer:
     """pycrdt-websocket: a server process holding the documents, a client process fetching them."""
-    count = cfg.docs if mode == "one-doc" else min(cfg.docs, cfg.ws_docs)
+    if mode == "rooms":
+        count = min(cfg.docs, cfg.ws_docs)
+    else:
+        count = cfg.docs if profile == "tiny" else min(cfg.docs, cfg.ws_one_doc_text)
     (port,) = free_ports(1)
-    ready, result = work / f"ws-{mode}.ready", work / f"ws-{mode}.json"
+    name = f"ws-{mode}-{profile}"
+    ready, result = work / f"{name}.ready", work / f"{name}.json"
     with Children(work) as children:
-        children.role(f"ws-server-{mode}", "ws-server", port, mode, count, source, ready, "-")
-        wait_for(ready.exists, 120, "the pycrdt-websocket server", children)
+        server_args = (port, mode, count, source, ready, "-", "-", profile)
+        children.role(f"{name}-server", "ws-server", *server_args)
+        wait_for(ready.exists, 120 + count / 1_000, "the pycrdt-websocket server", children)
         fetch = children.role(
-            f"ws-fetch-{mode}", "ws-fetch", port, mode, count, cfg.ws_connections, result
+            f"{name}-fetch", "ws-fetch", port, mode, count, cfg.ws_connections, result
         )
         if fetch.wait(120 + count / 20) != 0:
             raise BenchError(f"ws-fetch failed:\n{fetch.tail()}")
@@ -510,26 +583,44 @@ def quic_ceiling(cfg: Config, work: Path, certs: Path) -> list[Transfer]:
     return [Transfer(docs=0, seconds=s, payload=0, wire=size) for size, s in runs]
 
 
+def bootstrap_profile(
+    cfg: Config, work: Path, certs: Path, source: Path, fresh: Path, profile: Profile
+) -> dict[str, Any]:
+    """crdtdb and pycrdt-websocket bootstrapping the documents of ``source`` (one profile)."""
+    log(f"  {profile.name}: crdtdb daemon us bootstrapping {cfg.docs:,} documents ...")
+    mine = bootstrap_crdtdb(cfg, work, certs, source, fresh)
+    log(f"  {profile.name}: crdtdb {mine.docs_per_s:,.0f} docs/s, {mine.wire_mb_s or 0:.2f} MB/s")
+    rooms = bootstrap_ws(cfg, work, source, "rooms", profile.name)
+    log(f"  {profile.name}: pycrdt-websocket, a room per doc: {rooms.docs_per_s:,.0f} docs/s")
+    one = bootstrap_ws(cfg, work, source, "one-doc", profile.name)
+    log(f"  {profile.name}: pycrdt-websocket, one doc: {one.docs_per_s:,.0f} docs/s")
+    return {"document": profile.shown, "crdtdb": mine, "ws-rooms": rooms, "ws-one-doc": one}
+
+
 def bench_bootstrap(
     cfg: Config, work: Path, certs: Path, source: Path, out: dict[str, Any]
 ) -> None:
-    fresh = work / "us"
-    log(f"  crdtdb: daemon us bootstrapping {cfg.docs:,} documents from daemon eu ...")
-    mine = bootstrap_crdtdb(cfg, work, certs, source, fresh)
-    log(f"  crdtdb: {mine.docs_per_s:,.0f} docs/s, wire {mine.wire_mb_s or 0:.2f} MB/s")
-    rooms = bootstrap_ws(cfg, work, source, "rooms")
-    log(f"  pycrdt-websocket, one room per doc: {rooms.docs_per_s:,.0f} docs/s")
-    one = bootstrap_ws(cfg, work, source, "one-doc")
-    log(f"  pycrdt-websocket, one doc: {one.docs_per_s:,.0f} docs/s")
+    """Every profile, then the ceiling; the tiny profile's regions are kept for section 1."""
+    profiles: dict[str, dict[str, Any]] = {}
+    for profile in PROFILES:
+        begun = time.perf_counter()
+        if profile.name == "tiny":  # main() wrote its source: section 1 uses it too
+            eu, us, written = source, work / "us", out.get("source_docs_per_s")
+        else:
+            eu, us = work / f"eu-{profile.name}", work / f"us-{profile.name}"
+            log(f"  {profile.name}: source store, {cfg.docs:,} documents ...")
+            written = build_source(eu, cfg, profile.name)
+            log(f"  {profile.name}: written at {written:,.0f} docs/s")
+        boot = bootstrap_profile(cfg, work, certs, eu, us, profile)
+        if profile.name != "tiny":  # free the disk (hundreds of MB at full size)
+            shutil.rmtree(eu)
+            shutil.rmtree(us)
+        seconds = time.perf_counter() - begun
+        profiles[profile.name] = {**boot, "source_docs_per_s": written, "seconds": seconds}
+        log(f"  {profile.name}: {seconds:.1f} s in all")
     ceiling = quic_ceiling(cfg, work, certs)
     log(f"  aioquic ceiling: {statistics.median(t.wire_mb_s or 0 for t in ceiling):.1f} MB/s")
-    out["bootstrap"] = {
-        "crdtdb": mine,
-        "ws-rooms": rooms,
-        "ws-one-doc": one,
-        "ceiling": ceiling,
-        "replica": fresh,
-    }
+    out["bootstrap"] = {"profiles": profiles, "ceiling": ceiling, "replica": work / "us"}
 
 
 # ---------------------------------------------------------- 1. anti-entropy
@@ -1157,13 +1248,28 @@ def role_write_count(eu_dir: str, doc_id: str, count: str, result: str) -> None:
 
 
 def role_ws_server(
-    port: str, mode: str, count: str, source: str, ready: str, status: str, result: str = "-"
+    port: str,
+    mode: str,
+    count: str,
+    source: str,
+    ready: str,
+    status: str,
+    result: str = "-",
+    profile: str = "tiny",
 ) -> None:
-    asyncio.run(_ws_server(int(port), mode, int(count), source, Path(ready), status, result))
+    args = (int(port), mode, int(count), source, Path(ready), status, result, profile)
+    asyncio.run(_ws_server(*args))
 
 
 async def _ws_server(
-    port: int, mode: str, count: int, source: str, ready: Path, status: str, result: str
+    port: int,
+    mode: str,
+    count: int,
+    source: str,
+    ready: Path,
+    status: str,
+    result: str,
+    profile: str,
 ) -> None:
     from hypercorn.asyncio import serve
     from hypercorn.config import Config as HypercornConfig
@@ -1195,7 +1301,7 @@ async def _ws_server(
             root = doc.get("docs", type=Map)
             with doc.transaction():
                 for i in range(count):
-                    root[doc_name(i)] = Map({"n": i, "tag": "t"})
+                    root[doc_name(i)] = Map(doc_value(profile, i))
         config = HypercornConfig()
         config.bind = [f"127.0.0.1:{port}"]
         config.accesslog = config.errorlog = None
@@ -1614,9 +1720,24 @@ def backlog_report(backlog: list[BacklogRun], live: list[RateRun]) -> list[str]:
 
 
 def bootstrap_report(boot: dict[str, Any], cfg: Config, checks: list[Check]) -> list[str]:
+    ceiling: list[Transfer] = boot["ceiling"]
+    lines = [f"4. bulk bootstrap of a fresh region, N={cfg.docs:,} documents, per document profile"]
+    for name, results in boot["profiles"].items():
+        lines += profile_report(name, results, ceiling, cfg, checks)
+    return [
+        *lines,
+        f"   ceiling: median of {len(ceiling)} raw aioquic pushes of"
+        f" {(ceiling[0].wire or 0) / 1e6:.0f} MB, the same for every profile",
+    ]
+
+
+def profile_report(
+    name: str, boot: dict[str, Any], ceiling: list[Transfer], cfg: Config, checks: list[Check]
+) -> list[str]:
+    """One profile's table, its notes and its two target checks."""
     mine: Transfer = boot["crdtdb"]
-    ceiling_mb_s = statistics.median(t.wire_mb_s or 0 for t in boot["ceiling"])
-    ceiling_bytes = boot["ceiling"][0].wire or 0
+    ceiling_mb_s = statistics.median(t.wire_mb_s or 0 for t in ceiling)
+    ceiling_bytes = ceiling[0].wire or 0
 
     def row(label: str, t: Transfer) -> list[str]:
         wire_mb_s = t.wire_mb_s
@@ -1648,9 +1769,11 @@ def bootstrap_report(boot: dict[str, Any], cfg: Config, checks: list[Check]) -> 
     ]
     faster = mine.docs_per_s / boot["ws-rooms"].docs_per_s
     share = (mine.wire_mb_s or 0) / ceiling_mb_s
+    # The tiny profile's checks keep the names they had before there were profiles.
+    which = "bootstrap" if name == "tiny" else f"bootstrap of {name} docs"
     checks.append(
         Check(
-            "bootstrap faster than pycrdt-websocket (a room per doc)",
+            f"{which} faster than pycrdt-websocket (a room per doc)",
             faster,
             1,
             f"{faster:.2f}x",
@@ -1658,14 +1781,18 @@ def bootstrap_report(boot: dict[str, Any], cfg: Config, checks: list[Check]) -> 
         )
     )
     checks.append(
-        Check("bootstrap wire MB/s >= 50% of raw aioquic", share, 0.5, f"{share:.1%}", share >= 0.5)
+        Check(f"{which} wire MB/s >= 50% of raw aioquic", share, 0.5, f"{share:.1%}", share >= 0.5)
     )
     extra = mine.extra
+    written = boot.get("source_docs_per_s")
+    source = "" if written is None else f"; source store written at {written:,.0f} docs/s"
+    took = f"; {boot['seconds']:.0f} s for the profile" if "seconds" in boot else ""
     return [
-        f"4. bulk bootstrap of a fresh region, N={cfg.docs:,} documents",
+        f"   {name}: {boot['document']}, {mine.payload / mine.docs:,.0f} B of CRDT update a"
+        f" document{source}{took}",
         table(
             [
-                "system",
+                f"{name}: system",
                 "docs",
                 "seconds",
                 "docs/s",
@@ -1684,9 +1811,17 @@ def bootstrap_report(boot: dict[str, Any], cfg: Config, checks: list[Check]) -> 
         f" {extra['repair_records_created_in_us']:,} repair records created in us;"
         f" CPU per document (us): {cpu_text(extra['cpu_s'], mine.docs / 1e6, '.0f')}",
         f"   pycrdt-websocket a room per doc: {boot['ws-rooms'].docs:,} of the documents,"
-        f" {cfg.ws_connections} connections at a time; ceiling: median of"
-        f" {len(boot['ceiling'])} pushes",
+        f" {cfg.ws_connections} connections at a time{one_doc_sample(boot['ws-one-doc'], cfg)}",
     ]
+
+
+def one_doc_sample(one: Transfer, cfg: Config) -> str:
+    if one.docs >= cfg.docs:
+        return ""
+    return (
+        f"; all in one doc: {one.docs:,} of them, {one.payload / 1e6:.0f} MB (httpx-ws"
+        " reassembles a message in quadratic time: all N stall)"
+    )
 
 
 def report(cfg: Config, out: dict[str, Any], env: dict[str, Any]) -> tuple[str, list[Check]]:
