@@ -680,7 +680,7 @@ class Database:
                 )
         last, local_seq = self._read_counters()
         clock = self._observe_all(last, records)
-        handles = self._apply_updates(records)
+        handles, new = self._apply_updates(records)
         first_id = self._seen_id + 1  # free: we hold the write lock and caught up
         self._conn.executemany(
             "INSERT INTO log (id, origin, seq, hlc, doc_id, payload) VALUES (?, ?, ?, ?, ?, ?)",
@@ -690,7 +690,7 @@ class Database:
             ],
         )
         self._seen_id = first_id + len(records) - 1
-        self._index(_doc_changes(records, handles, first_id))
+        self._index(_doc_changes(records, handles, first_id), new)
         self._advance_origins(records)
         self._set_last_hlc(clock)
         self._counters = (clock, local_seq)
@@ -704,8 +704,11 @@ class Database:
         newest = Hlc(max(record.hlc for record in records))
         return observe(last, newest, self.options.clock(), self.options.max_clock_offset_ms)
 
-    def _apply_updates(self, records: builtins.list[UpdateRecord]) -> dict[str, DocHandle]:
-        """Apply the updates to their documents in order; the handles by document."""
+    def _apply_updates(
+        self, records: builtins.list[UpdateRecord]
+    ) -> tuple[dict[str, DocHandle], set[str]]:
+        """Apply the updates to their documents in order: the handles by document, and
+        the documents that are new to this store."""
         by_doc: dict[str, builtins.list[UpdateRecord]] = {}
         for record in records:
             by_doc.setdefault(record.doc_id, []).append(record)
@@ -726,7 +729,7 @@ class Database:
                         f" does not decode ({exc}); nothing of its batch was applied"
                     ) from None
             handle.settle([record.update for record in mine])
-        return handles
+        return handles, absent
 
     def _absent(self, doc_ids: builtins.list[str]) -> set[str]:
         """Those of ``doc_ids`` this store has never held (no row: no history to load)."""
@@ -1134,11 +1137,11 @@ class Database:
         self._counters = (hlc, seq)
         return hlc, records
 
-    def _index(self, changed: builtins.list[_DocChange]) -> None:
+    def _index(self, changed: builtins.list[_DocChange], new: set[str] | None = None) -> None:
         """Record changed documents' liveness and HLC, and mark their digests stale.
 
         ``changed`` holds (doc_id, handle, its newest log id, bytes logged, HLC),
-        once per document.
+        once per document; ``new``, if known, those without a row yet.
 
         A changed document's digest is computed when the Merkle tree is next
         read (once per anti-entropy round, or by the daemon's refresh), not per
@@ -1158,8 +1161,9 @@ class Database:
         most one extra byte per byte logged.
         """
         known: dict[str, tuple[int, int, int | None]] = {}
-        for start in range(0, len(changed), 500):
-            chunk = [change[0] for change in changed[start : start + 500]]
+        looked_up = [change[0] for change in changed if new is None or change[0] not in new]
+        for start in range(0, len(looked_up), 500):
+            chunk = looked_up[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for row in self._conn.execute(
                 "SELECT doc_id, pending, hlc, length(snapshot) FROM docs"

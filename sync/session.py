@@ -313,6 +313,8 @@ class SyncSession:
 
     def lanes_to_send(self) -> list[tuple[int, bytes]]:
         """Bytes to write on bulk lanes, as (lane 1..BULK_LANES, bytes); after ``data_to_send``."""
+        if not self._lane_out:
+            return []
         out = [(lane, b"".join(chunks)) for lane, chunks in sorted(self._lane_out.items())]
         self._lane_out.clear()
         self.bytes_out += sum(len(data) for _, data in out)

@@ -143,9 +143,12 @@ class SessionProtocol(QuicConnectionProtocol):
 
     # (Not ``_timer``: QuicConnectionProtocol uses that name for the QUIC timer.)
     def _arm_timer(self) -> None:
-        self._cancel_timer()
         assert self.session is not None
         when = self.session.get_timer()
+        timer = self._session_timer
+        if timer is not None and when is not None and timer.when() == when:
+            return  # already set for then: most datagrams do not move the session's timer
+        self._cancel_timer()
         if when is not None:
             self._session_timer = self._loop.call_at(when, self._on_timer)
 
