@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,53 @@ def test_the_daemon_runs_full_collections_itself_when_the_log_is_quiet(
 
     asyncio.run(scenario())
     assert gc.get_threshold() == before  # restored when the replicator stops
+
+
+def test_stale_digests_are_refreshed_a_few_at_a_time_while_the_log_grows(
+    tmp_path: Path, certs: Path
+) -> None:
+    """So that replication keeps the store lock to itself; the tree is fresh once quiet."""
+    import sqlite3
+    import time
+
+    from crdtdb.sync import node
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        db = crdtdb.open(tmp_path / "eu", region="eu")
+        _fill(db, 200)
+        calls: list[tuple[float, int, bool]] = []  # (when, chunk, while writing)
+        writing = True
+        refresh = db.refresh_digests
+
+        def recording(limit: int = 100) -> int:
+            calls.append((time.monotonic(), limit, writing))
+            return refresh(limit)
+
+        db.refresh_digests = recording  # type: ignore[method-assign]
+        replicator = Replicator(db, region_config(tmp_path, certs, "eu", []))
+        task = asyncio.create_task(replicator.run(stop))
+        try:
+            await wait_for(lambda: replicator.port is not None)
+            for i in range(150):  # 1.5 s of writes, each making a document's digest stale
+                db.update(f"docs/{i}", {"again": i})
+                await asyncio.sleep(0.01)
+            writing = False
+            store = sqlite3.connect(tmp_path / "eu" / STORE_FILE)
+
+            def stale() -> int:
+                return int(store.execute("SELECT count(*) FROM docs WHERE dirty").fetchone()[0])
+
+            await wait_for(lambda: stale() == 0, timeout=10)
+            store.close()
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            db.close()
+        busy = [(when, chunk) for when, chunk, during in calls if during]
+        assert len(busy) > 10, calls  # the refresh kept up while the writes went on
+        assert {chunk for _, chunk in busy[1:]} == {node.DIGEST_CHUNK_BUSY}
+        gaps = [b[0] - a[0] for a, b in itertools.pairwise(busy)]
+        assert min(gaps) >= node.DIGEST_PAUSE * 0.9
+
+    asyncio.run(scenario())
