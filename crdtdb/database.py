@@ -379,6 +379,15 @@ class Database:
             count: int = self._write(lambda: self._flush_digests(limit))
             return count
 
+    def stale_digests(self, limit: int = 100) -> int:
+        """How many documents' digests are stale, counting up to ``limit`` (a quick look)."""
+        with self._lock:
+            self._check()
+            row = self._conn.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM docs WHERE dirty LIMIT ?)", (limit,)
+            ).fetchone()
+            return int(row[0])
+
     def _stale_rows(self, limit: int) -> builtins.list[tuple[str, bytes | None]]:
         """Up to ``limit`` (doc_id, old digest) of stale documents, those in the cache first.
 

@@ -72,7 +72,8 @@ in the cache)."""
 DIGEST_CHUNK_BUSY = 16
 """Digests refreshed per lock hold while the log keeps growing (about 1 ms)."""
 DIGEST_PAUSE = 0.01
-"""Seconds between two such chunks: up to 1,600 digests a second, a tenth of a core."""
+"""Seconds at least between two such chunks: up to 1,600 digests a second, a tenth of a
+core."""
 CHECKPOINT_INTERVAL = 1.0
 """Seconds between WAL checkpoints, when the store leaves them to us."""
 GC_QUIET = 1.0
@@ -336,29 +337,41 @@ class Replicator:
         loop, which stalled for as long as that took after a burst (about
         60 µs a document). Here they are flushed in the background: at full
         speed (``DIGEST_CHUNK`` documents per lock hold) once the log has been
-        quiet for a moment; while it keeps growing, a few at a time
-        (``DIGEST_CHUNK_BUSY``, about a millisecond) with ``DIGEST_PAUSE``
-        between, so that replication keeps the store lock and the interpreter
-        to itself nearly all the time (flushing a second's worth of stale
-        digests at once held them for tens of milliseconds: the lag's tail)
-        and yet no backlog of stale digests builds up for a round to flush.
+        quiet for a moment; while it keeps growing, ``DIGEST_CHUNK_BUSY`` at a
+        time (about a millisecond) at most every ``DIGEST_PAUSE``, and only
+        once that many are stale or the oldest waited half an anti-entropy
+        interval. So replication keeps the store lock and the interpreter to
+        itself nearly all the time (flushing a second's worth of stale digests
+        at once held them for tens of milliseconds: the lag's tail), no backlog
+        builds up for a round to flush, and a document rewritten a thousand
+        times a second is hashed about twice a second, not a hundred times.
         """
         loop = asyncio.get_running_loop()
         quiet = min(DIGEST_QUIET, self.config.anti_entropy_interval / 4)
+        longest = self.config.anti_entropy_interval / 2
         last = -float("inf")
         while True:
             await self._digests_stale.wait()
             self._digests_stale.clear()
+            since = loop.time()  # when the oldest digest still stale (at most) went stale
             try:
                 while True:
-                    wait = last + DIGEST_PAUSE - loop.time()
-                    if wait > 0 and loop.time() - self._last_growth < quiet:
-                        await asyncio.sleep(wait)
-                    busy = loop.time() - self._last_growth < quiet
+                    now = loop.time()
+                    busy = now - self._last_growth < quiet
+                    if busy and (
+                        now < last + DIGEST_PAUSE
+                        or (
+                            now < since + longest
+                            and self.db.stale_digests(DIGEST_CHUNK_BUSY) < DIGEST_CHUNK_BUSY
+                        )
+                    ):
+                        await asyncio.sleep(DIGEST_PAUSE)
+                        continue
                     last = loop.time()
                     chunk = DIGEST_CHUNK_BUSY if busy else DIGEST_CHUNK
                     if not await asyncio.to_thread(self.db.refresh_digests, chunk):
                         break
+                    since = loop.time()
             except CrdtdbError as exc:
                 log.warning("%s: cannot refresh Merkle digests: %s", self.region, exc)
 

@@ -135,39 +135,49 @@ def test_stale_digests_are_refreshed_a_few_at_a_time_while_the_log_grows(
     async def scenario() -> None:
         stop = asyncio.Event()
         db = crdtdb.open(tmp_path / "eu", region="eu")
-        _fill(db, 200)
-        calls: list[tuple[float, int, bool]] = []  # (when, chunk, while writing)
-        writing = True
+        _fill(db, 600)
+        calls: list[tuple[float, int, str]] = []  # (when, chunk, what the writer was doing)
+        phase = "many"
         refresh = db.refresh_digests
 
         def recording(limit: int = 100) -> int:
-            calls.append((time.monotonic(), limit, writing))
+            calls.append((time.monotonic(), limit, phase))
             return refresh(limit)
 
         db.refresh_digests = recording  # type: ignore[method-assign]
-        replicator = Replicator(db, region_config(tmp_path, certs, "eu", []))
+        config = region_config(tmp_path, certs, "eu", [], anti_entropy_interval=2.0)
+        replicator = Replicator(db, config)
         task = asyncio.create_task(replicator.run(stop))
+        store = sqlite3.connect(tmp_path / "eu" / STORE_FILE)
+
+        def stale() -> int:
+            return int(store.execute("SELECT count(*) FROM docs WHERE dirty").fetchone()[0])
+
         try:
             await wait_for(lambda: replicator.port is not None)
-            for i in range(150):  # 1.5 s of writes, each making a document's digest stale
-                db.update(f"docs/{i}", {"again": i})
+            for i in range(0, 600, 4):  # 1.5 s, 400 documents a second made stale
+                for j in range(i, i + 4):
+                    db.update(f"docs/{j}", {"again": j})
                 await asyncio.sleep(0.01)
-            writing = False
-            store = sqlite3.connect(tmp_path / "eu" / STORE_FILE)
-
-            def stale() -> int:
-                return int(store.execute("SELECT count(*) FROM docs WHERE dirty").fetchone()[0])
-
+            phase = "quiet"
             await wait_for(lambda: stale() == 0, timeout=10)
-            store.close()
+            phase = "hot"
+            for i in range(150):  # 1.5 s of rewriting one document
+                db.update("docs/0", {"hot": i})
+                await asyncio.sleep(0.01)
+            phase = "quiet"
+            await wait_for(lambda: stale() == 0, timeout=10)
         finally:
+            store.close()
             stop.set()
             await asyncio.wait_for(task, 10)
             db.close()
-        busy = [(when, chunk) for when, chunk, during in calls if during]
+        busy = [(when, chunk) for when, chunk, during in calls if during == "many"]
         assert len(busy) > 10, calls  # the refresh kept up while the writes went on
         assert {chunk for _, chunk in busy[1:]} == {node.DIGEST_CHUNK_BUSY}
         gaps = [b[0] - a[0] for a, b in itertools.pairwise(busy)]
         assert min(gaps) >= node.DIGEST_PAUSE * 0.9
+        # one document rewritten 100 times a second: hashed about once a second meanwhile
+        assert len([c for c in calls if c[2] == "hot"]) <= 4, calls
 
     asyncio.run(scenario())
