@@ -60,7 +60,7 @@ import zlib
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from crdtdb import merkle
 from crdtdb.errors import CrdtdbError
@@ -192,6 +192,18 @@ class _Round:
     sent), or None where we have no such document."""
     fills: deque[list[str]] = field(default_factory=deque)
     """Lister: per Answers with asks not filled yet, the documents asked."""
+
+
+_Pending = TypeVar("_Pending")
+
+
+def _answered(pending: deque[_Pending], message: wire.Message, what: str) -> _Pending:
+    """The oldest of what we sent that ``message`` answers (each is answered in order)."""
+    if not pending:
+        raise RemoteProtocolError(
+            f"{type(message).__name__} that answer no {what}", code="unexpected_message"
+        )
+    return pending.popleft()
 
 
 def _id_slice(doc_id: str, salt: int) -> bytes:
@@ -723,9 +735,7 @@ class SyncSession:
     def _on_wants(self, message: wire.Wants, now: float) -> None:
         """The peer's answer to one of our lists: send the diffs it lacks, ask for ours."""
         round_ = self._round_for(message, now)
-        if not round_.lists:
-            raise RemoteProtocolError("Wants that answer no LeafList", code="unexpected_message")
-        doc_ids, salt = round_.lists.popleft(), round_.salt
+        doc_ids, salt = _answered(round_.lists, message, "LeafList"), round_.salt
         answers: list[tuple[str, bytes, bool, bytes | None]] = []
         asked: list[str] = []
         self._inline_bytes = 0
@@ -786,9 +796,7 @@ class SyncSession:
     def _on_answers(self, message: wire.Answers, now: float) -> None:
         """The lister's answer to our Wants: apply its diffs, fill what it asks."""
         round_ = self._round_for(message, now)
-        if not round_.wants:
-            raise RemoteProtocolError("Answers that answer no Wants", code="unexpected_message")
-        meant = round_.wants.popleft()
+        meant = _answered(round_.wants, message, "Wants")
         if len(message.answers) != len(meant):
             raise RemoteProtocolError(
                 f"Answers has {len(message.answers)} entries for {len(meant)} wants",
@@ -832,9 +840,7 @@ class SyncSession:
 
     def _on_fills(self, message: wire.Fills, now: float) -> None:
         round_ = self._round_for(message, now)
-        if not round_.fills:
-            raise RemoteProtocolError("Fills that answer no ask", code="unexpected_message")
-        asked = round_.fills.popleft()
+        asked = _answered(round_.fills, message, "ask")
         if len(message.diffs) != len(asked):
             raise RemoteProtocolError(
                 f"Fills has {len(message.diffs)} diffs for {len(asked)} asks", code="bad_payload"
