@@ -14,6 +14,7 @@ import crdtdb
 from crdtdb import merkle
 from crdtdb.merkle import canonical_state
 from crdtdb.storage import STORE_FILE
+from crdtdb.transaction import Transaction
 
 from .conftest import ship
 
@@ -58,6 +59,17 @@ def test_delete_only_divergence_changes_the_digest() -> None:
     assert merkle.doc_digest(a) == merkle.doc_digest(b)
 
 
+def _do(target: crdtdb.Database | Transaction, op: str, doc: int, value: int) -> None:
+    """One generated operation, on a store (its own commit) or in a transaction."""
+    doc_id = f"d/{doc}"
+    if op == "put":
+        target.put(doc_id, {"v": value})
+    elif op == "update":
+        target.update(doc_id, {f"k{value}": value})
+    else:
+        target.delete(doc_id)
+
+
 def _tree_from_scratch(db: crdtdb.Database) -> dict[int, bytes]:
     db.merkle_root()  # brings the stored digests up to date
     conn = sqlite3.connect(db.path / STORE_FILE)
@@ -86,14 +98,8 @@ def test_incremental_tree_equals_a_rebuild(
 ) -> None:
     path = tmp_path_factory.mktemp("merkle")  # type: ignore[attr-defined]
     with crdtdb.open(path, region="eu") as db:
-        for op, doc, value in ops:
-            doc_id = f"d/{doc}"
-            if op == "put":
-                db.put(doc_id, {"v": value})
-            elif op == "update":
-                db.update(doc_id, {f"k{value}": value})
-            else:
-                db.delete(doc_id)
+        for op in ops:
+            _do(db, *op)
         expected = _tree_from_scratch(db)
         for node, value in expected.items():
             assert db.merkle_node(node) == value
@@ -177,14 +183,8 @@ def _create_then_compare(
 ) -> None:
     for ops in transactions:  # several documents, new and old, in one commit
         with db.transaction() as tx:
-            for op, doc, value in ops:
-                doc_id = f"d/{doc}"
-                if op == "put":
-                    tx.put(doc_id, {"v": value})
-                elif op == "update":
-                    tx.update(doc_id, {f"k{value}": value})
-                else:
-                    tx.delete(doc_id)
+            for op in ops:
+                _do(tx, *op)
     records = list(db.changes())
     for start in range(0, len(records), chunk):  # new to us in batches of any size
         us.apply_remote_many(records[start : start + chunk])
