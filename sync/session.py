@@ -835,8 +835,7 @@ class SyncSession:
         """
         if not diff or diff[0] != 0:
             return False
-        ours = self.store.diff(doc_id, self.store.state_vector(doc_id))
-        return merkle.delete_set_digest(ours) == merkle.delete_set_digest(diff)
+        return self._summary(doc_id)[1] == merkle.delete_set_digest(diff)
 
     def _on_fills(self, message: wire.Fills, now: float) -> None:
         round_ = self._round_for(message, now)
