@@ -364,8 +364,8 @@ class Replicator:
                             now < since + longest
                             and self.db.stale_digests(DIGEST_CHUNK_BUSY) < DIGEST_CHUNK_BUSY
                         )
-                    ):
-                        await asyncio.sleep(DIGEST_PAUSE)
+                    ):  # look again in a moment, or as soon as the log is quiet
+                        await asyncio.sleep(min(DIGEST_PAUSE, self._last_growth + quiet - now))
                         continue
                     last = loop.time()
                     chunk = DIGEST_CHUNK_BUSY if busy else DIGEST_CHUNK
