@@ -925,9 +925,6 @@ class Answers(Message):
                 if ask:
                     _sv_pairs(ask)
 
-    def asks(self) -> int:
-        return sum(ask is not None for *_, ask in self.answers)
-
     def _write(self, writer: Writer) -> None:
         clients = _Clients([ask for *_, ask in self.answers if ask])
         clients.write_table(writer)
