@@ -1188,9 +1188,7 @@ class Database:
             digest: bytes | None = None
             if eager and doc_id not in known:  # new: its digest costs only what was written
                 digest = merkle.doc_digest(handle.doc)
-                delta = int.from_bytes(merkle.contribution(doc_id, digest), "big")
-                for node in merkle.path_to_root(merkle.leaf_of(doc_id)):
-                    deltas[node] = deltas.get(node, 0) ^ delta
+                _add_delta(deltas, doc_id, digest, None)
             pending, doc_hlc, snapshot_size = known.get(doc_id, (0, 0, 0))
             pending += size
             snapshot: bytes | None = None
@@ -1258,11 +1256,7 @@ class Database:
         for doc_id, old in rows:
             handle = self._cache.peek(doc_id) or self._load(doc_id)
             digest = merkle.doc_digest(handle.doc)
-            delta = int.from_bytes(merkle.contribution(doc_id, digest), "big")
-            if old is not None:
-                delta ^= int.from_bytes(merkle.contribution(doc_id, bytes(old)), "big")
-            for node in merkle.path_to_root(merkle.leaf_of(doc_id)):
-                deltas[node] = deltas.get(node, 0) ^ delta
+            _add_delta(deltas, doc_id, digest, old)
             self._conn.execute(
                 "UPDATE docs SET digest = ?, dirty = 0 WHERE doc_id = ?", (digest, doc_id)
             )
@@ -1305,6 +1299,15 @@ class Database:
 
 _DocChange = tuple[str, DocHandle, int, int, Hlc]
 """(doc_id, handle, its newest log id, bytes logged, HLC): one changed document of a commit."""
+
+
+def _add_delta(deltas: dict[int, int], doc_id: str, digest: bytes, old: bytes | None) -> None:
+    """XOR into ``deltas`` (by tree node) what a document's new digest changes on its path."""
+    delta = int.from_bytes(merkle.contribution(doc_id, digest), "big")
+    if old is not None:
+        delta ^= int.from_bytes(merkle.contribution(doc_id, bytes(old)), "big")
+    for node in merkle.path_to_root(merkle.leaf_of(doc_id)):
+        deltas[node] = deltas.get(node, 0) ^ delta
 
 
 def _doc_changes(
