@@ -977,7 +977,9 @@ class Database:
             self._conn.execute("BEGIN")
         try:
             row = self._conn.execute(
-                "SELECT snapshot, snapshot_id FROM docs WHERE doc_id = ?", (doc_id,)
+                "SELECT s.snapshot, d.snapshot_id FROM docs d LEFT JOIN snapshots s"
+                " ON s.doc_id = d.doc_id WHERE d.doc_id = ?",
+                (doc_id,),
             ).fetchone()
             through = 0
             if row is not None:
@@ -1169,18 +1171,18 @@ class Database:
         replays at most about twice the document's size, and rewriting costs at
         most one extra byte per byte logged.
         """
-        known: dict[str, tuple[int, int, int | None]] = {}
+        known: dict[str, tuple[int, int, int]] = {}
         looked_up = [change[0] for change in changed if new is None or change[0] not in new]
         for start in range(0, len(looked_up), 500):
             chunk = looked_up[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for row in self._conn.execute(
-                "SELECT doc_id, pending, hlc, length(snapshot) FROM docs"
-                f" WHERE doc_id IN ({marks})",
+                f"SELECT doc_id, pending, hlc, snapshot_bytes FROM docs WHERE doc_id IN ({marks})",
                 chunk,
             ):
                 known[row[0]] = (row[1], row[2], row[3])
         params = []
+        snapshots: builtins.list[tuple[str, bytes]] = []
         deltas: dict[int, int] = {}
         eager = len(changed) - len(known) >= EAGER_DIGESTS
         for doc_id, handle, log_id, size, hlc in changed:
@@ -1191,12 +1193,14 @@ class Database:
                 _add_delta(deltas, doc_id, digest, None)
             pending, doc_hlc, snapshot_size = known.get(doc_id, (0, 0, 0))
             pending += size
-            snapshot: bytes | None = None
+            snapshot_bytes: int | None = None
             snapshot_id = 0
-            if pending >= max(self.options.snapshot_min_bytes, snapshot_size or 0) and (
+            if pending >= max(self.options.snapshot_min_bytes, snapshot_size) and (
                 not handle.unintegrated
             ):
-                snapshot, snapshot_id, pending = handle.doc.get_update(), log_id, 0
+                snapshot = handle.doc.get_update()
+                snapshots.append((doc_id, snapshot))
+                snapshot_bytes, snapshot_id, pending = len(snapshot), log_id, 0
             params.append(
                 (
                     doc_id,
@@ -1204,19 +1208,24 @@ class Database:
                     merkle.leaf_of(doc_id),
                     handle.live,
                     max(int(hlc), doc_hlc),
-                    snapshot,
+                    snapshot_bytes,
                     snapshot_id,
                     pending,
                     digest,
                 )
             )
         self._conn.executemany(
-            "INSERT INTO docs (doc_id, collection, leaf, live, hlc, dirty, snapshot, snapshot_id,"
-            " pending, digest) VALUES (?1, ?2, ?3, ?4, ?5, ?9 IS NULL, ?6, ?7, ?8, ?9)"
+            "INSERT INTO docs (doc_id, collection, leaf, live, hlc, dirty, snapshot_bytes,"
+            " snapshot_id, pending, digest)"
+            " VALUES (?1, ?2, ?3, ?4, ?5, ?9 IS NULL, coalesce(?6, 0), ?7, ?8, ?9)"
             " ON CONFLICT (doc_id) DO UPDATE SET live = ?4, hlc = ?5, dirty = 1, pending = ?8,"
-            " snapshot = coalesce(?6, snapshot), snapshot_id = max(?7, snapshot_id)",
+            " snapshot_bytes = coalesce(?6, snapshot_bytes), snapshot_id = max(?7, snapshot_id)",
             params,
         )
+        if snapshots:
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO snapshots (doc_id, snapshot) VALUES (?, ?)", snapshots
+            )
         if deltas:
             self._xor_into_tree(deltas)
         stale = self._stale_here

@@ -49,7 +49,11 @@ class AsOf:
             db._check()
             db._check_history(self.hlc, "as_of()")
             conn = db._conn
-            row = conn.execute("SELECT base FROM docs WHERE doc_id = ?", (doc_id,)).fetchone()
+            row = conn.execute(
+                "SELECT b.base FROM docs d LEFT JOIN bases b ON b.doc_id = d.doc_id"
+                " WHERE d.doc_id = ?",
+                (doc_id,),
+            ).fetchone()
             if row is None:
                 return None
             handle = DocHandle(0)
@@ -124,7 +128,7 @@ def _fold(db: Database, doc_ids: list[str], horizon: Hlc) -> int:
     conn = db._conn
     removed = 0
     for doc_id in doc_ids:
-        base_row = conn.execute("SELECT base FROM docs WHERE doc_id = ?", (doc_id,)).fetchone()
+        base_row = conn.execute("SELECT base FROM bases WHERE doc_id = ?", (doc_id,)).fetchone()
         base = DocHandle(0)
         if base_row is not None and base_row[0] is not None:
             base.apply(base_row[0])
@@ -138,9 +142,17 @@ def _fold(db: Database, doc_ids: list[str], horizon: Hlc) -> int:
             # A snapshot would drop updates still waiting for their dependencies.
             log.warning("compaction: %s waits for missing updates; kept as it is", doc_id)
             continue
+        snapshot = current.doc.get_update()
         conn.execute(
-            "UPDATE docs SET base = ?, snapshot = ?, snapshot_id = ?, pending = 0 WHERE doc_id = ?",
-            (base.doc.get_update(), current.doc.get_update(), current.loaded_through, doc_id),
+            "UPDATE docs SET snapshot_id = ?, snapshot_bytes = ?, pending = 0 WHERE doc_id = ?",
+            (current.loaded_through, len(snapshot), doc_id),
+        )
+        conn.execute(
+            "INSERT OR REPLACE INTO snapshots (doc_id, snapshot) VALUES (?, ?)", (doc_id, snapshot)
+        )
+        conn.execute(
+            "INSERT OR REPLACE INTO bases (doc_id, base) VALUES (?, ?)",
+            (doc_id, base.doc.get_update()),
         )
         # The newest record is kept: log ids must never be reused (see storage).
         removed += conn.execute(

@@ -14,10 +14,19 @@ Tables:
   Ids are never reused because compaction never deletes the newest record
   (cheaper than AUTOINCREMENT, which costs a page write per commit).
 - ``docs``: per document its collection, liveness, last HLC, the digest it
-  contributes to the Merkle tree (``dirty`` once it changed since), a
-  snapshot (full state through log id ``snapshot_id``, to load quickly;
-  ``pending`` counts the log bytes written since) and ``base`` (the state of
-  every record compacted away, for time travel).
+  contributes to the Merkle tree (``dirty`` once it changed since), and the
+  bookkeeping of its load snapshot: ``snapshot_id`` (the log id it holds the
+  state through), ``snapshot_bytes`` (its size) and ``pending`` (log bytes
+  written since).
+- ``snapshots``: per document the load snapshot itself (full state through
+  ``docs.snapshot_id``, to load quickly).
+- ``bases``: per document the state of every record compacted away, for
+  time travel.
+
+  Both blobs live outside ``docs`` because every commit rewrites the
+  document's ``docs`` row, and SQLite rewrites a row whole: with the blobs in
+  it, a commit to a large document cost time in proportion to the document's
+  size (schema 1 did this; it is migrated on open).
 - ``merkle``: the anti-entropy tree (see :mod:`crdtdb.merkle`).
 
 The file is marked with ``PRAGMA application_id`` so that a foreign SQLite
@@ -27,6 +36,7 @@ the schema version so that an older crdtdb refuses a newer store.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from pathlib import Path
@@ -38,8 +48,10 @@ __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "STORE_FILE", "connect"]
 
 STORE_FILE = "crdtdb.sqlite3"
 APPLICATION_ID = 0x43524454  # "CRDT"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
+
+log = logging.getLogger("crdtdb.storage")
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value ANY) STRICT, WITHOUT ROWID;
@@ -70,15 +82,29 @@ CREATE TABLE docs (
     hlc INTEGER NOT NULL,
     digest BLOB,
     dirty INTEGER NOT NULL DEFAULT 1,
-    snapshot BLOB,
     snapshot_id INTEGER NOT NULL DEFAULT 0,
-    pending INTEGER NOT NULL DEFAULT 0,
-    base BLOB
+    snapshot_bytes INTEGER NOT NULL DEFAULT 0,
+    pending INTEGER NOT NULL DEFAULT 0
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX docs_live ON docs (collection, doc_id) WHERE live;
 CREATE INDEX docs_dirty ON docs (doc_id) WHERE dirty;
 CREATE INDEX docs_leaf ON docs (leaf);
 CREATE TABLE merkle (node INTEGER PRIMARY KEY, hash BLOB NOT NULL) STRICT;
+CREATE TABLE snapshots (doc_id TEXT PRIMARY KEY, snapshot BLOB NOT NULL) STRICT;
+CREATE TABLE bases (doc_id TEXT PRIMARY KEY, base BLOB NOT NULL) STRICT;
+"""
+
+# Schema 1 kept the snapshot and the base inside the docs row.
+_MIGRATE_FROM_1 = """
+CREATE TABLE snapshots (doc_id TEXT PRIMARY KEY, snapshot BLOB NOT NULL) STRICT;
+CREATE TABLE bases (doc_id TEXT PRIMARY KEY, base BLOB NOT NULL) STRICT;
+INSERT INTO snapshots (doc_id, snapshot) SELECT doc_id, snapshot FROM docs
+    WHERE snapshot IS NOT NULL;
+INSERT INTO bases (doc_id, base) SELECT doc_id, base FROM docs WHERE base IS NOT NULL;
+ALTER TABLE docs ADD COLUMN snapshot_bytes INTEGER NOT NULL DEFAULT 0;
+UPDATE docs SET snapshot_bytes = coalesce(length(snapshot), 0);
+ALTER TABLE docs DROP COLUMN snapshot;
+ALTER TABLE docs DROP COLUMN base;
 """
 
 
@@ -146,6 +172,8 @@ def _prepare(conn: sqlite3.Connection, path: Path, region: str | None, synchrono
     conn.execute("PRAGMA foreign_keys = OFF")
     if app_id != APPLICATION_ID:
         _create(conn, path, region)
+    elif version < SCHEMA_VERSION:
+        _migrate(conn, path)
 
 
 def _switch_to_wal(conn: sqlite3.Connection) -> str:
@@ -168,6 +196,34 @@ def _switch_to_wal(conn: sqlite3.Connection) -> str:
                 raise
         time.sleep(delay)
         delay = min(2 * delay, 0.05)
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring a store of an older schema up to ``SCHEMA_VERSION``, in one transaction.
+
+    A crash part way leaves the store as it was; another process opening it at
+    the same time waits for the write lock, then finds it migrated.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 1:
+            log.info("%s: migrating the store from schema 1 to %d", path, SCHEMA_VERSION)
+            for statement in _MIGRATE_FROM_1.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        elif version != SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{path} has schema version {version}, which this crdtdb cannot migrate"
+                f" (it reads {SCHEMA_VERSION} and migrates 1): open it with the crdtdb"
+                " that wrote it and export its documents"
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _create(conn: sqlite3.Connection, path: Path, region: str | None) -> None:

@@ -285,8 +285,10 @@ def test_snapshots_bound_the_load_cost_and_keep_state(tmp_path: Path) -> None:
         digest = db.digest("docs/a")
     conn = sqlite3.connect(tmp_path / "db" / STORE_FILE)
     snapshot_id, pending, snapshot_size = conn.execute(
-        "SELECT snapshot_id, pending, length(snapshot) FROM docs WHERE doc_id = 'docs/a'"
+        "SELECT snapshot_id, pending, snapshot_bytes FROM docs WHERE doc_id = 'docs/a'"
     ).fetchone()
+    stored = conn.execute("SELECT length(snapshot) FROM snapshots WHERE doc_id = 'docs/a'")
+    assert stored.fetchone() == (snapshot_size,)
     replayed = conn.execute(
         "SELECT count(*), sum(length(payload)) FROM log WHERE doc_id = 'docs/a' AND id > ?",
         (snapshot_id,),

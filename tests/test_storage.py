@@ -1,0 +1,121 @@
+"""The on-disk format: what a commit writes, and stores of an older schema."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from pycrdt import Text
+
+import crdtdb
+from crdtdb.storage import SCHEMA_VERSION, STORE_FILE
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def wal_frames(store: Path) -> int:
+    """Pages appended to the write-ahead log since it was last truncated."""
+    size = (store / f"{STORE_FILE}-wal").stat().st_size
+    page_size = 4096
+    return max(0, size - 32) // (24 + page_size)
+
+
+def truncate_wal(store: Path) -> None:
+    with sqlite3.connect(store / STORE_FILE) as conn:
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    assert busy == 0, "a reader kept the checkpoint from finishing"
+    assert wal_frames(store) == 0
+
+
+def test_a_small_commit_to_a_large_document_writes_few_pages(tmp_path: Path) -> None:
+    """A commit rewrites the document's bookkeeping row, never its snapshot.
+
+    Schema 1 kept the load snapshot inside that row, so every commit to a
+    document copied the whole document into the write-ahead log.
+    """
+    store = tmp_path / "eu"
+    with crdtdb.open(store, region="eu") as db:
+        with db.transaction() as tx:
+            tx.doc("papers/p")["body"] = Text("x" * 400_000)
+        with sqlite3.connect(store / STORE_FILE) as conn:
+            (snapshot,) = conn.execute("SELECT length(snapshot) FROM snapshots").fetchone()
+        assert snapshot > 400_000  # the large document has its load snapshot
+        truncate_wal(store)
+        with db.transaction() as tx:
+            tx.doc("papers/p")["body"].insert(0, "y")
+        written = wal_frames(store)
+    # log and its indexes, docs, meta, origins: about 8 pages, where the snapshot is 98
+    assert 0 < written <= 16, f"a one-character commit wrote {written} pages"
+    with crdtdb.open(store, cache_size=1) as db:
+        value = db.get("papers/p")
+        assert value is not None and str(value["body"]) == "y" + "x" * 400_000
+
+
+def unpack_v1_store(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """A store written by crdtdb at schema 1, and what that crdtdb read from it.
+
+    Made by commit ac41424: a document with a load snapshot and log records
+    after it, compacted history (bases), a deleted document and a text.
+    """
+    store = tmp_path / "v1"
+    store.mkdir()
+    (store / STORE_FILE).write_bytes(gzip.decompress((DATA / "store-v1.sqlite3.gz").read_bytes()))
+    expected: dict[str, Any] = json.loads((DATA / "store-v1.json").read_text())
+    return store, expected
+
+
+def read_back(db: crdtdb.Database, expected: dict[str, Any]) -> None:
+    for doc_id, value in expected["docs"].items():
+        got = db.get(doc_id)
+        if doc_id == "texts/t":
+            assert got is not None and str(got["body"]) == value
+        else:
+            assert got == value, doc_id
+    assert db.list("users") == expected["users"]
+    for doc_id, digest in expected["digests"].items():
+        assert db.digest(doc_id) == bytes.fromhex(digest), doc_id
+    assert db.merkle_root() == bytes.fromhex(expected["root"])
+    assert str(db.compacted_hlc) == expected["compacted_hlc"]
+    cut = db.as_of(expected["cut"])
+    for doc_id, value in expected["as_of"].items():
+        assert cut.get(doc_id) == value, doc_id
+
+
+def test_a_schema_1_store_is_migrated_and_reads_as_before(tmp_path: Path) -> None:
+    store, expected = unpack_v1_store(tmp_path)
+    with sqlite3.connect(store / STORE_FILE) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+    with crdtdb.open(store, cache_size=1) as db:
+        assert db.info()["schema_version"] == SCHEMA_VERSION == 2
+        assert db.info()["log_records"] == expected["log_records"]
+        read_back(db, expected)
+    with sqlite3.connect(store / STORE_FILE) as conn:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(docs)")}
+        assert "snapshot" not in columns and "base" not in columns
+        assert "snapshot_bytes" in columns
+        sizes = dict(conn.execute("SELECT doc_id, length(snapshot) FROM snapshots"))
+        recorded = dict(conn.execute("SELECT doc_id, snapshot_bytes FROM docs"))
+        assert sizes and all(recorded[doc_id] == size for doc_id, size in sizes.items())
+        assert conn.execute("SELECT count(*) FROM bases").fetchone()[0] > 0
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+def test_a_migrated_store_keeps_working(tmp_path: Path) -> None:
+    store, expected = unpack_v1_store(tmp_path)
+    query = "SELECT snapshot_id FROM docs WHERE doc_id = 'notes/big'"
+    with sqlite3.connect(store / STORE_FILE) as conn:
+        (before,) = conn.execute(query).fetchone()
+    with crdtdb.open(store, snapshot_min_bytes=500) as db:
+        for i in range(300):  # enough to rewrite notes/big's snapshot in the new table
+            db.update("notes/big", {"k0": 10_000 + i})
+        db.put("users/f", {"name": "f"})
+    with sqlite3.connect(store / STORE_FILE) as conn:
+        (after,) = conn.execute(query).fetchone()
+        assert after > before  # the snapshot was rewritten since the migration
+    with crdtdb.open(store, cache_size=1) as db:
+        assert db.get("notes/big") == {**expected["docs"]["notes/big"], "k0": 10_299}
+        assert db.list("users") == [*expected["users"], "users/f"]
+        assert db.as_of(expected["cut"]).get("users/a") == expected["as_of"]["users/a"]
