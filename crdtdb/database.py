@@ -23,7 +23,7 @@ import logging
 import random
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -324,14 +324,12 @@ class Database:
         with self._lock:
             self._check_no_tx("merkle_nodes()")
             self._ensure_digests()
-            found: dict[int, bytes] = {}
-            for start in range(0, len(nodes), 500):
-                chunk = nodes[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                for node, digest in self._conn.execute(
-                    f"SELECT node, hash FROM merkle WHERE node IN ({marks})", chunk
-                ):
-                    found[node] = bytes(digest)
+            found = {
+                node: bytes(digest)
+                for node, digest in self._rows_in(
+                    "SELECT node, hash FROM merkle WHERE node IN ({marks})", nodes
+                )
+            }
             return [found.get(node, merkle.ZERO) for node in nodes]
 
     def merkle_root(self) -> bytes:
@@ -743,16 +741,18 @@ class Database:
     def _absent(self, doc_ids: builtins.list[str]) -> set[str]:
         """Those of ``doc_ids`` this store has never held (no row: no history to load)."""
         absent = set(doc_ids)
-        for start in range(0, len(doc_ids), 500):
-            chunk = doc_ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            absent.difference_update(
-                row[0]
-                for row in self._conn.execute(
-                    f"SELECT doc_id FROM docs WHERE doc_id IN ({marks})", chunk
-                )
-            )
+        absent.difference_update(
+            row[0]
+            for row in self._rows_in("SELECT doc_id FROM docs WHERE doc_id IN ({marks})", doc_ids)
+        )
         return absent
+
+    def _rows_in(self, query: str, keys: Sequence[Any]) -> Iterator[Any]:
+        """The rows of ``query`` for ``keys``, its ``{marks}`` replaced by up to 500 of them
+        at a time (SQLite limits the number of parameters of one statement)."""
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            yield from self._conn.execute(query.format(marks=",".join("?" * len(chunk))), chunk)
 
     # ---------------------------------------------------------------- history
 
@@ -1171,16 +1171,14 @@ class Database:
         replays at most about twice the document's size, and rewriting costs at
         most one extra byte per byte logged.
         """
-        known: dict[str, tuple[int, int, int]] = {}
         looked_up = [change[0] for change in changed if new is None or change[0] not in new]
-        for start in range(0, len(looked_up), 500):
-            chunk = looked_up[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in self._conn.execute(
-                f"SELECT doc_id, pending, hlc, snapshot_bytes FROM docs WHERE doc_id IN ({marks})",
-                chunk,
-            ):
-                known[row[0]] = (row[1], row[2], row[3])
+        known: dict[str, tuple[int, int, int]] = {
+            row[0]: (row[1], row[2], row[3])
+            for row in self._rows_in(
+                "SELECT doc_id, pending, hlc, snapshot_bytes FROM docs WHERE doc_id IN ({marks})",
+                looked_up,
+            )
+        }
         params = []
         snapshots: builtins.list[tuple[str, bytes]] = []
         deltas: dict[int, int] = {}

@@ -172,28 +172,34 @@ with crdtdb.open(sys.argv[1], region="eu") as db:
 """
 
 
-def test_processes_creating_a_store_at_once_all_open_it(tmp_path: Path) -> None:
-    """Racing first opens once failed with "database is locked" or "another application"."""
+def open_at_once(directory: Path, count: int) -> list[str]:
+    """``count`` processes open ``directory`` at the same instant and each writes
+    ``docs/p{i}``; the last error line of each one that failed."""
     import subprocess
     import sys
     import time
 
+    start = time.time() + 0.5
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OPEN_AT_ONCE, str(directory), str(start), f"p{i}"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(count)
+    ]
+    errors = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=TIMEOUT)
+        if proc.returncode:
+            errors.append(err.strip().splitlines()[-1])
+    return errors
+
+
+def test_processes_creating_a_store_at_once_all_open_it(tmp_path: Path) -> None:
+    """Racing first opens once failed with "database is locked" or "another application"."""
     for round_ in range(5):
         directory = tmp_path / f"r{round_}"
-        start = time.time() + 0.5
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-c", _OPEN_AT_ONCE, str(directory), str(start), f"p{i}"],
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for i in range(6)
-        ]
-        errors = []
-        for proc in procs:
-            _, err = proc.communicate(timeout=TIMEOUT)
-            if proc.returncode:
-                errors.append(err.strip().splitlines()[-1])
-        assert errors == []
+        assert open_at_once(directory, 6) == []
         with crdtdb.open(directory) as db:
             assert sorted(db.list("docs")) == sorted(f"docs/p{i}" for i in range(6))

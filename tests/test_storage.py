@@ -5,9 +5,6 @@ from __future__ import annotations
 import gzip
 import json
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +13,7 @@ from pycrdt import Text
 import crdtdb
 from crdtdb.storage import SCHEMA_VERSION, STORE_FILE
 
-from .test_multiprocess import _OPEN_AT_ONCE
+from .test_multiprocess import open_at_once
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -130,21 +127,7 @@ def test_a_migrated_store_keeps_working(tmp_path: Path) -> None:
 def test_processes_opening_a_schema_1_store_at_once_all_open_it(tmp_path: Path) -> None:
     """One migrates; the others wait for its write lock, then find the store migrated."""
     store, expected = unpack_v1_store(tmp_path)
-    start = time.time() + 0.5
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _OPEN_AT_ONCE, str(store), str(start), f"p{i}"],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(4)
-    ]
-    failures = []
-    for proc in procs:
-        _, err = proc.communicate(timeout=60)
-        if proc.returncode:
-            failures.append(err.strip().splitlines()[-1])
-    assert failures == []
+    assert open_at_once(store, 4) == []
     with crdtdb.open(store, cache_size=1) as db:
         assert db.info()["schema_version"] == SCHEMA_VERSION
         assert sorted(db.list("docs")) == [f"docs/p{i}" for i in range(4)]
