@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pycrdt import Text
 
 import crdtdb
@@ -87,10 +89,17 @@ def read_back(db: crdtdb.Database, expected: dict[str, Any], *, only_these: bool
         assert cut.get(doc_id) == value, doc_id
 
 
-def test_a_schema_1_store_is_migrated_and_reads_as_before(tmp_path: Path) -> None:
+def test_a_schema_1_store_is_migrated_and_reads_as_before(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     store, expected = unpack_v1_store(tmp_path)
     with sqlite3.connect(store / STORE_FILE) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+    with caplog.at_level(logging.WARNING, logger="crdtdb.storage"):
+        crdtdb.open(store).close()
+    said = [record.getMessage() for record in caplog.records]
+    assert any("migrating the store from schema 1 to 2 (7 documents" in line for line in said)
+    assert any("migrated in" in line for line in said)
     with crdtdb.open(store, cache_size=1) as db:
         assert db.info()["schema_version"] == SCHEMA_VERSION == 2
         assert db.info()["log_records"] == expected["log_records"]
