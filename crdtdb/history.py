@@ -130,7 +130,7 @@ def _fold(db: Database, doc_ids: list[str], horizon: Hlc) -> int:
     for doc_id in doc_ids:
         base_row = conn.execute("SELECT base FROM bases WHERE doc_id = ?", (doc_id,)).fetchone()
         base = DocHandle(0)
-        if base_row is not None and base_row[0] is not None:
+        if base_row is not None:
             base.apply(base_row[0])
         for (payload,) in conn.execute(
             "SELECT payload FROM log WHERE doc_id = ? AND hlc <= ? ORDER BY id",

@@ -90,14 +90,17 @@ CREATE INDEX docs_live ON docs (collection, doc_id) WHERE live;
 CREATE INDEX docs_dirty ON docs (doc_id) WHERE dirty;
 CREATE INDEX docs_leaf ON docs (leaf);
 CREATE TABLE merkle (node INTEGER PRIMARY KEY, hash BLOB NOT NULL) STRICT;
+"""
+_BLOB_TABLES = """
 CREATE TABLE snapshots (doc_id TEXT PRIMARY KEY, snapshot BLOB NOT NULL) STRICT;
 CREATE TABLE bases (doc_id TEXT PRIMARY KEY, base BLOB NOT NULL) STRICT;
 """
+_SCHEMA += _BLOB_TABLES
 
 # Schema 1 kept the snapshot and the base inside the docs row.
-_MIGRATE_FROM_1 = """
-CREATE TABLE snapshots (doc_id TEXT PRIMARY KEY, snapshot BLOB NOT NULL) STRICT;
-CREATE TABLE bases (doc_id TEXT PRIMARY KEY, base BLOB NOT NULL) STRICT;
+_MIGRATE_FROM_1 = (
+    _BLOB_TABLES
+    + """
 INSERT INTO snapshots (doc_id, snapshot) SELECT doc_id, snapshot FROM docs
     WHERE snapshot IS NOT NULL;
 INSERT INTO bases (doc_id, base) SELECT doc_id, base FROM docs WHERE base IS NOT NULL;
@@ -106,6 +109,7 @@ UPDATE docs SET snapshot_bytes = coalesce(length(snapshot), 0);
 ALTER TABLE docs DROP COLUMN snapshot;
 ALTER TABLE docs DROP COLUMN base;
 """
+)
 
 
 def _xor_blob(a: bytes | None, b: bytes | None) -> bytes:
