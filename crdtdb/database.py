@@ -116,6 +116,13 @@ def open(path: str | Path, region: str | None = None, **options: Any) -> Databas
 
 
 EAGER_DIGESTS = 32
+# docs.dirty: where a document's digest stands
+FRESH = 0
+"""``digest`` is current and in the Merkle tree."""
+STALE = 1
+"""The document changed since: ``digest`` is what the tree still holds for it (or NULL)."""
+UNTREED = 2
+"""``digest`` is current (computed when the document was created) but not in the tree yet."""
 """A commit or remote batch that creates at least this many documents hashes them
 at once (see ``Database._index``); smaller ones leave it to the next tree read."""
 
@@ -307,7 +314,7 @@ class Database:
             ).fetchone()
             if row is None:
                 return None
-            if not row[1]:
+            if row[1] != STALE:
                 return bytes(row[0])
             return merkle.doc_digest(self._handle(doc_id).doc)
 
@@ -386,8 +393,8 @@ class Database:
             ).fetchone()
             return int(row[0])
 
-    def _stale_rows(self, limit: int) -> builtins.list[tuple[str, bytes | None]]:
-        """Up to ``limit`` (doc_id, old digest) of stale documents, those in the cache first.
+    def _stale_rows(self, limit: int) -> builtins.list[tuple[str, bytes | None, int]]:
+        """Up to ``limit`` (doc_id, digest, dirty) of stale documents, those in the cache first.
 
         A digest costs about 20 µs for a document in the cache and several
         times that for one loaded from disk. In doc id order, which is what
@@ -402,16 +409,17 @@ class Database:
             del stale[doc_id]
             if self._cache.peek(doc_id) is not None:
                 picked.append(doc_id)
-        rows: builtins.list[tuple[str, bytes | None]] = []
+        rows: builtins.list[tuple[str, bytes | None, int]] = []
         if picked:
             marks = ",".join("?" * len(picked))
             rows = self._conn.execute(
-                f"SELECT doc_id, digest FROM docs WHERE dirty AND doc_id IN ({marks})", picked
+                f"SELECT doc_id, digest, dirty FROM docs WHERE dirty AND doc_id IN ({marks})",
+                picked,
             ).fetchall()
         if len(rows) < limit:
             taken = {row[0] for row in rows}
             more = self._conn.execute(
-                "SELECT doc_id, digest FROM docs WHERE dirty LIMIT ?", (limit,)
+                "SELECT doc_id, digest, dirty FROM docs WHERE dirty LIMIT ?", (limit,)
             ).fetchall()
             rows += [row for row in more if row[0] not in taken][: limit - len(rows)]
         return rows
@@ -1157,14 +1165,19 @@ class Database:
         A changed document's digest is computed when the Merkle tree is next
         read (once per anti-entropy round, or by the daemon's refresh), not per
         commit: a digest scans the document's whole delete set, which grows
-        with its history. Documents new to this store, when a commit or batch
-        creates at least ``EAGER_DIGESTS`` of them, are the exception: a new
-        document's digest costs no more than what was written, and computing
-        it now, with the document in hand, spares a reload later (a bootstrap
-        or a bulk import would otherwise have each one loaded again to be
-        hashed, long evicted from the cache). A small commit stays lazy: the
-        refresh finds its documents still cached and hashes them in batches,
-        sharing the upper tree nodes, for less than the commit would pay.
+        with its history (``dirty`` = 1: stale, and ``digest`` is what the
+        tree holds for it).
+
+        A document new to this store is hashed now: its digest costs no more
+        than what was written, and computing it now, with the document in
+        hand, spares a load later. The process that refreshes the tree is
+        often another one (the sync daemon, for an application's commits),
+        where loading the document cost several times the digest. When a
+        commit or batch creates at least ``EAGER_DIGESTS`` documents (a
+        bootstrap, a bulk import), their paths are XORed into the tree now,
+        sharing the upper nodes. Fewer leave that to the refresh (``dirty`` =
+        2: ``digest`` is current but not in the tree yet): XORing one path per
+        commit would cost the commit more than the digest.
 
         The load snapshot is rewritten once the log bytes written since the last
         one reach that snapshot's size (at least ``snapshot_min_bytes``): loading
@@ -1186,9 +1199,12 @@ class Database:
         for doc_id, handle, log_id, size, hlc in changed:
             handle.loaded_through = log_id
             digest: bytes | None = None
-            if eager and doc_id not in known:  # new: its digest costs only what was written
+            dirty = STALE
+            if doc_id not in known:  # new: its digest costs only what was written
                 digest = merkle.doc_digest(handle.doc)
-                _add_delta(deltas, doc_id, digest, None)
+                dirty = FRESH if eager else UNTREED
+                if eager:
+                    _add_delta(deltas, doc_id, digest, None)
             pending, doc_hlc, snapshot_size = known.get(doc_id, (0, 0, 0))
             pending += size
             snapshot_bytes: int | None = None
@@ -1210,14 +1226,18 @@ class Database:
                     snapshot_id,
                     pending,
                     digest,
+                    dirty,
                 )
             )
+        # A document already stale keeps the digest the tree holds for it; one whose
+        # digest was never XORed into the tree (UNTREED) has none there.
         self._conn.executemany(
             "INSERT INTO docs (doc_id, collection, leaf, live, hlc, dirty, snapshot_bytes,"
             " snapshot_id, pending, digest)"
-            " VALUES (?1, ?2, ?3, ?4, ?5, ?9 IS NULL, coalesce(?6, 0), ?7, ?8, ?9)"
+            " VALUES (?1, ?2, ?3, ?4, ?5, ?10, coalesce(?6, 0), ?7, ?8, ?9)"
             " ON CONFLICT (doc_id) DO UPDATE SET live = ?4, hlc = ?5, dirty = 1, pending = ?8,"
-            " snapshot_bytes = coalesce(?6, snapshot_bytes), snapshot_id = max(?7, snapshot_id)",
+            " snapshot_bytes = coalesce(?6, snapshot_bytes), snapshot_id = max(?7, snapshot_id),"
+            f" digest = CASE dirty WHEN {UNTREED} THEN NULL ELSE digest END",
             params,
         )
         if snapshots:
@@ -1258,15 +1278,22 @@ class Database:
         )
 
     def _flush_chunk(
-        self, rows: builtins.list[tuple[str, bytes | None]], deltas: dict[int, int]
+        self, rows: builtins.list[tuple[str, bytes | None, int]], deltas: dict[int, int]
     ) -> None:
-        for doc_id, old in rows:
+        untreed = []
+        for doc_id, old, dirty in rows:
+            if dirty == UNTREED:  # hashed when created: only its path is left to do
+                assert old is not None
+                _add_delta(deltas, doc_id, old, None)
+                untreed.append((doc_id,))
+                continue
             handle = self._cache.peek(doc_id) or self._load(doc_id)
             digest = merkle.doc_digest(handle.doc)
             _add_delta(deltas, doc_id, digest, old)
             self._conn.execute(
                 "UPDATE docs SET digest = ?, dirty = 0 WHERE doc_id = ?", (digest, doc_id)
             )
+        self._conn.executemany("UPDATE docs SET dirty = 0 WHERE doc_id = ?", untreed)
 
     def _ensure_digests(self) -> None:
         if self._conn.execute("SELECT 1 FROM docs WHERE dirty LIMIT 1").fetchone() is None:

@@ -13,8 +13,10 @@ Tables:
   is the local arrival order, so other processes can follow the log by id.
   Ids are never reused because compaction never deletes the newest record
   (cheaper than AUTOINCREMENT, which costs a page write per commit).
-- ``docs``: per document its collection, liveness, last HLC, the digest it
-  contributes to the Merkle tree (``dirty`` once it changed since), and the
+- ``docs``: per document its collection, liveness, last HLC, its digest and
+  where that stands (``dirty``: 0 current and in the Merkle tree, 1 changed
+  since, the tree still holding ``digest``, 2 current but not in the tree
+  yet; see ``Database._index``), and the
   bookkeeping of its load snapshot: ``snapshot_id`` (the log id it holds the
   state through), ``snapshot_bytes`` (its size) and ``pending`` (log bytes
   written since).

@@ -10,7 +10,7 @@ import pytest
 from pycrdt import Text
 
 import crdtdb
-from crdtdb import Hlc, UpdateRecord, errors
+from crdtdb import Hlc, UpdateRecord, errors, merkle
 from crdtdb.storage import STORE_FILE
 
 from .conftest import FakeClock, ship
@@ -657,6 +657,33 @@ def test_refresh_digests_takes_cached_documents_first(tmp_path: Path) -> None:
         side.close()
         root = db.merkle_root()
     with crdtdb.open(tmp_path / "copy", region="us") as copy:
+        with crdtdb.open(tmp_path / "eu") as source:
+            copy.apply_remote_many(list(source.changes()))
+        assert copy.merkle_root() == root
+
+
+def test_new_documents_are_hashed_by_their_writer_not_reloaded_by_the_refresher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sync daemon refreshes the tree of the application's commits in its own process,
+    where it would have to load each new document again to hash it."""
+    with crdtdb.open(tmp_path / "eu", region="eu") as app:
+        for i in range(40):  # one document a commit: too few to XOR into the tree at once
+            app.put(f"docs/{i:02d}", {"i": i})
+        app.update("docs/07", {"j": 7})  # changed again before any refresh: stale for real
+        with crdtdb.open(tmp_path / "eu") as daemon:
+            loaded: list[str] = []
+            load = daemon._load
+            monkeypatch.setattr(
+                daemon, "_load", lambda doc_id: loaded.append(doc_id) or load(doc_id)
+            )
+            assert daemon.stale_digests(100) == 40
+            assert daemon.refresh_digests(100) == 40
+            assert loaded == ["docs/07"]
+            root = daemon.merkle_root()
+        assert app.merkle_root() == root
+        assert app.digest("docs/03") == merkle.doc_digest(app._handle("docs/03").doc)
+    with crdtdb.open(tmp_path / "copy", region="us") as copy:  # the tree of a rebuild
         with crdtdb.open(tmp_path / "eu") as source:
             copy.apply_remote_many(list(source.changes()))
         assert copy.merkle_root() == root
