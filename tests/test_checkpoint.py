@@ -128,6 +128,7 @@ def test_stale_digests_are_refreshed_a_few_at_a_time_while_the_log_grows(
 ) -> None:
     """So that replication keeps the store lock to itself; the tree is fresh once quiet."""
     import sqlite3
+    import threading
     import time
 
     from crdtdb.sync import node
@@ -137,11 +138,13 @@ def test_stale_digests_are_refreshed_a_few_at_a_time_while_the_log_grows(
         db = crdtdb.open(tmp_path / "eu", region="eu")
         _fill(db, 600)
         calls: list[tuple[float, int, str]] = []  # (when, chunk, what the writer was doing)
+        on_loop: list[bool] = []
         phase = "many"
         refresh = db.refresh_digests
 
         def recording(limit: int = 100) -> int:
             calls.append((time.monotonic(), limit, phase))
+            on_loop.append(threading.current_thread() is threading.main_thread())
             return refresh(limit)
 
         db.refresh_digests = recording  # type: ignore[method-assign]
@@ -175,6 +178,11 @@ def test_stale_digests_are_refreshed_a_few_at_a_time_while_the_log_grows(
         busy = [(when, chunk) for when, chunk, during in calls if during == "many"]
         assert len(busy) > 10, calls  # the refresh kept up while the writes went on
         assert {chunk for _, chunk in busy[1:]} == {node.DIGEST_CHUNK_BUSY}
+        # busy chunks run on the event loop (in a thread they held the store lock while
+        # the thread waited for the interpreter); full ones in a worker thread
+        chunks = [(chunk, here) for (_, chunk, _), here in zip(calls, on_loop, strict=True)]
+        assert all(here for chunk, here in chunks if chunk == node.DIGEST_CHUNK_BUSY)
+        assert not any(here for chunk, here in chunks if chunk == node.DIGEST_CHUNK)
         gaps = [b[0] - a[0] for a, b in itertools.pairwise(busy)]
         assert min(gaps) >= node.DIGEST_PAUSE * 0.9
         # one document rewritten 100 times a second: hashed about once a second meanwhile
