@@ -52,6 +52,8 @@ STORE_FILE = "crdtdb.sqlite3"
 APPLICATION_ID = 0x43524454  # "CRDT"
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
+WAL_SIZE_LIMIT = 64 << 20
+"""Bytes the WAL file is cut back to when it starts over (SQLite keeps it at its largest)."""
 
 log = logging.getLogger("crdtdb.storage")
 
@@ -169,6 +171,7 @@ def _prepare(conn: sqlite3.Connection, path: Path, region: str | None, synchrono
             f" ({SCHEMA_VERSION}): upgrade crdtdb to open it"
         )
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
     mode = _switch_to_wal(conn)
     if mode.lower() != "wal":
         raise StoreError(

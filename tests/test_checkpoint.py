@@ -48,6 +48,46 @@ def test_without_autocheckpoint_commits_leave_the_wal_to_checkpoint(tmp_path: Pa
         assert reopened.get("docs/after") == {"v": 1}
 
 
+def test_checkpoints_alongside_a_steady_writer_rewind_the_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With commits going on during every checkpoint, the WAL only ever grew."""
+    import sqlite3
+    import threading
+    import time
+
+    from crdtdb import database
+
+    monkeypatch.setattr(database, "WAL_RESTART_PAGES", 300)
+    reported: list[int] = []
+    with crdtdb.open(tmp_path / "eu", region="eu", wal_autocheckpoint=0) as db:
+        stop = threading.Event()
+        written = itertools.count()
+
+        def write() -> None:
+            while not stop.is_set():
+                i = next(written)
+                db.put(f"docs/{i}", {"i": i})
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            deadline = time.monotonic() + 20
+            while len(reported) < 8 and time.monotonic() < deadline:
+                time.sleep(0.1)
+                reported.append(db.checkpoint()[0])
+        finally:
+            stop.set()
+            writer.join(timeout=30)
+        count = next(written)
+        assert count > 100 and db.get(f"docs/{count - 1}") == {"i": count - 1}
+    rewound = [b for a, b in itertools.pairwise(reported) if b < a]
+    assert rewound, f"the WAL never started over: pages at each checkpoint {reported}"
+    with sqlite3.connect(tmp_path / "eu" / STORE_FILE) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert conn.execute("SELECT count(*) FROM docs").fetchone()[0] == count
+
+
 @pytest.mark.parametrize("bad", [-1, 1.5, "1000", True])
 def test_wal_autocheckpoint_must_be_pages(tmp_path: Path, bad: object) -> None:
     with pytest.raises(UsageError, match="wal_autocheckpoint"):
