@@ -388,11 +388,11 @@ class Database:
         """Bring up to ``limit`` stale digests and their Merkle paths up to date; return how many.
 
         Reading the tree flushes every stale digest on the reader's thread (about
-        60 µs a document). A sync daemon instead calls this from a worker thread
-        (``asyncio.to_thread``) until it returns 0: each call is one write
-        transaction under the lock, so the event loop's calls wait for one call
-        at most, and the next read finds the tree fresh. XOR deltas combine in
-        any grouping, so the tree is the same as if flushed at once.
+        60 µs a document). A sync daemon instead calls this in the background,
+        a small ``limit`` at a time while writes go on and from a worker thread
+        once they stop, until it returns 0: each call is one write transaction
+        under the lock, so the next read finds the tree fresh. XOR deltas
+        combine in any grouping, so the tree is the same as if flushed at once.
         """
         with self._lock:
             self._check_no_tx("refresh_digests()")
