@@ -116,6 +116,9 @@ def open(path: str | Path, region: str | None = None, **options: Any) -> Databas
 
 
 EAGER_DIGESTS = 32
+"""A commit or remote batch that creates at least this many documents XORs their
+digests into the Merkle tree at once (see ``Database._index``); smaller ones leave
+that to the next tree read."""
 WAL_RESTART_PAGES = 65_536
 """WAL pages (256 MiB) from which :meth:`Database.checkpoint` also rewinds the WAL."""
 RESTART_WAIT_MS = 100
@@ -127,8 +130,6 @@ STALE = 1
 """The document changed since: ``digest`` is what the tree still holds for it (or NULL)."""
 UNTREED = 2
 """``digest`` is current (computed when the document was created) but not in the tree yet."""
-"""A commit or remote batch that creates at least this many documents hashes them
-at once (see ``Database._index``); smaller ones leave it to the next tree read."""
 
 
 class Database:
@@ -427,13 +428,12 @@ class Database:
             del stale[doc_id]
             if self._cache.peek(doc_id) is not None:
                 picked.append(doc_id)
-        rows: builtins.list[tuple[str, bytes | None, int]] = []
-        if picked:
-            marks = ",".join("?" * len(picked))
-            rows = self._conn.execute(
-                f"SELECT doc_id, digest, dirty FROM docs WHERE dirty AND doc_id IN ({marks})",
+        rows: builtins.list[tuple[str, bytes | None, int]] = list(
+            self._rows_in(
+                "SELECT doc_id, digest, dirty FROM docs WHERE dirty AND doc_id IN ({marks})",
                 picked,
-            ).fetchall()
+            )
+        )
         if len(rows) < limit:
             taken = {row[0] for row in rows}
             more = self._conn.execute(
@@ -1298,20 +1298,20 @@ class Database:
     def _flush_chunk(
         self, rows: builtins.list[tuple[str, bytes | None, int]], deltas: dict[int, int]
     ) -> None:
-        untreed = []
+        fresh = []
         for doc_id, old, dirty in rows:
             if dirty == UNTREED:  # hashed when created: only its path is left to do
                 assert old is not None
                 _add_delta(deltas, doc_id, old, None)
-                untreed.append((doc_id,))
+                fresh.append((old, doc_id))
                 continue
             handle = self._cache.peek(doc_id) or self._load(doc_id)
             digest = merkle.doc_digest(handle.doc)
             _add_delta(deltas, doc_id, digest, old)
-            self._conn.execute(
-                "UPDATE docs SET digest = ?, dirty = 0 WHERE doc_id = ?", (digest, doc_id)
-            )
-        self._conn.executemany("UPDATE docs SET dirty = 0 WHERE doc_id = ?", untreed)
+            fresh.append((digest, doc_id))
+        self._conn.executemany(
+            f"UPDATE docs SET digest = ?, dirty = {FRESH} WHERE doc_id = ?", fresh
+        )
 
     def _ensure_digests(self) -> None:
         if self._conn.execute("SELECT 1 FROM docs WHERE dirty LIMIT 1").fetchone() is None:
