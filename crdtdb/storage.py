@@ -207,6 +207,16 @@ def _switch_to_wal(conn: sqlite3.Connection) -> str:
         delay = min(2 * delay, 0.05)
 
 
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    """Run ``;``-separated statements inside the caller's transaction.
+
+    ``executescript`` would commit that transaction first.
+    """
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     """Bring a store of an older schema up to ``SCHEMA_VERSION``, in one transaction.
 
@@ -226,9 +236,7 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
                 docs,
             )
             started = time.monotonic()
-            for statement in _MIGRATE_FROM_1.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            _run_script(conn, _MIGRATE_FROM_1)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             log.warning("%s: migrated in %.1f s", path, time.monotonic() - started)
         elif version != SCHEMA_VERSION:
@@ -253,9 +261,7 @@ def _create(conn: sqlite3.Connection, path: Path, region: str | None) -> None:
         if conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID:
             conn.execute("ROLLBACK")
             return
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
+        _run_script(conn, _SCHEMA)
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.executemany(
