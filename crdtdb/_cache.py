@@ -12,24 +12,66 @@ Out-of-order updates: an update that arrives before the updates it depends
 on is held "pending" inside yrs and should be integrated once they arrive.
 With pycrdt 0.14 that retry sometimes never happens (seen when a pending
 update touches more than one shared type: the state vector stays behind for
-good). So every applied update is checked against the doc's state vector
-(``pycrdt.get_update(update, state)`` must have no structs left), and
-updates that are not fully integrated are kept in ``unintegrated`` and
-applied again whenever the document advances, until they are.
+good; in a random test of three replicas, 128 runs of 300 ended with updates
+never integrated). So every applied update is checked against the doc's state
+vector (``pycrdt.get_update(update, state)`` must have no structs left), and
+one that is not fully integrated waits in the handle for what it lacks: the
+first clock it needs that the document does not hold yet, read from the
+update's bytes (:mod:`crdtdb.yjs`). It is applied again when the document
+holds that clock, and not before; if it still lacks something, it waits for
+that next. Retrying every stuck update whenever the document advanced made
+out-of-order delivery quadratic (1,000 stuck records took 20 s); now each
+retry follows the arrival of what the update waited for.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
-from pycrdt import Doc, Map, Subscription, Transaction, TransactionEvent, get_update
+from pycrdt import Array, Doc, Map, Subscription, Text, Transaction, TransactionEvent, get_update
 
-__all__ = ["DATA_ROOT", "META_ROOT", "DocCache", "DocHandle"]
+from .merkle import state_vector_clocks
+from .values import plain, read_json
+from .yjs import shape
+
+__all__ = ["DATA_ROOT", "FIELD_KINDS", "META_ROOT", "ApplyStats", "DocCache", "DocHandle"]
 
 DATA_ROOT = "data"
 META_ROOT = "crdtdb"
 LIVE_KEY = "live"
+FIELD_MARK = "field:"
+"""Prefix of the ``META_ROOT`` key that marks a merged field (its value: the kind)."""
+FIELD_KINDS: dict[str, type[Text] | type[Array[Any]] | type[Map[Any]]] = {
+    "text": Text,
+    "array": Array,
+    "map": Map,
+}
+"""Merged fields: a field held in a root-level shared type of the document, named
+``kind:field``, instead of under a key of the ``DATA_ROOT`` map. Yjs merges root
+types by name, so two regions that create the same field concurrently both keep
+their edits (a map key written twice keeps one of the two values).
+
+A root type cannot be deleted, only emptied, so a merged field is shown while it
+holds something: emptying it (a delete, a put without it) hides it, and an edit
+made concurrently elsewhere survives and shows again, as with ordinary fields.
+Its mark (``FIELD_MARK`` + name in ``META_ROOT``, the kind as value) is written
+once and never removed: it only says where to look."""
+
+
+@dataclass(slots=True)
+class ApplyStats:
+    """Counters of one store's out-of-order applies (shown by ``Database.info()``)."""
+
+    reapplied: int = 0
+    """Updates applied again because what they waited for had arrived."""
+
+
+_ANY = -1
+"""Waiting on no clock in particular (its bytes could not be read, or it lacks
+nothing it names): retried whenever the document advances."""
 
 
 class DocHandle:
@@ -42,11 +84,12 @@ class DocHandle:
         "loaded_through",
         "meta",
         "root",
+        "stats",
         "tombstone",
-        "unintegrated",
+        "waiting",
     )
 
-    def __init__(self, client_id: int) -> None:
+    def __init__(self, client_id: int, stats: ApplyStats | None = None) -> None:
         # The update observer is subscribed only while capturing: a pycrdt Doc
         # with a live subscription is never freed (the callback is held from
         # Rust, out of reach of Python's GC), so resting handles have none.
@@ -58,7 +101,10 @@ class DocHandle:
         self.loaded_through = 0
         self.ensure_live = False
         self.tombstone = False
-        self.unintegrated: list[bytes] = []
+        self.waiting: dict[int, list[tuple[int, bytes]]] = {}
+        """Updates not integrated yet, by the client whose clock they wait for: a heap
+        of (clock, update) each, the update retried once that clock is held."""
+        self.stats = stats if stats is not None else ApplyStats()
         self._txn: Transaction | None = None
 
     @property
@@ -89,8 +135,44 @@ class DocHandle:
         A whole-document delete removes every field and the marker that the
         deleting replica has seen. Fields written concurrently elsewhere survive
         the merge, and so the document stays live with just those fields.
+        A merged field that holds something keeps it live too.
         """
-        return len(self.root) > 0 or LIVE_KEY in self.meta
+        if len(self.root) > 0 or LIVE_KEY in self.meta:
+            return True
+        return any(len(self.field(name, kind)) for name, kind in self.fields().items())
+
+    def fields(self) -> dict[str, str]:
+        """The merged fields ever created here, shown or not: name -> kind (``FIELD_KINDS``)."""
+        if len(self.meta) <= (LIVE_KEY in self.meta):
+            return {}  # the common case, without reading the marks
+        return {
+            key[len(FIELD_MARK) :]: kind
+            for key, kind in self.meta.items()
+            if key.startswith(FIELD_MARK) and kind in FIELD_KINDS
+        }
+
+    def field(self, name: str, kind: str) -> Any:
+        """The root-level shared type that holds merged field ``name`` of ``kind``."""
+        return self.doc.get(f"{kind}:{name}", type=FIELD_KINDS[kind])
+
+    def mark_field(self, name: str, kind: str) -> None:
+        self.meta[FIELD_MARK + name] = kind
+
+    def shown_fields(self) -> dict[str, Any]:
+        """The merged fields that hold something: name -> shared type."""
+        shown = {}
+        for name, kind in self.fields().items():
+            shared = self.field(name, kind)
+            if len(shared):
+                shown[name] = shared
+        return shown
+
+    def json(self) -> dict[str, Any]:
+        """The document as plain JSON: ``DATA_ROOT``'s keys, the merged fields shown over them."""
+        result: dict[str, Any] = read_json(self.root)
+        for name, shared in self.shown_fields().items():
+            result[name] = plain(shared)
+        return result
 
     def apply(self, update: bytes) -> None:
         """Apply an update (raises ValueError, changing nothing, if it does not decode)."""
@@ -102,26 +184,59 @@ class DocHandle:
         self.doc.apply_update(update)
 
     def settle(self, updates: list[bytes]) -> None:
-        """Check once that the updates just received are integrated; keep the ones that are not.
+        """Check once that the updates just received are integrated; keep the others waiting.
 
         One state vector for the whole batch: an update held pending until a
-        later one of the batch arrived counts as integrated, as it is.
+        later one of the batch arrived counts as integrated, as it is. Then
+        updates that were waiting for what has now arrived are retried.
         """
         state = self.doc.get_state()
-        stuck = [update for update in updates if not integrated_in(state, update)]
-        self.unintegrated.extend(stuck)
-        if len(stuck) < len(updates) and self.unintegrated:
-            self._retry()  # the document advanced: stuck updates may fit now
+        clocks: dict[int, int] | None = None
+        for update in updates:
+            rest = get_update(update, state)
+            if rest[:1] != b"\x00":
+                clocks = clocks or state_vector_clocks(state)
+                self._wait(update, rest, clocks)
+        if self.waiting:
+            self._retry(state)
 
-    def _retry(self) -> None:
-        progress = True
-        while progress and self.unintegrated:
-            progress = False
-            for update in list(self.unintegrated):
-                self.doc.apply_update(update)
-                if integrated(self.doc, update):
-                    self.unintegrated.remove(update)
-                    progress = True
+    def _wait(self, update: bytes, rest: bytes, clocks: dict[int, int]) -> None:
+        """Keep ``update`` (``rest``: what of it is not integrated) until what it lacks arrives."""
+        try:
+            need = shape(rest).first_unmet(clocks)
+        except ValueError:
+            need = None
+        client, clock = need if need is not None else (_ANY, 0)
+        heapq.heappush(self.waiting.setdefault(client, []), (clock, update))
+
+    def _retry(self, state: bytes) -> None:
+        """Apply again the waiting updates whose missing clock the document now holds."""
+        tried_any = b""
+        while True:
+            clocks = state_vector_clocks(state)
+            ready = []
+            for client, heap in list(self.waiting.items()):
+                if client == _ANY:
+                    continue
+                while heap and heap[0][0] < clocks.get(client, 0):
+                    ready.append(heapq.heappop(heap)[1])
+                if not heap:
+                    del self.waiting[client]
+            if _ANY in self.waiting and tried_any != state:  # once per state of the document
+                tried_any = state
+                ready += [update for _, update in self.waiting.pop(_ANY)]
+            if not ready:
+                return
+            for update in ready:
+                if get_update(update, state)[:1] != b"\x00":  # not integrated by yrs meanwhile
+                    self.doc.apply_update(update)
+                    self.stats.reapplied += 1
+            state = self.doc.get_state()
+            clocks = state_vector_clocks(state)
+            for update in ready:
+                rest = get_update(update, state)
+                if rest[:1] != b"\x00":
+                    self._wait(update, rest, clocks)
 
     def begin(self) -> None:
         """Start capturing local edits inside one pycrdt transaction (batched)."""
@@ -150,6 +265,8 @@ class DocHandle:
 
     def clear(self) -> None:
         """Whole-document delete of everything this replica has observed."""
+        for name, kind in self.fields().items():
+            self.field(name, kind).clear()
         self.root.clear()
         if LIVE_KEY in self.meta:
             del self.meta[LIVE_KEY]
@@ -174,16 +291,6 @@ class _Capture:
     def __call__(self, event: TransactionEvent) -> None:
         if self.on:
             self.updates.append(event.update)
-
-
-def integrated(doc: Doc[Any], update: bytes) -> bool:
-    """Whether every struct of ``update`` is in ``doc`` (not held pending)."""
-    return integrated_in(doc.get_state(), update)
-
-
-def integrated_in(state: bytes, update: bytes) -> bool:
-    """Whether every struct of ``update`` is covered by the state vector ``state``."""
-    return get_update(update, state)[:1] == b"\x00"  # zero struct groups left
 
 
 class DocCache:
@@ -213,6 +320,10 @@ class DocCache:
 
     def clear(self) -> None:
         self._docs.clear()
+
+    def waiting(self) -> int:
+        """Updates held in loaded documents until what they build on arrives."""
+        return sum(len(heap) for handle in self._docs.values() for heap in handle.waiting.values())
 
     def __len__(self) -> int:
         return len(self._docs)

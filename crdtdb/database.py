@@ -20,9 +20,10 @@ import asyncio
 import builtins
 import contextlib
 import logging
-import random
+import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from pycrdt import merge_updates
 
 from . import merkle, storage
-from ._cache import DocCache, DocHandle
+from ._cache import ApplyStats, DocCache, DocHandle
+from .clients import ClientBindings
 from .errors import (
+    ClientIdCollisionError,
     DatabaseClosedError,
     HistoryCompactedError,
     InvalidRecordError,
@@ -51,9 +54,8 @@ from .ids import (
     validate_doc_id,
     validate_region,
 )
-from .records import UpdateRecord
+from .records import REPAIR, WRITE, UpdateRecord
 from .transaction import Transaction
-from .values import read_json
 
 if TYPE_CHECKING:
     from .history import AsOf
@@ -159,13 +161,16 @@ class Database:
         self.region = RegionId(str(stored))
         self._lock = threading.RLock()
         self._cache = DocCache(self.options.cache_size)
-        self._client_id = random.getrandbits(53)  # safe for JS Yjs peers too
+        self._apply_stats = ApplyStats()
+        self._clients = ClientBindings(self._conn, self.region)
         self._listeners: builtins.list[Listener] = []
         self._tx: Transaction | None = None
         self._deferred: builtins.list[UpdateRecord] = []
         self._stale_here: dict[str, None] = {}
         """Documents this process marked stale, oldest first (see :meth:`refresh_digests`)."""
         self._closed = False
+        self._forked = False
+        _open_stores.add(self)
         self._last_hlc = Hlc(int(self._meta("last_hlc") or 0))
         self._data_version = -1
         # (last HLC, local max seq) as of our last look; valid while no other process
@@ -203,6 +208,12 @@ class Database:
 
     def _check(self) -> None:
         if self._closed:
+            if self._forked:
+                raise DatabaseClosedError(
+                    "this database was opened before os.fork(), and a child process must not"
+                    " use it (its SQLite connection and Yjs client id belong to the parent):"
+                    " open the store again in the child with crdtdb.open()"
+                )
             raise DatabaseClosedError("this database is closed: open it again with crdtdb.open()")
 
     def _check_no_tx(self, what: str) -> None:
@@ -212,6 +223,10 @@ class Database:
                 f"{what} inside a transaction: use the transaction's own methods (tx.put,"
                 " tx.doc, tx.delete), or call it after the `with` block"
             )
+
+    @property
+    def _client_id(self) -> int:
+        return self._clients.client_id
 
     # -------------------------------------------------------------- documents
 
@@ -257,7 +272,7 @@ class Database:
             handle = self._handle(doc_id)
             if not handle.live:
                 return None
-            result: dict[str, Any] = read_json(handle.root)
+            result: dict[str, Any] = handle.json()
             return result
 
     def __contains__(self, doc_id: object) -> bool:
@@ -455,15 +470,20 @@ class Database:
     def records_from(
         self, origin: str, after_seq: int, limit: int = 1000
     ) -> builtins.list[UpdateRecord]:
-        """Records of ``origin`` held here with seq above ``after_seq``, in seq order."""
+        """Records of ``origin`` held here with seq above ``after_seq``, in seq order.
+
+        At most ``limit``; page by passing the last one's seq. There may be gaps
+        where records have not arrived yet (``progress()`` says up to which seq
+        there are none).
+        """
         with self._lock:
             self._check()
             rows = self._conn.execute(
-                "SELECT doc_id, hlc, origin, seq, payload FROM log WHERE origin = ? AND seq > ?"
-                " ORDER BY seq LIMIT ?",
+                "SELECT doc_id, hlc, origin, seq, payload, kind FROM log"
+                " WHERE origin = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (origin, after_seq, limit),
             ).fetchall()
-        return [UpdateRecord(r[0], Hlc(r[1]), r[2], r[3], bytes(r[4])) for r in rows]
+        return [UpdateRecord(r[0], Hlc(r[1]), r[2], r[3], bytes(r[4]), r[5]) for r in rows]
 
     # ------------------------------------------------------------- frontier
 
@@ -628,7 +648,9 @@ class Database:
             if not pending:
                 return None
             try:
-                hlc: Hlc = self._write(lambda: self._commit_locked([(doc_id, handle, pending)]))
+                hlc: Hlc = self._write(
+                    lambda: self._commit_locked([(doc_id, handle, pending)], REPAIR)
+                )
             except BaseException:
                 self._cache.evict(doc_id)
                 raise
@@ -661,11 +683,23 @@ class Database:
                 return 0
             try:
                 applied: int = self._write(lambda: self._apply_batch_locked(fresh, version))
-            except BaseException:
+            except BaseException as exc:
                 for doc_id in {record.doc_id for record in fresh}:
                     self._cache.evict(doc_id)
+                if isinstance(exc, ClientIdCollisionError):
+                    self._note_collision(exc)
                 raise
             return applied
+
+    def _note_collision(self, error: ClientIdCollisionError) -> None:
+        log.error("%s: %s", self.region, error)
+        now = self.options.clock()
+
+        def body() -> tuple[None, builtins.list[UpdateRecord]]:
+            self._clients.note_collision(error, now)
+            return None, []
+
+        self._write(body)
 
     def _not_held(self, records: builtins.list[UpdateRecord]) -> builtins.list[UpdateRecord]:
         """The records whose (origin, seq) is neither in the log nor earlier in the batch."""
@@ -713,12 +747,14 @@ class Database:
                 )
         last, local_seq = self._read_counters()
         clock = self._observe_all(last, records)
+        self._clients.check(records)
         handles, new = self._apply_updates(records)
         first_id = self._seen_id + 1  # free: we hold the write lock and caught up
         self._conn.executemany(
-            "INSERT INTO log (id, origin, seq, hlc, doc_id, payload) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO log (id, origin, seq, hlc, doc_id, payload, kind)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
-                (first_id + i, r.origin, r.seq, int(r.hlc), r.doc_id, r.update)
+                (first_id + i, r.origin, r.seq, int(r.hlc), r.doc_id, r.update, r.kind)
                 for i, r in enumerate(records)
             ],
         )
@@ -749,7 +785,7 @@ class Database:
         absent = self._absent([d for d in by_doc if self._cache.peek(d) is None])
         for doc_id, mine in by_doc.items():
             if doc_id in absent:  # nothing on disk to load: start it empty (a bootstrap)
-                handle = handles[doc_id] = DocHandle(self._client_id)
+                handle = handles[doc_id] = DocHandle(self._client_id, self._apply_stats)
                 self._cache.put(doc_id, handle)
             else:
                 handle = handles[doc_id] = self._handle(doc_id)
@@ -783,9 +819,19 @@ class Database:
     # ---------------------------------------------------------------- history
 
     def changes(
-        self, since: Hlc | int | None = None, *, limit: int | None = None
+        self,
+        since: Hlc | int | None = None,
+        *,
+        origin: str | None = None,
+        limit: int | None = None,
     ) -> Iterator[UpdateRecord]:
-        """Records with HLC above ``since``, in HLC order (ties: origin, seq)."""
+        """Records with HLC above ``since``, in HLC order (ties: origin, seq).
+
+        ``origin`` keeps only the records that region made. To follow one origin
+        by sequence number instead, use :meth:`records_from`.
+        """
+        only = "" if origin is None else " AND origin = ?"
+        extra: tuple[str, ...] = () if origin is None else (validate_region(origin),)
         floor = Hlc(since or 0)
         with self._lock:
             self._check()
@@ -799,14 +845,15 @@ class Database:
             with self._lock:
                 self._check()
                 rows = self._conn.execute(
-                    "SELECT doc_id, hlc, origin, seq, payload FROM log"
-                    " WHERE (hlc, origin, seq) > (?, ?, ?) ORDER BY hlc, origin, seq LIMIT ?",
-                    (*cursor, page),
+                    "SELECT doc_id, hlc, origin, seq, payload, kind FROM log"
+                    f" WHERE (hlc, origin, seq) > (?, ?, ?){only} ORDER BY hlc, origin, seq"
+                    " LIMIT ?",
+                    (*cursor, *extra, page),
                 ).fetchall()
             if not rows:
                 return
-            for doc_id, hlc, origin, seq, payload in rows:
-                yield UpdateRecord(doc_id, Hlc(hlc), origin, seq, bytes(payload))
+            for doc_id, hlc, origin, seq, payload, kind in rows:
+                yield UpdateRecord(doc_id, Hlc(hlc), origin, seq, bytes(payload), kind)
             if remaining is not None:
                 remaining -= len(rows)
             cursor = (rows[-1][1], rows[-1][2], rows[-1][3])
@@ -902,11 +949,11 @@ class Database:
             if self._closed:
                 return []
             rows = self._conn.execute(
-                "SELECT id, doc_id, hlc, origin, seq, payload FROM log WHERE id > ?"
+                "SELECT id, doc_id, hlc, origin, seq, payload, kind FROM log WHERE id > ?"
                 " ORDER BY id LIMIT ?",
                 (log_id, limit),
             ).fetchall()
-        return [(r[0], UpdateRecord(r[1], Hlc(r[2]), r[3], r[4], bytes(r[5]))) for r in rows]
+        return [(r[0], UpdateRecord(r[1], Hlc(r[2]), r[3], r[4], bytes(r[5]), r[6])) for r in rows]
 
     def _notify(self, records: builtins.list[UpdateRecord]) -> None:
         if self._tx is not None:  # told once the transaction has ended, so callbacks can read
@@ -968,7 +1015,20 @@ class Database:
                 "merkle_root": self.merkle_root().hex(),
                 "file_bytes": page_size * pages,
                 "cached_documents": len(self._cache),
+                "clients": self._clients.summary(),
+                "updates_waiting": self._cache.waiting(),
+                "updates_reapplied": self._apply_stats.reapplied,
             }
+
+    def client_ids(self) -> dict[int, str]:
+        """Every Yjs client id seen writing in this store, with the region it belongs to.
+
+        Each process that opens a store writes under a client id of its own
+        (``info()["clients"]["this_process"]``); see :mod:`crdtdb.clients`.
+        """
+        with self._lock:
+            self._check()
+            return self._clients.all()
 
     # ============================================================ internals
 
@@ -997,7 +1057,7 @@ class Database:
 
     def _load(self, doc_id: str) -> DocHandle:
         """Read a document from disk (snapshot, then the log records after it)."""
-        handle = DocHandle(self._client_id)
+        handle = DocHandle(self._client_id, self._apply_stats)
         in_tx = self._conn.in_transaction
         if not in_tx:
             self._conn.execute("BEGIN")
@@ -1036,11 +1096,11 @@ class Database:
             self._epoch = epoch
             self._cache.clear()
         rows = self._conn.execute(
-            "SELECT id, doc_id, hlc, origin, seq, payload FROM log WHERE id > ? ORDER BY id",
+            "SELECT id, doc_id, hlc, origin, seq, payload, kind FROM log WHERE id > ? ORDER BY id",
             (self._seen_id,),
         ).fetchall()
         seen: builtins.list[UpdateRecord] = []
-        for log_id, doc_id, hlc, origin, seq, payload in rows:
+        for log_id, doc_id, hlc, origin, seq, payload, kind in rows:
             handle = self._cache.peek(doc_id)
             if handle is None and self._tx is not None:
                 handle = self._tx.handles.get(doc_id)
@@ -1048,7 +1108,7 @@ class Database:
                 handle.apply(payload)
                 handle.loaded_through = log_id
             self._seen_id = log_id
-            seen.append(UpdateRecord(doc_id, Hlc(hlc), origin, seq, bytes(payload)))
+            seen.append(UpdateRecord(doc_id, Hlc(hlc), origin, seq, bytes(payload), kind))
         stored = Hlc(int(self._meta("last_hlc") or 0))
         self._last_hlc = max(self._last_hlc, stored)
         self._notify(seen)
@@ -1082,7 +1142,9 @@ class Database:
             handle.take_pending()
             self._cache.evict(doc_id)
 
-    def _commit(self, handles: dict[str, DocHandle]) -> Hlc | None:
+    def _commit(
+        self, handles: dict[str, DocHandle]
+    ) -> tuple[Hlc, builtins.list[UpdateRecord]] | None:
         changes: builtins.list[tuple[str, DocHandle, builtins.list[bytes]]] = []
         try:
             for doc_id, handle in handles.items():
@@ -1095,11 +1157,19 @@ class Database:
             raise
         if not changes:
             return None
+
+        def body() -> tuple[tuple[Hlc, builtins.list[UpdateRecord]], builtins.list[UpdateRecord]]:
+            hlc, records = self._commit_locked(changes)
+            return (hlc, records), records
+
         try:
-            hlc: Hlc = self._write(lambda: self._commit_locked(changes))
-            return hlc
-        except BaseException:
+            committed: tuple[Hlc, builtins.list[UpdateRecord]] = self._write(body)
+            return committed
+        except BaseException as exc:
             self._rollback(handles)
+            if isinstance(exc, ClientIdCollisionError):  # edits made under that id are void
+                self._clients.draw()
+                self._cache.clear()
             raise
 
     def _write(self, body: Callable[[], tuple[Any, builtins.list[UpdateRecord]]]) -> Any:
@@ -1116,6 +1186,7 @@ class Database:
                 self._conn.execute("ROLLBACK")
             self._seen_id = seen_id  # ids of rolled-back rows will be used again
             self._counters = None
+            self._clients.rolled_back()
             raise
         self._notify(records)
         return result
@@ -1135,24 +1206,29 @@ class Database:
         self._last_hlc = hlc
 
     def _commit_locked(
-        self, changes: builtins.list[tuple[str, DocHandle, builtins.list[bytes]]]
+        self,
+        changes: builtins.list[tuple[str, DocHandle, builtins.list[bytes]]],
+        kind: int = WRITE,
     ) -> tuple[Hlc, builtins.list[UpdateRecord]]:
         last, seq = self._read_counters()
         hlc = tick(last, self.options.clock())
+        if kind == WRITE:
+            self._clients.bind_own(int(hlc))
         self._set_last_hlc(hlc)
         records = []
         for doc_id, _, pending in changes:
             seq += 1
             update = pending[0] if len(pending) == 1 else merge_updates(*pending)
-            records.append(UpdateRecord(doc_id, hlc, self.region, seq, update))
+            records.append(UpdateRecord(doc_id, hlc, self.region, seq, update, kind))
         # We hold the write lock and have caught up, so the ids after _seen_id are free
         # (compaction never deletes the newest record); the primary key would refuse
         # the commit otherwise.
         first_id = self._seen_id + 1
         self._conn.executemany(
-            "INSERT INTO log (id, origin, seq, hlc, doc_id, payload) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO log (id, origin, seq, hlc, doc_id, payload, kind)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
-                (first_id + i, r.origin, r.seq, int(hlc), r.doc_id, r.update)
+                (first_id + i, r.origin, r.seq, int(hlc), r.doc_id, r.update, kind)
                 for i, r in enumerate(records)
             ],
         )
@@ -1228,7 +1304,7 @@ class Database:
             snapshot_bytes: int | None = None
             snapshot_id = 0
             if pending >= max(self.options.snapshot_min_bytes, snapshot_size) and (
-                not handle.unintegrated
+                not handle.waiting
             ):
                 snapshot = handle.doc.get_update()
                 snapshots.append((doc_id, snapshot))
@@ -1347,6 +1423,24 @@ class Database:
                 " contiguous_seq = ?3, contiguous_hlc = ?4",
                 (origin, max(max_seq, *(seq for seq, _ in batch)), contiguous, contiguous_hlc),
             )
+
+
+_open_stores: weakref.WeakSet[Database] = weakref.WeakSet()
+_inherited: builtins.list[sqlite3.Connection] = []
+
+
+def _after_fork_in_child() -> None:
+    """A forked child must not use its parent's stores: it would write under the parent's
+    Yjs client id (each would hide the other's edits), through an SQLite connection that
+    SQLite forbids to cross a fork. Its copies are closed, their connections left alone."""
+    for db in list(_open_stores):
+        if not db._closed:
+            db._forked = db._closed = True
+            _inherited.append(db._conn)  # never closed or freed here: the parent's
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 _DocChange = tuple[str, DocHandle, int, int, Hlc]

@@ -15,6 +15,7 @@ can report it without parsing messages, and every message says what to do.
 from __future__ import annotations
 
 __all__ = [
+    "ClientIdCollisionError",
     "ClockSkewError",
     "CrdtdbError",
     "DatabaseClosedError",
@@ -91,6 +92,14 @@ class InvalidUpdateError(RemoteDataError, ValueError):
 
 class ClockSkewError(RemoteDataError):
     code = "clock_skew"
+
+
+class ClientIdCollisionError(RemoteDataError):
+    """Two origins wrote under one Yjs client id: one's items would hide the other's."""
+
+    code = "client_id_collision"
+    details: tuple[int, str, str, int, str] = (0, "", "", 0, "")
+    """(client id, origin of the refused record, origin the id is bound to, seq, doc id)."""
 
 
 class StoreError(CrdtdbError):

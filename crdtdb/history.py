@@ -22,7 +22,6 @@ from ._cache import DocHandle
 from .hlc import Hlc
 from .ids import validate_collection, validate_doc_id
 from .records import UpdateRecord
-from .values import read_json
 
 if TYPE_CHECKING:
     from .database import Database
@@ -71,7 +70,7 @@ class AsOf:
         handle = self._replay(validate_doc_id(doc_id))
         if handle is None or not handle.live:
             return None
-        result: dict[str, Any] = read_json(handle.root)
+        result: dict[str, Any] = handle.json()
         return result
 
     def list(self, collection: str) -> list[str]:
@@ -138,7 +137,7 @@ def _fold(db: Database, doc_ids: list[str], horizon: Hlc) -> int:
         ):
             base.apply(payload)
         current = db._handle(doc_id)
-        if base.unintegrated or current.unintegrated:
+        if base.waiting or current.waiting:
             # A snapshot would drop updates still waiting for their dependencies.
             log.warning("compaction: %s waits for missing updates; kept as it is", doc_id)
             continue

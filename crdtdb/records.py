@@ -8,9 +8,20 @@ from .errors import InvalidRecordError
 from .hlc import Hlc
 from .ids import validate_doc_id, validate_region
 
-__all__ = ["UpdateRecord"]
+__all__ = ["REPAIR", "UNCHECKED", "WRITE", "UpdateRecord"]
 
 MAX_SQLITE_INT = (1 << 63) - 1
+
+# What a record's items are (``UpdateRecord.kind``):
+WRITE = 0
+"""An edit its origin made: every item in it was authored by the origin, under Yjs
+client ids that only that origin writes with (checked on apply, see ``clients``)."""
+REPAIR = 1
+"""An anti-entropy repair committed by its origin: it carries items other regions
+authored (a state-vector diff), so its client ids say nothing about its origin."""
+UNCHECKED = 2
+"""Written before stores recorded kinds (schema 2 and older): not checked."""
+KINDS = (WRITE, REPAIR, UNCHECKED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +39,8 @@ class UpdateRecord:
     origin: str
     seq: int
     update: bytes
+    kind: int = WRITE
+    """``WRITE``, ``REPAIR`` or ``UNCHECKED``: whose items the update carries."""
     _checked: bool = field(default=False, init=False, repr=False, compare=False)
     """Whether :meth:`validated` passed already (the fields are frozen, so it still holds)."""
 
@@ -60,5 +73,7 @@ class UpdateRecord:
             raise InvalidRecordError(f"refused record: hlc out of range: {self.hlc!r}")
         if not isinstance(self.update, bytes) or not self.update:
             raise InvalidRecordError("refused record: update must be non-empty bytes")
+        if self.kind not in KINDS or isinstance(self.kind, bool):
+            raise InvalidRecordError(f"refused record: unknown kind {self.kind!r} (0, 1 or 2)")
         object.__setattr__(self, "_checked", True)
         return self

@@ -30,6 +30,15 @@ Tables:
   it, a commit to a large document cost time in proportion to the document's
   size (schema 1 did this; it is migrated on open).
 - ``merkle``: the anti-entropy tree (see :mod:`crdtdb.merkle`).
+- ``clients``: every Yjs client id seen writing items, bound to the one origin
+  region that authors with it (see ``Database._bind_clients``); ``collisions``:
+  each record refused because a second origin authored under a bound client
+  id, counted (schema 3).
+
+``log.kind`` says where a record's items come from (``crdtdb.records``): 0 an
+edit its origin made (its items are checked against ``clients``), 1 an
+anti-entropy repair (items of other origins, carried), 2 written before
+schema 3 (never checked).
 
 The file is marked with ``PRAGMA application_id`` so that a foreign SQLite
 file is refused rather than written into, and ``PRAGMA user_version`` holds
@@ -50,7 +59,7 @@ __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "STORE_FILE", "connect"]
 
 STORE_FILE = "crdtdb.sqlite3"
 APPLICATION_ID = 0x43524454  # "CRDT"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 30_000
 WAL_SIZE_LIMIT = 64 << 20
 """Bytes the WAL file is cut back to when it starts over (SQLite keeps it at its largest)."""
@@ -74,6 +83,7 @@ CREATE TABLE log (
     hlc INTEGER NOT NULL,
     doc_id TEXT NOT NULL,
     payload BLOB NOT NULL,
+    kind INTEGER NOT NULL DEFAULT 0,
     UNIQUE (origin, seq)
 ) STRICT;
 CREATE INDEX log_doc ON log (doc_id, id);
@@ -99,7 +109,24 @@ _BLOB_TABLES = """
 CREATE TABLE snapshots (doc_id TEXT PRIMARY KEY, snapshot BLOB NOT NULL) STRICT;
 CREATE TABLE bases (doc_id TEXT PRIMARY KEY, base BLOB NOT NULL) STRICT;
 """
-_SCHEMA += _BLOB_TABLES
+_CLIENT_TABLES = """
+CREATE TABLE clients (
+    client_id INTEGER PRIMARY KEY,
+    origin TEXT NOT NULL,
+    hlc INTEGER NOT NULL
+) STRICT;
+CREATE TABLE collisions (
+    client_id INTEGER NOT NULL,
+    origin TEXT NOT NULL,
+    bound_origin TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    doc_id TEXT NOT NULL,
+    refused INTEGER NOT NULL,
+    last_ms INTEGER NOT NULL,
+    PRIMARY KEY (client_id, origin)
+) STRICT;
+"""
+_SCHEMA += _BLOB_TABLES + _CLIENT_TABLES
 
 # Schema 1 kept the snapshot and the base inside the docs row.
 _MIGRATE_FROM_1 = (
@@ -112,6 +139,14 @@ ALTER TABLE docs ADD COLUMN snapshot_bytes INTEGER NOT NULL DEFAULT 0;
 UPDATE docs SET snapshot_bytes = coalesce(length(snapshot), 0);
 ALTER TABLE docs DROP COLUMN snapshot;
 ALTER TABLE docs DROP COLUMN base;
+"""
+)
+# Schema 2 did not know which origin authors under which Yjs client id: its records
+# are kept unchecked (kind 2), and only records written from now on bind client ids.
+_MIGRATE_FROM_2 = (
+    _CLIENT_TABLES
+    + """
+ALTER TABLE log ADD COLUMN kind INTEGER NOT NULL DEFAULT 2;
 """
 )
 
@@ -226,23 +261,28 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version == 1:
+        if version in (1, 2):
             docs = conn.execute("SELECT count(*) FROM docs").fetchone()[0]
             log.warning(
-                "%s: migrating the store from schema 1 to %d (%d documents; it rewrites the"
-                " documents table: about half a second per 100,000, more with large snapshots)",
+                "%s: migrating the store from schema %d to %d (%d documents%s)",
                 path,
+                version,
                 SCHEMA_VERSION,
                 docs,
+                ": it rewrites the documents table, about half a second per 100,000"
+                if version == 1
+                else "",
             )
             started = time.monotonic()
-            _run_script(conn, _MIGRATE_FROM_1)
+            if version == 1:
+                _run_script(conn, _MIGRATE_FROM_1)
+            _run_script(conn, _MIGRATE_FROM_2)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             log.warning("%s: migrated in %.1f s", path, time.monotonic() - started)
         elif version != SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"{path} has schema version {version}, which this crdtdb cannot migrate"
-                f" (it reads {SCHEMA_VERSION} and migrates 1): open it with the crdtdb"
+                f" (it reads {SCHEMA_VERSION} and migrates 1 and 2): open it with the crdtdb"
                 " that wrote it and export its documents"
             )
         conn.execute("COMMIT")

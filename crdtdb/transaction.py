@@ -9,15 +9,27 @@ transaction is stored, visible or replicated.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from pycrdt import Text
+
 from ._cache import DocHandle
-from .errors import InvalidValueError, TransactionError
+from .errors import InvalidValueError, TransactionError, UsageError
 from .hlc import Hlc
 from .ids import validate_doc_id
-from .values import DocMap, plain, read_json, to_crdt
+from .records import UpdateRecord
+from .values import (
+    DocArray,
+    DocMap,
+    DocText,
+    from_crdt,
+    is_same_slot,
+    plain,
+    read_json,
+    to_crdt,
+)
 
 if TYPE_CHECKING:
     from .database import Database
@@ -35,6 +47,9 @@ class Transaction:
         self._state = "new"
         self.hlc: Hlc | None = None
         """The commit's HLC, once committed (None if nothing changed)."""
+        self.records: tuple[UpdateRecord, ...] = ()
+        """The records the commit wrote, one per changed document: ``(origin, seq)``
+        names each everywhere (empty until committed, and if nothing changed)."""
 
     def __enter__(self) -> Transaction:
         if self._state != "new":
@@ -51,7 +66,10 @@ class Transaction:
     ) -> None:
         try:
             if exc_type is None:
-                self.hlc = self._db._commit(self._handles)
+                committed = self._db._commit(self._handles)
+                if committed is not None:
+                    self.hlc, records = committed
+                    self.records = tuple(records)
             else:
                 self._db._rollback(self._handles)
         finally:
@@ -82,22 +100,69 @@ class Transaction:
         """The live root of a document; edits to it (and nested values) are CRDT edits."""
         view = self._views.get(doc_id)
         if view is None:
-            view = self._views[doc_id] = DocMap(self._handle(doc_id).root, self._guard)
+            view = self._views[doc_id] = DocRoot(self._handle(doc_id), self._guard)
         self._handles[doc_id].tombstone = False
         return view
+
+    def text(self, doc_id: str, field: str) -> DocText:
+        """The collaborative text ``field`` of a document, created if missing.
+
+        Unlike ``doc[field] = pycrdt.Text()`` (a map-key write: of two regions
+        creating it concurrently, one keeps its text and the other loses its
+        typing), this text is a root-level shared type of the document, which
+        Yjs merges by name: regions that create it concurrently and type into
+        it all keep their characters. It reads as ``field`` in the document's
+        JSON once it holds something (see the README's data model).
+        """
+        text: DocText = self._field(doc_id, field, "text")
+        return text
+
+    def array(self, doc_id: str, field: str) -> DocArray:
+        """The list ``field`` of a document as a merged field (see :meth:`text`)."""
+        array: DocArray = self._field(doc_id, field, "array")
+        return array
+
+    def map(self, doc_id: str, field: str) -> DocMap:
+        """The map ``field`` of a document as a merged field (see :meth:`text`)."""
+        mapping: DocMap = self._field(doc_id, field, "map")
+        return mapping
+
+    def _field(self, doc_id: str, field: str, kind: str) -> Any:
+        if not isinstance(field, str) or not field:
+            raise InvalidValueError(f"a field name is a non-empty str, not {field!r:.100}")
+        handle = self._handle(doc_id)
+        marked = handle.fields().get(field)
+        if marked is not None and marked != kind:
+            raise UsageError(
+                f"field {field!r} of {doc_id} is a merged {marked}, not a {kind}: use"
+                f" tx.{marked}({doc_id!r}, {field!r})"
+            )
+        if marked is None:
+            handle.mark_field(field, kind)
+        if field in handle.root:  # the merged field replaces an ordinary one of its name
+            del handle.root[field]
+        handle.ensure_live = True
+        handle.tombstone = False
+        return from_crdt(handle.field(field, kind), self._guard)
 
     def get(self, doc_id: str) -> dict[str, Any] | None:
         """The document as this transaction sees it (its own edits included)."""
         handle = self._handle(doc_id)
         if handle.tombstone or not (handle.live or handle.ensure_live):
             return None
-        result: dict[str, Any] = read_json(handle.root)
+        result: dict[str, Any] = handle.json()
         return result
 
     def put(self, doc_id: str, value: Mapping[str, Any]) -> None:
-        """Make the document equal to ``value`` (keys not in it are removed)."""
+        """Make the document equal to ``value`` (keys not in it are removed).
+
+        A merged field (see :meth:`text`) stays one: its content is replaced.
+        """
         converted = self._convert(value)
         handle = self._handle(doc_id)
+        for name, shared in handle.shown_fields().items():
+            if name not in value:
+                shared.clear()
         current = read_json(handle.root)
         for key in [k for k in current if k not in value]:
             del handle.root[key]
@@ -134,8 +199,11 @@ class Transaction:
         converted: dict[str, Any],
     ) -> None:
         # Unchanged keys are left alone so that concurrent edits to them elsewhere survive.
+        fields = handle.fields()
         for key, item in converted.items():
-            if (
+            if key in fields:
+                assign_field(handle, key, fields[key], value[key])
+            elif (
                 key not in current
                 or current[key] != value[key]
                 or _type_differs(current[key], value[key])
@@ -143,6 +211,105 @@ class Transaction:
                 handle.root[key] = item
         handle.ensure_live = True
         handle.tombstone = False
+
+
+class DocRoot(DocMap):
+    """A document's root as a transaction hands it out: its merged fields show as keys."""
+
+    __slots__ = ("_handle",)
+
+    def __init__(self, handle: DocHandle, guard: Callable[[], None]) -> None:
+        super().__init__(handle.root, guard)
+        self._handle = handle
+
+    def __getitem__(self, key: str) -> Any:
+        shared = self._handle.shown_fields().get(key)
+        if shared is None:
+            return super().__getitem__(key)
+        self._guard()
+        return from_crdt(shared, self._guard, self, key)
+
+    def __setitem__(self, key: str, value: object) -> None:
+        kind = self._handle.fields().get(key) if isinstance(key, str) else None
+        if kind is None:
+            super().__setitem__(key, value)
+        elif not is_same_slot(value, self, key):  # ``doc[k] += "..."`` is done in place
+            self._guard()
+            assign_field(self._handle, key, kind, value)
+
+    def __delitem__(self, key: str) -> None:
+        shared = self._handle.shown_fields().get(key)
+        if shared is None:
+            super().__delitem__(key)
+        else:
+            self._guard()
+            shared.clear()
+            if key in self._map:
+                del self._map[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_py())
+
+    def __len__(self) -> int:
+        return len(self.to_py())
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(key) or key in self._handle.shown_fields()
+
+    def to_py(self) -> dict[str, Any]:
+        self._guard()
+        return self._handle.json()
+
+
+def assign_field(handle: DocHandle, name: str, kind: str, value: object) -> None:
+    """Make merged field ``name`` hold ``value``, editing only what differs."""
+    shared = handle.field(name, kind)
+    if name in handle.root:
+        del handle.root[name]
+    if value is None:  # empties it: a merged field is shown while it holds something
+        shared.clear()
+    elif kind == "text":
+        if not isinstance(value, (str, Text, DocText)):
+            raise InvalidValueError(f"field {name!r} is a merged text: give it a str")
+        _replace_text(shared, (value.to_py() or "") if isinstance(value, Text) else str(value))
+    elif kind == "array":
+        if not isinstance(value, (list, tuple, DocArray)):
+            raise InvalidValueError(f"field {name!r} is a merged array: give it a list")
+        items = value.to_py() if isinstance(value, DocArray) else list(value)
+        if read_json(shared) != items:
+            converted = [to_crdt(item, f"$.{name}[{i}]") for i, item in enumerate(items)]
+            shared.clear()
+            shared.extend(converted)
+    else:
+        if not isinstance(value, (Mapping, DocMap)):
+            raise InvalidValueError(f"field {name!r} is a merged map: give it a dict")
+        entries = dict(value.items())
+        current = read_json(shared)
+        for key in [k for k in current if k not in entries]:
+            del shared[key]
+        for key, item in entries.items():
+            if key not in current or current[key] != item or _type_differs(current[key], item):
+                shared[key] = to_crdt(item, f"$.{name}.{key}")
+
+
+def _replace_text(text: Text, new: str) -> None:
+    """Edit ``text`` into ``new`` by one deletion and one insertion between what they share."""
+    old = str(text)
+    if old == new:
+        return
+    start = 0
+    limit = min(len(old), len(new))
+    while start < limit and old[start] == new[start]:
+        start += 1
+    end = 0
+    while end < limit - start and old[-1 - end] == new[-1 - end]:
+        end += 1
+    at = len(old[:start].encode())  # pycrdt counts text positions in UTF-8 bytes
+    removed = len(old[start : len(old) - end].encode())
+    if removed:
+        del text[at : at + removed]
+    if len(new) - end > start:
+        text.insert(at, new[start : len(new) - end])
 
 
 def to_crdt_items(value: Mapping[str, Any]) -> list[tuple[str, Any]]:

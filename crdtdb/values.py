@@ -33,6 +33,7 @@ __all__ = [
     "DocText",
     "JsonValue",
     "from_crdt",
+    "is_same_slot",
     "normalize",
     "plain",
     "read_json",
@@ -122,7 +123,7 @@ def from_crdt(value: Any, guard: Guard, owner: object = None, key: object = None
     return normalize(value)
 
 
-def _is_same_slot(value: object, owner: object, key: object) -> bool:
+def is_same_slot(value: object, owner: object, key: object) -> bool:
     """True for ``doc[k] += "..."``: the text just appended to in place is stored back.
 
     Python runs ``doc[k] += s`` as ``t = doc[k]; t = t.__iadd__(s); doc[k] = t``;
@@ -216,7 +217,7 @@ class DocMap(MutableMapping[str, Any]):
             )
         ):
             self._map[key] = value  # the common case, checked inline (a hot path)
-        elif not _is_same_slot(value, self, key):
+        elif not is_same_slot(value, self, key):
             self._map[key] = to_crdt(value, f"$.{key}")
 
     def __delitem__(self, key: str) -> None:
@@ -271,7 +272,7 @@ class DocArray(MutableSequence[Any]):
         self._guard()
         if isinstance(index, slice):
             raise InvalidValueError("slice assignment is not supported: delete then insert")
-        if _is_same_slot(value, self, index):
+        if is_same_slot(value, self, index):
             return
         self._array[index] = to_crdt(value, f"$[{index}]")
 

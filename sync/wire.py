@@ -29,7 +29,9 @@ messages after ``Hello``, their encodings and what they mean are versioned
 by ``Hello.protocol_version`` (see :func:`check_version`), so ``Hello``'s
 layout is frozen across versions. Version 3 lists leaves by id and digest
 slices and names documents by position (``LeafList``, ``Wants``, ``Answers``,
-``Fills``); nodes of versions 1 and 2 are refused with a message to upgrade.
+``Fills``); version 4 adds each record's kind, so that a region can tell an
+edit from a repair when it checks who writes under which Yjs client id.
+Nodes of versions 1 to 3 are refused with a message to upgrade.
 
 Payload fields:
 
@@ -55,7 +57,8 @@ Messages (type byte, name, payload):
 0x03  AuthOk        region str
 0x04  Error         code str, message str
 0x10  Records       count, then per record: doc_id str, hlc u64, origin str,
-                    seq varuint, update bytes (non-empty)
+                    seq varuint, update bytes (non-empty), kind varuint
+                    (0 write, 1 repair, 2 unchecked; see crdtdb.records)
 0x11  Ack           origin str, seq varuint (highest contiguous held, may be 0)
 0x12  Heartbeat     hlc u64
 0x13  Frontier      count, then per origin: region str, seq varuint, hlc u64;
@@ -96,7 +99,7 @@ from typing import ClassVar, Final, NoReturn, Self
 from crdtdb.errors import InvalidRecordError
 from crdtdb.hlc import Hlc
 from crdtdb.ids import validate_doc_id, validate_region
-from crdtdb.records import UpdateRecord
+from crdtdb.records import KINDS, UpdateRecord
 
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 
@@ -135,7 +138,7 @@ __all__ = [
 
 MAGIC: Final = b"CD"
 FRAME_VERSION: Final = 1
-PROTOCOL_VERSION: Final = 3
+PROTOCOL_VERSION: Final = 4
 HEADER_BYTES: Final = 8
 MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 MAX_BULK_MESSAGE_BYTES: Final = 256 * 1024 * 1024
@@ -479,7 +482,7 @@ class Error(Message):
         return cls(reader.text(), reader.text())
 
 
-_RECORD_MIN_BYTES = 4 + 8 + 2 + 1 + 2  # doc_id "c/k", hlc, origin, seq, update
+_RECORD_MIN_BYTES = 4 + 8 + 2 + 1 + 2 + 1  # doc_id "c/k", hlc, origin, seq, update, kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -501,6 +504,7 @@ class Records(Message):
             writer.text(record.origin)
             writer.varuint(record.seq)
             writer.blob(record.update)
+            writer.varuint(record.kind)
 
     @classmethod
     def _read(cls, reader: Reader) -> Self:
@@ -515,7 +519,15 @@ def _read_record(reader: Reader) -> UpdateRecord:
         origin=reader.text(),
         seq=reader.varuint(),
         update=reader.blob(),
+        kind=_read_kind(reader),
     )
+
+
+def _read_kind(reader: Reader) -> int:
+    kind = reader.varuint()
+    if kind not in KINDS:
+        reader.fail(f"unknown record kind {kind} (0 write, 1 repair, 2 unchecked)")
+    return kind
 
 
 @dataclass(frozen=True, slots=True)

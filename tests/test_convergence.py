@@ -114,6 +114,22 @@ class Regions(RuleBasedStateMachine):
 
     @rule(
         region=st.sampled_from(REGIONS),
+        doc=st.sampled_from(DOCS),
+        text=st.text(alphabet="xyz", min_size=1, max_size=3),
+        position=st.integers(0, 8),
+        cut=st.integers(0, 2),
+    )
+    def type_merged(self, region: str, doc: str, text: str, position: int, cut: int) -> None:
+        """A merged text and list (puts and deletes empty them; edits elsewhere survive)."""
+        with self.dbs[region].transaction() as tx:
+            body = tx.text(doc, "note")
+            if cut and len(body) > cut:
+                del body[position % len(body) : position % len(body) + 1]
+            body.insert(min(position, len(body)), text)
+            tx.array(doc, "items").append(text)
+
+    @rule(
+        region=st.sampled_from(REGIONS),
         docs=st.lists(st.sampled_from(DOCS), min_size=2, max_size=3, unique=True),
     )
     def multi_doc_transaction(self, region: str, docs: list[str]) -> None:

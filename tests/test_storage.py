@@ -13,6 +13,7 @@ import pytest
 from pycrdt import Text
 
 import crdtdb
+from crdtdb.records import UNCHECKED, WRITE
 from crdtdb.storage import SCHEMA_VERSION, STORE_FILE
 
 from .test_multiprocess import open_at_once
@@ -98,10 +99,10 @@ def test_a_schema_1_store_is_migrated_and_reads_as_before(
     with caplog.at_level(logging.WARNING, logger="crdtdb.storage"):
         crdtdb.open(store).close()
     said = [record.getMessage() for record in caplog.records]
-    assert any("migrating the store from schema 1 to 2 (7 documents" in line for line in said)
+    assert any("migrating the store from schema 1 to 3 (7 documents" in line for line in said)
     assert any("migrated in" in line for line in said)
     with crdtdb.open(store, cache_size=1) as db:
-        assert db.info()["schema_version"] == SCHEMA_VERSION == 2
+        assert db.info()["schema_version"] == SCHEMA_VERSION == 3
         assert db.info()["log_records"] == expected["log_records"]
         read_back(db, expected)
     with sqlite3.connect(store / STORE_FILE) as conn:
@@ -141,3 +142,44 @@ def test_processes_opening_a_schema_1_store_at_once_all_open_it(tmp_path: Path) 
         assert db.info()["schema_version"] == SCHEMA_VERSION
         assert sorted(db.list("docs")) == [f"docs/p{i}" for i in range(4)]
         read_back(db, expected, only_these=False)
+
+
+def test_schema_2_stores_are_migrated_and_their_records_are_not_checked(tmp_path: Path) -> None:
+    """Stores written by crdtdb at schema 2 (commit eedd47b), before records had a kind.
+
+    ``us`` holds eu's records, an anti-entropy repair that carries eu's items
+    as us's own record (us#1) and an edit of its own (us#2). Taken for edits,
+    the repair would be refused as us writing under eu's client id; migrated,
+    every old record is ``UNCHECKED`` and travels as such.
+    """
+    expected: dict[str, Any] = json.loads((DATA / "store-v2.json").read_text())
+    for region in ("eu", "us"):
+        store = tmp_path / region
+        store.mkdir()
+        packed = (DATA / f"store-v2-{region}.sqlite3.gz").read_bytes()
+        (store / STORE_FILE).write_bytes(gzip.decompress(packed))
+    with (
+        crdtdb.open(tmp_path / "eu", clock=lambda: 1_800_000_001_000) as eu,
+        crdtdb.open(tmp_path / "us", clock=lambda: 1_800_000_001_000) as us,
+        crdtdb.open(tmp_path / "ap", region="ap", clock=lambda: 1_800_000_001_000) as ap,
+    ):
+        assert us.info()["schema_version"] == SCHEMA_VERSION == 3
+        assert {doc_id: us.get(doc_id) for doc_id in expected["docs"]} == expected["docs"]
+        old = list(us.changes())
+        assert [(r.origin, r.seq, r.kind) for r in old] == [
+            ("eu", 1, UNCHECKED),
+            ("eu", 2, UNCHECKED),
+            ("us", 1, UNCHECKED),
+            ("us", 2, UNCHECKED),
+        ]
+        assert len(list(eu.changes())) == expected["eu_records"]
+        ap.apply_remote_many(list(eu.changes()))
+        ap.apply_remote_many(old)
+        assert {doc_id: ap.get(doc_id) for doc_id in expected["docs"]} == expected["docs"]
+        assert ap.client_ids() == {}  # nothing old binds a client id
+        eu.update("notes/b", {"y": 4})  # an edit made after the migration is checked
+        new = list(eu.changes(origin="eu"))[-1]
+        assert (new.seq, new.kind) == (4, WRITE)
+        assert ap.apply_remote(new)
+        assert ap.client_ids() == {eu.info()["clients"]["this_process"]: "eu"}
+        assert ap.get("notes/b") == {"y": 4}

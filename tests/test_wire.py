@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from crdtdb.errors import CrdtdbError, InvalidRecordError, RemoteDataError, UsageError
 from crdtdb.hlc import Hlc
-from crdtdb.records import UpdateRecord
+from crdtdb.records import REPAIR, UNCHECKED, WRITE, UpdateRecord
 from crdtdb.sync import wire
 from crdtdb.sync.errors import (
     ERROR_CODES,
@@ -278,8 +278,10 @@ def test_golden_bytes() -> None:
     """The layout other implementations rely on, byte for byte."""
     assert wire.encode(AuthOk("eu")) == b"CD\x01\x03\x00\x00\x00\x03\x02eu"
     record = UpdateRecord("a/b", Hlc(5), "eu", 300, b"\x01")
-    payload = b"\x01\x03a/b" + (5).to_bytes(8, "big") + b"\x02eu\xac\x02\x01\x01"
+    payload = b"\x01\x03a/b" + (5).to_bytes(8, "big") + b"\x02eu\xac\x02\x01\x01\x00"
     assert wire.encode(Records((record,))) == frame(0x10, payload)
+    repair = UpdateRecord("a/b", Hlc(5), "eu", 300, b"\x01", kind=REPAIR)
+    assert wire.encode(Records((repair,))) == frame(0x10, payload[:-1] + b"\x01")
 
 
 def test_header_split_byte_by_byte() -> None:
@@ -409,7 +411,12 @@ def payload_error(kind: int, payload: bytes) -> RemoteProtocolError:
 
 
 def record_payload(
-    *, doc_id: bytes = b"a/b", hlc: int = 5, origin: bytes = b"eu", seq: bytes = b"\x01"
+    *,
+    doc_id: bytes = b"a/b",
+    hlc: int = 5,
+    origin: bytes = b"eu",
+    seq: bytes = b"\x01",
+    kind: bytes = b"\x00",
 ) -> bytes:
     return (
         b"\x01"
@@ -420,6 +427,7 @@ def record_payload(
         + origin
         + seq
         + b"\x01\x00"
+        + kind
     )
 
 
@@ -428,6 +436,14 @@ def test_records_payload_built_by_hand_is_valid() -> None:
     assert wire.decode_frame(frame(0x10, record_payload())) == Records(
         (UpdateRecord("a/b", Hlc(5), "eu", 1, b"\x00"),)
     )
+
+
+def test_record_kinds_round_trip_and_an_unknown_one_is_refused() -> None:
+    for kind in (WRITE, REPAIR, UNCHECKED):
+        (record,) = wire.decode_frame(frame(0x10, record_payload(kind=bytes([kind])))).records
+        assert record.kind == kind
+    error = payload_error(0x10, record_payload(kind=b"\x03"))
+    assert "unknown record kind 3" in str(error)
 
 
 def test_truncated_payload() -> None:
@@ -634,8 +650,9 @@ def test_invalid_messages_refused_when_built(build: object) -> None:
 
 
 def test_check_version() -> None:
-    assert wire.check_version(Hello(wire.PROTOCOL_VERSION, "eu", NONCE)) == 3
-    for other in (1, 2, 4):  # version 2 listed leaves with ids and state vectors
+    assert wire.check_version(Hello(wire.PROTOCOL_VERSION, "eu", NONCE)) == 4
+    # version 2 listed leaves with ids and state vectors; 3 sent records without their kind
+    for other in (1, 2, 3, 5):
         with pytest.raises(RemoteProtocolError, match=f"version {other}") as info:
             wire.check_version(Hello(other, "us", NONCE))
         assert info.value.code == "bad_version"
