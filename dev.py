@@ -6,6 +6,7 @@
     python3 dev.py lint         # ruff and mypy only
     python3 dev.py bench [ARGS] # the core benchmark (bench/bench_core.py)
     python3 dev.py bench-sync [ARGS]  # the sync benchmark (bench/bench_sync.py)
+    python3 dev.py bench-apply [ARGS] # out-of-order apply (bench/bench_apply.py)
 
 Each command first creates ``.venv`` (or refreshes it when pyproject.toml
 changed) and installs crdtdb into it in editable mode with its test tools.
@@ -91,10 +92,10 @@ def main(argv: list[str]) -> int:
     if command == "lint":
         ensure_env()
         return lint()
-    if command in ("bench", "bench-sync"):
+    scripts = {"bench": "core", "bench-sync": "sync", "bench-apply": "apply"}
+    if command in scripts:
         ensure_env()
-        script = "bench/bench_core.py" if command == "bench" else "bench/bench_sync.py"
-        return _run(PYTHON, script, *rest)
+        return _run(PYTHON, f"bench/bench_{scripts[command]}.py", *rest)
     print(__doc__)
     return 0 if command in ("help", "-h", "--help") else 2
 

@@ -14,7 +14,6 @@ lost (or resurrected after its delete) fails the test.
 from __future__ import annotations
 
 import copy
-import gzip
 import json
 import sqlite3
 import time
@@ -29,6 +28,7 @@ import crdtdb
 
 from .cluster import Child, Cluster, ClusterError, Lab, lab, snapshot, wait_until
 from .netfault import Faults
+from .traces import apply_patches, load_trace
 
 pytestmark = pytest.mark.integration
 
@@ -338,7 +338,7 @@ def test_daemon_killed_while_receiving_catches_up(cluster_lab: Lab) -> None:
 
 
 def test_editing_trace_typed_in_eu_reaches_every_region(cluster_lab: Lab) -> None:
-    trace = load_trace()
+    trace = load_trace(TRACE_NAME)
     txns = trace["txns"][:5000]
     with cluster_lab.cluster(REGIONS) as cluster:
         cluster.start()
@@ -354,7 +354,7 @@ def test_full_editing_trace_end_to_end(cluster_lab: Lab) -> None:
     About 20-40 s on a 2-core machine (typing ~5,200 transactions while three
     daemons replicate them); every wait has a deadline.
     """
-    trace = load_trace()
+    trace = load_trace(TRACE_NAME)
     with cluster_lab.cluster(REGIONS) as cluster:
         cluster.start()
         cluster.wait_ready(timeout=TIMEOUT)
@@ -404,32 +404,6 @@ def check_store(data_dir: Path, region: str) -> None:
     assert files, f"no SQLite file in {data_dir}"
     with sqlite3.connect(f"file:{files[0]}?mode=ro", uri=True) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-
-
-def trace_path() -> Path:
-    shared = Path(__file__).resolve().parents[2] / "shared"
-    if not shared.is_dir():
-        shared = Path("/work/shared")
-    return shared / "data" / "editing-traces" / TRACE_NAME
-
-
-def load_trace() -> dict[str, Any]:
-    path = trace_path()
-    if not path.is_file():
-        pytest.fail(
-            f"the editing trace {TRACE_NAME} is missing (looked for {path}): it is part of the"
-            " shared test data (josephg/editing-traces, CC BY 4.0); restore shared/data/"
-        )
-    trace: dict[str, Any] = json.loads(gzip.decompress(path.read_bytes()))
-    return trace
-
-
-def apply_patches(txns: list[dict[str, Any]]) -> str:
-    text = ""
-    for txn in txns:
-        for pos, deleted, inserted in txn["patches"]:
-            text = text[:pos] + inserted + text[pos + deleted :]
-    return text
 
 
 def type_trace(
