@@ -27,6 +27,7 @@ retry follows the arrival of what the update waited for.
 from __future__ import annotations
 
 import heapq
+import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -167,6 +168,14 @@ class DocHandle:
                 shown[name] = shared
         return shown
 
+    def body(self) -> str | None:
+        """The document as canonical JSON text (None if it is not live): see :func:`canonical`."""
+        if not self.live:
+            return None
+        if len(self.meta) <= (LIVE_KEY in self.meta):  # no merged field: Yrs encodes it
+            return canonical(json.loads(str(self.root)))
+        return canonical(self.json())
+
     def json(self) -> dict[str, Any]:
         """The document as plain JSON: ``DATA_ROOT``'s keys, the merged fields shown over them."""
         result: dict[str, Any] = read_json(self.root)
@@ -277,6 +286,15 @@ class DocHandle:
         self.ensure_live = False
         self.tombstone = False
         return pending
+
+
+def canonical(value: Any) -> str:
+    """JSON text with keys sorted and no spaces: the same bytes in every region.
+
+    Yrs writes a map's keys in the order of a hash map seeded per process, so
+    two replicas holding the same document would write it differently.
+    """
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 class _Capture:

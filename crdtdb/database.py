@@ -59,6 +59,7 @@ from .transaction import Transaction
 
 if TYPE_CHECKING:
     from .history import AsOf
+    from .snapshot import Snapshot
 
 __all__ = ["Database", "Options", "Subscription", "open"]
 
@@ -121,6 +122,10 @@ EAGER_DIGESTS = 32
 """A commit or remote batch that creates at least this many documents XORs their
 digests into the Merkle tree at once (see ``Database._index``); smaller ones leave
 that to the next tree read."""
+BODY_MAX_BYTES = 16 * 1024
+"""A commit writes a changed document's JSON to ``bodies`` while the document's stored
+CRDT bytes are at most this; a larger one (a long text typed a keystroke a commit, say)
+is left for readers to load, so that no commit pays in proportion to its document."""
 WAL_RESTART_PAGES = 65_536
 """WAL pages (256 MiB) from which :meth:`Database.checkpoint` also rewinds the WAL."""
 RESTART_WAIT_MS = 100
@@ -509,23 +514,7 @@ class Database:
         """
         with self._lock:
             self._check()
-            rows = self._conn.execute(
-                "SELECT origin, contiguous_seq, max(contiguous_hlc, complete_hlc) FROM origins"
-                " WHERE origin != ?",
-                (self.region,),
-            ).fetchall()
-            # regions we know of but hold nothing from: complete through 0 until they report
-            silent = self._conn.execute(
-                "SELECT region, 0, 0 FROM frontiers WHERE region != ?"
-                " AND region NOT IN (SELECT origin FROM origins)",
-                (self.region,),
-            ).fetchall()
-            own = self._conn.execute(
-                "SELECT max_seq FROM origins WHERE origin = ?", (self.region,)
-            ).fetchone()
-            clock = max(self._last_hlc, Hlc(int(self._meta("last_hlc") or 0)))
-        entries = [(row[0], row[1], Hlc(row[2])) for row in rows + silent]
-        return [*entries, (self.region, own[0] if own else 0, clock)]
+            return frontier_entries(self._conn, self.region, self._last_hlc)
 
     def local_frontier(self) -> Hlc:
         """``C`` of this region: it holds every update (of any origin) with HLC at or below it."""
@@ -574,11 +563,9 @@ class Database:
 
     def frontier_clocks(self) -> builtins.list[tuple[str, Hlc]]:
         """C per region known here (this one computed now), for gossip."""
-        own = self.local_frontier()
         with self._lock:
             self._check()
-            rows = self._conn.execute("SELECT region, hlc FROM frontiers").fetchall()
-        return [*((row[0], Hlc(row[1])) for row in rows), (self.region, own)]
+            return frontier_clocks(self._conn, self.region, self._last_hlc)
 
     def frontier(self) -> Hlc:
         """The global frontier F: every region holds every update with an HLC at or below it.
@@ -858,6 +845,19 @@ class Database:
                 remaining -= len(rows)
             cursor = (rows[-1][1], rows[-1][2], rows[-1][3])
 
+    def snapshot(self) -> Snapshot:
+        """A consistent read-only cut of the store, on a connection of its own.
+
+        For readers that copy the store elsewhere (the query layer): it holds one
+        SQLite read transaction until closed, which never holds a writer back.
+        Use it as a context manager.
+        """
+        from .snapshot import Snapshot
+
+        with self._lock:
+            self._check()
+        return Snapshot(self)
+
     def as_of(self, hlc: Hlc | int | str) -> AsOf:
         """A read-only view of the database at the consistent cut ``hlc``."""
         from .history import AsOf
@@ -1062,26 +1062,10 @@ class Database:
         if not in_tx:
             self._conn.execute("BEGIN")
         try:
-            row = self._conn.execute(
-                "SELECT s.snapshot, d.snapshot_id FROM docs d LEFT JOIN snapshots s"
-                " ON s.doc_id = d.doc_id WHERE d.doc_id = ?",
-                (doc_id,),
-            ).fetchone()
-            through = 0
-            if row is not None:
-                if row[0] is not None:
-                    handle.apply(row[0])
-                through = row[1]
-            for log_id, payload in self._conn.execute(
-                "SELECT id, payload FROM log WHERE doc_id = ? AND id > ? ORDER BY id",
-                (doc_id, through),
-            ):
-                handle.apply(payload)
-                through = log_id
+            handle.loaded_through = load_into(self._conn, doc_id, handle)
         finally:
             if not in_tx:
                 self._conn.execute("COMMIT")
-        handle.loaded_through = through
         return handle
 
     def _refresh(self) -> None:
@@ -1235,7 +1219,7 @@ class Database:
         self._seen_id = first_id + len(records) - 1
         self._index(
             [
-                (doc_id, handle, first_id + i, len(record.update), hlc)
+                (doc_id, handle, first_id + i, len(record.update), hlc, self.region)
                 for i, ((doc_id, handle, _), record) in enumerate(
                     zip(changes, records, strict=True)
                 )
@@ -1287,10 +1271,11 @@ class Database:
             )
         }
         params = []
+        bodies = []
         snapshots: builtins.list[tuple[str, bytes]] = []
         deltas: dict[int, int] = {}
         eager = len(changed) - len(known) >= EAGER_DIGESTS
-        for doc_id, handle, log_id, size, hlc in changed:
+        for doc_id, handle, log_id, size, hlc, origin in changed:
             handle.loaded_through = log_id
             digest: bytes | None = None
             dirty = STALE
@@ -1301,6 +1286,8 @@ class Database:
                     _add_delta(deltas, doc_id, digest, None)
             pending, doc_hlc, snapshot_size = known.get(doc_id, (0, 0, 0))
             pending += size
+            small = snapshot_size + pending <= BODY_MAX_BYTES
+            bodies.append((doc_id, log_id, origin, handle.body() if small else None))
             snapshot_bytes: int | None = None
             snapshot_id = 0
             if pending >= max(self.options.snapshot_min_bytes, snapshot_size) and (
@@ -1333,6 +1320,11 @@ class Database:
             " snapshot_bytes = coalesce(?6, snapshot_bytes), snapshot_id = max(?7, snapshot_id),"
             f" digest = CASE dirty WHEN {UNTREED} THEN NULL ELSE digest END",
             params,
+        )
+        self._conn.executemany(
+            "INSERT INTO bodies (doc_id, log_id, origin, body) VALUES (?1, ?2, ?3, ?4)"
+            " ON CONFLICT (doc_id) DO UPDATE SET log_id = ?2, origin = ?3, body = ?4",
+            bodies,
         )
         if snapshots:
             self._conn.executemany(
@@ -1425,6 +1417,61 @@ class Database:
             )
 
 
+def frontier_entries(
+    conn: sqlite3.Connection, region: str, floor: int = 0
+) -> builtins.list[tuple[str, int, Hlc]]:
+    """:meth:`Database.frontier_entries` read through ``conn`` (``floor``: a clock known
+    to this process that the store may not hold yet)."""
+    rows = conn.execute(
+        "SELECT origin, contiguous_seq, max(contiguous_hlc, complete_hlc) FROM origins"
+        " WHERE origin != ?",
+        (region,),
+    ).fetchall()
+    # regions we know of but hold nothing from: complete through 0 until they report
+    silent = conn.execute(
+        "SELECT region, 0, 0 FROM frontiers WHERE region != ?"
+        " AND region NOT IN (SELECT origin FROM origins)",
+        (region,),
+    ).fetchall()
+    own = conn.execute("SELECT max_seq FROM origins WHERE origin = ?", (region,)).fetchone()
+    stored = conn.execute("SELECT value FROM meta WHERE key = 'last_hlc'").fetchone()
+    clock = Hlc(max(floor, int(stored[0] or 0)))
+    entries = [(row[0], row[1], Hlc(row[2])) for row in rows + silent]
+    return [*entries, (region, own[0] if own else 0, clock)]
+
+
+def frontier_clocks(
+    conn: sqlite3.Connection, region: str, floor: int = 0
+) -> builtins.list[tuple[str, Hlc]]:
+    """:meth:`Database.frontier_clocks` read through ``conn``."""
+    own = min(hlc for _, _, hlc in frontier_entries(conn, region, floor))
+    rows = conn.execute("SELECT region, hlc FROM frontiers").fetchall()
+    return [*((row[0], Hlc(row[1])) for row in rows), (region, own)]
+
+
+def load_into(conn: sqlite3.Connection, doc_id: str, handle: DocHandle) -> int:
+    """Apply a stored document (load snapshot, then the log after it) to ``handle``.
+
+    Call inside a read transaction of ``conn``; returns the newest log id applied.
+    """
+    row = conn.execute(
+        "SELECT s.snapshot, d.snapshot_id FROM docs d LEFT JOIN snapshots s"
+        " ON s.doc_id = d.doc_id WHERE d.doc_id = ?",
+        (doc_id,),
+    ).fetchone()
+    through = 0
+    if row is not None:
+        if row[0] is not None:
+            handle.apply(row[0])
+        through = row[1]
+    for log_id, payload in conn.execute(
+        "SELECT id, payload FROM log WHERE doc_id = ? AND id > ? ORDER BY id", (doc_id, through)
+    ):
+        handle.apply(payload)
+        through = log_id
+    return int(through)
+
+
 _open_stores: weakref.WeakSet[Database] = weakref.WeakSet()
 _inherited: builtins.list[sqlite3.Connection] = []
 
@@ -1443,8 +1490,9 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-_DocChange = tuple[str, DocHandle, int, int, Hlc]
-"""(doc_id, handle, its newest log id, bytes logged, HLC): one changed document of a commit."""
+_DocChange = tuple[str, DocHandle, int, int, Hlc, str]
+"""(doc_id, handle, its newest log id, bytes logged, HLC, that record's origin): one changed
+document of a commit or batch."""
 
 
 def _add_delta(deltas: dict[int, int], doc_id: str, digest: bytes, old: bytes | None) -> None:
@@ -1463,12 +1511,14 @@ def _doc_changes(
     newest_id: dict[str, int] = {}
     size: dict[str, int] = {}
     hlc: dict[str, int] = {}
+    origin: dict[str, str] = {}
     for log_id, record in enumerate(records, first_id):
         doc_id = record.doc_id
         newest_id[doc_id] = log_id
+        origin[doc_id] = record.origin
         size[doc_id] = size.get(doc_id, 0) + len(record.update)
         hlc[doc_id] = max(hlc.get(doc_id, 0), record.hlc)
     return [
-        (doc_id, handles[doc_id], log_id, size[doc_id], Hlc(hlc[doc_id]))
+        (doc_id, handles[doc_id], log_id, size[doc_id], Hlc(hlc[doc_id]), origin[doc_id])
         for doc_id, log_id in newest_id.items()
     ]

@@ -73,6 +73,38 @@ class AsOf:
         result: dict[str, Any] = handle.json()
         return result
 
+    def changed_after(self) -> list[str]:
+        """Ids of the documents with a record after this cut (their state differs from now)."""
+        db = self._db
+        with db._lock:
+            db._check()
+            rows = db._conn.execute(
+                "SELECT DISTINCT doc_id FROM log WHERE hlc > ?", (int(self.hlc),)
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def version(self, doc_id: str) -> tuple[str | None, Hlc, str | None] | None:
+        """The document at this cut as ``(JSON, hlc, origin)``, or None if it did not exist.
+
+        JSON is canonical (as the store's bodies are) and None if it was deleted
+        by the cut; ``hlc`` and ``origin`` are those of its newest record at or
+        before the cut (the compaction horizon and None once that was compacted).
+        """
+        handle = self._replay(validate_doc_id(doc_id))
+        if handle is None:
+            return None
+        db = self._db
+        with db._lock:
+            row = db._conn.execute(
+                "SELECT hlc, origin FROM log WHERE doc_id = ? AND hlc <= ?"
+                " ORDER BY hlc DESC, origin DESC LIMIT 1",
+                (doc_id, int(self.hlc)),
+            ).fetchone()
+        if row is None and not handle.live:
+            return None  # created after the cut
+        hlc, origin = (Hlc(row[0]), row[1]) if row else (db.compacted_hlc, None)
+        return handle.body(), hlc, origin
+
     def list(self, collection: str) -> list[str]:
         """Ids of the documents of ``collection`` that were live at this cut."""
         validate_collection(collection)

@@ -30,6 +30,12 @@ Tables:
   it, a commit to a large document cost time in proportion to the document's
   size (schema 1 did this; it is migrated on open).
 - ``merkle``: the anti-entropy tree (see :mod:`crdtdb.merkle`).
+- ``bodies``: per document its JSON (for readers that do not load CRDTs: the
+  query layer), the id and origin of its newest log record. Written by the
+  commit that changes the document, while its JSON is small; ``body`` is
+  NULL for a deleted document and for one too large to rewrite per commit
+  (``Database.BODY_MAX_BYTES``): a reader loads that one. Documents of a
+  schema-2 store have no row until they change.
 - ``clients``: every Yjs client id seen writing items, bound to the one origin
   region that authors with it (see ``Database._bind_clients``); ``collisions``:
   each record refused because a second origin authored under a bound client
@@ -115,6 +121,12 @@ CREATE TABLE clients (
     origin TEXT NOT NULL,
     hlc INTEGER NOT NULL
 ) STRICT;
+CREATE TABLE bodies (
+    doc_id TEXT PRIMARY KEY,
+    log_id INTEGER NOT NULL,
+    origin TEXT NOT NULL,
+    body TEXT
+) STRICT, WITHOUT ROWID;
 CREATE TABLE collisions (
     client_id INTEGER NOT NULL,
     origin TEXT NOT NULL,

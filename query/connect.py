@@ -1,0 +1,387 @@
+"""``connect()``: a DuckDB connection over a region's materialised state.
+
+The connection is the user's own ``duckdb.DuckDBPyConnection`` (in memory),
+with views over the files of one generation of the materialisation (see
+:mod:`.materialize`), so every table in it reflects one cut of the log:
+
+- ``docs(id, collection, key, body JSON, hlc UBIGINT, updated_at
+  TIMESTAMPTZ, origin, deleted BOOLEAN)``;
+- ``changes(id, collection, hlc, updated_at, origin, seq, bytes, kind)``;
+- one view per collection, named after it, with ``id, key, hlc,
+  updated_at, origin`` and a typed column per top-level field (deleted
+  documents left out); every collection view is also in the schema
+  ``collections`` (``collections."docs"`` when a collection is named like
+  one of the tables above);
+- ``regions(region, frontier_hlc, frontier_at, freshness, records,
+  contiguous_seq)``, with a ``_global`` row for the global frontier.
+
+Time travel (``as_of``): documents unchanged since the cut are read from the
+materialisation; only the documents changed after it are replayed from the
+log (``AsOf.version``) and put in their place, so its cost grows with what
+changed after the cut, not with the store.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+import crdtdb
+from crdtdb.errors import InvalidHlcError, StoreError, UsageError
+from crdtdb.hlc import MAX_LOGICAL, Hlc
+
+from .materialize import Area, Manifest, refresh, typed_select
+from .schema import column_names, quote, structure
+
+__all__ = ["AsOfSpec", "connect", "refresh_connection", "resolve_cut"]
+
+AsOfSpec = Hlc | int | str | datetime | None
+"""What ``as_of`` accepts: an Hlc (or its int), its text, an ISO-8601 timestamp,
+a datetime, ``"frontier"`` or ``"now"``/None (the present)."""
+
+SYSTEM_TABLES = ("docs", "changes", "regions")
+_EMPTY_DOCS = (
+    "SELECT NULL::INTEGER AS _seg, NULL::VARCHAR AS id, NULL::VARCHAR AS collection,"
+    " NULL::VARCHAR AS key, NULL::UBIGINT AS hlc, NULL::TIMESTAMPTZ AS updated_at,"
+    " NULL::VARCHAR AS origin, NULL::BOOLEAN AS deleted, NULL::JSON AS _body WHERE false"
+)
+_EMPTY_DEAD = "(SELECT NULL::VARCHAR AS id, NULL::INTEGER AS _seg WHERE false)"
+_EMPTY_CHANGES = (
+    "SELECT NULL::VARCHAR AS id, NULL::VARCHAR AS collection, NULL::UBIGINT AS hlc,"
+    " NULL::TIMESTAMPTZ AS updated_at, NULL::VARCHAR AS origin, NULL::BIGINT AS seq,"
+    " NULL::BIGINT AS bytes, NULL::VARCHAR AS kind WHERE false"
+)
+
+
+@dataclass
+class _State:
+    """What a connection of ours reads: kept beside it, keyed by the connection."""
+
+    path: Path
+    as_of: AsOfSpec
+    generation: int = 0
+    cut: Hlc | None = None
+    lease: list[int] = field(default_factory=list)
+
+
+_states: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, _State] = weakref.WeakKeyDictionary()
+
+
+def connect(
+    db_or_dir: crdtdb.Database | str | os.PathLike[str],
+    *,
+    as_of: AsOfSpec = None,
+    refresh: bool = True,
+    connection: duckdb.DuckDBPyConnection | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the store's tables and collection views (module docstring).
+
+    ``refresh`` first brings the materialisation up to date (the default);
+    without it the connection reads the last one built. ``connection``: set up
+    these views in a DuckDB connection of yours instead of a new one.
+    Refresh it later with ``con.refresh()`` (or :func:`refresh_connection`).
+    """
+    con = connection if connection is not None else duckdb.connect()
+    state = _State(
+        Path(db_or_dir.path if isinstance(db_or_dir, crdtdb.Database) else db_or_dir), as_of
+    )
+    _states[con] = state
+    weakref.finalize(con, _release, state.lease)
+    _attach(con, state, db_or_dir, refresh)
+    return con
+
+
+def refresh_connection(con: duckdb.DuckDBPyConnection, *, as_of: AsOfSpec | str = "keep") -> None:
+    """Bring a connection from :func:`connect` up to date (and move its cut if ``as_of``)."""
+    state = _states.get(con)
+    if state is None:
+        raise UsageError("this DuckDB connection was not made by crdtdb.query.connect()")
+    if as_of != "keep":
+        state.as_of = as_of
+    _attach(con, state, state.path, True)
+
+
+def _refresh_method(con: duckdb.DuckDBPyConnection) -> None:
+    """``con.refresh()``: the materialisation brought up to date, the views moved to it."""
+    refresh_connection(con)
+
+
+if not hasattr(duckdb.DuckDBPyConnection, "refresh"):  # never over one DuckDB may add
+    duckdb.DuckDBPyConnection.refresh = _refresh_method  # type: ignore[attr-defined]
+
+
+def _release(lease: list[int]) -> None:
+    for fd in lease:
+        os.close(fd)
+    lease.clear()
+
+
+def _attach(
+    con: duckdb.DuckDBPyConnection,
+    state: _State,
+    db_or_dir: crdtdb.Database | str | os.PathLike[str],
+    do_refresh: bool,
+) -> None:
+    db, opened = _open(db_or_dir)
+    try:
+        if do_refresh:
+            refresh(db)
+        area = Area(db.path)
+        manifest, fd = _leased_manifest(area, db)
+        cut = resolve_cut(db, state.as_of)
+        old = list(state.lease)
+        state.lease[:] = [fd]
+        _release(old)
+        state.generation, state.cut = manifest.generation, cut
+        _create_views(con, area, manifest, db, cut)
+    finally:
+        if opened:
+            db.close()
+
+
+def _open(db_or_dir: crdtdb.Database | str | os.PathLike[str]) -> tuple[crdtdb.Database, bool]:
+    if isinstance(db_or_dir, crdtdb.Database):
+        return db_or_dir, False
+    path = Path(db_or_dir)
+    if not path.exists():
+        raise StoreError(f"{path} does not exist: give the data directory of a crdtdb region")
+    return crdtdb.open(path), True
+
+
+def _leased_manifest(area: Area, db: crdtdb.Database) -> tuple[Manifest, int]:
+    """The current manifest, and a lease on its generation (built first if there is none)."""
+    for _ in range(100):
+        manifest = area.read()
+        if manifest is None:
+            refresh(db)
+            continue
+        fd = area.lease(manifest.generation)
+        if fd is not None:
+            return manifest, fd
+    raise StoreError(f"{area.root}: the materialisation kept changing under this reader")
+
+
+def resolve_cut(db: crdtdb.Database, as_of: AsOfSpec) -> Hlc | None:
+    """The HLC cut ``as_of`` names (None: the present)."""
+    if as_of is None or (isinstance(as_of, str) and as_of.strip().lower() == "now"):
+        return None
+    if isinstance(as_of, str) and as_of.strip().lower() == "frontier":
+        return db.frontier()
+    if isinstance(as_of, datetime):
+        return _from_datetime(as_of)
+    if isinstance(as_of, str) and "#" not in as_of and not as_of.strip().isdigit():
+        try:
+            return _from_datetime(datetime.fromisoformat(as_of.strip()))
+        except ValueError:
+            raise InvalidHlcError(
+                f"as_of={as_of[:100]!r} is neither an HLC, a timestamp like"
+                " 2026-12-07T10:00:00Z, 'frontier' nor 'now'"
+            ) from None
+    if isinstance(as_of, (int, str)):
+        return Hlc(as_of)
+    raise InvalidHlcError(f"as_of cannot be a {type(as_of).__name__}")
+
+
+def _from_datetime(moment: datetime) -> Hlc:
+    if moment.tzinfo is None:
+        raise InvalidHlcError(
+            f"timestamp {moment.isoformat()} has no time zone: add one (Z for UTC)"
+        )
+    # everything committed during that millisecond: the largest counter
+    return Hlc.from_parts(int(moment.timestamp() * 1000), MAX_LOGICAL)
+
+
+# ------------------------------------------------------------------- views
+
+
+def _create_views(
+    con: duckdb.DuckDBPyConnection,
+    area: Area,
+    manifest: Manifest,
+    db: crdtdb.Database,
+    cut: Hlc | None,
+) -> None:
+    con.execute("CREATE SCHEMA IF NOT EXISTS collections")
+    for (name,) in con.execute(
+        "SELECT view_name FROM duckdb_views() WHERE schema_name = 'collections'"
+    ).fetchall():
+        con.execute(f"DROP VIEW collections.{quote(name)}")
+    dead = _dead(area, manifest)
+    replayed = _replay(con, db, manifest, cut) if cut is not None else None
+    files = [str(area.root / f["path"]) for c in manifest.collections.values() for f in c["files"]]
+    base = (
+        f"SELECT _seg, id, collection, key, hlc, updated_at, origin, deleted, _body"
+        f" FROM read_parquet({_sql_list(files)}, union_by_name = true)"
+        if files
+        else _EMPTY_DOCS
+    )
+    docs = f"SELECT f.* FROM ({base}) f ANTI JOIN {dead} d ON f.id = d.id AND f._seg = d._seg"
+    if replayed is not None:
+        docs = (
+            f"SELECT * FROM ({docs}) WHERE id NOT IN (SELECT id FROM _asof_ids)"
+            " UNION ALL BY NAME SELECT 0 AS _seg, id, collection, key, hlc, updated_at, origin,"
+            " deleted, _body FROM _asof_typed"
+        )
+    con.execute(
+        "CREATE OR REPLACE VIEW docs AS SELECT id, collection, key, _body AS body, hlc,"
+        f" updated_at, origin, deleted FROM ({docs})"
+    )
+    _changes_view(con, area, manifest, cut)
+    _regions_view(con, manifest)
+    main_views = {name.lower() for name in SYSTEM_TABLES}
+    for collection, state in sorted(manifest.collections.items()):
+        select = _collection_select(area, collection, state, dead, cut is not None)
+        con.execute(f"CREATE VIEW collections.{quote(collection)} AS {select}")
+        if collection.lower() not in main_views:
+            main_views.add(collection.lower())
+            con.execute(f"CREATE OR REPLACE VIEW main.{quote(collection)} AS {select}")
+
+
+def _dead(area: Area, manifest: Manifest) -> str:
+    if not manifest.dead:
+        return _EMPTY_DEAD
+    return f"read_parquet({_sql_list([str(area.root / f['path']) for f in manifest.dead])})"
+
+
+def _sql_list(paths: list[str]) -> str:
+    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
+
+
+def _collection_select(
+    area: Area, collection: str, state: dict[str, Any], dead: str, as_of: bool
+) -> str:
+    """The view of one collection: its live rows, one typed column per field."""
+    fields = state["fields"]
+    names = column_names(list(fields))
+    shape = structure(fields).replace("'", "''")
+    parts = []
+    for same, group in _groups(state["files"], fields):
+        paths = _sql_list([str(area.root / f["path"]) for f in group])
+        if same:  # written with today's types: read the columns as they are
+            parts.append(
+                f"SELECT * EXCLUDE (_body) FROM read_parquet({paths}, union_by_name = true)"
+            )
+            continue
+        typed = ", ".join(f"t.{quote(f)} AS {quote(names[f])}" for f in fields)
+        parts.append(
+            "SELECT _seg, id, collection, key, hlc, updated_at, origin, deleted"
+            f"{', ' + typed if typed else ''} FROM (SELECT *, json_transform(_body, '{shape}')"
+            f" AS t FROM read_parquet({paths}, union_by_name = true))"
+        )
+    union = " UNION ALL BY NAME ".join(parts)
+    rows = f"SELECT f.* FROM ({union}) f ANTI JOIN {dead} d ON f.id = d.id AND f._seg = d._seg"
+    if as_of:
+        rows = (
+            f"SELECT * FROM ({rows}) WHERE id NOT IN (SELECT id FROM _asof_ids)"
+            f" UNION ALL BY NAME SELECT * EXCLUDE (_body) FROM _asof_typed"
+            f" WHERE collection = '{collection}'"
+        )
+    columns = ", ".join(quote(names[f]) for f in fields)
+    return (
+        "SELECT id, key, hlc, updated_at, origin"
+        f"{', ' + columns if columns else ''} FROM ({rows}) WHERE NOT deleted"
+    )
+
+
+def _groups(
+    files: list[dict[str, Any]], fields: dict[str, Any]
+) -> list[tuple[bool, list[dict[str, Any]]]]:
+    """Files split by whether their columns have today's types (read as is) or not."""
+    same = [f for f in files if f["fields"] == fields]
+    other = [f for f in files if f["fields"] != fields]
+    return [(flag, group) for flag, group in ((True, same), (False, other)) if group]
+
+
+def _changes_view(
+    con: duckdb.DuckDBPyConnection, area: Area, manifest: Manifest, cut: Hlc | None
+) -> None:
+    files = [str(area.root / f["path"]) for f in manifest.changes]
+    source = (
+        "SELECT id, collection, hlc, updated_at, origin, seq, bytes, kind"
+        f" FROM read_parquet({_sql_list(files)})"
+        if files
+        else _EMPTY_CHANGES
+    )
+    where = "" if cut is None else f" WHERE hlc <= {int(cut)}"
+    con.execute(f"CREATE OR REPLACE VIEW changes AS SELECT * FROM ({source}){where}")
+
+
+def _regions_view(con: duckdb.DuckDBPyConnection, manifest: Manifest) -> None:
+    rows = [
+        (r["region"], r["frontier_hlc"], r["records"], r["contiguous_seq"])
+        for r in manifest.regions
+    ]
+    rows.append(("_global", manifest.frontier, None, None))
+    table = pa.table(
+        {
+            "region": pa.array([r[0] for r in rows], pa.string()),
+            "frontier_hlc": pa.array([r[1] for r in rows], pa.uint64()),
+            "records": pa.array([r[2] for r in rows], pa.int64()),
+            "contiguous_seq": pa.array([r[3] for r in rows], pa.int64()),
+        }
+    )
+    con.register("_regions_rows", table)
+    con.execute("CREATE OR REPLACE TEMP TABLE _regions AS SELECT * FROM _regions_rows")
+    con.unregister("_regions_rows")
+    con.execute(
+        "CREATE OR REPLACE VIEW regions AS SELECT region, frontier_hlc,"
+        " to_timestamp((frontier_hlc >> 16) / 1000) AS frontier_at,"
+        " now() - to_timestamp((frontier_hlc >> 16) / 1000) AS freshness, records,"
+        " contiguous_seq FROM _regions ORDER BY region = '_global', region"
+    )
+
+
+def _replay(
+    con: duckdb.DuckDBPyConnection, db: crdtdb.Database, manifest: Manifest, cut: Hlc
+) -> str:
+    """Stage the documents that differ at ``cut`` from the materialisation, as of the cut."""
+    view = db.as_of(cut)  # refuses a cut below the compaction horizon
+    changed = set(view.changed_after())
+    with db.snapshot() as snap:
+        changed.update(snap.changed_after(manifest.position))
+    rows = []
+    for doc_id in sorted(changed):
+        version = view.version(doc_id)
+        if version is not None:
+            body, hlc, origin = version
+            rows.append((doc_id, doc_id.split("/", 1)[0], body is not None, int(hlc), origin, body))
+    ids = pa.table({"id": pa.array(sorted(changed), pa.string())})
+    con.register("_asof_ids_rows", ids)
+    con.execute("CREATE OR REPLACE TEMP TABLE _asof_ids AS SELECT * FROM _asof_ids_rows")
+    con.unregister("_asof_ids_rows")
+    columns: list[Any] = list(zip(*rows, strict=True)) if rows else [()] * 6
+    staged = pa.table(
+        {
+            "id": pa.array(columns[0], pa.string()),
+            "collection": pa.array(columns[1], pa.string()),
+            "live": pa.array(columns[2], pa.bool_()),
+            "hlc": pa.array(columns[3], pa.uint64()),
+            "origin": pa.array(columns[4], pa.string()),
+            "body": pa.array(columns[5], pa.string()),
+        }
+    )
+    con.register("_asof_rows", staged)
+    con.execute("CREATE OR REPLACE TEMP TABLE _asof_staged AS SELECT * FROM _asof_rows")
+    con.unregister("_asof_rows")
+    selects = [
+        typed_select("_asof_staged", 0, state["fields"], collection)
+        for collection, state in manifest.collections.items()
+    ]
+    union = " UNION ALL BY NAME ".join(selects) if selects else _EMPTY_DOCS
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _asof_typed AS {union}")
+    return "_asof_typed"
+
+
+def manifest_json(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """What a connection reads: its store, generation and cut (for the console's .status)."""
+    state = _states.get(con)
+    if state is None:
+        return {}
+    return {"path": str(state.path), "generation": state.generation, "cut": state.cut}

@@ -1,0 +1,570 @@
+"""The materialisation: the merged state of a store as Parquet files that DuckDB reads.
+
+Why Parquet segments and a manifest, not a DuckDB database file: a DuckDB file
+opened read-write by one process cannot be opened by any other, even
+read-only (measured with DuckDB 2.0.1: "Could not set lock on file"), so one
+shared ``.duckdb`` file would let one analyst lock out every other reader,
+or the refresher lock out the readers. Parquet files are immutable and any
+number of processes read them at once. So:
+
+- ``DIR/analytics/manifest.json`` names the files of the current
+  *generation* and the log position (``position``, a log id) and HLC the
+  generation reflects. A refresh writes new files, then replaces the
+  manifest with an atomic rename: a reader sees the old generation or the
+  new one, never a mix, and a refresh holds a reader back for no longer than
+  that rename.
+- Each refresh adds a *segment*: per collection, one file of the documents
+  that changed since the last refresh (their JSON body and one typed column
+  per top-level field, see :mod:`.schema`); one file naming the rows of
+  earlier segments that those documents supersede (``dead``); and one file
+  of the log records since (``changes``). Only the documents changed since
+  the watermark are read and written: the first build costs time in
+  proportion to the store, a refresh in proportion to what changed.
+- When superseded rows pass a quarter of the live ones, or segments pile up,
+  a refresh merges all segments into one (a rewrite in proportion to the
+  store, done in DuckDB, rare).
+- The store itself is read through :meth:`crdtdb.Database.snapshot`, one
+  SQLite read transaction: it never holds a writer back, and everything a
+  generation holds comes from one cut of the log. Document JSON is what each
+  commit wrote to the store's ``bodies`` table (the CRDT is decoded here only
+  for documents too large for that, and for stores older than schema 3).
+- One refresh at a time: a second process waits on ``refresh.lock`` (an
+  advisory file lock), then finds little or nothing left to do.
+- A reader leases the generation it reads (a shared lock on
+  ``gen/G.lock``); a refresh deletes the files of a generation only once no
+  process holds its lease (the lock is released by the operating system when
+  a reader exits or crashes), and only files named in a generation's list:
+  nothing crdtdb did not create.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+import crdtdb
+from crdtdb.errors import StoreError
+from crdtdb.snapshot import DocRow, Snapshot
+
+from .schema import FieldType, column_names, merge_structure, quote, structure
+
+__all__ = ["AREA", "Manifest", "RefreshResult", "area_of", "read_manifest", "refresh"]
+
+log = logging.getLogger("crdtdb.query")
+
+AREA = "analytics"
+"""The folder, inside a region directory, that holds the materialisation."""
+FORMAT = 1
+MERGE_DEAD_SHARE = 0.25
+"""Merge the segments once superseded rows are this share of the live ones."""
+MERGE_SEGMENTS = 24
+"""... or once a collection has this many files."""
+
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``: called as a long refresh goes."""
+
+
+@dataclass
+class Manifest:
+    """One generation of the materialisation (``manifest.json``)."""
+
+    generation: int = 0
+    position: int = 0
+    """The store's newest log id this generation reflects."""
+    hlc: int = 0
+    """The store's clock at that cut."""
+    epoch: int = 0
+    """The store's compaction epoch at that cut."""
+    region: str = ""
+    built_ms: int = 0
+    next_seg: int = 1
+    collections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per collection: ``fields`` (name -> type, first seen first), ``files`` (each
+    ``{"path", "seg", "rows", "fields"}``: the fields it has columns for, with types)."""
+    dead: list[dict[str, Any]] = field(default_factory=list)
+    """Files of (id, _seg): rows of earlier segments superseded by later ones."""
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    regions: list[dict[str, Any]] = field(default_factory=list)
+    frontier: int = 0
+    live_rows: int = 0
+    dead_rows: int = 0
+
+    def files(self) -> list[str]:
+        paths = [f["path"] for c in self.collections.values() for f in c["files"]]
+        return paths + [f["path"] for f in self.dead] + [f["path"] for f in self.changes]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, **self.__dict__}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        data = dict(data)
+        if data.pop("format", None) != FORMAT:
+            raise StoreError("the analytics manifest has an unknown format: refresh(full=True)")
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshResult:
+    """What a refresh did."""
+
+    generation: int
+    documents: int
+    """Documents read from the store and written (re-serialised)."""
+    records: int
+    """Log records added to ``changes``."""
+    merged: bool
+    """Whether the segments were merged into one."""
+    seconds: float
+
+
+class Area:
+    """The ``analytics`` folder of one region directory."""
+
+    def __init__(self, store: Path) -> None:
+        self.root = store / AREA
+        self.manifest_path = self.root / "manifest.json"
+
+    def make(self) -> None:
+        (self.root / "gen").mkdir(parents=True, exist_ok=True)
+        (self.root / "seg").mkdir(exist_ok=True)
+
+    @contextlib.contextmanager
+    def refresh_lock(self) -> Iterator[None]:
+        self.make()
+        with open(self.root / "refresh.lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def read(self) -> Manifest | None:
+        try:
+            text = self.manifest_path.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            return Manifest.from_json(json.loads(text))
+        except (ValueError, TypeError) as exc:
+            raise StoreError(
+                f"{self.manifest_path} does not read ({exc}): rebuild it with"
+                " crdtdb.query.refresh(dir, full=True)"
+            ) from None
+
+    def write(self, manifest: Manifest) -> None:
+        """Publish a generation: its file list and lease lock first, then the manifest."""
+        gen = self.root / "gen"
+        _write_atomic(gen / f"{manifest.generation}.json", json.dumps(manifest.files()))
+        (gen / f"{manifest.generation}.lock").touch()
+        _write_atomic(self.manifest_path, json.dumps(manifest.to_json(), indent=1))
+
+    def lease(self, generation: int) -> int | None:
+        """A shared lock on a generation (a file descriptor), or None if it is gone."""
+        path = self.root / "gen" / f"{generation}.lock"
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            still_there = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            still_there = False
+        if not still_there:  # collected between our look and our lock
+            os.close(fd)
+            return None
+        return fd
+
+    def collect(self, current: Manifest) -> int:
+        """Delete the files of generations no reader leases; return how many files went.
+
+        Runs under the refresh lock, so no refresh is writing files meanwhile.
+        """
+        gen = self.root / "gen"
+        keep = set(current.files())
+        unused: list[Path] = []
+        for listing in sorted(gen.glob("*.json"), key=lambda p: _int(p.stem)):
+            number = _int(listing.stem)
+            if number == current.generation:
+                continue
+            lock = gen / f"{number}.lock"
+            with open(lock, "a+b") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # a reader holds it
+                    keep.update(json.loads(listing.read_text()))
+                    continue
+                unused.append(listing)
+        removed = 0
+        for listing in unused:
+            for name in json.loads(listing.read_text()):
+                if name not in keep:
+                    with contextlib.suppress(FileNotFoundError):
+                        (self.root / name).unlink()
+                        removed += 1
+            listing.unlink()
+            (gen / f"{listing.stem}.lock").unlink(missing_ok=True)
+        for folder in (self.root / "seg").iterdir():
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only empty ones go
+        return removed
+
+
+def _int(text: str) -> int:
+    return int(text) if text.isdigit() else -1
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
+def area_of(db: crdtdb.Database) -> Area:
+    return Area(db.path)
+
+
+def read_manifest(db: crdtdb.Database) -> Manifest | None:
+    return Area(db.path).read()
+
+
+# ----------------------------------------------------------------- refresh
+
+
+def refresh(
+    db: crdtdb.Database, *, full: bool = False, progress: Progress | None = None
+) -> RefreshResult:
+    """Bring the materialisation up to date with the store; see the module docstring.
+
+    ``full`` rebuilds every document's row and the collections' types from
+    scratch (types otherwise only widen). Safe from several processes at once.
+    """
+    started = time.perf_counter()
+    area = Area(db.path)
+    with area.refresh_lock():
+        old = area.read()
+        with db.snapshot() as snap:
+            manifest, documents, records, merged = _refresh(area, old, snap, full, progress)
+        if manifest is not old:
+            area.write(manifest)
+            area.collect(manifest)
+    seconds = time.perf_counter() - started
+    if documents or records:
+        log.info(
+            "%s: materialised %d documents and %d log records in %.2f s%s",
+            db.region,
+            documents,
+            records,
+            seconds,
+            " (segments merged)" if merged else "",
+        )
+    return RefreshResult(manifest.generation, documents, records, merged, seconds)
+
+
+def _refresh(
+    area: Area, old: Manifest | None, snap: Snapshot, full: bool, progress: Progress | None
+) -> tuple[Manifest, int, int, bool]:
+    regions, frontier = _regions(snap)
+    unchanged = (
+        old is not None and old.position == snap.position and old.epoch == snap.compaction_epoch
+    )
+    if unchanged and not full and old is not None:
+        if (old.regions, old.frontier) == (regions, frontier):
+            return old, 0, 0, False
+        return _successor(old, snap, regions, frontier), 0, 0, False
+    if old is None or full:
+        base = Manifest(
+            generation=old.generation if old else 0,
+            next_seg=old.next_seg if old else 1,
+            changes=old.changes if old else [],
+            position=old.position if old else 0,
+        )
+        rows: Iterable[DocRow] = snap.documents()
+        total = snap.document_count()
+    else:
+        base = old
+        if old.epoch != snap.compaction_epoch:  # records may have been folded away since
+            ids = snap.changed_since_scan(old.position)
+        else:
+            ids = snap.changed_after(old.position)
+        rows, total = snap.rows(ids), len(ids)
+    manifest = _successor(base, snap, regions, frontier)
+    with duckdb.connect() as con:
+        documents = _stage_documents(con, rows, total, progress)
+        if documents:
+            _write_segment(area, con, manifest)
+        records = _write_changes(area, con, snap, base.position, manifest)
+        merged = _should_merge(manifest)
+        if merged:
+            _merge(area, con, manifest)
+    return manifest, documents, records, merged
+
+
+def _successor(
+    base: Manifest, snap: Snapshot, regions: list[dict[str, Any]], frontier: int
+) -> Manifest:
+    manifest = Manifest(**{**base.__dict__})
+    manifest.collections = {name: dict(c) for name, c in base.collections.items()}
+    manifest.dead = list(base.dead)
+    manifest.changes = list(base.changes)
+    manifest.generation = base.generation + 1
+    manifest.position = snap.position
+    manifest.hlc = int(snap.hlc)
+    manifest.epoch = snap.compaction_epoch
+    manifest.region = snap.region
+    manifest.built_ms = int(time.time() * 1000)
+    manifest.regions, manifest.frontier = regions, frontier
+    return manifest
+
+
+def _regions(snap: Snapshot) -> tuple[list[dict[str, Any]], int]:
+    rows = [
+        {
+            "region": row.origin,
+            "frontier_hlc": int(row.complete_hlc),
+            "records": row.max_seq,
+            "contiguous_seq": row.contiguous_seq,
+        }
+        for row in snap.origins()
+    ]
+    return rows, int(snap.frontier())
+
+
+CHUNK = 100_000
+"""Documents handed to DuckDB at a time (bounds the memory a first build takes)."""
+
+
+def _stage_documents(
+    con: duckdb.DuckDBPyConnection, rows: Iterable[DocRow], total: int, progress: Progress | None
+) -> int:
+    """Load the documents into the temporary table ``staged``; return how many."""
+    con.execute(
+        "CREATE TEMP TABLE staged (id VARCHAR, collection VARCHAR, live BOOLEAN, hlc UBIGINT,"
+        " origin VARCHAR, body VARCHAR)"
+    )
+    done = 0
+    batch: list[DocRow] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == CHUNK:
+            done += _stage(con, batch)
+            batch = []
+            if progress is not None:
+                progress("documents", done, total)
+    done += _stage(con, batch)
+    if progress is not None:
+        progress("documents", done, total)
+    return done
+
+
+def _stage(con: duckdb.DuckDBPyConnection, batch: list[DocRow]) -> int:
+    if not batch:
+        return 0
+    ids, collections, live, hlcs, origins, _, bodies = zip(*batch, strict=True)
+    chunk = pa.table(
+        {
+            "id": pa.array(ids, pa.string()),
+            "collection": pa.array(collections, pa.string()),
+            "live": pa.array(live, pa.int8()).cast(pa.bool_()),
+            "hlc": pa.array(hlcs, pa.uint64()),
+            "origin": pa.array(origins, pa.string()),
+            "body": pa.array(bodies, pa.string()),
+        }
+    )
+    con.register("chunk", chunk)
+    con.execute("INSERT INTO staged SELECT * FROM chunk")
+    con.unregister("chunk")
+    return len(batch)
+
+
+def _write_segment(area: Area, con: duckdb.DuckDBPyConnection, manifest: Manifest) -> None:
+    """One file per collection of the staged documents, and the rows they supersede."""
+    seg = manifest.next_seg
+    manifest.next_seg += 1
+    folder = area.root / "seg" / str(seg)
+    folder.mkdir(parents=True, exist_ok=True)
+    counts = dict(
+        con.execute("SELECT collection, count(*) FROM staged GROUP BY collection").fetchall()
+    )
+    _widen(con, manifest, list(counts))
+    superseded = _supersede(area, con, manifest, seg, list(counts))
+    for collection, rows in sorted(counts.items()):
+        state = manifest.collections.setdefault(collection, {"fields": {}, "files": []})
+        name = f"seg/{seg}/c_{collection}.parquet"
+        select = typed_select("staged", seg, state["fields"], collection)
+        _copy(con, select, area.root / name)
+        entry = {"path": name, "seg": seg, "rows": rows, "fields": state["fields"]}
+        state["files"] = [*state["files"], entry]
+    manifest.live_rows += sum(counts.values()) - superseded
+    manifest.dead_rows += superseded
+
+
+def _widen(con: duckdb.DuckDBPyConnection, manifest: Manifest, collections: list[str]) -> None:
+    """Merge the staged documents' types into their collections' (every document counts)."""
+    structures = con.execute(
+        "SELECT collection, json_structure(body) AS s FROM staged WHERE live AND body IS NOT NULL"
+        " GROUP BY ALL"
+    ).fetchall()
+    for collection in collections:
+        manifest.collections.setdefault(collection, {"fields": {}, "files": []})
+    for collection, shape in structures:
+        state = manifest.collections[collection]
+        state["fields"] = merge_structure(state["fields"], shape)
+
+
+def _supersede(
+    area: Area, con: duckdb.DuckDBPyConnection, manifest: Manifest, seg: int, collections: list[str]
+) -> int:
+    """Write the (id, _seg) of earlier rows of the staged documents; return how many."""
+    earlier = [
+        str(area.root / f["path"])
+        for c in collections
+        for f in manifest.collections.get(c, {}).get("files", [])
+    ]
+    if not earlier:
+        return 0
+    name = f"seg/{seg}/dead.parquet"
+    files = _sql_list(earlier)
+    con.execute(
+        f"CREATE TEMP TABLE superseded AS SELECT f.id, f._seg FROM read_parquet({files},"
+        " union_by_name = true) f SEMI JOIN staged s ON f.id = s.id"
+    )
+    count = int(con.execute("SELECT count(*) FROM superseded").fetchone()[0])  # type: ignore[index]
+    if count:
+        _copy(con, "SELECT * FROM superseded", area.root / name)
+        manifest.dead = [*manifest.dead, {"path": name, "rows": count}]
+    con.execute("DROP TABLE superseded")
+    return count
+
+
+def typed_select(
+    source: str, seg: int | str, fields: dict[str, FieldType], collection: str | None = None
+) -> str:
+    """The rows of ``source`` (columns as in ``staged``) as a collection file holds them.
+
+    ``collection``: only its rows (its name is letters, digits and ``_ . -``).
+    """
+    where = "" if collection is None else f" WHERE collection = '{collection}'"
+    names = column_names(list(fields))
+    typed = ", ".join(f"t.{quote(f)} AS {quote(names[f])}" for f in fields)
+    shape = structure(fields).replace("'", "''")
+    return (
+        f"SELECT {seg} AS _seg, id, collection, substr(id, length(collection) + 2) AS key,"
+        " hlc, to_timestamp((hlc >> 16) / 1000) AS updated_at, origin, NOT live AS deleted,"
+        f" body::JSON AS _body{', ' + typed if typed else ''}"
+        f" FROM (SELECT *, json_transform(body, '{shape}') AS t FROM {source}{where})"
+    )
+
+
+def _copy(con: duckdb.DuckDBPyConnection, select: str, path: Path) -> None:
+    """``COPY (select) TO path`` as Parquet, flushed to disk before the manifest names it."""
+    target = str(path).replace("'", "''")
+    con.execute(f"COPY ({select}) TO '{target}' (FORMAT parquet, COMPRESSION zstd)")
+    with open(path, "rb") as written:
+        os.fsync(written.fileno())
+
+
+def _sql_list(paths: list[str]) -> str:
+    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
+
+
+def _write_changes(
+    area: Area, con: duckdb.DuckDBPyConnection, snap: Snapshot, after: int, manifest: Manifest
+) -> int:
+    rows = list(snap.log(after))
+    if not rows:
+        return 0
+    ids, doc_ids, hlcs, origins, seqs, sizes, kinds = zip(*rows, strict=True)
+    chunk = pa.table(
+        {
+            "log_id": pa.array(ids, pa.int64()),
+            "id": pa.array(doc_ids, pa.string()),
+            "hlc": pa.array(hlcs, pa.uint64()),
+            "origin": pa.array(origins, pa.string()),
+            "seq": pa.array(seqs, pa.int64()),
+            "bytes": pa.array(sizes, pa.int64()),
+            "kind": pa.array(kinds, pa.int8()),
+        }
+    )
+    con.register("log_chunk", chunk)
+    seg = manifest.next_seg
+    manifest.next_seg += 1
+    (area.root / "seg" / str(seg)).mkdir(parents=True, exist_ok=True)
+    name = f"seg/{seg}/changes.parquet"
+    _copy(
+        con,
+        "SELECT log_id, id, split_part(id, '/', 1) AS collection, hlc,"
+        " to_timestamp((hlc >> 16) / 1000) AS updated_at, origin, seq, bytes,"
+        " CASE kind WHEN 0 THEN 'write' WHEN 1 THEN 'repair' ELSE 'unchecked' END AS kind"
+        " FROM log_chunk",
+        area.root / name,
+    )
+    con.unregister("log_chunk")
+    manifest.changes = [*manifest.changes, {"path": name, "rows": len(rows)}]
+    if len(manifest.changes) > MERGE_SEGMENTS:
+        _merge_changes(area, con, manifest)
+    return len(rows)
+
+
+def _should_merge(manifest: Manifest) -> bool:
+    if manifest.dead_rows > MERGE_DEAD_SHARE * max(manifest.live_rows, 1):
+        return True
+    return any(len(c["files"]) > MERGE_SEGMENTS for c in manifest.collections.values())
+
+
+def _merge(area: Area, con: duckdb.DuckDBPyConnection, manifest: Manifest) -> None:
+    """Rewrite every collection as one file of its current rows, in today's types."""
+    seg = manifest.next_seg
+    manifest.next_seg += 1
+    (area.root / "seg" / str(seg)).mkdir(parents=True, exist_ok=True)
+    dead = _dead_relation(area, manifest)
+    total = 0
+    for collection, state in sorted(manifest.collections.items()):
+        files = _sql_list([str(area.root / f["path"]) for f in state["files"]])
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE current AS SELECT f.id, f.collection,"
+            " NOT f.deleted AS live, f.hlc, f.origin, f._body::VARCHAR AS body"
+            f" FROM read_parquet({files}, union_by_name = true) f"
+            f" ANTI JOIN {dead} d ON f.id = d.id AND f._seg = d._seg"
+        )
+        rows = int(con.execute("SELECT count(*) FROM current").fetchone()[0])  # type: ignore[index]
+        name = f"seg/{seg}/c_{collection}.parquet"
+        _copy(con, typed_select("current", seg, state["fields"]), area.root / name)
+        state["files"] = [{"path": name, "seg": seg, "rows": rows, "fields": state["fields"]}]
+        total += rows
+    manifest.dead, manifest.live_rows, manifest.dead_rows = [], total, 0
+    _merge_changes(area, con, manifest)
+
+
+def _dead_relation(area: Area, manifest: Manifest) -> str:
+    if not manifest.dead:
+        return "(SELECT NULL::VARCHAR AS id, NULL::INTEGER AS _seg WHERE false)"
+    return f"read_parquet({_sql_list([str(area.root / f['path']) for f in manifest.dead])})"
+
+
+def _merge_changes(area: Area, con: duckdb.DuckDBPyConnection, manifest: Manifest) -> None:
+    if len(manifest.changes) <= 1:
+        return
+    seg = manifest.next_seg
+    manifest.next_seg += 1
+    (area.root / "seg" / str(seg)).mkdir(parents=True, exist_ok=True)
+    name = f"seg/{seg}/changes.parquet"
+    files = _sql_list([str(area.root / f["path"]) for f in manifest.changes])
+    _copy(con, f"SELECT * FROM read_parquet({files}) ORDER BY log_id", area.root / name)
+    rows = sum(f["rows"] for f in manifest.changes)
+    manifest.changes = [{"path": name, "rows": rows}]
