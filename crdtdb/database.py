@@ -1263,10 +1263,11 @@ class Database:
         most one extra byte per byte logged.
         """
         looked_up = [change[0] for change in changed if new is None or change[0] not in new]
-        known: dict[str, tuple[int, int, int]] = {
-            row[0]: (row[1], row[2], row[3])
+        known: dict[str, tuple[int, int, int, str]] = {
+            row[0]: (row[1], row[2], row[3], row[4] or "")
             for row in self._rows_in(
-                "SELECT doc_id, pending, hlc, snapshot_bytes FROM docs WHERE doc_id IN ({marks})",
+                "SELECT d.doc_id, d.pending, d.hlc, d.snapshot_bytes, b.origin FROM docs d"
+                " LEFT JOIN bodies b ON b.doc_id = d.doc_id WHERE d.doc_id IN ({marks})",
                 looked_up,
             )
         }
@@ -1284,9 +1285,11 @@ class Database:
                 dirty = FRESH if eager else UNTREED
                 if eager:
                     _add_delta(deltas, doc_id, digest, None)
-            pending, doc_hlc, snapshot_size = known.get(doc_id, (0, 0, 0))
+            pending, doc_hlc, snapshot_size, doc_origin = known.get(doc_id, (0, 0, 0, ""))
             pending += size
             small = snapshot_size + pending <= BODY_MAX_BYTES
+            # the newest record is the greatest (HLC, origin): the same in every region
+            origin = max((doc_hlc, doc_origin), (int(hlc), origin))[1]
             bodies.append((doc_id, log_id, origin, handle.body() if small else None))
             snapshot_bytes: int | None = None
             snapshot_id = 0
@@ -1510,15 +1513,13 @@ def _doc_changes(
     """Per document of a batch logged from ``first_id`` on: what ``_index`` records."""
     newest_id: dict[str, int] = {}
     size: dict[str, int] = {}
-    hlc: dict[str, int] = {}
-    origin: dict[str, str] = {}
+    newest: dict[str, tuple[int, str]] = {}
     for log_id, record in enumerate(records, first_id):
         doc_id = record.doc_id
         newest_id[doc_id] = log_id
-        origin[doc_id] = record.origin
         size[doc_id] = size.get(doc_id, 0) + len(record.update)
-        hlc[doc_id] = max(hlc.get(doc_id, 0), record.hlc)
+        newest[doc_id] = max(newest.get(doc_id, (0, "")), (record.hlc, record.origin))
     return [
-        (doc_id, handles[doc_id], log_id, size[doc_id], Hlc(hlc[doc_id]), origin[doc_id])
+        (doc_id, handles[doc_id], log_id, size[doc_id], Hlc(newest[doc_id][0]), newest[doc_id][1])
         for doc_id, log_id in newest_id.items()
     ]

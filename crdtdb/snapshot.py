@@ -169,7 +169,9 @@ class Snapshot:
             body = self.load_body(doc_id)
         if origin is None:
             newest = self._conn.execute(
-                "SELECT origin, id FROM log WHERE doc_id = ? ORDER BY id DESC LIMIT 1", (doc_id,)
+                "SELECT origin, id FROM log WHERE doc_id = ? ORDER BY hlc DESC, origin DESC"
+                " LIMIT 1",
+                (doc_id,),
             ).fetchone()
             origin, log_id = newest if newest else (None, 0)
         return DocRow(doc_id, collection, live, hlc, origin, log_id or 0, body)

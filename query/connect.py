@@ -178,12 +178,13 @@ def resolve_cut(db: crdtdb.Database, as_of: AsOfSpec) -> Hlc | None:
         return _from_datetime(as_of)
     if isinstance(as_of, str) and "#" not in as_of and not as_of.strip().isdigit():
         try:
-            return _from_datetime(datetime.fromisoformat(as_of.strip()))
+            moment = datetime.fromisoformat(as_of.strip())
         except ValueError:
             raise InvalidHlcError(
                 f"as_of={as_of[:100]!r} is neither an HLC, a timestamp like"
                 " 2026-12-07T10:00:00Z, 'frontier' nor 'now'"
             ) from None
+        return _from_datetime(moment)
     if isinstance(as_of, (int, str)):
         return Hlc(as_of)
     raise InvalidHlcError(f"as_of cannot be a {type(as_of).__name__}")
