@@ -199,6 +199,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=lambda a: _certs(a.rest))
+    for name, summary in (
+        ("sql", "query a region with SQL (DuckDB): a console, or -c SQL"),
+        ("export", "export collections as Parquet or Apache Iceberg tables"),
+    ):
+        p = sub.add_parser(name, help=summary, description=summary, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=lambda a, module=name: _query(module, a.rest))
     return parser
 
 
@@ -207,9 +214,27 @@ def _certs(rest: list[str]) -> int:
     return code
 
 
+def _query(command: str, rest: list[str]) -> int:
+    """``crdtdb sql`` and ``crdtdb export``: their own parsers, in crdtdb.query (DuckDB)."""
+    module = importlib.import_module(f"crdtdb.query.{'console' if command == 'sql' else command}")
+    code: int = module.main(rest)
+    return code
+
+
+_OWN_PARSERS: dict[str, Callable[[list[str]], int]] = {
+    "certs": _certs,
+    "sql": lambda rest: _query("sql", rest),
+    "export": lambda rest: _query("export", rest),
+}
+"""Subcommands that parse their own arguments (``--help`` included)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
     try:
+        if words and words[0] in _OWN_PARSERS:
+            return _OWN_PARSERS[words[0]](words[1:])
+        args = _parser().parse_args(words)
         result: int = args.func(args)
         return result
     except UsageError as exc:
@@ -220,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except BrokenPipeError:
         return 0
+    except KeyboardInterrupt:  # Ctrl-C: stop quietly, as shells expect
+        return 130
 
 
 if __name__ == "__main__":

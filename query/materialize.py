@@ -46,6 +46,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,7 +295,7 @@ def _refresh(
             changes=old.changes if old else [],
             position=old.position if old else 0,
         )
-        rows: Iterable[DocRow] = snap.documents()
+        batches: Iterable[list[DocRow]] = snap.documents(CHUNK)
         total = snap.document_count()
     else:
         base = old
@@ -302,13 +303,20 @@ def _refresh(
             ids = snap.changed_since_scan(old.position)
         else:
             ids = snap.changed_after(old.position)
-        rows, total = snap.rows(ids), len(ids)
+        batches, total = snap.rows(ids, CHUNK), len(ids)
     manifest = _successor(base, snap, regions, frontier)
-    with duckdb.connect() as con:
-        documents = _stage_documents(con, rows, total, progress)
-        if documents:
-            _write_segment(area, con, manifest)
-        records = _write_changes(area, con, snap, base.position, manifest)
+    with duckdb.connect() as con, ThreadPoolExecutor(1) as worker:
+        documents = _stage_documents(con, batches, total, progress)
+        # The log is read from SQLite while DuckDB writes the documents (both let go
+        # of the interpreter lock while they work): a first build overlaps the two.
+        staging = worker.submit(_stage_changes, con.cursor(), snap, base.position)
+        try:
+            if documents:
+                _write_segment(area, con, manifest)
+        finally:
+            records = staging.result()
+        if records:
+            _copy_changes(area, con, manifest, records)
         merged = _should_merge(manifest)
         if merged:
             _merge(area, con, manifest)
@@ -350,7 +358,10 @@ CHUNK = 100_000
 
 
 def _stage_documents(
-    con: duckdb.DuckDBPyConnection, rows: Iterable[DocRow], total: int, progress: Progress | None
+    con: duckdb.DuckDBPyConnection,
+    batches: Iterable[list[DocRow]],
+    total: int,
+    progress: Progress | None,
 ) -> int:
     """Load the documents into the temporary table ``staged``; return how many."""
     con.execute(
@@ -358,38 +369,31 @@ def _stage_documents(
         " origin VARCHAR, body VARCHAR)"
     )
     done = 0
-    batch: list[DocRow] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) == CHUNK:
-            done += _stage(con, batch)
-            batch = []
-            if progress is not None:
-                progress("documents", done, total)
-    done += _stage(con, batch)
-    if progress is not None:
-        progress("documents", done, total)
+    for batch in batches:
+        ids, collections, live, hlcs, origins, _, bodies = zip(*batch, strict=True)
+        _insert(
+            con,
+            "staged",
+            {
+                "id": pa.array(ids, pa.string()),
+                "collection": pa.array(collections, pa.string()),
+                "live": pa.array(live, pa.int8()).cast(pa.bool_()),
+                "hlc": pa.array(hlcs, pa.uint64()),
+                "origin": pa.array(origins, pa.string()),
+                "body": pa.array(bodies, pa.string()),
+            },
+        )
+        done += len(batch)
+        if progress is not None:
+            progress("documents", done, total)
     return done
 
 
-def _stage(con: duckdb.DuckDBPyConnection, batch: list[DocRow]) -> int:
-    if not batch:
-        return 0
-    ids, collections, live, hlcs, origins, _, bodies = zip(*batch, strict=True)
-    chunk = pa.table(
-        {
-            "id": pa.array(ids, pa.string()),
-            "collection": pa.array(collections, pa.string()),
-            "live": pa.array(live, pa.int8()).cast(pa.bool_()),
-            "hlc": pa.array(hlcs, pa.uint64()),
-            "origin": pa.array(origins, pa.string()),
-            "body": pa.array(bodies, pa.string()),
-        }
-    )
-    con.register("chunk", chunk)
-    con.execute("INSERT INTO staged SELECT * FROM chunk")
-    con.unregister("chunk")
-    return len(batch)
+def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, Any]) -> None:
+    """Append Arrow columns to a DuckDB table (DuckDB scans the Arrow memory directly)."""
+    con.register("_arrow_chunk", pa.table(columns))
+    con.execute(f"INSERT INTO {table} SELECT * FROM _arrow_chunk")
+    con.unregister("_arrow_chunk")
 
 
 def _write_segment(area: Area, con: duckdb.DuckDBPyConnection, manifest: Manifest) -> None:
@@ -462,19 +466,21 @@ def typed_select(
     where = "" if collection is None else f" WHERE collection = '{collection}'"
     names = column_names(list(fields))
     typed = ", ".join(f"t.{quote(f)} AS {quote(names[f])}" for f in fields)
-    shape = structure(fields).replace("'", "''")
+    # json_transform refuses an empty structure: a collection of deleted documents has none
+    shape = structure(fields).replace("'", "''") if fields else None
+    parsed = f", json_transform(body, '{shape}') AS t" if shape else ""
     return (
         f"SELECT {seg} AS _seg, id, collection, substr(id, length(collection) + 2) AS key,"
         " hlc, to_timestamp((hlc >> 16) / 1000) AS updated_at, origin, NOT live AS deleted,"
         f" body::JSON AS _body{', ' + typed if typed else ''}"
-        f" FROM (SELECT *, json_transform(body, '{shape}') AS t FROM {source}{where})"
+        f" FROM (SELECT *{parsed} FROM {source}{where})"
     )
 
 
 def _copy(con: duckdb.DuckDBPyConnection, select: str, path: Path) -> None:
     """``COPY (select) TO path`` as Parquet, flushed to disk before the manifest names it."""
     target = str(path).replace("'", "''")
-    con.execute(f"COPY ({select}) TO '{target}' (FORMAT parquet, COMPRESSION zstd)")
+    con.execute(f"COPY ({select}) TO '{target}' (FORMAT parquet)")
     with open(path, "rb") as written:
         os.fsync(written.fileno())
 
@@ -483,25 +489,28 @@ def _sql_list(paths: list[str]) -> str:
     return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
 
 
-def _write_changes(
-    area: Area, con: duckdb.DuckDBPyConnection, snap: Snapshot, after: int, manifest: Manifest
-) -> int:
-    rows = list(snap.log(after))
-    if not rows:
-        return 0
-    ids, doc_ids, hlcs, origins, seqs, sizes, kinds = zip(*rows, strict=True)
-    chunk = pa.table(
-        {
-            "log_id": pa.array(ids, pa.int64()),
-            "id": pa.array(doc_ids, pa.string()),
-            "hlc": pa.array(hlcs, pa.uint64()),
-            "origin": pa.array(origins, pa.string()),
-            "seq": pa.array(seqs, pa.int64()),
-            "bytes": pa.array(sizes, pa.int64()),
-            "kind": pa.array(kinds, pa.int8()),
-        }
+def _stage_changes(log_con: duckdb.DuckDBPyConnection, snap: Snapshot, after: int) -> int:
+    """Load the log records after position ``after`` into the table ``log_rows``."""
+    log_con.execute(
+        "CREATE TABLE log_rows (log_id BIGINT, id VARCHAR, hlc UBIGINT, origin VARCHAR,"
+        " seq BIGINT, bytes BIGINT, kind TINYINT)"
     )
-    con.register("log_chunk", chunk)
+    names = ("log_id", "id", "hlc", "origin", "seq", "bytes", "kind")
+    kinds = (pa.int64(), pa.string(), pa.uint64(), pa.string(), pa.int64(), pa.int64(), pa.int8())
+    count = 0
+    for batch in snap.log(after, CHUNK):
+        columns = zip(*batch, strict=True)
+        arrays = {n: pa.array(c, k) for n, c, k in zip(names, columns, kinds, strict=True)}
+        _insert(log_con, "log_rows", arrays)
+        count += len(batch)
+    log_con.close()
+    return count
+
+
+def _copy_changes(
+    area: Area, con: duckdb.DuckDBPyConnection, manifest: Manifest, count: int
+) -> None:
+    """One ``changes`` file of the staged log records."""
     seg = manifest.next_seg
     manifest.next_seg += 1
     (area.root / "seg" / str(seg)).mkdir(parents=True, exist_ok=True)
@@ -511,14 +520,12 @@ def _write_changes(
         "SELECT log_id, id, split_part(id, '/', 1) AS collection, hlc,"
         " to_timestamp((hlc >> 16) / 1000) AS updated_at, origin, seq, bytes,"
         " CASE kind WHEN 0 THEN 'write' WHEN 1 THEN 'repair' ELSE 'unchecked' END AS kind"
-        " FROM log_chunk",
+        " FROM log_rows",
         area.root / name,
     )
-    con.unregister("log_chunk")
-    manifest.changes = [*manifest.changes, {"path": name, "rows": len(rows)}]
+    manifest.changes = [*manifest.changes, {"path": name, "rows": count}]
     if len(manifest.changes) > MERGE_SEGMENTS:
         _merge_changes(area, con, manifest)
-    return len(rows)
 
 
 def _should_merge(manifest: Manifest) -> bool:

@@ -45,8 +45,9 @@ MAX_STRUCT_FIELDS = 100
 MAX_COLUMNS = 1000
 """A collection's view shows at most this many top-level fields (the first seen); the
 others stay in the ``docs`` table's body."""
-RESERVED = ("id", "key", "hlc", "updated_at", "origin")
-"""The view's own columns: a document field of one of these names is shown as ``name_``."""
+RESERVED = ("id", "key", "hlc", "updated_at", "origin", "collection", "deleted", "_seg", "_body")
+"""The view's own columns and those its files keep beside the fields: a document field
+of one of these names is shown as ``name_``."""
 
 _INTEGERS = {"UBIGINT", "BIGINT", "INTEGER", "UINTEGER", "SMALLINT", "TINYINT", "HUGEINT"}
 

@@ -175,6 +175,20 @@ def test_names_that_are_not_sql_identifiers(db: crdtdb.Database) -> None:
     assert rows(con, "SELECT count(*) FROM docs") == [(2,)]  # the table, not the collection
 
 
+def test_fields_named_like_internal_columns_and_a_collection_of_deleted_documents(
+    db: crdtdb.Database,
+) -> None:
+    before = db.put("orders/1", {"collection": "spring", "deleted": "no", "_seg": 1, "_body": 2})
+    db.put("gone/1", {"x": 1})
+    db.delete("gone/1")
+    for con in (query.connect(db), query.connect(db, as_of=before)):
+        got = rows(con, "SELECT id, collection_, deleted_, _seg_, _body_ FROM orders")
+        assert got == [("orders/1", "spring", "no", 1, 2)]
+    con = query.connect(db)
+    assert rows(con, "SELECT id, deleted FROM docs WHERE collection = 'gone'") == [("gone/1", True)]
+    assert rows(con, "SELECT count(*) FROM gone") == [(0,)]
+
+
 def test_an_empty_store_has_empty_tables(db: crdtdb.Database) -> None:
     con = query.connect(db)
     assert rows(con, "SELECT count(*) FROM docs") == [(0,)]
