@@ -83,6 +83,26 @@ class AsOf:
             ).fetchall()
         return [row[0] for row in rows]
 
+    def created_after(self, doc_ids: list[str]) -> set[str]:
+        """Those of ``doc_ids`` that did not exist yet at this cut: every record of theirs
+        is after it, and none was compacted away."""
+        db = self._db
+        created: set[str] = set()
+        with db._lock:
+            db._check()
+            for start in range(0, len(doc_ids), 500):
+                chunk = doc_ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                created.update(
+                    row[0]
+                    for row in db._conn.execute(
+                        f"SELECT doc_id FROM log WHERE doc_id IN ({marks}) GROUP BY doc_id"
+                        " HAVING min(hlc) > ? AND doc_id NOT IN (SELECT doc_id FROM bases)",
+                        (*chunk, int(self.hlc)),
+                    )
+                )
+        return created
+
     def version(self, doc_id: str) -> tuple[str | None, Hlc, str | None] | None:
         """The document at this cut as ``(JSON, hlc, origin)``, or None if it did not exist.
 

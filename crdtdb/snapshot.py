@@ -16,7 +16,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from ._cache import DocHandle
 from .errors import StoreError
@@ -35,34 +35,17 @@ _DOC_ROWS = (
 )
 
 
-class DocRow(NamedTuple):
-    """One document as of the snapshot (a tuple: a reader may take a million of them)."""
+DocRow = tuple[str, str, int, int, str | None, int, str | None]
+"""One document as of the snapshot, as a plain tuple (a reader may take millions):
+``(doc_id, collection, live, hlc, origin, log_id, body)``. ``live`` is 1 while it
+exists; ``hlc`` and ``origin`` are those of its newest record (the greatest
+``(hlc, origin)``; origin None if its history was compacted before schema 3);
+``log_id`` that record's position in this store's log; ``body`` its canonical
+JSON text, None once deleted."""
 
-    doc_id: str
-    collection: str
-    live: int
-    """1 while it exists, 0 once deleted."""
-    hlc: int
-    """The HLC of its newest record."""
-    origin: str | None
-    """The region of its newest record (None: history compacted before schema 3)."""
-    log_id: int
-    """Its newest record's position in this store's log (0: not known)."""
-    body: str | None
-    """Its JSON text; None when it is deleted."""
-
-
-class LogRow(NamedTuple):
-    """One log record, without its update bytes."""
-
-    log_id: int
-    doc_id: str
-    hlc: int
-    origin: str
-    seq: int
-    size: int
-    """Bytes of the update."""
-    kind: int
+LogRow = tuple[int, str, int, str, int, int, int]
+"""One log record without its update bytes: ``(log_id, doc_id, hlc, origin, seq,
+bytes, kind)``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,11 +102,11 @@ class Snapshot:
 
     # ------------------------------------------------------------ documents
 
-    def documents(self) -> Iterator[DocRow]:
-        """Every document ever held (deleted ones too), in doc id order."""
-        rows = self._conn.execute(f"{_DOC_ROWS} ORDER BY d.doc_id")
-        for row in rows:
-            yield self._row(row)
+    def documents(self, batch: int = 100_000) -> Iterator[list[DocRow]]:
+        """Every document ever held (deleted ones too), in batches, in doc id order."""
+        cursor = self._conn.execute(f"{_DOC_ROWS} ORDER BY d.doc_id")
+        while rows := cursor.fetchmany(batch):
+            yield self._complete(rows)
 
     def document_count(self) -> int:
         """How many documents the store holds (deleted ones too)."""
@@ -150,31 +133,34 @@ class Snapshot:
         )
         return [row[0] for row in rows]
 
-    def rows(self, doc_ids: Sequence[str]) -> Iterator[DocRow]:
-        """The given documents as of the snapshot (unknown ids are left out)."""
-        for start in range(0, len(doc_ids), _CHUNK):
-            chunk = list(doc_ids[start : start + _CHUNK])
-            marks = ",".join("?" * len(chunk))
-            for row in self._conn.execute(
-                f"{_DOC_ROWS} WHERE d.doc_id IN ({marks})",
-                chunk,
-            ):
-                yield self._row(row)
+    def rows(self, doc_ids: Sequence[str], batch: int = 100_000) -> Iterator[list[DocRow]]:
+        """The given documents as of the snapshot, in batches (unknown ids are left out)."""
+        for start in range(0, len(doc_ids), batch):
+            found: list[DocRow] = []
+            for first in range(start, min(start + batch, len(doc_ids)), _CHUNK):
+                chunk = list(doc_ids[first : min(first + _CHUNK, start + batch)])
+                marks = ",".join("?" * len(chunk))
+                found += self._conn.execute(f"{_DOC_ROWS} WHERE d.doc_id IN ({marks})", chunk)
+            yield self._complete(found)
 
-    def _row(self, row: tuple[str, str, int, int, str | None, int | None, str | None]) -> DocRow:
-        doc_id, collection, live, hlc, origin, log_id, body = row
-        if origin is not None and (body is not None or not live):
-            return DocRow._make(row)  # the common case: as written by its last commit
-        if live and body is None:  # too large for the commit to write, or before schema 3
-            body = self.load_body(doc_id)
-        if origin is None:
-            newest = self._conn.execute(
-                "SELECT origin, id FROM log WHERE doc_id = ? ORDER BY hlc DESC, origin DESC"
-                " LIMIT 1",
-                (doc_id,),
-            ).fetchone()
-            origin, log_id = newest if newest else (None, 0)
-        return DocRow(doc_id, collection, live, hlc, origin, log_id or 0, body)
+    def _complete(self, rows: list[DocRow]) -> list[DocRow]:
+        """Fill in what the commits left out: the JSON of documents too large for them to
+        write, and anything of documents unchanged since a schema-2 store was migrated."""
+        for i, (doc_id, collection, live, hlc, origin, log_id, body) in enumerate(rows):
+            if origin is None or (live and body is None):
+                if live and body is None:
+                    body = self.load_body(doc_id)
+                if origin is None:
+                    origin, log_id = self._newest(doc_id)
+                rows[i] = (doc_id, collection, live, hlc, origin, log_id, body)
+        return rows
+
+    def _newest(self, doc_id: str) -> tuple[str | None, int]:
+        newest = self._conn.execute(
+            "SELECT origin, id FROM log WHERE doc_id = ? ORDER BY hlc DESC, origin DESC LIMIT 1",
+            (doc_id,),
+        ).fetchone()
+        return (newest[0], newest[1]) if newest else (None, 0)
 
     def load_body(self, doc_id: str) -> str | None:
         """A document's JSON, read from its CRDT bytes in the snapshot (slower than a body)."""
@@ -186,15 +172,15 @@ class Snapshot:
 
     # ------------------------------------------------------------------ log
 
-    def log(self, after: int = 0) -> Iterator[LogRow]:
-        """Log records after position ``after``, in log order."""
-        rows = self._conn.execute(
+    def log(self, after: int = 0, batch: int = 100_000) -> Iterator[list[LogRow]]:
+        """Log records after position ``after``, in log order, in batches."""
+        cursor = self._conn.execute(
             "SELECT id, doc_id, hlc, origin, seq, length(payload), kind FROM log"
             " WHERE id > ? AND id <= ? ORDER BY id",
             (after, self.position),
         )
-        for row in rows:
-            yield LogRow._make(row)
+        while rows := cursor.fetchmany(batch):
+            yield rows
 
     # ------------------------------------------------------------- progress
 

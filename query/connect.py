@@ -215,7 +215,8 @@ def _create_views(
     ).fetchall():
         con.execute(f"DROP VIEW collections.{quote(name)}")
     dead = _dead(area, manifest)
-    replayed = _replay(con, db, manifest, cut) if cut is not None else None
+    if cut is not None:
+        _replay(con, area, db, manifest, cut)
     files = [str(area.root / f["path"]) for c in manifest.collections.values() for f in c["files"]]
     base = (
         f"SELECT _seg, id, collection, key, hlc, updated_at, origin, deleted, _body"
@@ -224,7 +225,7 @@ def _create_views(
         else _EMPTY_DOCS
     )
     docs = f"SELECT f.* FROM ({base}) f ANTI JOIN {dead} d ON f.id = d.id AND f._seg = d._seg"
-    if replayed is not None:
+    if cut is not None:
         docs = (
             f"SELECT * FROM ({docs}) WHERE id NOT IN (SELECT id FROM _asof_ids)"
             " UNION ALL BY NAME SELECT 0 AS _seg, id, collection, key, hlc, updated_at, origin,"
@@ -340,36 +341,42 @@ def _regions_view(con: duckdb.DuckDBPyConnection, manifest: Manifest) -> None:
 
 
 def _replay(
-    con: duckdb.DuckDBPyConnection, db: crdtdb.Database, manifest: Manifest, cut: Hlc
-) -> str:
-    """Stage the documents that differ at ``cut`` from the materialisation, as of the cut."""
+    con: duckdb.DuckDBPyConnection, area: Area, db: crdtdb.Database, manifest: Manifest, cut: Hlc
+) -> None:
+    """Stage, as of ``cut``, the documents whose state then is not their row now.
+
+    Those are the documents with a record after the cut, or changed since the
+    materialisation. Their state at the cut is, in order of cost: absent (every
+    record after the cut); an older row of theirs still in the files (a
+    superseded row with an HLC at or below the cut, written when the store held
+    everything up to the cut: ``Manifest.complete``); else replayed from the log.
+    """
     view = db.as_of(cut)  # refuses a cut below the compaction horizon
     changed = set(view.changed_after())
     with db.snapshot() as snap:
         changed.update(snap.changed_after(manifest.position))
+    ids = sorted(changed - view.created_after(sorted(changed)))
+    _table(con, "_asof_ids", {"id": pa.array(sorted(changed), pa.string())})
+    _table(con, "_asof_wanted", {"id": pa.array(ids, pa.string())})
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _asof_staged AS {_old_rows(area, manifest, cut)}")
+    found = {row[0] for row in con.execute("SELECT id FROM _asof_staged").fetchall()}
     rows = []
-    for doc_id in sorted(changed):
-        version = view.version(doc_id)
+    for doc_id in ids:
+        version = None if doc_id in found else view.version(doc_id)
         if version is not None:
             body, hlc, origin = version
             rows.append((doc_id, doc_id.split("/", 1)[0], body is not None, int(hlc), origin, body))
-    ids = pa.table({"id": pa.array(sorted(changed), pa.string())})
-    con.register("_asof_ids_rows", ids)
-    con.execute("CREATE OR REPLACE TEMP TABLE _asof_ids AS SELECT * FROM _asof_ids_rows")
-    con.unregister("_asof_ids_rows")
     columns: list[Any] = list(zip(*rows, strict=True)) if rows else [()] * 6
-    staged = pa.table(
-        {
-            "id": pa.array(columns[0], pa.string()),
-            "collection": pa.array(columns[1], pa.string()),
-            "live": pa.array(columns[2], pa.bool_()),
-            "hlc": pa.array(columns[3], pa.uint64()),
-            "origin": pa.array(columns[4], pa.string()),
-            "body": pa.array(columns[5], pa.string()),
-        }
-    )
-    con.register("_asof_rows", staged)
-    con.execute("CREATE OR REPLACE TEMP TABLE _asof_staged AS SELECT * FROM _asof_rows")
+    replayed = {
+        "id": pa.array(columns[0], pa.string()),
+        "collection": pa.array(columns[1], pa.string()),
+        "live": pa.array(columns[2], pa.bool_()),
+        "hlc": pa.array(columns[3], pa.uint64()),
+        "origin": pa.array(columns[4], pa.string()),
+        "body": pa.array(columns[5], pa.string()),
+    }
+    con.register("_asof_rows", pa.table(replayed))
+    con.execute("INSERT INTO _asof_staged SELECT * FROM _asof_rows")
     con.unregister("_asof_rows")
     selects = [
         typed_select("_asof_staged", 0, state["fields"], collection)
@@ -377,7 +384,33 @@ def _replay(
     ]
     union = " UNION ALL BY NAME ".join(selects) if selects else _EMPTY_DOCS
     con.execute(f"CREATE OR REPLACE TEMP TABLE _asof_typed AS {union}")
-    return "_asof_typed"
+
+
+def _table(con: duckdb.DuckDBPyConnection, name: str, columns: dict[str, Any]) -> None:
+    con.register(f"{name}_rows", pa.table(columns))
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM {name}_rows")
+    con.unregister(f"{name}_rows")
+
+
+def _old_rows(area: Area, manifest: Manifest, cut: Hlc) -> str:
+    """The wanted documents' newest rows at or below ``cut`` in files that can vouch for it."""
+    files = [
+        str(area.root / f["path"])
+        for c in manifest.collections.values()
+        for f in c["files"]
+        if f.get("complete", 0) >= cut
+    ]
+    if not files:
+        return (
+            "SELECT NULL::VARCHAR AS id, NULL::VARCHAR AS collection, NULL::BOOLEAN AS live,"
+            " NULL::UBIGINT AS hlc, NULL::VARCHAR AS origin, NULL::VARCHAR AS body WHERE false"
+        )
+    return (
+        "SELECT id, collection, NOT deleted AS live, hlc, origin, _body::VARCHAR AS body FROM"
+        f" read_parquet({_sql_list(files)}, union_by_name = true) SEMI JOIN _asof_wanted USING (id)"
+        f" WHERE hlc <= {int(cut)} QUALIFY row_number() OVER"
+        " (PARTITION BY id ORDER BY hlc DESC, origin DESC) = 1"
+    )
 
 
 def manifest_json(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:

@@ -98,6 +98,11 @@ class Manifest:
     changes: list[dict[str, Any]] = field(default_factory=list)
     regions: list[dict[str, Any]] = field(default_factory=list)
     frontier: int = 0
+    complete: int = 0
+    """This store's local frontier at the cut: it held every record with an HLC at or
+    below it. A row a file of this generation holds, with an HLC at or below some
+    ``t`` no greater than this, is therefore its document's state at ``t`` (time
+    travel reads old versions from superseded rows on that ground)."""
     live_rows: int = 0
     dead_rows: int = 0
 
@@ -337,6 +342,7 @@ def _successor(
     manifest.region = snap.region
     manifest.built_ms = int(time.time() * 1000)
     manifest.regions, manifest.frontier = regions, frontier
+    manifest.complete = min((r["frontier_hlc"] for r in regions), default=0)
     return manifest
 
 
@@ -412,7 +418,13 @@ def _write_segment(area: Area, con: duckdb.DuckDBPyConnection, manifest: Manifes
         name = f"seg/{seg}/c_{collection}.parquet"
         select = typed_select("staged", seg, state["fields"], collection)
         _copy(con, select, area.root / name)
-        entry = {"path": name, "seg": seg, "rows": rows, "fields": state["fields"]}
+        entry = {
+            "path": name,
+            "seg": seg,
+            "rows": rows,
+            "fields": state["fields"],
+            "complete": manifest.complete,
+        }
         state["files"] = [*state["files"], entry]
     manifest.live_rows += sum(counts.values()) - superseded
     manifest.dead_rows += superseded
@@ -552,7 +564,15 @@ def _merge(area: Area, con: duckdb.DuckDBPyConnection, manifest: Manifest) -> No
         rows = int(con.execute("SELECT count(*) FROM current").fetchone()[0])  # type: ignore[index]
         name = f"seg/{seg}/c_{collection}.parquet"
         _copy(con, typed_select("current", seg, state["fields"]), area.root / name)
-        state["files"] = [{"path": name, "seg": seg, "rows": rows, "fields": state["fields"]}]
+        state["files"] = [
+            {
+                "path": name,
+                "seg": seg,
+                "rows": rows,
+                "fields": state["fields"],
+                "complete": manifest.complete,
+            }
+        ]
         total += rows
     manifest.dead, manifest.live_rows, manifest.dead_rows = [], total, 0
     _merge_changes(area, con, manifest)

@@ -400,6 +400,58 @@ def test_time_travel_gives_each_cut_exactly(db: crdtdb.Database) -> None:
     assert rows(by_text, "SELECT n FROM users WHERE key = 'a'") == [(1,)]
 
 
+def test_time_travel_reads_old_versions_from_the_files_when_it_can(
+    db: crdtdb.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with db.transaction() as tx:
+        for i in range(20):
+            tx.put(f"users/{i}", {"n": i})
+    query.refresh(db)  # these versions are in the files now
+    cut = db.hlc
+    for i in range(3):  # few enough that the segments are not merged (see materialize)
+        db.update(f"users/{i}", {"n": 100 + i})
+    db.put("users/new", {"n": -1})  # did not exist at the cut
+    query.refresh(db)
+    db.update("users/10", {"n": 110})  # changed after the cut and not refreshed yet
+    replayed: list[str] = []
+    original = crdtdb.AsOf.version
+
+    def spy(self: crdtdb.AsOf, doc_id: str) -> Any:
+        replayed.append(doc_id)
+        return original(self, doc_id)
+
+    monkeypatch.setattr(crdtdb.AsOf, "version", spy)
+    con = query.connect(db, as_of=cut, refresh=False)
+    assert rows(con, "SELECT sum(n), count(*) FROM users") == [(sum(range(20)), 20)]
+    assert replayed == []  # every old version came from a superseded row
+    con = query.connect(db, as_of=cut)  # refreshes: users/10's old row is superseded too
+    assert rows(con, "SELECT sum(n), count(*) FROM users") == [(sum(range(20)), 20)]
+    assert replayed == []
+    with db.transaction() as tx:  # two changes between refreshes: the middle one is in no file
+        tx.put("users/0", {"n": 1000})
+    middle = db.hlc
+    db.update("users/0", {"n": 2000})
+    query.refresh(db)
+    con = query.connect(db, as_of=middle, refresh=False)
+    assert rows(con, "SELECT n FROM users WHERE key = '0'") == [(1000,)]
+    assert replayed == ["users/0"]
+
+
+def test_an_old_row_written_before_the_cut_is_not_taken_for_the_state_at_it(
+    db: crdtdb.Database,
+) -> None:
+    db.put("users/a", {"n": 1})
+    for i in range(10):
+        db.put(f"users/other{i}", {"n": 0})
+    query.refresh(db)  # a row of n=1, from a generation that knows nothing after this
+    db.update("users/a", {"n": 2})
+    cut = db.hlc
+    db.update("users/a", {"n": 3})
+    query.refresh(db)
+    con = query.connect(db, as_of=cut, refresh=False)
+    assert rows(con, "SELECT n FROM users WHERE key = 'a'") == [(2,)]
+
+
 def test_as_of_a_timestamp_and_bad_cuts(db: crdtdb.Database, tmp_path: Path) -> None:
     clock = FakeClock()
     with crdtdb.open(tmp_path / "ap", region="ap", clock=clock) as ap:
