@@ -103,6 +103,30 @@ class AsOf:
                 )
         return created
 
+    def settled(self, doc_ids: list[str], position: int) -> set[str]:
+        """Those of ``doc_ids`` with no record at or below this cut after log ``position``.
+
+        For a reader that holds the documents' states at that position (the query
+        layer's files): for these, nothing that arrived since changes them as of
+        this cut.
+        """
+        db = self._db
+        unsettled: set[str] = set()
+        with db._lock:
+            db._check()
+            for start in range(0, len(doc_ids), 500):
+                chunk = doc_ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                unsettled.update(
+                    row[0]
+                    for row in db._conn.execute(
+                        f"SELECT DISTINCT doc_id FROM log WHERE doc_id IN ({marks}) AND id > ?"
+                        " AND hlc <= ?",
+                        (*chunk, position, int(self.hlc)),
+                    )
+                )
+        return set(doc_ids) - unsettled
+
     def version(self, doc_id: str) -> tuple[str | None, Hlc, str | None] | None:
         """The document at this cut as ``(JSON, hlc, origin)``, or None if it did not exist.
 

@@ -65,6 +65,7 @@ class Snapshot:
     def __init__(self, db: Database) -> None:
         self.region = db.region
         self._floor = db.hlc
+        self._closed = False
         try:
             self._conn = sqlite3.connect(
                 db.path / STORE_FILE,
@@ -84,6 +85,10 @@ class Snapshot:
         self.compacted_hlc = Hlc(self._meta("compacted_hlc"))
 
     def close(self) -> None:
+        """End the read transaction (a long one keeps SQLite from recycling its WAL)."""
+        if self._closed:
+            return
+        self._closed = True
         if self._conn.in_transaction:
             self._conn.execute("COMMIT")
         self._conn.close()

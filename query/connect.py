@@ -23,6 +23,7 @@ changed after the cut, not with the store.
 
 from __future__ import annotations
 
+import json
 import os
 import weakref
 from dataclasses import dataclass, field
@@ -37,8 +38,8 @@ import crdtdb
 from crdtdb.errors import InvalidHlcError, StoreError, UsageError
 from crdtdb.hlc import MAX_LOGICAL, Hlc
 
-from .materialize import Area, Manifest, refresh, typed_select
-from .schema import column_names, quote, structure
+from .materialize import Area, Manifest, dead_relation, refresh, typed_select
+from .schema import column_names, quote, sql_type, structure
 
 __all__ = ["AsOfSpec", "connect", "refresh_connection", "resolve_cut"]
 
@@ -50,9 +51,9 @@ SYSTEM_TABLES = ("docs", "changes", "regions")
 _EMPTY_DOCS = (
     "SELECT NULL::INTEGER AS _seg, NULL::VARCHAR AS id, NULL::VARCHAR AS collection,"
     " NULL::VARCHAR AS key, NULL::UBIGINT AS hlc, NULL::TIMESTAMPTZ AS updated_at,"
-    " NULL::VARCHAR AS origin, NULL::BOOLEAN AS deleted, NULL::JSON AS _body WHERE false"
+    " NULL::VARCHAR AS origin, NULL::BOOLEAN AS deleted, NULL::VARCHAR AS _body,"
+    " NULL::BIGINT AS file_row_number WHERE false"
 )
-_EMPTY_DEAD = "(SELECT NULL::VARCHAR AS id, NULL::INTEGER AS _seg WHERE false)"
 _EMPTY_CHANGES = (
     "SELECT NULL::VARCHAR AS id, NULL::VARCHAR AS collection, NULL::UBIGINT AS hlc,"
     " NULL::TIMESTAMPTZ AS updated_at, NULL::VARCHAR AS origin, NULL::BIGINT AS seq,"
@@ -214,17 +215,17 @@ def _create_views(
         "SELECT view_name FROM duckdb_views() WHERE schema_name = 'collections'"
     ).fetchall():
         con.execute(f"DROP VIEW collections.{quote(name)}")
-    dead = _dead(area, manifest)
+    dead = dead_relation(area, manifest)
     if cut is not None:
         _replay(con, area, db, manifest, cut)
     files = [str(area.root / f["path"]) for c in manifest.collections.values() for f in c["files"]]
     base = (
-        f"SELECT _seg, id, collection, key, hlc, updated_at, origin, deleted, _body"
-        f" FROM read_parquet({_sql_list(files)}, union_by_name = true)"
+        "SELECT _seg, id, collection, key, hlc, updated_at, origin, deleted, _body,"
+        f" file_row_number FROM {_read(files)}"
         if files
         else _EMPTY_DOCS
     )
-    docs = f"SELECT f.* FROM ({base}) f ANTI JOIN {dead} d ON f.id = d.id AND f._seg = d._seg"
+    docs = f"SELECT f.* EXCLUDE (file_row_number) FROM ({base}) f{_live(dead)}"
     if cut is not None:
         docs = (
             f"SELECT * FROM ({docs}) WHERE id NOT IN (SELECT id FROM _asof_ids)"
@@ -232,7 +233,7 @@ def _create_views(
             " deleted, _body FROM _asof_typed"
         )
     con.execute(
-        "CREATE OR REPLACE VIEW docs AS SELECT id, collection, key, _body AS body, hlc,"
+        "CREATE OR REPLACE VIEW docs AS SELECT id, collection, key, _body::JSON AS body, hlc,"
         f" updated_at, origin, deleted FROM ({docs})"
     )
     _changes_view(con, area, manifest, cut)
@@ -246,10 +247,14 @@ def _create_views(
             con.execute(f"CREATE OR REPLACE VIEW main.{quote(collection)} AS {select}")
 
 
-def _dead(area: Area, manifest: Manifest) -> str:
-    if not manifest.dead:
-        return _EMPTY_DEAD
-    return f"read_parquet({_sql_list([str(area.root / f['path']) for f in manifest.dead])})"
+def _read(paths: list[str]) -> str:
+    """Collection files as one relation, with each row's position in its file."""
+    return f"read_parquet({_sql_list(paths)}, union_by_name = true, file_row_number = true)"
+
+
+def _live(dead: str) -> str:
+    """The join that leaves out superseded rows (matched by file number and position)."""
+    return f" ANTI JOIN {dead} d ON f._seg = d._seg AND f.file_row_number = d.row"
 
 
 def _sql_list(paths: list[str]) -> str:
@@ -262,23 +267,12 @@ def _collection_select(
     """The view of one collection: its live rows, one typed column per field."""
     fields = state["fields"]
     names = column_names(list(fields))
-    shape = structure(fields).replace("'", "''")
-    parts = []
-    for same, group in _groups(state["files"], fields):
-        paths = _sql_list([str(area.root / f["path"]) for f in group])
-        if same:  # written with today's types: read the columns as they are
-            parts.append(
-                f"SELECT * EXCLUDE (_body) FROM read_parquet({paths}, union_by_name = true)"
-            )
-            continue
-        typed = ", ".join(f"t.{quote(f)} AS {quote(names[f])}" for f in fields)
-        parts.append(
-            "SELECT _seg, id, collection, key, hlc, updated_at, origin, deleted"
-            f"{', ' + typed if typed else ''} FROM (SELECT *, json_transform(_body, '{shape}')"
-            f" AS t FROM read_parquet({paths}, union_by_name = true))"
-        )
+    parts = [
+        _file_group(area, [f["path"] for f in group], group[0]["fields"], fields)
+        for group in _groups(state["files"])
+    ]
     union = " UNION ALL BY NAME ".join(parts)
-    rows = f"SELECT f.* FROM ({union}) f ANTI JOIN {dead} d ON f.id = d.id AND f._seg = d._seg"
+    rows = f"SELECT f.* EXCLUDE (file_row_number) FROM ({union}) f{_live(dead)}"
     if as_of:
         rows = (
             f"SELECT * FROM ({rows}) WHERE id NOT IN (SELECT id FROM _asof_ids)"
@@ -292,13 +286,38 @@ def _collection_select(
     )
 
 
-def _groups(
-    files: list[dict[str, Any]], fields: dict[str, Any]
-) -> list[tuple[bool, list[dict[str, Any]]]]:
-    """Files split by whether their columns have today's types (read as is) or not."""
-    same = [f for f in files if f["fields"] == fields]
-    other = [f for f in files if f["fields"] != fields]
-    return [(flag, group) for flag, group in ((True, same), (False, other)) if group]
+def _file_group(area: Area, paths: list[str], had: dict[str, Any], fields: dict[str, Any]) -> str:
+    """Files written with the same fields, as rows with today's columns.
+
+    A column the files hold with today's type is read as it is; a field they
+    lack is NULL; one whose type has widened since is parsed again from the body.
+    """
+    names = column_names(list(fields))
+    stale = {f: t for f, t in fields.items() if f in had and had[f] != t}
+    shape = structure(stale).replace("'", "''")
+    columns = []
+    for name, kind in fields.items():
+        column = quote(names[name])
+        if name in stale:
+            columns.append(f"t.{quote(name)} AS {column}")
+        elif name in had:
+            columns.append(column)
+        else:
+            columns.append(f"NULL::{sql_type(kind)} AS {column}")
+    parsed = f", json_transform(_body, '{shape}') AS t" if stale else ""
+    return (
+        "SELECT _seg, id, collection, key, hlc, updated_at, origin, deleted, file_row_number"
+        f"{''.join(', ' + c for c in columns)}"
+        f" FROM (SELECT *{parsed} FROM {_read([str(area.root / p) for p in paths])})"
+    )
+
+
+def _groups(files: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Files grouped by the fields (and types) they were written with."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for entry in files:
+        groups.setdefault(json.dumps(entry["fields"], sort_keys=True), []).append(entry)
+    return list(groups.values())
 
 
 def _changes_view(
@@ -347,9 +366,9 @@ def _replay(
 
     Those are the documents with a record after the cut, or changed since the
     materialisation. Their state at the cut is, in order of cost: absent (every
-    record after the cut); an older row of theirs still in the files (a
-    superseded row with an HLC at or below the cut, written when the store held
-    everything up to the cut: ``Manifest.complete``); else replayed from the log.
+    record after the cut); an older row of theirs still in the files, when the
+    log shows that no record at or below the cut reached the store after that
+    row's file was written (see :func:`_vouched`); else replayed from the log.
     """
     view = db.as_of(cut)  # refuses a cut below the compaction horizon
     changed = set(view.changed_after())
@@ -358,16 +377,15 @@ def _replay(
     ids = sorted(changed - view.created_after(sorted(changed)))
     _table(con, "_asof_ids", {"id": pa.array(sorted(changed), pa.string())})
     _table(con, "_asof_wanted", {"id": pa.array(ids, pa.string())})
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _asof_staged AS {_old_rows(area, manifest, cut)}")
-    found = {row[0] for row in con.execute("SELECT id FROM _asof_staged").fetchall()}
-    rows = []
+    rows = _vouched(con, area, manifest, view, db.compacted_hlc)
+    found = {row[0] for row in rows}
     for doc_id in ids:
         version = None if doc_id in found else view.version(doc_id)
         if version is not None:
             body, hlc, origin = version
             rows.append((doc_id, doc_id.split("/", 1)[0], body is not None, int(hlc), origin, body))
     columns: list[Any] = list(zip(*rows, strict=True)) if rows else [()] * 6
-    replayed = {
+    staged = {
         "id": pa.array(columns[0], pa.string()),
         "collection": pa.array(columns[1], pa.string()),
         "live": pa.array(columns[2], pa.bool_()),
@@ -375,9 +393,7 @@ def _replay(
         "origin": pa.array(columns[4], pa.string()),
         "body": pa.array(columns[5], pa.string()),
     }
-    con.register("_asof_rows", pa.table(replayed))
-    con.execute("INSERT INTO _asof_staged SELECT * FROM _asof_rows")
-    con.unregister("_asof_rows")
+    _table(con, "_asof_staged", staged)
     selects = [
         typed_select("_asof_staged", 0, state["fields"], collection)
         for collection, state in manifest.collections.items()
@@ -392,25 +408,45 @@ def _table(con: duckdb.DuckDBPyConnection, name: str, columns: dict[str, Any]) -
     con.unregister(f"{name}_rows")
 
 
-def _old_rows(area: Area, manifest: Manifest, cut: Hlc) -> str:
-    """The wanted documents' newest rows at or below ``cut`` in files that can vouch for it."""
+def _vouched(
+    con: duckdb.DuckDBPyConnection,
+    area: Area,
+    manifest: Manifest,
+    view: crdtdb.AsOf,
+    horizon: Hlc,
+) -> list[tuple[Any, ...]]:
+    """The wanted documents' states at the cut that older rows in the files give.
+
+    A row is its document's state at log position P (its file's ``position``).
+    If its HLC is at or below the cut and no record of the document after P has
+    an HLC at or below the cut, it is the state at the cut: the store then held
+    every record at or below its file's ``complete``, so a record it lacked
+    would have reached the log after P, where :meth:`AsOf.settled` looks. Only
+    files whose ``complete`` is at or above the compaction horizon count: the
+    log below it is gone.
+    """
     files = [
-        str(area.root / f["path"])
+        f
         for c in manifest.collections.values()
         for f in c["files"]
-        if f.get("complete", 0) >= cut
+        if f.get("complete", 0) >= horizon
     ]
     if not files:
-        return (
-            "SELECT NULL::VARCHAR AS id, NULL::VARCHAR AS collection, NULL::BOOLEAN AS live,"
-            " NULL::UBIGINT AS hlc, NULL::VARCHAR AS origin, NULL::VARCHAR AS body WHERE false"
-        )
-    return (
-        "SELECT id, collection, NOT deleted AS live, hlc, origin, _body::VARCHAR AS body FROM"
-        f" read_parquet({_sql_list(files)}, union_by_name = true) SEMI JOIN _asof_wanted USING (id)"
-        f" WHERE hlc <= {int(cut)} QUALIFY row_number() OVER"
-        " (PARTITION BY id ORDER BY hlc DESC, origin DESC) = 1"
-    )
+        return []
+    position = {f["seg"]: f.get("position", 0) for f in files}
+    candidates = con.execute(
+        "SELECT id, collection, NOT deleted, hlc, origin, _body::VARCHAR, _seg FROM"
+        f" {_read([str(area.root / f['path']) for f in files])} SEMI JOIN _asof_wanted USING (id)"
+        f" WHERE hlc <= {int(view.hlc)} QUALIFY row_number() OVER"
+        " (PARTITION BY id ORDER BY hlc DESC, origin DESC, _seg DESC) = 1"
+    ).fetchall()
+    by_position: dict[int, list[str]] = {}
+    for row in candidates:
+        by_position.setdefault(position[row[6]], []).append(row[0])
+    settled = set()
+    for after, ids in by_position.items():
+        settled |= view.settled(ids, after)
+    return [row[:6] for row in candidates if row[0] in settled]
 
 
 def manifest_json(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:

@@ -66,7 +66,7 @@ log = logging.getLogger("crdtdb.query")
 
 AREA = "analytics"
 """The folder, inside a region directory, that holds the materialisation."""
-FORMAT = 1
+FORMAT = 2
 MERGE_DEAD_SHARE = 0.25
 """Merge the segments once superseded rows are this share of the live ones."""
 MERGE_SEGMENTS = 24
@@ -94,7 +94,8 @@ class Manifest:
     """Per collection: ``fields`` (name -> type, first seen first), ``files`` (each
     ``{"path", "seg", "rows", "fields"}``: the fields it has columns for, with types)."""
     dead: list[dict[str, Any]] = field(default_factory=list)
-    """Files of (id, _seg): rows of earlier segments superseded by later ones."""
+    """Files of (_seg, row): rows of earlier files superseded by later ones (``_seg`` is
+    a file's own number, ``row`` the row's position in it: integers join fast)."""
     changes: list[dict[str, Any]] = field(default_factory=list)
     regions: list[dict[str, Any]] = field(default_factory=list)
     frontier: int = 0
@@ -162,7 +163,11 @@ class Area:
         except FileNotFoundError:
             return None
         try:
-            return Manifest.from_json(json.loads(text))
+            data = json.loads(text)
+            if isinstance(data, dict) and data.get("format") != FORMAT:
+                log.warning("%s: a materialisation of another format: rebuilding it", self.root)
+                return None  # its files stay until a generation of ours collects them
+            return Manifest.from_json(data)
         except (ValueError, TypeError) as exc:
             raise StoreError(
                 f"{self.manifest_path} does not read ({exc}): rebuild it with"
@@ -312,14 +317,18 @@ def _refresh(
     manifest = _successor(base, snap, regions, frontier)
     with duckdb.connect() as con, ThreadPoolExecutor(1) as worker:
         documents = _stage_documents(con, batches, total, progress)
-        # The log is read from SQLite while DuckDB writes the documents (both let go
-        # of the interpreter lock while they work): a first build overlaps the two.
+        # The log is read from SQLite while DuckDB works out the documents' types (both
+        # let go of the interpreter lock while they work); then the snapshot ends, before
+        # the files are written: a long read transaction keeps SQLite from recycling its
+        # WAL, and every commit of a writer in another process then retries a checkpoint.
         staging = worker.submit(_stage_changes, con.cursor(), snap, base.position)
         try:
-            if documents:
-                _write_segment(area, con, manifest)
+            counts = _widen(con, manifest)
         finally:
             records = staging.result()
+            snap.close()
+        if documents:
+            _write_segment(area, con, manifest, counts)
         if records:
             _copy_changes(area, con, manifest, records)
         merged = _should_merge(manifest)
@@ -402,51 +411,74 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, Any])
     con.unregister("_arrow_chunk")
 
 
-def _write_segment(area: Area, con: duckdb.DuckDBPyConnection, manifest: Manifest) -> None:
+def _write_segment(
+    area: Area, con: duckdb.DuckDBPyConnection, manifest: Manifest, counts: dict[str, int]
+) -> None:
     """One file per collection of the staged documents, and the rows they supersede."""
-    seg = manifest.next_seg
-    manifest.next_seg += 1
-    folder = area.root / "seg" / str(seg)
-    folder.mkdir(parents=True, exist_ok=True)
-    counts = dict(
-        con.execute("SELECT collection, count(*) FROM staged GROUP BY collection").fetchall()
-    )
-    _widen(con, manifest, list(counts))
-    superseded = _supersede(area, con, manifest, seg, list(counts))
+    folder = f"seg/{manifest.next_seg}"
+    (area.root / folder).mkdir(parents=True, exist_ok=True)
+    superseded = _supersede(area, con, manifest, folder, list(counts))
     for collection, rows in sorted(counts.items()):
-        state = manifest.collections.setdefault(collection, {"fields": {}, "files": []})
-        name = f"seg/{seg}/c_{collection}.parquet"
-        select = typed_select("staged", seg, state["fields"], collection)
-        _copy(con, select, area.root / name)
-        entry = {
-            "path": name,
-            "seg": seg,
-            "rows": rows,
-            "fields": state["fields"],
-            "complete": manifest.complete,
-        }
-        state["files"] = [*state["files"], entry]
+        state = manifest.collections[collection]
+        name = f"{folder}/c_{collection}.parquet"
+        number = _new_file(
+            con, typed_select("staged", 0, state["fields"], collection), area, manifest, name
+        )
+        state["files"] = [*state["files"], _entry(manifest, name, number, rows, state)]
     manifest.live_rows += sum(counts.values()) - superseded
     manifest.dead_rows += superseded
 
 
-def _widen(con: duckdb.DuckDBPyConnection, manifest: Manifest, collections: list[str]) -> None:
-    """Merge the staged documents' types into their collections' (every document counts)."""
+def _new_file(
+    con: duckdb.DuckDBPyConnection, select: str, area: Area, manifest: Manifest, name: str
+) -> int:
+    """Write a collection file, its rows numbered ``_seg`` = a number of its own; return it."""
+    number = manifest.next_seg
+    manifest.next_seg += 1
+    _copy(con, f"SELECT * REPLACE ({number} AS _seg) FROM ({select})", area.root / name)
+    return number
+
+
+def _entry(
+    manifest: Manifest, name: str, number: int, rows: int, state: dict[str, Any]
+) -> dict[str, Any]:
+    """A collection file in the manifest: what it holds and the cut it vouches for."""
+    return {
+        "path": name,
+        "seg": number,
+        "rows": rows,
+        "fields": state["fields"],
+        "complete": manifest.complete,
+        "position": manifest.position,
+    }
+
+
+def _widen(con: duckdb.DuckDBPyConnection, manifest: Manifest) -> dict[str, int]:
+    """Merge the staged documents' types into their collections' (every document counts);
+    return how many documents each collection has staged."""
+    counts = dict(
+        con.execute("SELECT collection, count(*) FROM staged GROUP BY collection").fetchall()
+    )
     structures = con.execute(
         "SELECT collection, json_structure(body) AS s FROM staged WHERE live AND body IS NOT NULL"
         " GROUP BY ALL"
     ).fetchall()
-    for collection in collections:
+    for collection in counts:
         manifest.collections.setdefault(collection, {"fields": {}, "files": []})
     for collection, shape in structures:
         state = manifest.collections[collection]
         state["fields"] = merge_structure(state["fields"], shape)
+    return counts
 
 
 def _supersede(
-    area: Area, con: duckdb.DuckDBPyConnection, manifest: Manifest, seg: int, collections: list[str]
+    area: Area,
+    con: duckdb.DuckDBPyConnection,
+    manifest: Manifest,
+    folder: str,
+    collections: list[str],
 ) -> int:
-    """Write the (id, _seg) of earlier rows of the staged documents; return how many."""
+    """Write the (_seg, row) of earlier rows of the staged documents; return how many."""
     earlier = [
         str(area.root / f["path"])
         for c in collections
@@ -454,11 +486,11 @@ def _supersede(
     ]
     if not earlier:
         return 0
-    name = f"seg/{seg}/dead.parquet"
-    files = _sql_list(earlier)
+    name = f"{folder}/dead.parquet"
     con.execute(
-        f"CREATE TEMP TABLE superseded AS SELECT f.id, f._seg FROM read_parquet({files},"
-        " union_by_name = true) f SEMI JOIN staged s ON f.id = s.id"
+        "CREATE TEMP TABLE superseded AS SELECT f._seg, f.file_row_number AS row"
+        f" FROM read_parquet({_sql_list(earlier)}, union_by_name = true, file_row_number = true)"
+        " f SEMI JOIN staged s ON f.id = s.id"
     )
     count = int(con.execute("SELECT count(*) FROM superseded").fetchone()[0])  # type: ignore[index]
     if count:
@@ -484,7 +516,7 @@ def typed_select(
     return (
         f"SELECT {seg} AS _seg, id, collection, substr(id, length(collection) + 2) AS key,"
         " hlc, to_timestamp((hlc >> 16) / 1000) AS updated_at, origin, NOT live AS deleted,"
-        f" body::JSON AS _body{', ' + typed if typed else ''}"
+        f" body AS _body{', ' + typed if typed else ''}"
         f" FROM (SELECT *{parsed} FROM {source}{where})"
     )
 
@@ -548,39 +580,31 @@ def _should_merge(manifest: Manifest) -> bool:
 
 def _merge(area: Area, con: duckdb.DuckDBPyConnection, manifest: Manifest) -> None:
     """Rewrite every collection as one file of its current rows, in today's types."""
-    seg = manifest.next_seg
-    manifest.next_seg += 1
-    (area.root / "seg" / str(seg)).mkdir(parents=True, exist_ok=True)
-    dead = _dead_relation(area, manifest)
+    folder = f"seg/{manifest.next_seg}"
+    (area.root / folder).mkdir(parents=True, exist_ok=True)
+    dead = dead_relation(area, manifest)
     total = 0
     for collection, state in sorted(manifest.collections.items()):
         files = _sql_list([str(area.root / f["path"]) for f in state["files"]])
         con.execute(
             "CREATE OR REPLACE TEMP TABLE current AS SELECT f.id, f.collection,"
-            " NOT f.deleted AS live, f.hlc, f.origin, f._body::VARCHAR AS body"
-            f" FROM read_parquet({files}, union_by_name = true) f"
-            f" ANTI JOIN {dead} d ON f.id = d.id AND f._seg = d._seg"
+            " NOT f.deleted AS live, f.hlc, f.origin, f._body::VARCHAR AS body FROM"
+            f" read_parquet({files}, union_by_name = true, file_row_number = true) f"
+            f" ANTI JOIN {dead} d ON f._seg = d._seg AND f.file_row_number = d.row"
         )
         rows = int(con.execute("SELECT count(*) FROM current").fetchone()[0])  # type: ignore[index]
-        name = f"seg/{seg}/c_{collection}.parquet"
-        _copy(con, typed_select("current", seg, state["fields"]), area.root / name)
-        state["files"] = [
-            {
-                "path": name,
-                "seg": seg,
-                "rows": rows,
-                "fields": state["fields"],
-                "complete": manifest.complete,
-            }
-        ]
+        name = f"{folder}/c_{collection}.parquet"
+        number = _new_file(con, typed_select("current", 0, state["fields"]), area, manifest, name)
+        state["files"] = [_entry(manifest, name, number, rows, state)]
         total += rows
     manifest.dead, manifest.live_rows, manifest.dead_rows = [], total, 0
     _merge_changes(area, con, manifest)
 
 
-def _dead_relation(area: Area, manifest: Manifest) -> str:
+def dead_relation(area: Area, manifest: Manifest) -> str:
+    """The superseded rows, ``(_seg, row)``, as an SQL relation."""
     if not manifest.dead:
-        return "(SELECT NULL::VARCHAR AS id, NULL::INTEGER AS _seg WHERE false)"
+        return "(SELECT NULL::INTEGER AS _seg, NULL::BIGINT AS row WHERE false)"
     return f"read_parquet({_sql_list([str(area.root / f['path']) for f in manifest.dead])})"
 
 

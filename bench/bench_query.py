@@ -1,0 +1,865 @@
+"""The DuckDB query layer: materialisation, incremental refresh, queries, time travel, writers.
+
+One collection ``users`` of N documents (1,000,000; ``--quick``: 50,000) of
+a realistic shape (eight top-level fields: int, float, strings, a bool, a
+nested map, a short list), deterministic (seeded), measured side by side in
+one run against the ceilings:
+
+1. **first materialisation** (documents/s): ``crdtdb.query.refresh(db)`` on
+   the freshly written store (each run from scratch: the ``analytics`` folder
+   removed first), interleaved with the same bodies written to a typed Parquet
+   file by pyarrow (``Table.from_pylist`` of the Python dicts, given their
+   schema) and by DuckDB (``json_transform`` of their JSON text); the faster is
+   the ceiling.
+2. **refresh after 1% changed** (score updates, a few deletes, a few new
+   documents, a new field in a few): its time against the first build's.
+3. **queries** (a group-by and a selective filter) through the collection
+   view, against the same queries on the typed Parquet file of the same data
+   (the ceiling) and on the ``docs`` view's JSON body (``->>``), right after
+   the first build (one segment) and after the 1% refresh (two segments).
+4. **time travel**: the group-by on ``connect(db, as_of=cut)`` after 10,000
+   documents changed (quick: 1,000) against ``connect(db)``: the query alone,
+   and connect + query.
+5. **writer commit rate** (one-write transactions) alone, and beside a reader
+   (``con.refresh()`` + the group-by, in a loop) and a refresher process.
+
+Timings are medians of interleaved repeats. Results go to
+``bench/results/query.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import math
+import os
+import platform
+import pstats
+import random
+import selectors
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+from _report import table, verdict  # bench/_report.py: this folder is sys.path[0]
+
+import crdtdb
+import crdtdb.query
+from crdtdb.query.materialize import AREA
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "query.json"
+SEED = 20261207
+BATCH = 1000
+"""Documents written per transaction while loading the store."""
+
+MIN_BUILD_RATIO = 0.5
+"""Target: the first materialisation runs at least at half the ceiling's documents/s."""
+MAX_REFRESH_SHARE = 0.05
+"""Target: a refresh after 1% changed takes at most 5% of the first build's time."""
+MAX_QUERY_RATIO = 1.5
+"""Target: a query through the collection view at most 1.5x the same on a typed Parquet file."""
+MAX_AS_OF_RATIO = 3.0
+"""Target: the group-by as of a past cut at most 3x the present one (the query alone)."""
+MIN_WRITER_RATIO = 0.8
+"""Target: the writer keeps 80% of its commit rate beside a reader and a refresher."""
+
+CITIES = ["Paris", "Berlin", "London", "Madrid", "Rome", "Vienna", "Lisbon", "Oslo"]
+CITIES += ["Warsaw", "Prague", "Dublin", "Athens"]
+FIRST = ["Ada", "Alan", "Grace", "Linus", "Barbara", "Edsger", "Donald", "Frances"]
+LAST = ["Lovelace", "Turing", "Hopper", "Torvalds", "Liskov", "Dijkstra", "Knuth", "Allen"]
+TAGS = ["admin", "beta", "vip", "trial", "staff", "partner", "legacy", "mobile"]
+
+GROUP_BY = "SELECT city, count(*), avg(age), avg(score) FROM users GROUP BY city"
+SELECTIVE = "SELECT id, name FROM users WHERE age = 42 AND city = 'Paris'"
+JSON_GROUP_BY = (
+    "SELECT body->>'city' AS city, count(*), avg((body->>'age')::BIGINT),"
+    " avg((body->>'score')::DOUBLE) FROM docs WHERE collection = 'users' AND NOT deleted"
+    " GROUP BY 1"
+)
+JSON_SELECTIVE = (
+    "SELECT id, body->>'name' FROM docs WHERE collection = 'users' AND NOT deleted"
+    " AND (body->>'age')::BIGINT = 42 AND body->>'city' = 'Paris'"
+)
+SHAPE = json.dumps(
+    {
+        "name": "VARCHAR",
+        "age": "BIGINT",
+        "score": "DOUBLE",
+        "city": "VARCHAR",
+        "email": "VARCHAR",
+        "active": "BOOLEAN",
+        "address": {"street": "VARCHAR", "zip": "VARCHAR"},
+        "tags": ["VARCHAR"],
+    }
+)
+"""The documents' types, for DuckDB's ``json_transform`` (the DuckDB ceiling)."""
+ARROW_SCHEMA = pa.schema(
+    [
+        ("name", pa.string()),
+        ("age", pa.int64()),
+        ("score", pa.float64()),
+        ("city", pa.string()),
+        ("email", pa.string()),
+        ("active", pa.bool_()),
+        ("address", pa.struct([("street", pa.string()), ("zip", pa.string())])),
+        ("tags", pa.list_(pa.string())),
+    ]
+)
+"""The same for pyarrow (the pyarrow ceiling)."""
+
+Docs = dict[str, dict[str, Any]]
+"""The live documents, doc id -> body, as the store should hold them."""
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+# ------------------------------------------------------------------ documents
+
+
+def user(rng: random.Random, i: int) -> dict[str, Any]:
+    first, last = rng.choice(FIRST), rng.choice(LAST)
+    return {
+        "name": f"{first} {last} {i}",
+        "age": rng.randint(18, 90),
+        "score": round(rng.uniform(0, 100), 3),
+        "city": rng.choice(CITIES),
+        "email": f"{first.lower()}.{last.lower()}{i}@example.com",
+        "active": rng.random() < 0.7,
+        "address": {"street": f"{rng.randint(1, 999)} {rng.choice(LAST)} St", "zip": f"{i:05d}"},
+        "tags": rng.sample(TAGS, rng.randint(0, 3)),
+    }
+
+
+def load_store(db: crdtdb.Database, rng: random.Random, n: int) -> Docs:
+    """Write N users, BATCH per transaction; return them."""
+    docs: Docs = {}
+    started = time.perf_counter()
+    for start in range(0, n, BATCH):
+        with db.transaction() as tx:
+            for i in range(start, min(n, start + BATCH)):
+                body = docs[f"users/{i}"] = user(rng, i)
+                tx.put(f"users/{i}", body)
+        if (start // BATCH) % 100 == 99 or start + BATCH >= n:
+            done = min(n, start + BATCH)
+            rate = done / (time.perf_counter() - started)
+            log(f"  store: {done:,} of {n:,} documents written ({rate:,.0f}/s)")
+    return docs
+
+
+def change_one_percent(db: crdtdb.Database, rng: random.Random, docs: Docs) -> dict[str, int]:
+    """1% of the documents changed: score updates, deletes, a new field, new documents."""
+    n = len(docs)
+    few = max(1, n // 2000)
+    changed = n // 100
+    picked = rng.sample(sorted(docs), changed - few)
+    deletes, new_field, updates = picked[:few], picked[few : 2 * few], picked[2 * few :]
+    ops: list[tuple[str, str, dict[str, Any]]] = [("delete", d, {}) for d in deletes]
+    ops += [("update", d, {"vip": True}) for d in new_field]
+    # outside the first range: an update that sets the same value writes nothing
+    ops += [("update", d, {"score": round(rng.uniform(100, 200), 3)}) for d in updates]
+    ops += [("put", f"users/new{i}", user(rng, n + i)) for i in range(few)]
+    for start in range(0, len(ops), BATCH):
+        with db.transaction() as tx:
+            for op, doc_id, value in ops[start : start + BATCH]:
+                if op == "delete":
+                    tx.delete(doc_id)
+                    del docs[doc_id]
+                elif op == "update":
+                    tx.update(doc_id, value)
+                    docs[doc_id] = {**docs[doc_id], **value}
+                else:
+                    tx.put(doc_id, value)
+                    docs[doc_id] = value
+    return {"changed": len(ops), "deleted": few, "new_field": few, "new": few}
+
+
+def change_ages(db: crdtdb.Database, rng: random.Random, docs: Docs, count: int) -> None:
+    picked = rng.sample(sorted(docs), count)
+    for start in range(0, count, BATCH):
+        with db.transaction() as tx:
+            for doc_id in picked[start : start + BATCH]:
+                age = docs[doc_id]["age"] % 73 + 18
+                tx.update(doc_id, {"age": age})
+                docs[doc_id] = {**docs[doc_id], "age": age}
+
+
+# ------------------------------------------------------------------ ceilings
+
+
+def pyarrow_parquet(docs: Docs, path: Path) -> float:
+    """Seconds to write the bodies, Python dicts, as a typed Parquet file with pyarrow."""
+    ids, bodies = list(docs), list(docs.values())
+    schema = _schema(bodies)
+    started = time.perf_counter()
+    typed = pa.Table.from_pylist(bodies, schema=schema)
+    typed = typed.add_column(0, "id", pa.array(ids, pa.string()))
+    pq.write_table(typed, path)
+    return time.perf_counter() - started
+
+
+def _schema(bodies: list[dict[str, Any]]) -> pa.Schema:
+    """The users' Arrow types (inferred from a first body with no tags, they would be wrong),
+    plus ``vip`` once some body has it."""
+    schema = ARROW_SCHEMA
+    if any("vip" in body for body in bodies):
+        schema = schema.append(pa.field("vip", pa.bool_()))
+    return schema
+
+
+def duckdb_parquet(ids: list[str], texts: list[str], path: Path) -> float:
+    """Seconds to write the bodies, JSON text, as a typed Parquet file with DuckDB."""
+    fields = json.loads(SHAPE)
+    columns = ", ".join(f"t.{name} AS {name}" for name in fields)
+    target = str(path).replace("'", "''")
+    started = time.perf_counter()
+    with duckdb.connect() as con:
+        con.register("texts", pa.table({"id": pa.array(ids), "body": pa.array(texts)}))
+        con.execute(
+            f"COPY (SELECT id, {columns} FROM (SELECT id, json_transform(body, '{SHAPE}') AS t"
+            f" FROM texts)) TO '{target}' (FORMAT parquet)"
+        )
+    return time.perf_counter() - started
+
+
+# ------------------------------------------------------------------ 1: build
+
+
+def first_build(
+    db: crdtdb.Database, docs: Docs, tmp: Path, repeats: int, profile: bool
+) -> dict[str, Any]:
+    """First materialisations, each from scratch, interleaved with the two ceilings."""
+    ids = list(docs)
+    texts = [json.dumps(body) for body in docs.values()]
+    warm_up(tmp / "warm-up", docs)
+    runs: dict[str, list[float]] = {"crdtdb": [], "pyarrow": [], "duckdb": []}
+    for r in range(repeats):
+        shutil.rmtree(db.path / AREA, ignore_errors=True)  # a first build again
+        result = crdtdb.query.refresh(db)
+        if result.documents != len(docs):
+            raise RuntimeError(
+                f"a first build wrote {result.documents:,} documents, not {len(docs):,}"
+            )
+        runs["crdtdb"].append(result.seconds)
+        runs["pyarrow"].append(pyarrow_parquet(docs, tmp / "ceiling.parquet"))
+        runs["duckdb"].append(duckdb_parquet(ids, texts, tmp / "duckdb.parquet"))
+        log(
+            f"  build {r + 1}/{repeats}: "
+            + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in runs.items())
+        )
+    seconds = {name: median(values) for name, values in runs.items()}
+    ceiling = min(("pyarrow", "duckdb"), key=lambda name: seconds[name])
+    results = {
+        "documents": len(docs),
+        "runs_s": runs,
+        "median_s": seconds,
+        "docs_per_s": {name: len(docs) / s for name, s in seconds.items()},
+        "ceiling": ceiling,
+        "ratio": seconds[ceiling] / seconds["crdtdb"],
+    }
+    if profile:
+        shutil.rmtree(db.path / AREA, ignore_errors=True)
+        results["profile"] = profiled_build(db)
+    return results
+
+
+def warm_up(path: Path, docs: Docs) -> None:
+    """One small run of each contender first: one-time imports and extension loads (DuckDB
+    imports pandas on its first ``register``) are not charged to whichever runs first."""
+    sample = dict(list(docs.items())[:100])
+    path.mkdir()
+    with crdtdb.open(path / "store", region="eu") as small:
+        with small.transaction() as tx:
+            for doc_id, body in sample.items():
+                tx.put(doc_id, body)
+        crdtdb.query.refresh(small)
+    pyarrow_parquet(sample, path / "pyarrow.parquet")
+    duckdb_parquet(list(sample), [json.dumps(b) for b in sample.values()], path / "duckdb.parquet")
+    shutil.rmtree(path)
+
+
+def profiled_build(db: crdtdb.Database, top: int = 25) -> list[str]:
+    """One more first build under cProfile: its top functions by cumulative time."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    result = crdtdb.query.refresh(db)
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(top)
+    lines = [line for line in out.getvalue().splitlines() if line.strip()]
+    log(f"  profiled first build ({result.seconds:.2f} s under cProfile):")
+    for line in lines:
+        log("    " + line)
+    return lines
+
+
+# ------------------------------------------------------------------ 3: queries
+
+
+def timed(con: duckdb.DuckDBPyConnection, query: str) -> tuple[float, list[Any]]:
+    started = time.perf_counter()
+    rows = con.execute(query).fetchall()
+    return time.perf_counter() - started, rows
+
+
+def interleaved(variants: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
+    """Each variant once to warm up, then ``repeats`` rounds of all of them; the medians."""
+    for run in variants.values():
+        run()
+    runs: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, run in variants.items():
+            runs[name].append(run())
+    return {name: median(values) for name, values in runs.items()}
+
+
+def same_group_by(a: list[Any], b: list[Any]) -> bool:
+    a, b = sorted(a), sorted(b)
+    return len(a) == len(b) and all(
+        x[:2] == y[:2]
+        and all(math.isclose(p, q, rel_tol=1e-9) for p, q in zip(x[2:], y[2:], strict=True))
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def ceiling_connection(docs: Docs, path: Path) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with ``users`` over a typed Parquet file of ``docs`` (pyarrow)."""
+    pyarrow_parquet(docs, path)
+    con = duckdb.connect()
+    con.execute(f"CREATE VIEW users AS SELECT * FROM read_parquet('{path}')")
+    return con
+
+
+def queries(db: crdtdb.Database, docs: Docs, tmp: Path, stage: str, repeats: int) -> dict[str, Any]:
+    """The two queries: collection view, typed Parquet ceiling, ``docs`` JSON body."""
+    view = crdtdb.query.connect(db)
+    ceiling = ceiling_connection(docs, tmp / f"ceiling-{stage}.parquet")
+    try:
+        results: dict[str, Any] = {"stage": stage, "documents": len(docs)}
+        pairs = {"group_by": (GROUP_BY, JSON_GROUP_BY), "selective": (SELECTIVE, JSON_SELECTIVE)}
+        for name, (query, json_query) in pairs.items():
+            answers = {
+                "view": view.execute(query).fetchall(),
+                "parquet": ceiling.execute(query).fetchall(),
+                "json": view.execute(json_query).fetchall(),
+            }
+            check = same_group_by if name == "group_by" else (lambda a, b: sorted(a) == sorted(b))
+            for other in ("view", "json"):
+                if not check(answers[other], answers["parquet"]):
+                    raise RuntimeError(f"{stage} {name}: {other} disagrees with the Parquet file")
+            seconds = interleaved(
+                {
+                    "view": lambda q=query: timed(view, q)[0],
+                    "parquet": lambda q=query: timed(ceiling, q)[0],
+                    "json": lambda q=json_query: timed(view, q)[0],
+                },
+                repeats,
+            )
+            results[name] = {
+                "rows": len(answers["view"]),
+                "median_s": seconds,
+                "ratio": seconds["view"] / seconds["parquet"],
+                "json_ratio": seconds["json"] / seconds["parquet"],
+            }
+            results.setdefault("answers", {})[name] = answers["view"] if name == "group_by" else []
+            log(
+                f"  {stage} {name}: "
+                + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in seconds.items())
+            )
+        return results
+    finally:
+        view.close()
+        ceiling.close()
+
+
+# ------------------------------------------------------------------ 4: time travel
+
+
+def time_travel(
+    db: crdtdb.Database,
+    rng: random.Random,
+    docs: Docs,
+    count: int,
+    before: list[Any],
+    repeats: int,
+) -> dict[str, Any]:
+    """The group-by as of a cut before ``count`` documents changed, against the present."""
+    cut = db.hlc
+    change_ages(db, rng, docs, count)
+    crdtdb.query.refresh(db)
+    past, present = crdtdb.query.connect(db, as_of=cut), crdtdb.query.connect(db)
+    try:
+        if not same_group_by(past.execute(GROUP_BY).fetchall(), before):
+            raise RuntimeError("as_of=cut does not show the state at the cut")
+        query_s = interleaved(
+            {
+                "as_of": lambda: timed(past, GROUP_BY)[0],
+                "present": lambda: timed(present, GROUP_BY)[0],
+            },
+            repeats,
+        )
+    finally:
+        past.close()
+        present.close()
+
+    def connect_and_query(as_of: int | None) -> float:
+        started = time.perf_counter()
+        con = crdtdb.query.connect(db, as_of=as_of)
+        con.execute(GROUP_BY).fetchall()
+        seconds = time.perf_counter() - started
+        con.close()
+        return seconds
+
+    both_s = interleaved(
+        {"as_of": lambda: connect_and_query(cut), "present": lambda: connect_and_query(None)},
+        max(3, repeats // 2),
+    )
+    log(f"  as_of: query {query_s}, connect+query {both_s}")
+    return {
+        "changed": count,
+        "query_s": query_s,
+        "query_ratio": query_s["as_of"] / query_s["present"],
+        "connect_query_s": both_s,
+        "connect_query_ratio": both_s["as_of"] / both_s["present"],
+    }
+
+
+# ------------------------------------------------------------------ 5: writer with readers
+
+WRITER = """
+import json, sys, time, crdtdb
+path, seconds, n, base = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+def schedstat():
+    try:
+        with open("/proc/self/schedstat") as f:
+            return [int(x) / 1e9 for x in f.read().split()[:2]]
+    except OSError:
+        return [0.0, 0.0]
+with crdtdb.open(path) as db:
+    db.update("users/0", {"score": -base})
+    hlc0 = db.hlc
+    i, cpu0, (_, wait0), wall0 = 0, time.process_time(), schedstat(), time.time()
+    started = time.perf_counter()
+    end = started + seconds
+    while time.perf_counter() < end:
+        db.update(f"users/{i % n}", {"score": base + i})  # never a value it held: a write
+        i += 1
+    elapsed = time.perf_counter() - started
+    cpu, (_, wait) = time.process_time() - cpu0, schedstat()
+    written = sum(1 for _ in db.changes(since=hlc0))
+print(json.dumps({"commits": i, "written": written, "seconds": elapsed, "cpu_s": cpu,
+                  "runqueue_s": wait - wait0, "start": wall0, "end": wall0 + elapsed}))
+"""
+
+READER = """
+import sys, time, crdtdb.query
+path, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
+con = crdtdb.query.connect(path, refresh=False)
+print("ready", flush=True)
+while time.monotonic() < deadline:
+    con.refresh()
+    con.execute(sys.argv[3]).fetchall()
+    print(time.time(), flush=True)
+"""
+
+REFRESHER = """
+import sys, time, crdtdb.query
+path, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
+print("ready", flush=True)
+while time.monotonic() < deadline:
+    crdtdb.query.refresh(path)
+    print(time.time(), flush=True)
+"""
+
+
+@contextmanager
+def helpers(path: Path, lifetime: float) -> Iterator[list[subprocess.Popen[str]]]:
+    """The reader and the refresher, started and ready; stopped (killed if need be) on exit."""
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for script, extra in ((READER, [GROUP_BY]), (REFRESHER, [])):
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", script, str(path), str(lifetime), *extra],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        deadline = time.monotonic() + 120
+        for proc in procs:
+            _wait_ready(proc, deadline)
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+
+
+def _wait_ready(proc: subprocess.Popen[str], deadline: float) -> None:
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        if not selector.select(max(0.0, deadline - time.monotonic())):
+            raise RuntimeError("a reader process did not start in time")
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"a reader process failed (exit status {proc.poll()})")
+
+
+def run_writer(path: Path, seconds: float, n: int, base: int) -> dict[str, Any]:
+    """One writer run; ``base`` makes its values new (an update to the same value writes
+    nothing, and would be timed as a commit)."""
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path), str(seconds), str(n), str(base)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, _ = writer.communicate(timeout=seconds + 120)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait(timeout=30)
+    if writer.returncode != 0:
+        raise RuntimeError(f"the writer process failed (exit status {writer.returncode})")
+    result: dict[str, Any] = json.loads(out)
+    if result["written"] != result["commits"]:
+        raise RuntimeError(
+            f"the writer wrote {result['written']} records in {result['commits']} commits"
+        )
+    result["rate"] = result["commits"] / result["seconds"]
+    return result
+
+
+def loops_in(proc: subprocess.Popen[str], start: float, end: float) -> int:
+    """How many loop iterations a helper finished within the writer's window."""
+    out, _ = proc.communicate(timeout=30)
+    stamps = []
+    for line in out.split():
+        try:
+            stamps.append(float(line))
+        except ValueError:  # "ready", or a line cut short by the termination
+            continue
+    return sum(1 for stamp in stamps if start <= stamp <= end)
+
+
+def writer_with_readers(path: Path, seconds: float, n: int, rounds: int) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {"alone": [], "with": []}
+    for r in range(rounds):
+        runs["alone"].append(run_writer(path, seconds, n, base=(2 * r + 1) * 10**8))
+        with helpers(path, lifetime=seconds + 300) as (reader, refresher):
+            run = run_writer(path, seconds, n, base=(2 * r + 2) * 10**8)
+            for proc in (reader, refresher):
+                proc.terminate()
+            run["reader_loops"] = loops_in(reader, run["start"], run["end"])
+            run["refresher_loops"] = loops_in(refresher, run["start"], run["end"])
+        runs["with"].append(run)
+        log(
+            f"  writer {r + 1}/{rounds}: alone {runs['alone'][-1]['rate']:,.0f}/s,"
+            f" with readers {run['rate']:,.0f}/s ({run['reader_loops']} queries,"
+            f" {run['refresher_loops']} refreshes)"
+        )
+    rates = {name: median([run["rate"] for run in values]) for name, values in runs.items()}
+    waits = {
+        name: median([run["runqueue_s"] / run["seconds"] for run in values])
+        for name, values in runs.items()
+    }
+    cpu_per_commit = {
+        name: median([run["cpu_s"] / run["commits"] for run in values])
+        for name, values in runs.items()
+    }
+    helper_rates = {
+        name: median([run[f"{name}_loops"] / run["seconds"] for run in runs["with"]])
+        for name in ("reader", "refresher")
+    }
+    return {
+        "runqueue_share": waits,
+        "helper_rates": helper_rates,
+        "cpu_per_commit_s": cpu_per_commit,
+        "seconds": seconds,
+        "runs": runs,
+        "median_rate": rates,
+        "ratio": rates["with"] / rates["alone"],
+    }
+
+
+# ------------------------------------------------------------------ report
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpu_count": os.cpu_count(),
+        "load_avg": os.getloadavg(),
+        "python": platform.python_version(),
+        "duckdb": duckdb.__version__,
+        "pyarrow": pa.__version__,
+        "platform": platform.platform(),
+        **code_version(),
+    }
+
+
+def code_version() -> dict[str, Any]:
+    """The commit measured, and the files of the package that differ from it (work in progress)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    changed = git("status", "--porcelain", "--", "crdtdb", "query", "sync").splitlines()
+    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted": changed}
+
+
+def measures(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per measure: the crdtdb figure, the reference, the ratio, the target."""
+    b, r, t, w = res["build"], res["refresh"], res["time_travel"], res["writer"]
+    dps = b["docs_per_s"]
+    rows = [
+        _row(
+            f"first materialisation, {b['documents']:,} docs (docs/s)",
+            f"{dps['crdtdb']:,.0f}",
+            f"{dps[b['ceiling']]:,.0f} ({b['ceiling']})",
+            b["ratio"],
+            f">= {MIN_BUILD_RATIO:g}x",
+            b["ratio"] >= MIN_BUILD_RATIO,
+        ),
+        _row("  pyarrow, dicts -> Parquet (docs/s)", "", f"{dps['pyarrow']:,.0f}", None, "", None),
+        _row(
+            "  DuckDB, JSON text -> Parquet (docs/s)", "", f"{dps['duckdb']:,.0f}", None, "", None
+        ),
+        _row(
+            f"refresh after 1% changed ({r['changed']:,} docs) vs first build",
+            f"{r['seconds']:.2f} s",
+            f"{b['median_s']['crdtdb']:.2f} s",
+            r["share"],
+            f"<= {MAX_REFRESH_SHARE:.0%}",
+            r["share"] <= MAX_REFRESH_SHARE,
+            ratio_text=f"{r['share']:.1%}",
+        ),
+        _row(
+            "  RefreshResult.documents = changed",
+            f"{r['documents']:,}",
+            f"{r['changed']:,}",
+            None,
+            "equal",
+            r["documents"] == r["changed"],
+        ),
+    ]
+    for q in res["queries"]:
+        for name in ("group_by", "selective"):
+            m = q[name]["median_s"]
+            label = f"{name.replace('_', '-')} ({q['stage']}, {q[name]['rows']:,} rows)"
+            ratio = q[name]["ratio"]
+            rows.append(
+                _row(
+                    f"{label}: view vs Parquet",
+                    _ms(m["view"]),
+                    _ms(m["parquet"]),
+                    ratio,
+                    f"<= {MAX_QUERY_RATIO:g}x",
+                    ratio <= MAX_QUERY_RATIO,
+                )
+            )
+            rows.append(
+                _row(
+                    "  docs ->> JSON vs Parquet",
+                    _ms(m["json"]),
+                    _ms(m["parquet"]),
+                    q[name]["json_ratio"],
+                    "",
+                    None,
+                )
+            )
+    qs, cs = t["query_s"], t["connect_query_s"]
+    rows += [
+        _row(
+            f"as_of group-by, {t['changed']:,} changed: query",
+            _ms(qs["as_of"]),
+            f"{_ms(qs['present'])} (present)",
+            t["query_ratio"],
+            f"<= {MAX_AS_OF_RATIO:g}x",
+            t["query_ratio"] <= MAX_AS_OF_RATIO,
+        ),
+        _row(
+            "  connect + query",
+            _ms(cs["as_of"]),
+            f"{_ms(cs['present'])} (present)",
+            t["connect_query_ratio"],
+            "(info)",
+            None,
+        ),
+        _row(
+            f"writer commits/s beside reader+refresher ({w['seconds']:g} s runs)",
+            f"{w['median_rate']['with']:,.0f}",
+            f"{w['median_rate']['alone']:,.0f} (alone)",
+            w["ratio"],
+            f">= {MIN_WRITER_RATIO:g}x",
+            w["ratio"] >= MIN_WRITER_RATIO,
+        ),
+        _row(
+            "  writer's time waiting for a CPU (run queue)",
+            _pct(w["runqueue_share"]["with"]),
+            f"{_pct(w['runqueue_share']['alone'])} (alone)",
+            None,
+            "",
+            None,
+        ),
+        _row(
+            "  writer's CPU time per commit",
+            f"{w['cpu_per_commit_s']['with'] * 1e6:,.0f} us",
+            f"{w['cpu_per_commit_s']['alone'] * 1e6:,.0f} us (alone)",
+            None,
+            "",
+            None,
+        ),
+        _row(
+            "  reader queries / refresher refreshes per s beside it",
+            f"{w['helper_rates']['reader']:.1f} / {w['helper_rates']['refresher']:.1f}",
+            "",
+            None,
+            "",
+            None,
+        ),
+    ]
+    return rows
+
+
+def _pct(share: float) -> str:
+    return f"{share:.0%}"
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.1f} ms"
+
+
+def _row(
+    measure: str,
+    crdtdb_text: str,
+    reference: str,
+    ratio: float | None,
+    target: str,
+    met: bool | None,
+    ratio_text: str | None = None,
+) -> dict[str, Any]:
+    if ratio_text is None and ratio is not None:
+        ratio_text = f"{ratio:.2f}x"
+    return {
+        "measure": measure,
+        "crdtdb": crdtdb_text,
+        "reference": reference,
+        "ratio": ratio,
+        "ratio_text": ratio_text or "",
+        "target": target,
+        "met": met,
+    }
+
+
+def report(rows: list[dict[str, Any]]) -> str:
+    headers = ["measure", "crdtdb", "reference", "ratio", "target", "result"]
+    cells = [
+        [
+            r["measure"],
+            r["crdtdb"],
+            r["reference"],
+            r["ratio_text"],
+            r["target"],
+            "" if r["met"] is None else verdict(r["met"]),
+        ]
+        for r in rows
+    ]
+    return table(headers, cells)
+
+
+# ------------------------------------------------------------------ main
+
+
+def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    n = args.docs or (50_000 if args.quick else 1_000_000)
+    repeats = 5 if n <= 200_000 else 3
+    rng = random.Random(SEED)
+    res: dict[str, Any] = {}
+    db = crdtdb.open(tmp / "store", region="eu")
+    try:
+        log(f"writing {n:,} documents ...")
+        started = time.perf_counter()
+        docs = load_store(db, rng, n)
+        res["store_write_s"] = time.perf_counter() - started
+        log("1. first materialisation ...")
+        res["build"] = first_build(db, docs, tmp, repeats, args.profile)
+        log("3. queries, one segment ...")
+        res["queries"] = [queries(db, docs, tmp, "1 segment", args.query_repeats)]
+        log("2. 1% changed ...")
+        res["refresh"] = change_one_percent(db, rng, docs)
+        result = crdtdb.query.refresh(db)
+        res["refresh"].update(seconds=result.seconds, documents=result.documents)
+        res["refresh"]["share"] = result.seconds / res["build"]["median_s"]["crdtdb"]
+        log(f"  refresh {result}")
+        log("3. queries, after the 1% refresh ...")
+        res["queries"].append(queries(db, docs, tmp, "2 segments", args.query_repeats))
+        before = res["queries"][-1]["answers"]["group_by"]
+        log("4. time travel ...")
+        count = min(10_000 if n >= 100_000 else 1_000, len(docs) // 10)
+        res["time_travel"] = time_travel(db, rng, docs, count, before, args.query_repeats)
+    finally:
+        db.close()
+    log("5. writer with readers ...")
+    seconds = 2.0 if args.quick else 5.0
+    res["writer"] = writer_with_readers(tmp / "store", seconds, n, rounds=3)
+    for q in res["queries"]:
+        q.pop("answers", None)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="50,000 documents, shorter runs")
+    parser.add_argument("--docs", type=int, default=0, help="number of documents (overrides)")
+    parser.add_argument("--query-repeats", type=int, default=9, help="interleaved query rounds")
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile one more first build (to stderr, JSON)"
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
+    args = parser.parse_args(argv)
+    env = machine()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="crdtdb-bench-query-", dir="/tmp") as name:
+        res = run(args, Path(name))
+    env["load_avg_after"] = os.getloadavg()
+    env["total_s"] = time.perf_counter() - started
+    rows = measures(res)
+    print(report(rows))
+    print(
+        f"\n{env['cpu_count']} cpus; load average {env['load_avg'][0]:.2f} before,"
+        f" {env['load_avg_after'][0]:.2f} after; {env['total_s']:.0f} s in all"
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    out = {"benchmark": "query", "quick": args.quick, "env": env, "results": res, "rows": rows}
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    log(f"results written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
