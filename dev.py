@@ -7,6 +7,7 @@
     python3 dev.py bench [ARGS] # the core benchmark (bench/bench_core.py)
     python3 dev.py bench-sync [ARGS]  # the sync benchmark (bench/bench_sync.py)
     python3 dev.py bench-apply [ARGS] # out-of-order apply (bench/bench_apply.py)
+    python3 dev.py bench-query [ARGS] # the query layer (bench/bench_query.py)
 
 Each command first creates ``.venv`` (or refreshes it when pyproject.toml
 changed) and installs crdtdb into it in editable mode with its test tools.
@@ -93,6 +94,7 @@ def main(argv: list[str]) -> int:
         ensure_env()
         return lint()
     scripts = {"bench": "core", "bench-sync": "sync", "bench-apply": "apply"}
+    scripts["bench-query"] = "query"
     if command in scripts:
         ensure_env()
         return _run(PYTHON, f"bench/bench_{scripts[command]}.py", *rest)
