@@ -35,6 +35,7 @@ from typing import Any
 from pycrdt import Array, Doc, Map, Subscription, Text, Transaction, TransactionEvent, get_update
 
 from .merkle import state_vector_clocks
+from .shape import shape_text
 from .values import plain, read_json
 from .yjs import shape
 
@@ -170,11 +171,18 @@ class DocHandle:
 
     def body(self) -> str | None:
         """The document as canonical JSON text (None if it is not live): see :func:`canonical`."""
+        found = self.body_and_shape()
+        return None if found is None else found[0]
+
+    def body_and_shape(self) -> tuple[str, str] | None:
+        """The document's canonical JSON and its shape (:mod:`crdtdb.shape`); None if not live."""
         if not self.live:
             return None
         if len(self.meta) <= (LIVE_KEY in self.meta):  # no merged field: Yrs encodes it
-            return canonical(json.loads(str(self.root)))
-        return canonical(self.json())
+            value = json.loads(str(self.root))
+        else:
+            value = self.json()
+        return canonical(value), shape_text(value)
 
     def json(self) -> dict[str, Any]:
         """The document as plain JSON: ``DATA_ROOT``'s keys, the merged fields shown over them."""

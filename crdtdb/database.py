@@ -55,6 +55,7 @@ from .ids import (
     validate_region,
 )
 from .records import REPAIR, WRITE, UpdateRecord
+from .shape import ShapeIds
 from .transaction import Transaction
 
 if TYPE_CHECKING:
@@ -168,6 +169,7 @@ class Database:
         self._cache = DocCache(self.options.cache_size)
         self._apply_stats = ApplyStats()
         self._clients = ClientBindings(self._conn, self.region)
+        self._shapes = ShapeIds(self._conn)
         self._listeners: builtins.list[Listener] = []
         self._tx: Transaction | None = None
         self._deferred: builtins.list[UpdateRecord] = []
@@ -1171,6 +1173,7 @@ class Database:
             self._seen_id = seen_id  # ids of rolled-back rows will be used again
             self._counters = None
             self._clients.rolled_back()
+            self._shapes.rolled_back()
             raise
         self._notify(records)
         return result
@@ -1287,10 +1290,11 @@ class Database:
                     _add_delta(deltas, doc_id, digest, None)
             pending, doc_hlc, snapshot_size, doc_origin = known.get(doc_id, (0, 0, 0, ""))
             pending += size
-            small = snapshot_size + pending <= BODY_MAX_BYTES
             # the newest record is the greatest (HLC, origin): the same in every region
             origin = max((doc_hlc, doc_origin), (int(hlc), origin))[1]
-            bodies.append((doc_id, log_id, origin, handle.body() if small else None))
+            found = handle.body_and_shape() if snapshot_size + pending <= BODY_MAX_BYTES else None
+            body, shape = (found[0], self._shapes.id_of(found[1])) if found else (None, None)
+            bodies.append((doc_id, log_id, origin, body, shape))
             snapshot_bytes: int | None = None
             snapshot_id = 0
             if pending >= max(self.options.snapshot_min_bytes, snapshot_size) and (
@@ -1325,8 +1329,8 @@ class Database:
             params,
         )
         self._conn.executemany(
-            "INSERT INTO bodies (doc_id, log_id, origin, body) VALUES (?1, ?2, ?3, ?4)"
-            " ON CONFLICT (doc_id) DO UPDATE SET log_id = ?2, origin = ?3, body = ?4",
+            "INSERT INTO bodies (doc_id, log_id, origin, body, shape) VALUES (?1, ?2, ?3, ?4, ?5)"
+            " ON CONFLICT (doc_id) DO UPDATE SET log_id = ?2, origin = ?3, body = ?4, shape = ?5",
             bodies,
         )
         if snapshots:

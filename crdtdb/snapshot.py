@@ -30,18 +30,19 @@ __all__ = ["DocRow", "LogRow", "OriginRow", "Snapshot"]
 
 _CHUNK = 500  # SQLite's limit on the parameters of one statement is far above
 _DOC_ROWS = (
-    "SELECT d.doc_id, d.collection, d.live, d.hlc, b.origin, b.log_id, b.body"
+    "SELECT d.doc_id, d.collection, d.live, d.hlc, b.origin, b.log_id, b.body, b.shape"
     " FROM docs d LEFT JOIN bodies b ON b.doc_id = d.doc_id"
 )
 
 
-DocRow = tuple[str, str, int, int, str | None, int, str | None]
+DocRow = tuple[str, str, int, int, str | None, int, str | None, int | None]
 """One document as of the snapshot, as a plain tuple (a reader may take millions):
-``(doc_id, collection, live, hlc, origin, log_id, body)``. ``live`` is 1 while it
+``(doc_id, collection, live, hlc, origin, log_id, body, shape)``. ``live`` is 1 while it
 exists; ``hlc`` and ``origin`` are those of its newest record (the greatest
 ``(hlc, origin)``; origin None if its history was compacted before schema 3);
 ``log_id`` that record's position in this store's log; ``body`` its canonical
-JSON text, None once deleted."""
+JSON text, None once deleted; ``shape`` the number of its shape (:meth:`Snapshot.shapes`),
+None where the commit did not note it."""
 
 LogRow = tuple[int, str, int, str, int, int, int]
 """One log record without its update bytes: ``(log_id, doc_id, hlc, origin, seq,
@@ -151,14 +152,25 @@ class Snapshot:
     def _complete(self, rows: list[DocRow]) -> list[DocRow]:
         """Fill in what the commits left out: the JSON of documents too large for them to
         write, and anything of documents unchanged since a schema-2 store was migrated."""
-        for i, (doc_id, collection, live, hlc, origin, log_id, body) in enumerate(rows):
+        for i, (doc_id, collection, live, hlc, origin, log_id, body, shape) in enumerate(rows):
             if origin is None or (live and body is None):
                 if live and body is None:
                     body = self.load_body(doc_id)
                 if origin is None:
                     origin, log_id = self._newest(doc_id)
-                rows[i] = (doc_id, collection, live, hlc, origin, log_id, body)
+                rows[i] = (doc_id, collection, live, hlc, origin, log_id, body, shape)
         return rows
+
+    def shapes(self, numbers: Sequence[int]) -> dict[int, str]:
+        """The shapes (:mod:`crdtdb.shape`) with these numbers."""
+        found: dict[int, str] = {}
+        for start in range(0, len(numbers), _CHUNK):
+            chunk = list(numbers[start : start + _CHUNK])
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                self._conn.execute(f"SELECT id, shape FROM shapes WHERE id IN ({marks})", chunk)
+            )
+        return found
 
     def _newest(self, doc_id: str) -> tuple[str | None, int]:
         newest = self._conn.execute(

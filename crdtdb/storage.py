@@ -35,7 +35,8 @@ Tables:
   commit that changes the document, while its JSON is small; ``body`` is
   NULL for a deleted document and for one too large to rewrite per commit
   (``Database.BODY_MAX_BYTES``): a reader loads that one. Documents of a
-  schema-2 store have no row until they change.
+  schema-2 store have no row until they change. ``shape`` numbers the body's
+  shape in ``shapes`` (see :mod:`crdtdb.shape`).
 - ``clients``: every Yjs client id seen writing items, bound to the one origin
   region that authors with it (see ``Database._bind_clients``); ``collisions``:
   each record refused because a second origin authored under a bound client
@@ -125,8 +126,10 @@ CREATE TABLE bodies (
     doc_id TEXT PRIMARY KEY,
     log_id INTEGER NOT NULL,
     origin TEXT NOT NULL,
-    body TEXT
+    body TEXT,
+    shape INTEGER
 ) STRICT, WITHOUT ROWID;
+CREATE TABLE shapes (id INTEGER PRIMARY KEY, shape TEXT NOT NULL UNIQUE) STRICT;
 CREATE TABLE collisions (
     client_id INTEGER NOT NULL,
     origin TEXT NOT NULL,

@@ -39,7 +39,7 @@ from crdtdb.errors import InvalidHlcError, StoreError, UsageError
 from crdtdb.hlc import MAX_LOGICAL, Hlc
 
 from .materialize import Area, Manifest, dead_relation, refresh, typed_select
-from .schema import column_names, quote, sql_type, structure
+from .schema import column_names, columns, quote, sql_type, structure
 
 __all__ = ["AsOfSpec", "connect", "refresh_connection", "resolve_cut"]
 
@@ -265,10 +265,10 @@ def _collection_select(
     area: Area, collection: str, state: dict[str, Any], dead: str, as_of: bool
 ) -> str:
     """The view of one collection: its live rows, one typed column per field."""
-    fields = state["fields"]
+    fields = columns(state["fields"])
     names = column_names(list(fields))
     parts = [
-        _file_group(area, [f["path"] for f in group], group[0]["fields"], fields)
+        _file_group(area, [f["path"] for f in group], columns(group[0]["fields"]), fields)
         for group in _groups(state["files"])
     ]
     union = " UNION ALL BY NAME ".join(parts)
@@ -279,10 +279,10 @@ def _collection_select(
             f" UNION ALL BY NAME SELECT * EXCLUDE (_body) FROM _asof_typed"
             f" WHERE collection = '{collection}'"
         )
-    columns = ", ".join(quote(names[f]) for f in fields)
+    shown = ", ".join(quote(names[f]) for f in fields)
     return (
         "SELECT id, key, hlc, updated_at, origin"
-        f"{', ' + columns if columns else ''} FROM ({rows}) WHERE NOT deleted"
+        f"{', ' + shown if shown else ''} FROM ({rows}) WHERE NOT deleted"
     )
 
 

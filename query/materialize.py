@@ -27,7 +27,9 @@ number of processes read them at once. So:
   SQLite read transaction: it never holds a writer back, and everything a
   generation holds comes from one cut of the log. Document JSON is what each
   commit wrote to the store's ``bodies`` table (the CRDT is decoded here only
-  for documents too large for that, and for stores older than schema 3).
+  for documents too large for that, and for stores older than schema 3), with
+  the shape the commit noted (:mod:`crdtdb.shape`): column types come from
+  merging the distinct shapes, not from parsing every body again.
 - One refresh at a time: a second process waits on ``refresh.lock`` (an
   advisory file lock), then finds little or nothing left to do.
 - A reader leases the generation it reads (a shared lock on
@@ -58,7 +60,7 @@ import crdtdb
 from crdtdb.errors import StoreError
 from crdtdb.snapshot import DocRow, Snapshot
 
-from .schema import FieldType, column_names, merge_structure, quote, structure
+from .schema import FieldType, column_names, columns, merge_structure, quote, structure
 
 __all__ = ["AREA", "Manifest", "RefreshResult", "area_of", "read_manifest", "refresh"]
 
@@ -316,16 +318,20 @@ def _refresh(
         batches, total = snap.rows(ids, CHUNK), len(ids)
     manifest = _successor(base, snap, regions, frontier)
     with duckdb.connect() as con, ThreadPoolExecutor(1) as worker:
-        documents = _stage_documents(con, batches, total, progress)
-        # The log is read from SQLite while DuckDB works out the documents' types (both
-        # let go of the interpreter lock while they work); then the snapshot ends, before
-        # the files are written: a long read transaction keeps SQLite from recycling its
-        # WAL, and every commit of a writer in another process then retries a checkpoint.
-        staging = worker.submit(_stage_changes, con.cursor(), snap, base.position)
         try:
-            counts = _widen(con, manifest)
+            documents = _stage_documents(con, batches, total, progress)
+            shapes = snap.shapes([row[0] for row in con.execute(_SHAPE_IDS).fetchall()])
+            # The log is read while DuckDB works out the documents' types (both let go
+            # of the interpreter lock while they work); then the snapshot ends, before
+            # the files are written: a long read transaction keeps SQLite from recycling
+            # its WAL, and every commit of a writer in another process then retries a
+            # checkpoint.
+            staging = worker.submit(_stage_changes, con.cursor(), snap, base.position)
+            try:
+                counts = _widen(con, manifest, shapes)
+            finally:
+                records = staging.result()
         finally:
-            records = staging.result()
             snap.close()
         if documents:
             _write_segment(area, con, manifest, counts)
@@ -379,13 +385,26 @@ def _stage_documents(
     progress: Progress | None,
 ) -> int:
     """Load the documents into the temporary table ``staged``; return how many."""
+    _create_staged(con)
+    return _stage_rows(con, batches, total, progress)
+
+
+def _create_staged(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(
         "CREATE TEMP TABLE staged (id VARCHAR, collection VARCHAR, live BOOLEAN, hlc UBIGINT,"
-        " origin VARCHAR, body VARCHAR)"
+        " origin VARCHAR, body VARCHAR, shape INTEGER)"
     )
+
+
+def _stage_rows(
+    con: duckdb.DuckDBPyConnection,
+    batches: Iterable[list[DocRow]],
+    total: int = 0,
+    progress: Progress | None = None,
+) -> int:
     done = 0
     for batch in batches:
-        ids, collections, live, hlcs, origins, _, bodies = zip(*batch, strict=True)
+        ids, collections, live, hlcs, origins, _, bodies, shapes = zip(*batch, strict=True)
         _insert(
             con,
             "staged",
@@ -396,6 +415,7 @@ def _stage_documents(
                 "hlc": pa.array(hlcs, pa.uint64()),
                 "origin": pa.array(origins, pa.string()),
                 "body": pa.array(bodies, pa.string()),
+                "shape": pa.array(shapes, pa.int32()),
             },
         )
         done += len(batch)
@@ -453,15 +473,28 @@ def _entry(
     }
 
 
-def _widen(con: duckdb.DuckDBPyConnection, manifest: Manifest) -> dict[str, int]:
+_SHAPE_IDS = "SELECT DISTINCT shape FROM staged WHERE live AND shape IS NOT NULL"
+
+
+def _widen(
+    con: duckdb.DuckDBPyConnection, manifest: Manifest, shapes: dict[int, str]
+) -> dict[str, int]:
     """Merge the staged documents' types into their collections' (every document counts);
-    return how many documents each collection has staged."""
+    return how many documents each collection has staged.
+
+    A document's shape is the one its commit noted (``shapes``), or, where none
+    was, what DuckDB's ``json_structure`` makes of its body.
+    """
     counts = dict(
         con.execute("SELECT collection, count(*) FROM staged GROUP BY collection").fetchall()
     )
-    structures = con.execute(
-        "SELECT collection, json_structure(body) AS s FROM staged WHERE live AND body IS NOT NULL"
-        " GROUP BY ALL"
+    noted = con.execute(
+        "SELECT DISTINCT collection, shape FROM staged WHERE live AND shape IS NOT NULL"
+    ).fetchall()
+    structures = [(collection, shapes[number]) for collection, number in noted]
+    structures += con.execute(
+        "SELECT collection, json_structure(body) AS s FROM staged"
+        " WHERE live AND body IS NOT NULL AND (shape IS NULL) GROUP BY ALL"
     ).fetchall()
     for collection in counts:
         manifest.collections.setdefault(collection, {"fields": {}, "files": []})
@@ -508,6 +541,7 @@ def typed_select(
     ``collection``: only its rows (its name is letters, digits and ``_ . -``).
     """
     where = "" if collection is None else f" WHERE collection = '{collection}'"
+    fields = columns(fields)
     names = column_names(list(fields))
     typed = ", ".join(f"t.{quote(f)} AS {quote(names[f])}" for f in fields)
     # json_transform refuses an empty structure: a collection of deleted documents has none
@@ -588,7 +622,7 @@ def _merge(area: Area, con: duckdb.DuckDBPyConnection, manifest: Manifest) -> No
         files = _sql_list([str(area.root / f["path"]) for f in state["files"]])
         con.execute(
             "CREATE OR REPLACE TEMP TABLE current AS SELECT f.id, f.collection,"
-            " NOT f.deleted AS live, f.hlc, f.origin, f._body::VARCHAR AS body FROM"
+            " NOT f.deleted AS live, f.hlc, f.origin, f._body::VARCHAR AS body, NULL AS shape FROM"
             f" read_parquet({files}, union_by_name = true, file_row_number = true) f"
             f" ANTI JOIN {dead} d ON f._seg = d._seg AND f.file_row_number = d.row"
         )

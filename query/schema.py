@@ -26,11 +26,14 @@ its column (NULL everywhere) until the materialisation is rebuilt
 from __future__ import annotations
 
 import json
-from typing import Any, TypeAlias
+from typing import TypeAlias
+
+from crdtdb.shape import Shape, merge
 
 __all__ = [
     "FieldType",
     "column_names",
+    "columns",
     "merge",
     "merge_structure",
     "quote",
@@ -38,10 +41,8 @@ __all__ = [
     "structure",
 ]
 
-FieldType: TypeAlias = str | list[Any] | dict[str, Any]
+FieldType: TypeAlias = Shape
 
-MAX_STRUCT_FIELDS = 100
-"""A nested map with more keys than this is a JSON column, not a STRUCT."""
 MAX_COLUMNS = 1000
 """A collection's view shows at most this many top-level fields (the first seen); the
 others stay in the ``docs`` table's body."""
@@ -49,38 +50,12 @@ RESERVED = ("id", "key", "hlc", "updated_at", "origin", "collection", "deleted",
 """The view's own columns and those its files keep beside the fields: a document field
 of one of these names is shown as ``name_``."""
 
-_INTEGERS = {"UBIGINT", "BIGINT", "INTEGER", "UINTEGER", "SMALLINT", "TINYINT", "HUGEINT"}
 
-
-def _normal(kind: FieldType) -> FieldType:
-    if isinstance(kind, str):
-        return "BIGINT" if kind in _INTEGERS else kind
-    if isinstance(kind, list):
-        return [_normal(kind[0])] if kind else ["NULL"]
-    if len(kind) > MAX_STRUCT_FIELDS:
-        return "JSON"
-    return {key: _normal(value) for key, value in kind.items()}
-
-
-def merge(a: FieldType, b: FieldType) -> FieldType:
-    """The narrowest type that holds every value of both (see the module docstring)."""
-    a, b = _normal(a), _normal(b)
-    if a == b:
-        return a
-    if a == "NULL":
-        return b
-    if b == "NULL":
-        return a
-    if isinstance(a, str) and isinstance(b, str) and {a, b} == {"BIGINT", "DOUBLE"}:
-        return "DOUBLE"
-    if isinstance(a, list) and isinstance(b, list):
-        return [merge(a[0], b[0])]
-    if isinstance(a, dict) and isinstance(b, dict):
-        keys = {**a, **b}
-        if len(keys) > MAX_STRUCT_FIELDS:
-            return "JSON"
-        return {k: merge(a.get(k, "NULL"), b.get(k, "NULL")) for k in keys}
-    return "JSON"
+def columns(fields: dict[str, FieldType]) -> dict[str, FieldType]:
+    """The fields that are columns: the first ``MAX_COLUMNS`` seen."""
+    if len(fields) <= MAX_COLUMNS:
+        return fields
+    return dict(list(fields.items())[:MAX_COLUMNS])
 
 
 def merge_structure(fields: dict[str, FieldType], structure: str) -> dict[str, FieldType]:
