@@ -86,22 +86,27 @@ class AsOf:
     def created_after(self, doc_ids: list[str]) -> set[str]:
         """Those of ``doc_ids`` that did not exist yet at this cut: every record of theirs
         is after it, and none was compacted away."""
+        return self._matching(
+            "SELECT doc_id FROM log WHERE doc_id IN ({marks}) GROUP BY doc_id"
+            " HAVING min(hlc) > ? AND doc_id NOT IN (SELECT doc_id FROM bases)",
+            doc_ids,
+            int(self.hlc),
+        )
+
+    def _matching(self, sql: str, doc_ids: list[str], *params: int) -> set[str]:
+        """The doc ids ``sql`` returns, its ``{marks}`` filled with ``doc_ids`` 500 at a time
+        (SQLite's limit on parameters), ``params`` after them."""
         db = self._db
-        created: set[str] = set()
+        found: set[str] = set()
         with db._lock:
             db._check()
             for start in range(0, len(doc_ids), 500):
                 chunk = doc_ids[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                created.update(
-                    row[0]
-                    for row in db._conn.execute(
-                        f"SELECT doc_id FROM log WHERE doc_id IN ({marks}) GROUP BY doc_id"
-                        " HAVING min(hlc) > ? AND doc_id NOT IN (SELECT doc_id FROM bases)",
-                        (*chunk, int(self.hlc)),
-                    )
+                rows = db._conn.execute(
+                    sql.format(marks=",".join("?" * len(chunk))), (*chunk, *params)
                 )
-        return created
+                found.update(row[0] for row in rows)
+        return found
 
     def settled(self, doc_ids: list[str], position: int) -> set[str]:
         """Those of ``doc_ids`` with no record at or below this cut after log ``position``.
@@ -110,21 +115,12 @@ class AsOf:
         layer's files): for these, nothing that arrived since changes them as of
         this cut.
         """
-        db = self._db
-        unsettled: set[str] = set()
-        with db._lock:
-            db._check()
-            for start in range(0, len(doc_ids), 500):
-                chunk = doc_ids[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                unsettled.update(
-                    row[0]
-                    for row in db._conn.execute(
-                        f"SELECT DISTINCT doc_id FROM log WHERE doc_id IN ({marks}) AND id > ?"
-                        " AND hlc <= ?",
-                        (*chunk, position, int(self.hlc)),
-                    )
-                )
+        unsettled = self._matching(
+            "SELECT DISTINCT doc_id FROM log WHERE doc_id IN ({marks}) AND id > ? AND hlc <= ?",
+            doc_ids,
+            position,
+            int(self.hlc),
+        )
         return set(doc_ids) - unsettled
 
     def version(self, doc_id: str) -> tuple[str | None, Hlc, str | None] | None:

@@ -31,6 +31,8 @@ from typing import Any
 
 from pycrdt import Doc
 
+from .yjs import read_pairs, read_varuint, write_varuint
+
 __all__ = [
     "DEPTH",
     "FANOUT",
@@ -70,30 +72,30 @@ def canonical_state(state_vector: bytes, delete_update: bytes) -> bytes:
     """State vector and delete set, each sorted by client id, as one byte string."""
     if _count(state_vector, 0) <= 1 and _count(delete_update, _skip(delete_update, 0)) <= 1:
         return state_vector + delete_update  # one client: already in canonical order
-    clocks, end = _read_pairs(state_vector, 0)
+    clocks, end = read_pairs(state_vector, 0)
     if end != len(state_vector):
         return state_vector + b"\xff" + delete_update
-    struct_groups, pos = _read_varuint(delete_update, 0)
+    struct_groups, pos = read_varuint(delete_update, 0)
     if struct_groups != 0:  # not a pure delete set: hash it as it is
         return state_vector + b"\xff" + delete_update
-    count, pos = _read_varuint(delete_update, pos)
+    count, pos = read_varuint(delete_update, pos)
     deletes = []
     for _ in range(count):
-        client, pos = _read_varuint(delete_update, pos)
-        ranges, pos = _read_pairs(delete_update, pos)
+        client, pos = read_varuint(delete_update, pos)
+        ranges, pos = read_pairs(delete_update, pos)
         deletes.append((client, _merged(ranges)))
     out = bytearray()
-    _write_varuint(out, len(clocks))
+    write_varuint(out, len(clocks))
     for client, clock in sorted(clocks):
-        _write_varuint(out, client)
-        _write_varuint(out, clock)
-    _write_varuint(out, len(deletes))
+        write_varuint(out, client)
+        write_varuint(out, clock)
+    write_varuint(out, len(deletes))
     for client, ranges in sorted(deletes):
-        _write_varuint(out, client)
-        _write_varuint(out, len(ranges))
+        write_varuint(out, client)
+        write_varuint(out, len(ranges))
         for start, length in ranges:
-            _write_varuint(out, start)
-            _write_varuint(out, length)
+            write_varuint(out, start)
+            write_varuint(out, length)
     return bytes(out)
 
 
@@ -110,7 +112,7 @@ def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def _count(data: bytes, pos: int) -> int:
-    return _read_varuint(data, pos)[0] if pos < len(data) else 0
+    return read_varuint(data, pos)[0] if pos < len(data) else 0
 
 
 def _skip(data: bytes, pos: int) -> int:
@@ -118,34 +120,6 @@ def _skip(data: bytes, pos: int) -> int:
     while pos < len(data) and data[pos] >= 0x80:
         pos += 1
     return pos + 1
-
-
-def _read_varuint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _read_pairs(data: bytes, pos: int) -> tuple[list[tuple[int, int]], int]:
-    count, pos = _read_varuint(data, pos)
-    pairs = []
-    for _ in range(count):
-        first, pos = _read_varuint(data, pos)
-        second, pos = _read_varuint(data, pos)
-        pairs.append((first, second))
-    return pairs, pos
-
-
-def _write_varuint(out: bytearray, value: int) -> None:
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
 
 
 def leaf_of(doc_id: str) -> int:
@@ -207,7 +181,7 @@ def quad_children(quad: int) -> list[int]:
 def state_vector_clocks(state_vector: bytes) -> dict[int, int]:
     """``{client: clock}`` of an encoded state vector; ValueError if it does not decode."""
     try:
-        pairs, end = _read_pairs(state_vector, 0)
+        pairs, end = read_pairs(state_vector, 0)
     except IndexError:
         raise ValueError("truncated state vector") from None
     if end != len(state_vector):

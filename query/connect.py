@@ -41,7 +41,7 @@ from crdtdb.hlc import MAX_LOGICAL, Hlc
 from .materialize import Area, Manifest, dead_relation, refresh, typed_select
 from .schema import column_names, columns, quote, sql_type, structure
 
-__all__ = ["AsOfSpec", "connect", "refresh_connection", "resolve_cut"]
+__all__ = ["AsOfSpec", "connect", "open_store", "refresh_connection", "resolve_cut"]
 
 AsOfSpec = Hlc | int | str | datetime | None
 """What ``as_of`` accepts: an Hlc (or its int), its text, an ISO-8601 timestamp,
@@ -130,7 +130,7 @@ def _attach(
     db_or_dir: crdtdb.Database | str | os.PathLike[str],
     do_refresh: bool,
 ) -> None:
-    db, opened = _open(db_or_dir)
+    db, opened = open_store(db_or_dir)
     try:
         if do_refresh:
             refresh(db)
@@ -147,12 +147,18 @@ def _attach(
             db.close()
 
 
-def _open(db_or_dir: crdtdb.Database | str | os.PathLike[str]) -> tuple[crdtdb.Database, bool]:
+def open_store(
+    db_or_dir: crdtdb.Database | str | os.PathLike[str],
+) -> tuple[crdtdb.Database, bool]:
+    """The store a query-layer call names, and whether the call opened it (and must close it)."""
     if isinstance(db_or_dir, crdtdb.Database):
         return db_or_dir, False
     path = Path(db_or_dir)
-    if not path.exists():
-        raise StoreError(f"{path} does not exist: give the data directory of a crdtdb region")
+    if not path.is_dir():
+        what = "is a file" if path.exists() else "does not exist"
+        raise StoreError(
+            f"{path} is not a directory (it {what}): give the data directory of a crdtdb region"
+        )
     return crdtdb.open(path), True
 
 

@@ -62,7 +62,7 @@ from crdtdb.errors import CrdtdbError, HistoryCompactedError, StoreError, UsageE
 from crdtdb.hlc import Hlc
 from crdtdb.ids import validate_collection
 
-from .connect import AsOfSpec, connect, manifest_json, refresh_connection
+from .connect import AsOfSpec, connect, manifest_json, open_store, refresh_connection
 from .materialize import Manifest, read_manifest
 from .schema import RESERVED, quote
 
@@ -205,7 +205,7 @@ def export(
     target = Path(out).absolute()
     uri = _catalog_uri(catalog, target) if format == "iceberg" else ""
     marker = _claim(target, format)
-    db, opened = _open(db_or_dir)
+    db, opened = open_store(db_or_dir)
     try:
         con, manifest = _connect(db, as_of)
         try:
@@ -221,15 +221,6 @@ def export(
 
 
 # ------------------------------------------------------------------ common
-
-
-def _open(db_or_dir: crdtdb.Database | str | os.PathLike[str]) -> tuple[crdtdb.Database, bool]:
-    if isinstance(db_or_dir, crdtdb.Database):
-        return db_or_dir, False
-    path = Path(db_or_dir)
-    if not path.is_dir():
-        raise StoreError(f"{path} is not a directory: give the data directory of a crdtdb region")
-    return crdtdb.open(path), True
 
 
 def _connect(db: crdtdb.Database, as_of: AsOfSpec) -> tuple[duckdb.DuckDBPyConnection, Manifest]:

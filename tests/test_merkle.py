@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pycrdt import Doc, Map
 
 import crdtdb
-from crdtdb import merkle
+from crdtdb import merkle, yjs
 from crdtdb.merkle import canonical_state
 from crdtdb.storage import STORE_FILE
 from crdtdb.transaction import Transaction
@@ -21,7 +21,7 @@ from .conftest import ship
 
 def _varuint(value: int) -> bytes:
     out = bytearray()
-    merkle._write_varuint(out, value)
+    yjs.write_varuint(out, value)
     return bytes(out)
 
 
