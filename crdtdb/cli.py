@@ -247,6 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:  # Ctrl-C: stop quietly, as shells expect
         return 130
+    except Exception as exc:  # a bug of ours, or an error nothing above names: one line
+        print(
+            f"error: {type(exc).__name__}: {str(exc)[:300]} (unexpected: please report it)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

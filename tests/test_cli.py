@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import crdtdb
 
 
@@ -71,3 +73,28 @@ def test_demo_converges(tmp_path: Path) -> None:
     assert "regions converged: True" in demo.stdout
     assert '{"body": "Hello, world!"}' in demo.stdout
     assert '"status": "shipped"' in demo.stdout
+
+
+def test_an_unexpected_error_is_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever escapes the typed errors (a bug, a damaged file) reaches the user as a line."""
+    from crdtdb import cli
+
+    crdtdb.open(tmp_path / "eu", region="eu").close()
+
+    def broken(self: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(crdtdb.Database, "info", broken)
+    assert cli.main(["info", str(tmp_path / "eu")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "RuntimeError: disk on fire" in err and "Traceback" not in err
+    assert cli.main(["sql", str(tmp_path / "nowhere"), "-c", "SELECT 1"]) == 1
+    assert "nowhere is not a directory" in capsys.readouterr().err
+
+
+def test_subcommands_with_their_own_parsers_answer_help() -> None:
+    for command in ("sql", "export", "certs"):
+        shown = run(command, "--help")
+        assert shown.returncode == 0 and f"crdtdb {command}" in shown.stdout, shown.stderr
