@@ -55,11 +55,13 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import crdtdb
 from crdtdb.errors import StoreError
 from crdtdb.snapshot import DocRow, Snapshot
 
+from . import arrow_read
 from .schema import FieldType, column_names, columns, merge_structure, quote, structure
 
 __all__ = ["AREA", "Manifest", "RefreshResult", "area_of", "read_manifest", "refresh"]
@@ -142,6 +144,7 @@ class Area:
     """The ``analytics`` folder of one region directory."""
 
     def __init__(self, store: Path) -> None:
+        self.store = store
         self.root = store / AREA
         self.manifest_path = self.root / "manifest.json"
 
@@ -317,21 +320,29 @@ def _refresh(
             ids = snap.changed_after(old.position)
         batches, total = snap.rows(ids, CHUNK), len(ids)
     manifest = _successor(base, snap, regions, frontier)
+    bulk = (old is None or full) and total >= arrow_read.CHILD_READ_MIN
+    readers = arrow_read.child_readers(area.store, snap, base.position, area.root) if bulk else None
     with duckdb.connect() as con, ThreadPoolExecutor(1) as worker:
         try:
-            documents = _stage_documents(con, batches, total, progress)
+            table = readers.table("documents") if readers is not None else None
+            if table is not None:
+                documents = _stage_table(con, table, snap, total, progress)
+            else:
+                documents = _stage_documents(con, batches, total, progress)
             shapes = snap.shapes([row[0] for row in con.execute(_SHAPE_IDS).fetchall()])
             # The log is read while DuckDB works out the documents' types (both let go
             # of the interpreter lock while they work); then the snapshot ends, before
             # the files are written: a long read transaction keeps SQLite from recycling
             # its WAL, and every commit of a writer in another process then retries a
             # checkpoint.
-            staging = worker.submit(_stage_changes, con.cursor(), snap, base.position)
+            staging = worker.submit(_stage_changes, con.cursor(), snap, readers, base.position)
             try:
                 counts = _widen(con, manifest, shapes)
             finally:
                 records = staging.result()
         finally:
+            if readers is not None:
+                readers.close()
             snap.close()
         if documents:
             _write_segment(area, con, manifest, counts)
@@ -422,6 +433,38 @@ def _stage_rows(
         if progress is not None:
             progress("documents", done, total)
     return done
+
+
+def _stage_table(
+    con: duckdb.DuckDBPyConnection,
+    table: pa.Table,
+    snap: Snapshot,
+    total: int,
+    progress: Progress | None,
+) -> int:
+    """Load documents read as Arrow (by a child reader) into ``staged``.
+
+    The few that their commits did not complete (a body too large to write, a
+    document of a migrated store) are read through the snapshot instead.
+    """
+    _create_staged(con)
+    incomplete = pc.fill_null(
+        pc.or_(
+            pc.and_(pc.not_equal(table["live"], 0), pc.is_null(table["body"])),
+            pc.is_null(table["origin"]),
+        ),
+        True,
+    )
+    con.register("_arrow_documents", table.filter(pc.invert(incomplete)))
+    con.execute(
+        "INSERT INTO staged SELECT id, collection, live <> 0, hlc::UBIGINT, origin, body,"
+        " shape::INTEGER FROM _arrow_documents"
+    )
+    con.unregister("_arrow_documents")
+    _stage_rows(con, snap.rows(table.filter(incomplete)["id"].to_pylist(), CHUNK))
+    if progress is not None:
+        progress("documents", total, total)
+    return int(table.num_rows)
 
 
 def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, Any]) -> None:
@@ -567,12 +610,23 @@ def _sql_list(paths: list[str]) -> str:
     return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
 
 
-def _stage_changes(log_con: duckdb.DuckDBPyConnection, snap: Snapshot, after: int) -> int:
+def _stage_changes(
+    log_con: duckdb.DuckDBPyConnection,
+    snap: Snapshot,
+    readers: arrow_read.ChildReaders | None,
+    after: int,
+) -> int:
     """Load the log records after position ``after`` into the table ``log_rows``."""
     log_con.execute(
         "CREATE TABLE log_rows (log_id BIGINT, id VARCHAR, hlc UBIGINT, origin VARCHAR,"
         " seq BIGINT, bytes BIGINT, kind TINYINT)"
     )
+    table = readers.table("log") if readers is not None else None
+    if table is not None:
+        log_con.register("_arrow_log", table)
+        log_con.execute("INSERT INTO log_rows SELECT * FROM _arrow_log")
+        log_con.close()
+        return int(table.num_rows)
     names = ("log_id", "id", "hlc", "origin", "seq", "bytes", "kind")
     kinds = (pa.int64(), pa.string(), pa.uint64(), pa.string(), pa.int64(), pa.int64(), pa.int8())
     count = 0

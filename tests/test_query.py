@@ -306,6 +306,59 @@ def test_a_refresh_after_compaction_finds_every_change(tmp_path: Path, clock: Fa
         assert rows(con, "SELECT key, n FROM users ORDER BY key") == [("a", 3), ("b", 2)]
 
 
+@pytest.mark.integration
+def test_a_first_build_reads_through_child_processes_in_c(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crdtdb.query import arrow_read
+
+    store = tmp_path / "eu"
+    with crdtdb.open(store, region="eu") as db:
+        with db.transaction() as tx:
+            for i in range(300):
+                tx.put(f"users/{i:03d}", {"n": i, "tags": ["x"] * (i % 3)})
+        db.put("notes/big", {"text": "y" * 40_000})  # no body written: read through the snapshot
+        db.delete("users/007")
+    monkeypatch.setattr(arrow_read, "CHILD_READ_MIN", 0)
+    read: list[str] = []
+    original = arrow_read.ChildReaders.table
+
+    def spy(self: arrow_read.ChildReaders, name: str) -> Any:
+        table = original(self, name)
+        if table is not None:
+            read.append(name)
+        return table
+
+    monkeypatch.setattr(arrow_read.ChildReaders, "table", spy)
+    result = query.refresh(store)
+    assert sorted(read) == ["documents", "log"]  # both read by the children
+    assert (result.documents, result.records) == (301, 302)
+    con = query.connect(store, refresh=False)
+    assert rows(con, "SELECT count(*), sum(n), sum(len(tags)) FROM users") == [
+        (299, sum(range(300)) - 7, sum(i % 3 for i in range(300)) - 7 % 3)
+    ]
+    assert rows(con, "SELECT length(text) FROM notes") == [(40_000,)]
+    assert rows(con, "SELECT count(*) FROM changes") == [(302,)]
+    assert not list((store / "analytics").glob(".read-*"))  # its files are gone
+
+
+def test_a_child_reader_refuses_a_store_past_the_cut(tmp_path: Path) -> None:
+    """A commit between the snapshot and the child's read: the child says so (exit 3)."""
+    from crdtdb.query import arrow_read
+
+    with crdtdb.open(tmp_path / "eu", region="eu") as db:
+        db.put("users/a", {"n": 1})
+        with db.snapshot() as snap:
+            position, epoch = snap.position, snap.compaction_epoch
+    script = str(arrow_read._SCRIPT)
+    store = str(tmp_path / "eu" / "crdtdb.sqlite3")
+    for cut, expected in (((position, epoch), 0), ((position - 1, epoch), 3)):
+        out = tmp_path / f"out{cut[0]}.arrow"
+        args = [sys.executable, script, store, "documents", "0", str(cut[0]), str(cut[1]), str(out)]
+        assert subprocess.run(args, timeout=60, check=False).returncode == expected
+        assert out.exists() == (expected == 0)
+
+
 def test_large_documents_and_stores_without_bodies_are_read_from_their_crdt(
     db: crdtdb.Database,
 ) -> None:
