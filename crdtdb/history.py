@@ -19,35 +19,72 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._cache import DocHandle
+from .engine import Engine
 from .hlc import Hlc
 from .ids import validate_collection, validate_doc_id
 from .records import UpdateRecord
 
 if TYPE_CHECKING:
-    from .database import Database
+    from .snapshot import Snapshot
 
-__all__ = ["AsOf", "compact"]
+__all__ = ["AsOf", "History"]
 
 log = logging.getLogger("crdtdb.history")
 BATCH_DOCS = 500
 
 
+class History:
+    """History facet: snapshots, time travel and compaction of one store."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def snapshot(self) -> Snapshot:
+        """A consistent read-only cut of the store, on a connection of its own."""
+        from .snapshot import Snapshot
+
+        engine = self._engine
+        with engine.lock:
+            engine.check()
+            floor = max(engine.last_hlc, engine.stored_hlc())
+        return Snapshot(engine.path, engine.region, floor)
+
+    def as_of(self, hlc: Hlc | int | str) -> AsOf:
+        """A read-only view of the database at the consistent cut ``hlc``."""
+        cut = Hlc(hlc) if not isinstance(hlc, Hlc) else hlc
+        with self._engine.lock:
+            self._engine.check()
+            self._engine.check_history(cut, "as_of()")
+        return AsOf(self._engine, cut)
+
+    def compacted_hlc(self) -> Hlc:
+        """Time travel and changes() reach back to just above this HLC."""
+        with self._engine.lock:
+            self._engine.check()
+            return self._engine.compacted_hlc()
+
+    def compact(self, horizon: Hlc, progress: Callable[[int, int], None] | None) -> int:
+        """Fold records with ``hlc <= horizon`` into base snapshots; return how many were
+        removed (the caller holds the lock and has checked there is no transaction)."""
+        return _compact(self._engine, horizon, progress)
+
+
 class AsOf:
     """A read-only view of a database at a consistent cut (``db.as_of(hlc)``)."""
 
-    def __init__(self, db: Database, hlc: Hlc) -> None:
-        self._db = db
+    def __init__(self, engine: Engine, hlc: Hlc) -> None:
+        self._engine = engine
         self.hlc = hlc
 
     def __repr__(self) -> str:
         return f"<crdtdb.AsOf {self.hlc}>"
 
     def _replay(self, doc_id: str) -> DocHandle | None:
-        db = self._db
-        with db._lock:
-            db._check()
-            db._check_history(self.hlc, "as_of()")
-            conn = db._conn
+        db = self._engine
+        with db.lock:
+            db.check()
+            db.check_history(self.hlc, "as_of()")
+            conn = db.conn
             row = conn.execute(
                 "SELECT b.base FROM docs d LEFT JOIN bases b ON b.doc_id = d.doc_id"
                 " WHERE d.doc_id = ?",
@@ -75,10 +112,10 @@ class AsOf:
 
     def changed_after(self) -> list[str]:
         """Ids of the documents with a record after this cut (their state differs from now)."""
-        db = self._db
-        with db._lock:
-            db._check()
-            rows = db._conn.execute(
+        db = self._engine
+        with db.lock:
+            db.check()
+            rows = db.conn.execute(
                 "SELECT DISTINCT doc_id FROM log WHERE hlc > ?", (int(self.hlc),)
             ).fetchall()
         return [row[0] for row in rows]
@@ -96,13 +133,13 @@ class AsOf:
     def _matching(self, sql: str, doc_ids: list[str], *params: int) -> set[str]:
         """The doc ids ``sql`` returns, its ``{marks}`` filled with ``doc_ids`` 500 at a time
         (SQLite's limit on parameters), ``params`` after them."""
-        db = self._db
+        db = self._engine
         found: set[str] = set()
-        with db._lock:
-            db._check()
+        with db.lock:
+            db.check()
             for start in range(0, len(doc_ids), 500):
                 chunk = doc_ids[start : start + 500]
-                rows = db._conn.execute(
+                rows = db.conn.execute(
                     sql.format(marks=",".join("?" * len(chunk))), (*chunk, *params)
                 )
                 found.update(row[0] for row in rows)
@@ -133,36 +170,36 @@ class AsOf:
         handle = self._replay(validate_doc_id(doc_id))
         if handle is None:
             return None
-        db = self._db
-        with db._lock:
-            row = db._conn.execute(
+        db = self._engine
+        with db.lock:
+            row = db.conn.execute(
                 "SELECT hlc, origin FROM log WHERE doc_id = ? AND hlc <= ?"
                 " ORDER BY hlc DESC, origin DESC LIMIT 1",
                 (doc_id, int(self.hlc)),
             ).fetchone()
+            floor = db.compacted_hlc()
         if row is None and not handle.live:
             return None  # created after the cut
-        hlc, origin = (Hlc(row[0]), row[1]) if row else (db.compacted_hlc, None)
+        hlc, origin = (Hlc(row[0]), row[1]) if row else (floor, None)
         return handle.body(), hlc, origin
 
     def list(self, collection: str) -> list[str]:
         """Ids of the documents of ``collection`` that were live at this cut."""
         validate_collection(collection)
-        with self._db._lock:
-            self._db._check()
+        with self._engine.lock:
+            self._engine.check()
             ids = [
                 row[0]
-                for row in self._db._conn.execute(
+                for row in self._engine.conn.execute(
                     "SELECT doc_id FROM docs WHERE collection = ? ORDER BY doc_id", (collection,)
                 )
             ]
         return [doc_id for doc_id in ids if self.get(doc_id) is not None]
 
 
-def compact(db: Database, horizon: Hlc, progress: Callable[[int, int], None] | None) -> int:
-    """Fold records with ``hlc <= horizon`` into base snapshots; return how many were removed."""
-    conn = db._conn
-    floor = Hlc(int(db._meta("compacted_hlc") or 0))
+def _compact(db: Engine, horizon: Hlc, progress: Callable[[int, int], None] | None) -> int:
+    conn = db.conn
+    floor = db.compacted_hlc()
     if horizon <= floor:
         return 0
     doc_ids = [
@@ -171,7 +208,7 @@ def compact(db: Database, horizon: Hlc, progress: Callable[[int, int], None] | N
     ]
     # The horizon moves first: from here on, time travel below it is refused rather
     # than answered from a base that already holds newer records.
-    db._write(lambda: _move_horizon(db, horizon))
+    db.write(lambda: _move_horizon(db, horizon))
     removed = 0
     for start in range(0, len(doc_ids), BATCH_DOCS):
         batch = doc_ids[start : start + BATCH_DOCS]
@@ -187,16 +224,16 @@ def compact(db: Database, horizon: Hlc, progress: Callable[[int, int], None] | N
     return removed
 
 
-def _write_batch(db: Database, batch: list[str], horizon: Hlc) -> int:
+def _write_batch(db: Engine, batch: list[str], horizon: Hlc) -> int:
     def body() -> tuple[int, list[UpdateRecord]]:
         return _fold(db, batch, horizon), []
 
-    removed: int = db._write(body)
+    removed: int = db.write(body)
     return removed
 
 
-def _fold(db: Database, doc_ids: list[str], horizon: Hlc) -> int:
-    conn = db._conn
+def _fold(db: Engine, doc_ids: list[str], horizon: Hlc) -> int:
+    conn = db.conn
     removed = 0
     for doc_id in doc_ids:
         base_row = conn.execute("SELECT base FROM bases WHERE doc_id = ?", (doc_id,)).fetchone()
@@ -208,7 +245,7 @@ def _fold(db: Database, doc_ids: list[str], horizon: Hlc) -> int:
             (doc_id, int(horizon)),
         ):
             base.apply(payload)
-        current = db._handle(doc_id)
+        current = db.handle(doc_id)
         if base.waiting or current.waiting:
             # A snapshot would drop updates still waiting for their dependencies.
             log.warning("compaction: %s waits for missing updates; kept as it is", doc_id)
@@ -230,16 +267,11 @@ def _fold(db: Database, doc_ids: list[str], horizon: Hlc) -> int:
             "DELETE FROM log WHERE doc_id = ? AND hlc <= ? AND id < (SELECT max(id) FROM log)",
             (doc_id, int(horizon)),
         ).rowcount
-    _bump_epoch(db)
+    db.bump_epoch()
     return removed
 
 
-def _move_horizon(db: Database, horizon: Hlc) -> tuple[None, list[UpdateRecord]]:
-    db._conn.execute("UPDATE meta SET value = ? WHERE key = 'compacted_hlc'", (int(horizon),))
-    _bump_epoch(db)
+def _move_horizon(db: Engine, horizon: Hlc) -> tuple[None, list[UpdateRecord]]:
+    db.conn.execute("UPDATE meta SET value = ? WHERE key = 'compacted_hlc'", (int(horizon),))
+    db.bump_epoch()
     return None, []
-
-
-def _bump_epoch(db: Database) -> None:
-    db._conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'compaction_epoch'")
-    db._epoch = int(db._meta("compaction_epoch"))

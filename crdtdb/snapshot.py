@@ -15,16 +15,15 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 from ._cache import DocHandle
+from .engine import load_into
 from .errors import StoreError
+from .frontier import frontier_clocks, frontier_entries
 from .hlc import Hlc
 from .storage import BUSY_TIMEOUT_MS, STORE_FILE
-
-if TYPE_CHECKING:
-    from .database import Database
 
 __all__ = ["DocRow", "LogRow", "OriginRow", "Snapshot"]
 
@@ -63,13 +62,13 @@ class OriginRow:
 class Snapshot:
     """A read transaction on a store; use as a context manager (``with db.snapshot() as s``)."""
 
-    def __init__(self, db: Database) -> None:
-        self.region = db.region
-        self._floor = db.hlc
+    def __init__(self, path: Path, region: str, floor: Hlc) -> None:
+        self.region = region
+        self._floor = floor
         self._closed = False
         try:
             self._conn = sqlite3.connect(
-                db.path / STORE_FILE,
+                path / STORE_FILE,
                 isolation_level=None,
                 check_same_thread=False,
                 timeout=BUSY_TIMEOUT_MS / 1000,
@@ -77,7 +76,7 @@ class Snapshot:
             self._conn.execute("BEGIN")
             row = self._conn.execute("SELECT max(id) FROM log").fetchone()
         except sqlite3.Error as exc:
-            raise StoreError(f"{db.path}: cannot read a snapshot of the store: {exc}") from exc
+            raise StoreError(f"{path}: cannot read a snapshot of the store: {exc}") from exc
         self.position: int = int(row[0] or 0)
         """The newest log id in the snapshot: what a later snapshot's changes start after."""
         self.hlc = max(self._floor, Hlc(self._meta("last_hlc")))
@@ -181,8 +180,6 @@ class Snapshot:
 
     def load_body(self, doc_id: str) -> str | None:
         """A document's JSON, read from its CRDT bytes in the snapshot (slower than a body)."""
-        from .database import load_into
-
         handle = DocHandle(0)
         load_into(self._conn, doc_id, handle)
         return handle.body()
@@ -203,8 +200,6 @@ class Snapshot:
 
     def origins(self) -> list[OriginRow]:
         """Per origin held here: highest seq, highest contiguous seq, complete-through HLC."""
-        from .database import frontier_entries
-
         complete = {o: hlc for o, _, hlc in frontier_entries(self._conn, self.region, self._floor)}
         rows = self._conn.execute("SELECT origin, max_seq, contiguous_seq FROM origins").fetchall()
         found = {
@@ -217,6 +212,4 @@ class Snapshot:
 
     def frontier(self) -> Hlc:
         """The global frontier as of the snapshot (see ``Database.frontier``)."""
-        from .database import frontier_clocks
-
         return min(hlc for _, hlc in frontier_clocks(self._conn, self.region, self._floor))

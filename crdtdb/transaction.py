@@ -32,7 +32,8 @@ from .values import (
 )
 
 if TYPE_CHECKING:
-    from .database import Database
+    from .engine import Engine
+    from .writes import Writer
 
 __all__ = ["Transaction"]
 
@@ -40,8 +41,9 @@ __all__ = ["Transaction"]
 class Transaction:
     """A unit of work across documents; use it as a context manager."""
 
-    def __init__(self, db: Database) -> None:
-        self._db = db
+    def __init__(self, engine: Engine, writer: Writer) -> None:
+        self._engine = engine
+        self._writer = writer
         self._handles: dict[str, DocHandle] = {}
         self._views: dict[str, DocMap] = {}
         self._state = "new"
@@ -54,7 +56,7 @@ class Transaction:
     def __enter__(self) -> Transaction:
         if self._state != "new":
             raise TransactionError("a transaction can be entered once: start a new one")
-        self._db._begin_transaction(self)
+        self._engine.begin(self._handles)
         self._state = "open"
         return self
 
@@ -66,15 +68,15 @@ class Transaction:
     ) -> None:
         try:
             if exc_type is None:
-                committed = self._db._commit(self._handles)
+                committed = self._writer.commit(self._handles)
                 if committed is not None:
                     self.hlc, records = committed
                     self.records = tuple(records)
             else:
-                self._db._rollback(self._handles)
+                self._writer.rollback(self._handles)
         finally:
             self._state = "done"
-            self._db._end_transaction(self)
+            self._engine.end(self._handles)
 
     def _guard(self) -> None:
         if self._state != "open":
@@ -87,7 +89,7 @@ class Transaction:
         self._guard()
         handle = self._handles.get(doc_id)
         if handle is None:
-            handle = self._db._handle(validate_doc_id(doc_id))
+            handle = self._engine.handle(validate_doc_id(doc_id))
             handle.begin()
             self._handles[doc_id] = handle
         return handle

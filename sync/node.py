@@ -353,7 +353,7 @@ class Replicator:
         apply meanwhile waited for it (lag p99 at 1,000 writes/s, six runs
         each: median 22 ms in a thread, 14 ms on the loop). New documents are
         hashed by whoever creates them, so a busy chunk is mostly XORing
-        paths into the tree (see ``Database._index``).
+        paths into the tree (see :mod:`crdtdb.digests`).
         """
         loop = asyncio.get_running_loop()
         quiet = min(DIGEST_QUIET, self.config.anti_entropy_interval / 4)

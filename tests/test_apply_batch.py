@@ -81,10 +81,10 @@ def test_the_document_row_keeps_the_newest_hlc_and_a_snapshot_of_all(tmp_path: P
     with crdtdb.open(tmp_path / "us") as reopened:  # loaded from the batch's snapshot
         assert reopened.get("orders/1") == expected
         assert reopened.digest("orders/1") == digest
-        row = reopened._conn.execute(
+        row = reopened._engine.conn.execute(
             "SELECT hlc, snapshot_id, pending FROM docs WHERE doc_id = 'orders/1'"
         ).fetchone()
-        newest = reopened._conn.execute("SELECT max(id) FROM log").fetchone()[0]
+        newest = reopened._engine.conn.execute("SELECT max(id) FROM log").fetchone()[0]
     assert row == (int(records[-1].hlc), newest, 0)
 
 
@@ -100,7 +100,7 @@ def test_the_document_row_keeps_the_newest_hlc_of_the_batch_in_any_order(
         later = eu.put("orders/1", {"by": "eu"})
         ap.put("orders/1", {"by": "ap"})
         assert us.apply_remote_many([*eu.changes(), *ap.changes()]) == 2
-        row = us._conn.execute("SELECT hlc FROM docs WHERE doc_id = 'orders/1'").fetchone()
+        row = us._engine.conn.execute("SELECT hlc FROM docs WHERE doc_id = 'orders/1'").fetchone()
         assert row[0] == int(later)
         assert us.hlc > later
 
@@ -219,7 +219,7 @@ def test_another_process_sees_the_batch_and_shares_the_log_ids(
         assert us.apply_remote_many(records[2:]) == 3
         assert other.get("orders/1") == {"i": 4}
         assert us.get("local/1") == {"by": "other"}
-        ids = [row[0] for row in other._conn.execute("SELECT id FROM log ORDER BY id")]
+        ids = [row[0] for row in other._engine.conn.execute("SELECT id FROM log ORDER BY id")]
     assert ids == list(range(1, 7))
 
 
@@ -233,13 +233,13 @@ def test_records_another_process_applied_meanwhile_are_skipped(
         eu.update("orders/1", {"i": i})
     records = list(eu.changes())
     with crdtdb.open(us.path) as other:
-        write = us._write
+        write = us._engine.write
 
         def racing(body: Callable[[], Any]) -> Any:
             other.apply_remote_many(records[:2])  # between the first look and the lock
             return write(body)
 
-        monkeypatch.setattr(us, "_write", racing)
+        monkeypatch.setattr(us._engine, "write", racing)
         assert us.apply_remote_many(records) == 1
     assert _log_rows(us) == [("eu", 1), ("eu", 2), ("eu", 3)]
     assert us.get("orders/1") == {"i": 2}

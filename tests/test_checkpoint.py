@@ -56,9 +56,9 @@ def test_checkpoints_alongside_a_steady_writer_rewind_the_wal(
     import threading
     import time
 
-    from crdtdb import database
+    from crdtdb import storage
 
-    monkeypatch.setattr(database, "WAL_RESTART_PAGES", 300)
+    monkeypatch.setattr(storage, "WAL_RESTART_PAGES", 300)
     reported: list[int] = []
     with crdtdb.open(tmp_path / "eu", region="eu", wal_autocheckpoint=0) as db:
         stop = threading.Event()

@@ -673,16 +673,16 @@ def test_new_documents_are_hashed_by_their_writer_not_reloaded_by_the_refresher(
         app.update("docs/07", {"j": 7})  # changed again before any refresh: stale for real
         with crdtdb.open(tmp_path / "eu") as daemon:
             loaded: list[str] = []
-            load = daemon._load
+            load = daemon._engine.load
             monkeypatch.setattr(
-                daemon, "_load", lambda doc_id: loaded.append(doc_id) or load(doc_id)
+                daemon._engine, "load", lambda doc_id: loaded.append(doc_id) or load(doc_id)
             )
             assert daemon.stale_digests(100) == 40
             assert daemon.refresh_digests(100) == 40
             assert loaded == ["docs/07"]
             root = daemon.merkle_root()
         assert app.merkle_root() == root
-        assert app.digest("docs/03") == merkle.doc_digest(app._handle("docs/03").doc)
+        assert app.digest("docs/03") == merkle.doc_digest(app._engine.handle("docs/03").doc)
     with crdtdb.open(tmp_path / "copy", region="us") as copy:  # the tree of a rebuild
         with crdtdb.open(tmp_path / "eu") as source:
             copy.apply_remote_many(list(source.changes()))

@@ -201,7 +201,7 @@ def test_a_forked_child_cannot_write_under_its_parents_client_id(tmp_path: Path)
                 outcome = "refused" if "os.fork()" in str(exc) else repr(exc)
             with crdtdb.open(tmp_path / "eu") as own:
                 own.update("notes/a", {"child": 1})
-                outcome += f" {own.info()['clients']['this_process'] != db._client_id}"
+                outcome += f" {own.info()['clients']['this_process'] != db._engine.client_id}"
             os.write(write, outcome.encode())
             os._exit(0)
         os.close(write)

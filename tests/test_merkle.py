@@ -105,7 +105,7 @@ def test_incremental_tree_equals_a_rebuild(
             assert db.merkle_node(node) == value
         written = {doc for op, doc, _ in ops if op != "delete"}
         for doc in {doc for _, doc, _ in ops}:
-            fresh = merkle.doc_digest(db._handle(f"d/{doc}").doc)
+            fresh = merkle.doc_digest(db._engine.handle(f"d/{doc}").doc)
             assert db.digest(f"d/{doc}") == (fresh if doc in written else None)
         assert db.merkle_root() == expected.get(merkle.node_id(0, 0), merkle.ZERO)
 
@@ -161,10 +161,10 @@ def test_documents_hashed_as_they_are_created_give_the_tree_of_a_rebuild(
     eager_from: int,
 ) -> None:
     """Documents new to a store, hashed in the commit (or batch) that creates them."""
-    from crdtdb import database
+    from crdtdb import digests
 
     path = tmp_path_factory.mktemp("merkle")  # type: ignore[attr-defined]
-    saved, database.EAGER_DIGESTS = database.EAGER_DIGESTS, eager_from
+    saved, digests.EAGER_DIGESTS = digests.EAGER_DIGESTS, eager_from
     try:
         with (
             crdtdb.open(path / "eu", region="eu") as db,
@@ -172,7 +172,7 @@ def test_documents_hashed_as_they_are_created_give_the_tree_of_a_rebuild(
         ):
             _create_then_compare(db, us, transactions, chunk)
     finally:
-        database.EAGER_DIGESTS = saved
+        digests.EAGER_DIGESTS = saved
 
 
 def _create_then_compare(
@@ -193,5 +193,5 @@ def _create_then_compare(
         for node, value in expected.items():
             assert store.merkle_node(node) == value
         for doc_id in {r.doc_id for r in records}:
-            assert store.digest(doc_id) == merkle.doc_digest(store._handle(doc_id).doc)
+            assert store.digest(doc_id) == merkle.doc_digest(store._engine.handle(doc_id).doc)
     assert us.merkle_root() == db.merkle_root()

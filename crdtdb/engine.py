@@ -1,0 +1,399 @@
+"""The store's engine: what every facet of a :class:`crdtdb.Database` builds on.
+
+It owns this process's SQLite connection to a region's directory and the lock
+around it, runs write transactions (``BEGIN IMMEDIATE``: every process on the
+directory is serialised), catches up with the commits other processes made
+(``PRAGMA data_version`` says when), keeps the loaded documents, reads the
+store's metadata, and carries the one change signal that tells listeners of
+every record this process commits, applies or sees.
+
+The facets above it each own one concern and reach only this engine (and, for
+the write path, the public methods of the facets it feeds): ``writes``
+(local commit and remote apply), ``digests`` (digests and the Merkle tree),
+``frontier``, ``feed`` (subscribe, watch, changes) and ``history`` (as_of,
+compaction). ``Database`` is the public face over them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from . import storage
+from ._cache import ApplyStats, DocCache, DocHandle
+from .clients import ClientBindings
+from .errors import (
+    DatabaseClosedError,
+    HistoryCompactedError,
+    RegionMismatchError,
+    TransactionError,
+    UsageError,
+)
+from .hlc import DEFAULT_MAX_OFFSET_MS, Hlc, WallClock, system_wall_ms
+from .ids import DocId, RegionId, validate_region
+from .records import UpdateRecord
+from .shape import ShapeIds
+
+__all__ = ["ChangeSignal", "Engine", "Listener", "Options", "WriteBody", "load_into"]
+
+log = logging.getLogger("crdtdb")
+
+Listener = Callable[[UpdateRecord], None]
+WriteBody = Callable[[], tuple[Any, list[UpdateRecord]]]
+"""The work of one write transaction: returns (its result, the records it wrote)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Options:
+    """How a store is opened. Every field has a default suited to production."""
+
+    cache_size: int = 10_000
+    """Documents kept loaded in memory (least recently used are dropped)."""
+    durability: Literal["normal", "full"] = "normal"
+    """"normal": a commit survives a crash of the process; "full": also a power cut (fsync)."""
+    max_clock_offset_ms: int = DEFAULT_MAX_OFFSET_MS
+    """Remote HLCs further ahead of local wall time than this are refused."""
+    history_retention_s: float = 7 * 24 * 3600.0
+    """How far back time travel reaches after ``compact()`` (default 7 days)."""
+    snapshot_min_bytes: int = 64 * 1024
+    """Log bytes of one document before its load snapshot is first rewritten."""
+    wal_autocheckpoint: int = 1000
+    """WAL pages after which a commit of this process also copies the WAL into the
+    database file (SQLite's default). 0: never in a commit; the process calls
+    :meth:`Database.checkpoint` itself, from a worker thread (the sync daemon does)."""
+    clock: WallClock = system_wall_ms
+    """Wall-clock milliseconds; injectable for tests."""
+
+
+class ChangeSignal:
+    """Tells listeners, in this process, of every record the store commits or sees.
+
+    Listeners are called after the write transaction that made the records
+    committed (records seen inside a transaction are told once it has ended,
+    so that listeners can read); async followers are woken on their loops.
+    """
+
+    def __init__(self) -> None:
+        self.listeners: list[Listener] = []
+        self._deferred: list[UpdateRecord] = []
+        self._wakeups: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    def emit(self, records: list[UpdateRecord], *, defer: bool = False) -> None:
+        if defer:
+            self._deferred.extend(records)
+            return
+        for record in records:
+            for callback in list(self.listeners):
+                try:
+                    callback(record)
+                except Exception:
+                    log.exception(
+                        "subscriber %r failed on %s; it stays subscribed", callback, record.doc_id
+                    )
+        if records:
+            self.wake()
+
+    def flush(self) -> None:
+        """Tell what was deferred while a transaction was open."""
+        deferred, self._deferred = self._deferred, []
+        self.emit(deferred)
+
+    def follow(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> Callable[[], None]:
+        """Set ``event`` on ``loop`` at each emit (and at close); returns the undo."""
+        entry = (loop, event)
+        self._wakeups.append(entry)
+        return lambda: self._wakeups.remove(entry)
+
+    def wake(self) -> None:
+        for loop, event in list(self._wakeups):
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(event.set)
+
+
+class Engine:
+    """One process's handle on a region's directory; shared by the facets.
+
+    Every method expects the caller to hold :attr:`lock` unless it says
+    otherwise; the facets take it around each public operation.
+    """
+
+    def __init__(self, path: str | Path, region: str | None, options: Options) -> None:
+        self.options = options
+        self.path = Path(path)
+        wanted = validate_region(region) if region is not None else None
+        synchronous = "FULL" if options.durability == "full" else "NORMAL"
+        checkpoint = options.wal_autocheckpoint
+        if isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or checkpoint < 0:
+            raise UsageError(
+                f"wal_autocheckpoint must be a number of pages >= 0, not {checkpoint!r}"
+            )
+        self.conn = storage.connect(self.path, region=wanted, synchronous=synchronous)
+        self.conn.execute(f"PRAGMA wal_autocheckpoint = {checkpoint}")
+        stored = self.meta("region")
+        if wanted is not None and stored != wanted:
+            self.conn.close()
+            raise RegionMismatchError(
+                f"{self.path} holds region {stored!r}, not {wanted!r}: open it with"
+                f" region={stored!r} (or leave region out), or use another directory"
+            )
+        self.region = RegionId(str(stored))
+        self.lock = threading.RLock()
+        self.cache = DocCache(options.cache_size)
+        self.apply_stats = ApplyStats()
+        self.clients = ClientBindings(self.conn, self.region)
+        self.shapes = ShapeIds(self.conn)
+        self.signal = ChangeSignal()
+        self.tx_handles: dict[str, DocHandle] | None = None
+        """The documents of the open transaction, if any (one at a time per store)."""
+        self.closed = False
+        self.forked = False
+        _open_engines.add(self)
+        self.last_hlc = Hlc(int(self.meta("last_hlc") or 0))
+        self.data_version = -1
+        # (last HLC, local max seq) as of our last look; valid while no other process
+        # has committed (PRAGMA data_version unchanged), so commits need not read them.
+        self.counters: tuple[Hlc, int] | None = None
+        self.epoch = int(self.meta("compaction_epoch") or 0)
+        self.seen_id = self.max_log_id()
+        """The newest log id this process has seen (and its cached documents hold)."""
+
+    # ------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            if self.tx_handles is not None:
+                raise TransactionError("close() inside a transaction: finish the transaction first")
+            self.closed = True
+            self.cache.clear()
+            self.conn.close()
+        self.signal.wake()
+
+    def check(self) -> None:
+        if self.closed:
+            if self.forked:
+                raise DatabaseClosedError(
+                    "this database was opened before os.fork(), and a child process must not"
+                    " use it (its SQLite connection and Yjs client id belong to the parent):"
+                    " open the store again in the child with crdtdb.open()"
+                )
+            raise DatabaseClosedError("this database is closed: open it again with crdtdb.open()")
+
+    def check_no_tx(self, what: str) -> None:
+        self.check()
+        if self.tx_handles is not None:
+            raise TransactionError(
+                f"{what} inside a transaction: use the transaction's own methods (tx.put,"
+                " tx.doc, tx.delete), or call it after the `with` block"
+            )
+
+    def check_history(self, hlc: Hlc, what: str) -> None:
+        floor = self.compacted_hlc()
+        if hlc < floor:
+            raise HistoryCompactedError(
+                f"{what}: history before {floor} was compacted away; ask for a later HLC or"
+                " raise history_retention_s"
+            )
+
+    @property
+    def client_id(self) -> int:
+        """The Yjs client id this process writes under (see :mod:`crdtdb.clients`)."""
+        return self.clients.client_id
+
+    # -------------------------------------------------------------- metadata
+
+    def meta(self, key: str) -> Any:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def compacted_hlc(self) -> Hlc:
+        return Hlc(int(self.meta("compacted_hlc") or 0))
+
+    def stored_hlc(self) -> Hlc:
+        """The last HLC any process issued or observed, as the file holds it."""
+        return Hlc(int(self.meta("last_hlc") or 0))
+
+    def max_log_id(self) -> int:
+        row = self.conn.execute("SELECT max(id) FROM log").fetchone()
+        return int(row[0] or 0)
+
+    def doc_hlc(self, doc_id: str) -> Hlc:
+        row = self.conn.execute("SELECT hlc FROM docs WHERE doc_id = ?", (doc_id,)).fetchone()
+        return Hlc(row[0]) if row else max(self.last_hlc, self.stored_hlc())
+
+    def rows_in(self, query: str, keys: Sequence[Any]) -> Iterator[Any]:
+        """The rows of ``query`` for ``keys``, its ``{marks}`` replaced by up to 500 of them
+        at a time (SQLite limits the number of parameters of one statement)."""
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            yield from self.conn.execute(query.format(marks=",".join("?" * len(chunk))), chunk)
+
+    # ------------------------------------------------------------- documents
+
+    def handle(self, doc_id: DocId | str) -> DocHandle:
+        """The cached document, loaded from disk if needed."""
+        handle = self.cache.get(doc_id)
+        if handle is not None:
+            return handle
+        if self.tx_handles is not None and doc_id in self.tx_handles:
+            return self.tx_handles[doc_id]
+        handle = self.load(doc_id)
+        self.cache.put(doc_id, handle)
+        return handle
+
+    def new_handle(self) -> DocHandle:
+        return DocHandle(self.client_id, self.apply_stats)
+
+    def load(self, doc_id: str) -> DocHandle:
+        """Read a document from disk (snapshot, then the log records after it)."""
+        handle = self.new_handle()
+        in_tx = self.conn.in_transaction
+        if not in_tx:
+            self.conn.execute("BEGIN")
+        try:
+            handle.loaded_through = load_into(self.conn, doc_id, handle)
+        finally:
+            if not in_tx:
+                self.conn.execute("COMMIT")
+        return handle
+
+    def refresh(self) -> None:
+        """Catch up with commits other processes made since our last look."""
+        version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        if version == self.data_version:
+            return
+        self.data_version = version
+        self.counters = None
+        epoch = int(self.meta("compaction_epoch") or 0)
+        if epoch != self.epoch:  # records we never saw may have been folded away
+            self.epoch = epoch
+            self.cache.clear()
+        rows = self.conn.execute(
+            "SELECT id, doc_id, hlc, origin, seq, payload, kind FROM log WHERE id > ? ORDER BY id",
+            (self.seen_id,),
+        ).fetchall()
+        seen: list[UpdateRecord] = []
+        for log_id, doc_id, hlc, origin, seq, payload, kind in rows:
+            handle = self.cache.peek(doc_id)
+            if handle is None and self.tx_handles is not None:
+                handle = self.tx_handles.get(doc_id)
+            if handle is not None and log_id > handle.loaded_through:
+                handle.apply(payload)
+                handle.loaded_through = log_id
+            self.seen_id = log_id
+            seen.append(UpdateRecord(doc_id, Hlc(hlc), origin, seq, bytes(payload), kind))
+        self.last_hlc = max(self.last_hlc, self.stored_hlc())
+        self.signal.emit(seen, defer=self.tx_handles is not None)
+
+    # ---------------------------------------------------------------- writes
+
+    def write(self, body: WriteBody) -> Any:
+        """Run ``body`` in one SQLite write transaction, then tell the change signal."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        seen_id = self.seen_id
+        try:
+            self.refresh()
+            seen_id = self.seen_id
+            result, records = body()
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            self.seen_id = seen_id  # ids of rolled-back rows will be used again
+            self.counters = None
+            self.clients.rolled_back()
+            self.shapes.rolled_back()
+            raise
+        self.signal.emit(records, defer=self.tx_handles is not None)
+        return result
+
+    def read_counters(self) -> tuple[Hlc, int]:
+        """The last HLC and the local max seq; call inside the write transaction."""
+        if self.counters is None:
+            row = self.conn.execute(
+                "SELECT max_seq FROM origins WHERE origin = ?", (self.region,)
+            ).fetchone()
+            self.counters = (max(self.last_hlc, self.stored_hlc()), row[0] if row else 0)
+        return self.counters
+
+    def set_last_hlc(self, hlc: Hlc) -> None:
+        self.conn.execute("UPDATE meta SET value = ? WHERE key = 'last_hlc'", (int(hlc),))
+        self.last_hlc = hlc
+
+    def bump_epoch(self) -> None:
+        """Note that records were folded away: other processes drop their loaded documents."""
+        self.conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'compaction_epoch'")
+        self.epoch = int(self.meta("compaction_epoch"))
+
+    # ---------------------------------------------------------- transactions
+
+    def begin(self, handles: dict[str, DocHandle]) -> None:
+        """Hold the lock for a transaction over ``handles`` until :meth:`end`."""
+        self.lock.acquire()
+        if self.closed or self.tx_handles is not None:
+            self.lock.release()
+            self.check()
+            raise TransactionError(
+                "nested transaction: a Database runs one transaction at a time per thread;"
+                " do all the edits in the outer `with db.transaction()` block"
+            )
+        self.refresh()
+        self.tx_handles = handles
+
+    def end(self, handles: dict[str, DocHandle]) -> None:
+        if self.tx_handles is handles:
+            self.tx_handles = None
+            try:
+                self.signal.flush()
+            finally:
+                self.lock.release()
+
+
+def load_into(conn: sqlite3.Connection, doc_id: str, handle: DocHandle) -> int:
+    """Apply a stored document (load snapshot, then the log after it) to ``handle``.
+
+    Call inside a read transaction of ``conn``; returns the newest log id applied.
+    """
+    row = conn.execute(
+        "SELECT s.snapshot, d.snapshot_id FROM docs d LEFT JOIN snapshots s"
+        " ON s.doc_id = d.doc_id WHERE d.doc_id = ?",
+        (doc_id,),
+    ).fetchone()
+    through = 0
+    if row is not None:
+        if row[0] is not None:
+            handle.apply(row[0])
+        through = row[1]
+    for log_id, payload in conn.execute(
+        "SELECT id, payload FROM log WHERE doc_id = ? AND id > ? ORDER BY id", (doc_id, through)
+    ):
+        handle.apply(payload)
+        through = log_id
+    return int(through)
+
+
+_open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+_inherited: list[sqlite3.Connection] = []
+
+
+def _after_fork_in_child() -> None:
+    """A forked child must not use its parent's stores: it would write under the parent's
+    Yjs client id (each would hide the other's edits), through an SQLite connection that
+    SQLite forbids to cross a fork. Its copies are closed, their connections left alone."""
+    for engine in list(_open_engines):
+        if not engine.closed:
+            engine.forked = engine.closed = True
+            _inherited.append(engine.conn)  # never closed or freed here: the parent's
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,151 @@
+"""Change feed facet: the log read as a stream (changes, records of one origin) and
+followed as it grows (subscribe, watch), whoever writes it.
+
+Listeners and async followers hang on the engine's one change signal: this
+process's own commits and applied records reach them directly, other
+processes' commits when this process next catches up (``watch`` polls for
+those, so a follower never waits longer than its poll interval).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+
+from .engine import Engine, Listener
+from .hlc import Hlc
+from .ids import validate_region
+from .records import UpdateRecord
+
+__all__ = ["ChangeFeed", "Subscription"]
+
+_LOG_COLUMNS = "doc_id, hlc, origin, seq, payload, kind"
+
+
+class Subscription:
+    """Returned by :meth:`Database.subscribe`; ``close()`` stops the callbacks."""
+
+    def __init__(self, listeners: list[Listener], callback: Listener) -> None:
+        self._listeners = listeners
+        self._callback = callback
+
+    def close(self) -> None:
+        if self._callback in self._listeners:
+            self._listeners.remove(self._callback)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _record(row: tuple[str, int, str, int, bytes, int]) -> UpdateRecord:
+    return UpdateRecord(row[0], Hlc(row[1]), row[2], row[3], bytes(row[4]), row[5])
+
+
+class ChangeFeed:
+    """The log of one store, read and followed."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def changes(
+        self, since: Hlc | int | None = None, *, origin: str | None = None, limit: int | None = None
+    ) -> Iterator[UpdateRecord]:
+        """Records with HLC above ``since``, in HLC order (ties: origin, seq)."""
+        engine = self._engine
+        only = "" if origin is None else " AND origin = ?"
+        extra: tuple[str, ...] = () if origin is None else (validate_region(origin),)
+        floor = Hlc(since or 0)
+        with engine.lock:
+            engine.check()
+            engine.check_history(floor, "changes(since=...)")
+        return self._pages(floor, only, extra, limit)
+
+    def _pages(
+        self, floor: Hlc, only: str, extra: tuple[str, ...], limit: int | None
+    ) -> Iterator[UpdateRecord]:
+        engine = self._engine
+        remaining = limit
+        # Keyset pagination: (hlc, origin, seq) strictly after the cursor; "\uffff" sorts
+        # after every region name, so the first page starts just above ``floor``.
+        cursor: tuple[int, str, int] = (int(floor), "\uffff", 0)
+        while remaining is None or remaining > 0:
+            page = 1000 if remaining is None else min(1000, remaining)
+            with engine.lock:
+                engine.check()
+                rows = engine.conn.execute(
+                    f"SELECT {_LOG_COLUMNS} FROM log"
+                    f" WHERE (hlc, origin, seq) > (?, ?, ?){only} ORDER BY hlc, origin, seq"
+                    " LIMIT ?",
+                    (*cursor, *extra, page),
+                ).fetchall()
+            if not rows:
+                return
+            yield from map(_record, rows)
+            if remaining is not None:
+                remaining -= len(rows)
+            cursor = (rows[-1][1], rows[-1][2], rows[-1][3])
+
+    def records_from(self, origin: str, after_seq: int, limit: int = 1000) -> list[UpdateRecord]:
+        """Records of ``origin`` held here with seq above ``after_seq``, in seq order."""
+        engine = self._engine
+        with engine.lock:
+            engine.check()
+            rows = engine.conn.execute(
+                f"SELECT {_LOG_COLUMNS} FROM log WHERE origin = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (origin, after_seq, limit),
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+    def log_position(self) -> int:
+        """The id of the newest log record (from any process): cheap to poll for changes."""
+        engine = self._engine
+        with engine.lock:
+            engine.check()
+            return engine.max_log_id()
+
+    def subscribe(self, callback: Listener) -> Subscription:
+        """Call ``callback(record)`` after each commit this store object sees."""
+        self._engine.check()
+        listeners = self._engine.signal.listeners
+        listeners.append(callback)
+        return Subscription(listeners, callback)
+
+    async def watch(
+        self, *, from_start: bool = False, poll_interval: float = 0.05
+    ) -> AsyncIterator[UpdateRecord]:
+        """Follow the log as it grows, whoever writes it (this process or another)."""
+        engine = self._engine
+        wake = asyncio.Event()
+        with engine.lock:
+            engine.check()
+            cursor = 0 if from_start else engine.max_log_id()
+            unfollow = engine.signal.follow(asyncio.get_running_loop(), wake)
+        try:
+            while not engine.closed:
+                rows = self.log_after(cursor, 1000)
+                for log_id, record in rows:
+                    cursor = log_id
+                    yield record
+                if not rows:
+                    wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), poll_interval)
+        finally:
+            with engine.lock:
+                unfollow()
+
+    def log_after(self, log_id: int, limit: int) -> list[tuple[int, UpdateRecord]]:
+        """Up to ``limit`` (log id, record) after ``log_id``, in log order ([] once closed)."""
+        engine = self._engine
+        with engine.lock:
+            if engine.closed:
+                return []
+            rows = engine.conn.execute(
+                f"SELECT id, {_LOG_COLUMNS} FROM log WHERE id > ? ORDER BY id LIMIT ?",
+                (log_id, limit),
+            ).fetchall()
+        return [(row[0], _record(row[1:])) for row in rows]

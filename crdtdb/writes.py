@@ -1,0 +1,418 @@
+"""Writes facet: local commits and remote applies, sharing one log-append path.
+
+A local commit (a transaction, or an anti-entropy repair) issues the next HLC
+and this region's next sequence numbers; a remote batch keeps its records'
+own, after checking them. Both then append to the log, record each changed
+document (its row, its body for readers that do not load CRDTs, its load
+snapshot when due, its digest's state) and move the origins' progress, all
+in one SQLite write transaction (see :class:`crdtdb.engine.Engine`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NamedTuple
+
+from pycrdt import merge_updates
+
+from . import merkle
+from ._cache import DocHandle
+from .digests import Digests, DigestState
+from .engine import Engine
+from .errors import ClientIdCollisionError, InvalidRecordError, InvalidUpdateError
+from .frontier import Frontier
+from .hlc import Hlc, observe, tick
+from .ids import collection_of
+from .records import REPAIR, WRITE, UpdateRecord
+
+__all__ = ["BODY_MAX_BYTES", "Writer"]
+
+log = logging.getLogger("crdtdb")
+
+BODY_MAX_BYTES = 16 * 1024
+"""A commit writes a changed document's JSON to ``bodies`` while the document's stored
+CRDT bytes are at most this; a larger one (a long text typed a keystroke a commit, say)
+is left for readers to load, so that no commit pays in proportion to its document."""
+_EMPTY_UPDATE = b"\x00\x00"  # no structs, no deletes
+
+_Change = tuple[str, DocHandle, list[bytes]]
+"""(doc_id, handle, its pending updates): one document a local commit changes."""
+
+
+class _DocChange(NamedTuple):
+    """One changed document of a commit or batch, as the log append records it."""
+
+    doc_id: str
+    handle: DocHandle
+    log_id: int
+    """Its newest record's position in the log."""
+    size: int
+    """Bytes it logged."""
+    hlc: Hlc
+    origin: str
+    """Of its newest record: the greatest (HLC, origin) of the batch."""
+
+
+class _Known(NamedTuple):
+    """What the store held of a document before the write."""
+
+    pending: int
+    hlc: int
+    snapshot_bytes: int
+    origin: str
+
+
+class Writer:
+    """Commits and applies for one store; feeds the digests and the frontier."""
+
+    def __init__(self, engine: Engine, digests: Digests, frontier: Frontier) -> None:
+        self._engine = engine
+        self._digests = digests
+        self._frontier = frontier
+
+    # ------------------------------------------------------------ local commits
+
+    def commit(self, handles: dict[str, DocHandle]) -> tuple[Hlc, list[UpdateRecord]] | None:
+        """Commit a transaction's edited documents; None if nothing changed."""
+        engine = self._engine
+        changes: list[_Change] = []
+        try:
+            for doc_id, handle in handles.items():
+                handle.finish_edits()
+                pending = handle.take_pending()
+                if pending:
+                    changes.append((doc_id, handle, pending))
+        except BaseException:
+            self.rollback(handles)
+            raise
+        if not changes:
+            return None
+
+        def body() -> tuple[tuple[Hlc, list[UpdateRecord]], list[UpdateRecord]]:
+            hlc, records = self._commit_locked(changes)
+            return (hlc, records), records
+
+        try:
+            committed: tuple[Hlc, list[UpdateRecord]] = engine.write(body)
+            return committed
+        except BaseException as exc:
+            self.rollback(handles)
+            if isinstance(exc, ClientIdCollisionError):  # edits made under that id are void
+                engine.clients.draw()
+                engine.cache.clear()
+            raise
+
+    def rollback(self, handles: dict[str, DocHandle]) -> None:
+        """Drop a transaction's edits: its documents are reloaded from disk on next use."""
+        for doc_id, handle in handles.items():
+            handle.end()
+            handle.take_pending()
+            self._engine.cache.evict(doc_id)
+
+    def apply_diff(self, doc_id: str, update: bytes) -> Hlc | None:
+        """Commit what an anti-entropy diff adds to a document as a local repair record."""
+        engine = self._engine
+        with engine.lock:
+            engine.check_no_tx("apply_diff()")
+            engine.refresh()
+            handle = engine.handle(doc_id)
+            handle.capturing = True
+            try:
+                handle.apply(update)
+            except ValueError as exc:
+                handle.take_pending()
+                engine.cache.evict(doc_id)
+                raise InvalidUpdateError(
+                    f"refused diff for {doc_id}: the update does not decode ({exc})"
+                ) from None
+            pending = [u for u in handle.take_pending() if u != _EMPTY_UPDATE]
+            if not pending:
+                return None
+            try:
+                hlc: Hlc = engine.write(
+                    lambda: self._commit_locked([(doc_id, handle, pending)], REPAIR)
+                )
+            except BaseException:
+                engine.cache.evict(doc_id)
+                raise
+            return hlc
+
+    def _commit_locked(
+        self, changes: list[_Change], kind: int = WRITE
+    ) -> tuple[Hlc, list[UpdateRecord]]:
+        engine = self._engine
+        last, seq = engine.read_counters()
+        hlc = tick(last, engine.options.clock())
+        if kind == WRITE:
+            engine.clients.bind_own(int(hlc))
+        engine.set_last_hlc(hlc)
+        records = []
+        for doc_id, _, pending in changes:
+            seq += 1
+            update = pending[0] if len(pending) == 1 else merge_updates(*pending)
+            records.append(UpdateRecord(doc_id, hlc, engine.region, seq, update, kind))
+        self._append(records, {doc_id: handle for doc_id, handle, _ in changes})
+        self._frontier.record_local(seq, hlc)
+        engine.counters = (hlc, seq)
+        return hlc, records
+
+    # ------------------------------------------------------------ remote applies
+
+    def apply_remote_many(self, records: list[UpdateRecord]) -> int:
+        """Apply a batch of remote records in one transaction; return how many were new."""
+        for record in records:
+            record.validated()
+        engine = self._engine
+        with engine.lock:
+            engine.check_no_tx("apply_remote()")
+            version = engine.data_version  # no other process committed while it stays so
+            fresh = self._not_held(records)
+            if not fresh:
+                return 0
+            try:
+                applied: int = engine.write(lambda: self._apply_batch_locked(fresh, version))
+            except BaseException as exc:
+                for doc_id in {record.doc_id for record in fresh}:
+                    engine.cache.evict(doc_id)
+                if isinstance(exc, ClientIdCollisionError):
+                    self._note_collision(exc)
+                raise
+            return applied
+
+    def _note_collision(self, error: ClientIdCollisionError) -> None:
+        engine = self._engine
+        log.error("%s: %s", engine.region, error)
+        now = engine.options.clock()
+
+        def body() -> tuple[None, list[UpdateRecord]]:
+            engine.clients.note_collision(error, now)
+            return None, []
+
+        engine.write(body)
+
+    def _not_held(self, records: list[UpdateRecord]) -> list[UpdateRecord]:
+        """The records whose (origin, seq) is neither in the log nor earlier in the batch."""
+        seqs: dict[str, list[int]] = {}
+        for record in records:
+            seqs.setdefault(record.origin, []).append(record.seq)
+        held: set[tuple[str, int]] = set()
+        for origin, wanted in seqs.items():
+            held.update(
+                (origin, row[0])
+                for row in self._engine.conn.execute(
+                    "SELECT seq FROM log WHERE origin = ? AND seq BETWEEN ? AND ?",
+                    (origin, min(wanted), max(wanted)),
+                )
+            )
+        fresh = []
+        for record in records:
+            key = (record.origin, record.seq)
+            if key not in held:
+                held.add(key)
+                fresh.append(record)
+        return fresh
+
+    def _apply_batch_locked(
+        self, records: list[UpdateRecord], version: int
+    ) -> tuple[int, list[UpdateRecord]]:
+        """Apply fresh records: each document's row, each origin's row and the clock once.
+
+        Checked before any document is touched: the records are still not held
+        (looked for again if another process committed since ``version``, the
+        data version before they were first looked for), none claims this
+        region as its origin, and no HLC is too far ahead.
+        """
+        engine = self._engine
+        if engine.data_version != version:
+            records = self._not_held(records)
+            if not records:
+                return 0, []
+        for record in records:
+            if record.origin == engine.region:
+                # We are the only source of our own records: one we do not hold was forged
+                # (or comes from a restored backup of this region, which is not supported).
+                raise InvalidRecordError(
+                    f"refused record {record.origin}#{record.seq}: it claims to come from this"
+                    f" region, which never made it"
+                )
+        last, local_seq = engine.read_counters()
+        # The clock after receiving the batch: above every record's HLC, as one message
+        # (the newest HLC is the one a skew check would refuse, if any is refused).
+        newest = Hlc(max(record.hlc for record in records))
+        clock = observe(last, newest, engine.options.clock(), engine.options.max_clock_offset_ms)
+        engine.clients.check(records)
+        handles, new = self._apply_updates(records)
+        self._append(records, handles, new)
+        self._frontier.advance(records)
+        engine.set_last_hlc(clock)
+        engine.counters = (clock, local_seq)
+        return len(records), records
+
+    def _apply_updates(self, records: list[UpdateRecord]) -> tuple[dict[str, DocHandle], set[str]]:
+        """Apply the updates to their documents in order: the handles by document, and
+        the documents that are new to this store."""
+        engine = self._engine
+        by_doc: dict[str, list[UpdateRecord]] = {}
+        for record in records:
+            by_doc.setdefault(record.doc_id, []).append(record)
+        handles: dict[str, DocHandle] = {}
+        unloaded = [d for d in by_doc if engine.cache.peek(d) is None]
+        absent = set(unloaded)  # those with no row: no history to load
+        absent.difference_update(
+            row[0]
+            for row in engine.rows_in("SELECT doc_id FROM docs WHERE doc_id IN ({marks})", unloaded)
+        )
+        for doc_id, mine in by_doc.items():
+            if doc_id in absent:  # nothing on disk to load: start it empty (a bootstrap)
+                handle = handles[doc_id] = engine.new_handle()
+                engine.cache.put(doc_id, handle)
+            else:
+                handle = handles[doc_id] = engine.handle(doc_id)
+            for record in mine:
+                try:
+                    handle.receive(record.update)
+                except ValueError as exc:
+                    raise InvalidUpdateError(
+                        f"refused record {record.origin}#{record.seq} for {doc_id}: the update"
+                        f" does not decode ({exc}); nothing of its batch was applied"
+                    ) from None
+            handle.settle([record.update for record in mine])
+        return handles, absent
+
+    # ---------------------------------------------------------- the log append
+
+    def _append(
+        self,
+        records: list[UpdateRecord],
+        handles: dict[str, DocHandle],
+        new: set[str] | None = None,
+    ) -> None:
+        """Append ``records`` to the log and record their documents (``new``, if known:
+        those without a row yet). Inside the write transaction."""
+        engine = self._engine
+        # We hold the write lock and have caught up, so the ids after seen_id are free
+        # (compaction never deletes the newest record); the primary key would refuse
+        # the write otherwise.
+        first_id = engine.seen_id + 1
+        engine.conn.executemany(
+            "INSERT INTO log (id, origin, seq, hlc, doc_id, payload, kind)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (first_id + i, r.origin, r.seq, int(r.hlc), r.doc_id, r.update, r.kind)
+                for i, r in enumerate(records)
+            ],
+        )
+        engine.seen_id = first_id + len(records) - 1
+        self._index(_doc_changes(records, handles, first_id), new)
+
+    def _index(self, changed: list[_DocChange], new: set[str] | None) -> None:
+        """Record changed documents: liveness, HLC, body, load snapshot, digest state.
+
+        The load snapshot is rewritten once the log bytes written since the last
+        one reach that snapshot's size (at least ``snapshot_min_bytes``): loading
+        replays at most about twice the document's size, and rewriting costs at
+        most one extra byte per byte logged.
+        """
+        known = self._known([c.doc_id for c in changed if new is None or c.doc_id not in new])
+        created = self._digests.on_created(
+            [(c.doc_id, c.handle) for c in changed if c.doc_id not in known]
+        )
+        rows, bodies, snapshots = [], [], []
+        for change in changed:
+            change.handle.loaded_through = change.log_id
+            before = known.get(change.doc_id, _Known(0, 0, 0, ""))
+            pending = before.pending + change.size
+            # the newest record is the greatest (HLC, origin): the same in every region
+            origin = max((before.hlc, before.origin), (int(change.hlc), change.origin))[1]
+            bodies.append((change.doc_id, change.log_id, origin, *self._body(change, before)))
+            snapshot_bytes: int | None = None
+            snapshot_id = 0
+            if self._snapshot_due(change.handle, pending, before.snapshot_bytes):
+                snapshot = change.handle.doc.get_update()
+                snapshots.append((change.doc_id, snapshot))
+                snapshot_bytes, snapshot_id, pending = len(snapshot), change.log_id, 0
+            digest, state = created.get(change.doc_id, (None, DigestState.STALE))
+            rows.append(
+                (
+                    change.doc_id,
+                    collection_of(change.doc_id),
+                    merkle.leaf_of(change.doc_id),
+                    change.handle.live,
+                    max(int(change.hlc), before.hlc),
+                    snapshot_bytes,
+                    snapshot_id,
+                    pending,
+                    digest,
+                    int(state),
+                )
+            )
+        self._store_rows(rows, bodies, snapshots)
+        self._digests.on_changed([c.doc_id for c in changed if c.doc_id in known])
+
+    def _known(self, doc_ids: list[str]) -> dict[str, _Known]:
+        return {
+            row[0]: _Known(row[1], row[2], row[3], row[4] or "")
+            for row in self._engine.rows_in(
+                "SELECT d.doc_id, d.pending, d.hlc, d.snapshot_bytes, b.origin FROM docs d"
+                " LEFT JOIN bodies b ON b.doc_id = d.doc_id WHERE d.doc_id IN ({marks})",
+                doc_ids,
+            )
+        }
+
+    def _body(self, change: _DocChange, before: _Known) -> tuple[str | None, int | None]:
+        """The document's JSON and shape number, while it is small enough to write."""
+        if before.snapshot_bytes + before.pending + change.size > BODY_MAX_BYTES:
+            return None, None
+        found = change.handle.body_and_shape()
+        return (found[0], self._engine.shapes.id_of(found[1])) if found else (None, None)
+
+    def _snapshot_due(self, handle: DocHandle, pending: int, snapshot_bytes: int) -> bool:
+        minimum = self._engine.options.snapshot_min_bytes
+        return pending >= max(minimum, snapshot_bytes) and not handle.waiting
+
+    def _store_rows(
+        self, rows: list[tuple[Any, ...]], bodies: list[tuple[Any, ...]], snapshots: list[Any]
+    ) -> None:
+        conn = self._engine.conn
+        # A document already stale keeps the digest the tree holds for it; one whose
+        # digest was never XORed into the tree (UNTREED) has none there.
+        conn.executemany(
+            "INSERT INTO docs (doc_id, collection, leaf, live, hlc, dirty, snapshot_bytes,"
+            " snapshot_id, pending, digest)"
+            " VALUES (?1, ?2, ?3, ?4, ?5, ?10, coalesce(?6, 0), ?7, ?8, ?9)"
+            " ON CONFLICT (doc_id) DO UPDATE SET live = ?4, hlc = ?5,"
+            f" dirty = {DigestState.STALE:d}, pending = ?8,"
+            " snapshot_bytes = coalesce(?6, snapshot_bytes),"
+            " snapshot_id = max(?7, snapshot_id),"
+            f" digest = CASE dirty WHEN {DigestState.UNTREED:d} THEN NULL ELSE digest END",
+            rows,
+        )
+        conn.executemany(
+            "INSERT INTO bodies (doc_id, log_id, origin, body, shape) VALUES (?1, ?2, ?3, ?4, ?5)"
+            " ON CONFLICT (doc_id) DO UPDATE SET log_id = ?2, origin = ?3, body = ?4, shape = ?5",
+            bodies,
+        )
+        if snapshots:
+            conn.executemany(
+                "INSERT OR REPLACE INTO snapshots (doc_id, snapshot) VALUES (?, ?)", snapshots
+            )
+
+
+def _doc_changes(
+    records: list[UpdateRecord], handles: dict[str, DocHandle], first_id: int
+) -> list[_DocChange]:
+    """Per document of a batch logged from ``first_id`` on: what ``_index`` records."""
+    newest_id: dict[str, int] = {}
+    size: dict[str, int] = {}
+    newest: dict[str, tuple[int, str]] = {}
+    for log_id, record in enumerate(records, first_id):
+        doc_id = record.doc_id
+        newest_id[doc_id] = log_id
+        size[doc_id] = size.get(doc_id, 0) + len(record.update)
+        newest[doc_id] = max(newest.get(doc_id, (0, "")), (record.hlc, record.origin))
+    return [
+        _DocChange(
+            doc_id, handles[doc_id], log_id, size[doc_id], Hlc(newest[doc_id][0]), newest[doc_id][1]
+        )
+        for doc_id, log_id in newest_id.items()
+    ]
