@@ -193,7 +193,7 @@ class Database(Replica):
         return self._feed.subscribe(callback)
 
     def watch(
-        self, *, from_start: bool = False, poll_interval: float = 0.05
+        self, *, from_start: bool = False, poll_interval: float = 0.005
     ) -> AsyncIterator[UpdateRecord]:
         """Follow the log as it grows, whoever writes it (this process or another)."""
         return self._feed.watch(from_start=from_start, poll_interval=poll_interval)

@@ -1,16 +1,14 @@
 """Change feed facet: the log read as a stream (changes, records of one origin) and
 followed as it grows (subscribe, watch), whoever writes it.
 
-Listeners and async followers hang on the engine's one change signal: this
-process's own commits and applied records reach them directly, other
-processes' commits when this process next catches up (``watch`` polls for
-those, so a follower never waits longer than its poll interval).
+Listeners hang on the engine's one change signal: this process's own commits
+and applied records reach them directly, other processes' commits when this
+process next catches up. ``watch`` is the log follower of :mod:`crdtdb.follow`,
+woken by the same signal and, for other processes' commits, by the kernel.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Iterator
 
 from .engine import Engine, Listener
@@ -115,28 +113,39 @@ class ChangeFeed:
         return Subscription(listeners, callback)
 
     async def watch(
-        self, *, from_start: bool = False, poll_interval: float = 0.05
+        self, *, from_start: bool = False, poll_interval: float = 0.005
     ) -> AsyncIterator[UpdateRecord]:
-        """Follow the log as it grows, whoever writes it (this process or another)."""
+        """Follow the log as it grows, whoever writes it (this process or another).
+
+        Built on the log follower (:mod:`crdtdb.follow`): this process's commits
+        wake it at once, other processes' through the kernel (or a stat of the
+        WAL every ``poll_interval`` where the kernel cannot say), and while
+        commits keep coming it looks at most every ``poll_interval``.
+        """
+        from . import follow
+
         engine = self._engine
-        wake = asyncio.Event()
         with engine.lock:
             engine.check()
             cursor = 0 if from_start else engine.max_log_id()
-            unfollow = engine.signal.follow(asyncio.get_running_loop(), wake)
+        probe = follow.open_probe(engine.path, poll_interval, engine.signal)
+        watcher = follow.LogWatcher(self._position, probe, poll_interval, follow.CONFIRM_INTERVAL)
         try:
-            while not engine.closed:
-                rows = self.log_after(cursor, 1000)
-                for log_id, record in rows:
-                    cursor = log_id
-                    yield record
-                if not rows:
-                    wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), poll_interval)
+            changes = watcher.changes(since=cursor)  # so nothing after the cursor is missed
+            while True:
+                while rows := self.log_after(cursor, 1000):
+                    for cursor, record in rows:  # noqa: B007 - the cursor moves on
+                        yield record
+                if engine.closed or await anext(changes) < 0:
+                    return
         finally:
-            with engine.lock:
-                unfollow()
+            watcher.close()
+
+    def _position(self) -> int:
+        """The newest log id, or -1 once the store is closed (the follower then stops)."""
+        engine = self._engine
+        with engine.lock:
+            return -1 if engine.closed else engine.max_log_id()
 
     def log_after(self, log_id: int, limit: int) -> list[tuple[int, UpdateRecord]]:
         """Up to ``limit`` (log id, record) after ``log_id``, in log order ([] once closed)."""

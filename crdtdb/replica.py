@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from . import merkle, storage
 from .digests import Digests
-from .engine import Engine
+from .engine import ChangeSignal, Engine
 from .errors import InvalidUpdateError
 from .feed import ChangeFeed
 from .frontier import Frontier
@@ -36,6 +36,12 @@ class Replica:
     @property
     def region(self) -> RegionId:
         return self._engine.region
+
+    @property
+    def signal(self) -> ChangeSignal:
+        """Told of every record this process commits, applies or sees: a follower of the
+        log in this process waits on it (see :mod:`crdtdb.follow`)."""
+        return self._engine.signal
 
     # ------------------------------------------------------------ documents
 

@@ -12,7 +12,7 @@ may run it in its own process too.
   same directory, or records received from a peer) wakes every session,
   which sends the peer what it lacks: that is both the delta push and the
   relay to regions further down a chain. How growth is noticed cheaply (an
-  idle daemon must not keep querying SQLite) is :mod:`.watch`'s business.
+  idle daemon must not keep querying SQLite) is :mod:`crdtdb.follow`'s business.
 - Merkle digests of changed documents are refreshed in the background, a
   few at a time while writes go on and in a worker thread after each burst,
   so that an anti-entropy round finds the tree fresh instead of computing a
@@ -42,11 +42,13 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from crdtdb import follow
 from crdtdb.database import Database
 from crdtdb.errors import CrdtdbError
+from crdtdb.follow import LogWatcher
 from crdtdb.hlc import Hlc
 
-from . import watch, wire
+from . import wire
 from .certs import sign_challenge, verify_peer
 from .config import RegionConfig
 from .session import (
@@ -59,7 +61,6 @@ from .session import (
     SyncSession,
 )
 from .transport import SessionProtocol, dial, listen
-from .watch import LogWatcher
 
 __all__ = ["STATUS_FILE", "PeerStatus", "Replicator"]
 
@@ -312,12 +313,14 @@ class Replicator:
             delay = min(self.config.reconnect_max, delay * 2)
 
     async def _watch_log(self) -> None:
-        """Wake every session when the log grows, whichever process wrote (see :mod:`.watch`)."""
+        """Wake every session when the log grows, whichever process wrote: this one's
+        commits (applied records, repairs) through the store's change signal, other
+        processes' through the kernel (see :mod:`crdtdb.follow`)."""
         watcher = LogWatcher(
             self.db.log_position,
-            watch.open_probe(self.config.data_dir, self.config.poll_interval),
+            follow.open_probe(self.config.data_dir, self.config.poll_interval, self.db.signal),
             self.config.poll_interval,
-            watch.CONFIRM_INTERVAL,
+            follow.CONFIRM_INTERVAL,
         )
         self.watcher = watcher
         try:

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 
 import crdtdb
+from crdtdb import UpdateRecord, follow
+from crdtdb.follow import FOLLOW_UP, InotifyProbe, LogWatcher, StatProbe, WatchSchedule
 from crdtdb.storage import STORE_FILE
-from crdtdb.sync import watch
 from crdtdb.sync.config import PeerConfig
 from crdtdb.sync.node import Replicator
-from crdtdb.sync.watch import FOLLOW_UP, InotifyProbe, LogWatcher, StatProbe, WatchSchedule
 
 from .conftest import ship
 from .quic_helpers import region_config, wait_for
@@ -68,7 +68,7 @@ def test_looks_are_spaced_by_poll_interval_only_after_new_records() -> None:
 # -------------------------------------------------------------------- probes
 
 
-async def _probe_sees_writes(probe: watch.WriteProbe, wal: Path) -> None:
+async def _probe_sees_writes(probe: follow.WriteProbe, wal: Path) -> None:
     try:
         assert not await probe.wait(0.05)
         wal.write_bytes(b"x" * 10)
@@ -129,6 +129,90 @@ def test_a_change_no_probe_sees_is_found_by_the_confirming_look(tmp_path: Path) 
             await changes.aclose()
 
         asyncio.run(scenario())
+
+
+# ------------------------------------------------------ the change signal
+
+
+def _no_inotify(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(directory: Path) -> InotifyProbe:
+        raise OSError("inotify switched off by the test")
+
+    monkeypatch.setattr(follow, "InotifyProbe", refuse)
+
+
+def test_a_commit_of_this_process_wakes_the_follower_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Neither the kernel nor a look can see it in time: the stat probe and the confirming
+    look wait a minute, so only the store's change signal can deliver the commit."""
+    _no_inotify(monkeypatch)
+    with crdtdb.open(tmp_path / "eu", region="eu") as db:
+
+        async def scenario() -> None:
+            probe = follow.open_probe(db.path, 60.0, db.signal)
+            watcher = LogWatcher(db.log_position, probe, 60.0, confirm_interval=60.0)
+            changes = watcher.changes()
+            first = asyncio.ensure_future(anext(changes))
+            await asyncio.sleep(0.05)
+            db.put("users/a", {"v": 1})
+            assert await asyncio.wait_for(first, 10) == db.log_position()
+            await changes.aclose()
+            watcher.close()
+
+        asyncio.run(scenario())
+
+
+def _watch_sees_another_connection(tmp_path: Path, poll_interval: float) -> None:
+    with (
+        crdtdb.open(tmp_path / "eu", region="eu") as db,
+        crdtdb.open(tmp_path / "eu") as other,  # its commits do not signal db's engine
+    ):
+
+        async def scenario() -> None:
+            records = db.watch(poll_interval=poll_interval)
+            first = asyncio.ensure_future(anext(records))
+            await asyncio.sleep(0.05)
+            other.put("users/b", {"v": 2})
+            assert (await asyncio.wait_for(first, 10)).doc_id == "users/b"
+            await records.aclose()
+
+        asyncio.run(scenario())
+
+
+@pytest.mark.skipif(not LINUX, reason="inotify is Linux only")
+def test_db_watch_hears_other_connections_commits_from_the_kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Database.watch`` is the same follower: with the stat probe and the confirming
+    look a minute apart, only inotify can deliver another connection's commit in time."""
+    monkeypatch.setattr(follow, "CONFIRM_INTERVAL", 60.0)
+    _watch_sees_another_connection(tmp_path, poll_interval=60.0)
+
+
+def test_db_watch_stats_the_wal_where_the_kernel_cannot_say(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(follow, "CONFIRM_INTERVAL", 60.0)
+    _no_inotify(monkeypatch)
+    _watch_sees_another_connection(tmp_path, poll_interval=0.01)
+
+
+def test_db_watch_ends_when_the_store_is_closed(tmp_path: Path) -> None:
+    db = crdtdb.open(tmp_path / "eu", region="eu")
+
+    async def scenario() -> list[UpdateRecord]:
+        async def drain() -> list[UpdateRecord]:
+            return [record async for record in db.watch()]
+
+        task = asyncio.ensure_future(drain())
+        await asyncio.sleep(0.05)
+        db.put("users/a", {"v": 1})
+        await asyncio.sleep(0.05)
+        db.close()
+        return await asyncio.wait_for(task, 10)
+
+    assert [record.doc_id for record in asyncio.run(scenario())] == ["users/a"]
 
 
 # ------------------------------------------------- another process commits
@@ -193,13 +277,13 @@ class Pair:
 @pytest.fixture(params=["inotify", "stat"] if LINUX else ["stat"])
 def probe_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Which probe the daemons use; the confirming look is put off for a minute."""
-    monkeypatch.setattr(watch, "CONFIRM_INTERVAL", 60.0)
+    monkeypatch.setattr(follow, "CONFIRM_INTERVAL", 60.0)
     if request.param == "stat":
 
         def no_inotify(directory: Path) -> InotifyProbe:
             raise OSError("inotify switched off by the test")
 
-        monkeypatch.setattr(watch, "InotifyProbe", no_inotify)
+        monkeypatch.setattr(follow, "InotifyProbe", no_inotify)
     yield request.param
 
 
@@ -216,7 +300,8 @@ def test_commits_of_another_process_are_shipped_promptly(
             watcher = pair.eu.watcher
             assert watcher is not None
             expected = InotifyProbe if probe_kind == "inotify" else StatProbe
-            assert isinstance(watcher._probe, expected)
+            assert isinstance(watcher._probe, follow.SignalledProbe)  # and, for others:
+            assert isinstance(watcher._probe.inner, expected)
 
             await commit_elsewhere(tmp_path / "eu", "users/first")
             await wait_for(lambda: pair.us_db.get("users/first") is not None)

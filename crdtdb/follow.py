@@ -1,7 +1,12 @@
-"""Noticing that a region's log grew, whoever committed: cheap while idle, prompt when not.
+"""Following a region's log as it grows, whoever commits: cheap while idle, prompt when not.
 
-Applications commit to the region's SQLite file from their own processes, so
-the daemon learns of their commits only by looking. Asking SQLite (the log's
+The one follower of the log: the sync daemon's replicator and
+:meth:`crdtdb.Database.watch` are both built on :class:`LogWatcher`.
+
+This process's own commits wake it directly, through the store's change
+signal (:class:`crdtdb.engine.ChangeSignal`). Applications commit to the
+region's SQLite file from their own processes too, and of those a follower
+learns only by looking. Asking SQLite (the log's
 ``max(id)``) every 5 ms cost an idle daemon about 4% of a core, most of it in
 the wake-ups themselves rather than the query. So :class:`LogWatcher`:
 
@@ -30,7 +35,8 @@ daemon wakes about ``1 / CONFIRM_INTERVAL`` times a second with inotify, and
 ``1 / poll_interval`` times (for a stat each) without.
 
 The schedule is pure (:class:`WatchSchedule`, times passed in); only
-:class:`LogWatcher` reads the clock.
+:class:`LogWatcher` reads the clock. ``inotify_simple`` is imported only when
+a probe is opened.
 """
 
 from __future__ import annotations
@@ -45,11 +51,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from crdtdb.storage import STORE_FILE
+from .engine import ChangeSignal
+from .storage import wal_path
 
-__all__ = ["CONFIRM_INTERVAL", "LogWatcher", "WatchSchedule"]
+__all__ = ["CONFIRM_INTERVAL", "LogWatcher", "WatchSchedule", "open_probe"]
 
-log = logging.getLogger("crdtdb.sync")
+log = logging.getLogger("crdtdb.follow")
 
 CONFIRM_INTERVAL = 0.1
 """Seconds between looks at the log when no probe saw a write (the worst-case delay)."""
@@ -58,7 +65,6 @@ FOLLOW_UP = 0.001
 FOLLOW_UPS = 3
 """Looks after a write (``poll_interval`` later, then 4 and 16 times that) before relying
 on the probe and the confirming look again."""
-WAL_FILE = STORE_FILE + "-wal"
 
 
 @dataclass(slots=True)
@@ -151,7 +157,7 @@ class InotifyProbe:
     (when every connection closed) is still followed.
     """
 
-    def __init__(self, directory: Path, name: str = WAL_FILE) -> None:
+    def __init__(self, directory: Path) -> None:
         from inotify_simple import INotify, flags  # Linux only: imported here
 
         self._overflow = flags.Q_OVERFLOW
@@ -161,7 +167,7 @@ class InotifyProbe:
         except OSError:
             self._inotify.close()
             raise
-        self._name = name
+        self._name = wal_path(directory).name
         self._written = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._inotify.fileno(), self._readable)
@@ -187,8 +193,45 @@ class InotifyProbe:
             self._inotify.close()
 
 
-def open_probe(directory: Path, poll_interval: float) -> WriteProbe:
-    """inotify where available, else a stat of the WAL file every ``poll_interval``."""
+class SignalledProbe:
+    """Another probe, woken at once by this process's own commits (the change signal)."""
+
+    def __init__(self, inner: WriteProbe, signal: ChangeSignal) -> None:
+        self.inner = inner
+        """The probe for other processes' commits."""
+        self._committed = asyncio.Event()
+        self._unfollow = signal.follow(asyncio.get_running_loop(), self._committed)
+
+    async def wait(self, timeout: float) -> bool:
+        written = False
+        if not self._committed.is_set():
+            probe = asyncio.ensure_future(self.inner.wait(timeout))
+            committed = asyncio.ensure_future(self._committed.wait())
+            try:
+                await asyncio.wait((probe, committed), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                probe.cancel()
+                committed.cancel()
+            written = probe.done() and not probe.cancelled() and probe.result()
+        committed_here = self._committed.is_set()
+        self._committed.clear()  # before the caller looks, as with the kernel's probe
+        return written or committed_here
+
+    def close(self) -> None:
+        self._unfollow()
+        self.inner.close()
+
+
+def open_probe(
+    directory: Path, poll_interval: float, signal: ChangeSignal | None = None
+) -> WriteProbe:
+    """inotify where available, else a stat of the WAL file every ``poll_interval``; woken
+    at once by ``signal`` too, if given (call with the event loop running)."""
+    probe = _kernel_probe(directory, poll_interval)
+    return probe if signal is None else SignalledProbe(probe, signal)
+
+
+def _kernel_probe(directory: Path, poll_interval: float) -> WriteProbe:
     if sys.platform.startswith("linux"):
         try:
             return InotifyProbe(directory)
@@ -199,7 +242,7 @@ def open_probe(directory: Path, poll_interval: float) -> WriteProbe:
                 exc,
                 poll_interval,
             )
-    return StatProbe(directory / WAL_FILE, poll_interval)
+    return StatProbe(wal_path(directory), poll_interval)
 
 
 class LogWatcher:
@@ -218,9 +261,10 @@ class LogWatcher:
         self.looks = 0
         """How many times the log position was read (for tests and benchmarks)."""
 
-    async def changes(self) -> AsyncIterator[int]:
+    async def changes(self, since: int | None = None) -> AsyncIterator[int]:
+        """Each new log position; ``since``: the position already seen (default: now)."""
         loop = asyncio.get_running_loop()
-        position = self._position()
+        position = self._position() if since is None else since
         self.schedule.looked(loop.time(), wrote=False, grew=False)
         while True:
             wrote = await self._probe.wait(max(0.0, self.schedule.deadline() - loop.time()))
