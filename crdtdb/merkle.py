@@ -31,7 +31,7 @@ from typing import Any
 
 from pycrdt import Doc
 
-from .yjs import read_pairs, read_varuint, write_varuint
+from .yjs import decode_state_vector, read_pairs, read_varuint, write_varuint
 
 __all__ = [
     "DEPTH",
@@ -180,13 +180,7 @@ def quad_children(quad: int) -> list[int]:
 
 def state_vector_clocks(state_vector: bytes) -> dict[int, int]:
     """``{client: clock}`` of an encoded state vector; ValueError if it does not decode."""
-    try:
-        pairs, end = read_pairs(state_vector, 0)
-    except IndexError:
-        raise ValueError("truncated state vector") from None
-    if end != len(state_vector):
-        raise ValueError("trailing bytes after the state vector")
-    return dict(pairs)
+    return dict(decode_state_vector(state_vector))
 
 
 def delete_set_digest(delete_update: bytes) -> bytes:

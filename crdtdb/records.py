@@ -74,6 +74,9 @@ class UpdateRecord:
         if not isinstance(self.update, bytes) or not self.update:
             raise InvalidRecordError("refused record: update must be non-empty bytes")
         if self.kind not in KINDS or isinstance(self.kind, bool):
-            raise InvalidRecordError(f"refused record: unknown kind {self.kind!r} (0, 1 or 2)")
+            raise InvalidRecordError(
+                f"refused record: unknown record kind {self.kind!r}"
+                " (0 write, 1 repair, 2 unchecked)"
+            )
         object.__setattr__(self, "_checked", True)
         return self

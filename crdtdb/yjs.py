@@ -17,15 +17,38 @@ Skip range (a gap the update does not carry) or an item whose info byte says
 which of origin, right origin, parent and parent key follow, and whose low
 five bits give the kind of content. Item lengths are in Yjs clock units (UTF-16
 code units for strings). Only what is needed is decoded; content is skipped.
+
+It also owns the one codec of lib0's unsigned varints (LEB128) and of state
+vectors (a count, then ``(client, clock)`` varuint pairs) that the Merkle
+digests and the replication wire share. Two readers of one encoding, on
+purpose: :func:`read_varuint` takes a varuint as Yrs reads it (any length),
+for walking updates that Yrs may accept; :func:`read_canonical_varuint`
+refuses all but the shortest form below 2**64, for bytes from a peer that
+must mean one thing and re-encode to themselves.
 """
 
 from __future__ import annotations
 
 import contextlib
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass
 
-__all__ = ["UpdateShape", "authors", "read_pairs", "read_varuint", "shape", "write_varuint"]
+__all__ = [
+    "MAX_VARUINT",
+    "UpdateShape",
+    "authors",
+    "decode_state_vector",
+    "encode_state_vector",
+    "read_canonical_varuint",
+    "read_pairs",
+    "read_varuint",
+    "shape",
+    "write_varuint",
+]
+
+MAX_VARUINT = (1 << 64) - 1
+"""The largest varuint :func:`read_canonical_varuint` takes (Yrs's client ids are u64)."""
 
 _GC, _SKIP = 0, 10
 _HAS_ORIGIN, _HAS_RIGHT_ORIGIN, _HAS_PARENT_SUB = 0x80, 0x40, 0x20
@@ -55,11 +78,69 @@ def read_pairs(data: bytes, pos: int) -> tuple[list[tuple[int, int]], int]:
     return pairs, pos
 
 
+def read_canonical_varuint(data: bytes, pos: int) -> tuple[int, int]:
+    """An unsigned LEB128 at ``pos`` in its shortest form, at most MAX_VARUINT.
+
+    Returns (value, position after it); ValueError if it is cut short, longer
+    than 10 bytes, padded with a zero byte, or above 2**64-1.
+    """
+    value = shift = 0
+    try:
+        while (byte := data[pos]) >= 0x80:
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if shift == 70:  # 10 LEB128 bytes hold 64 bits
+                raise ValueError("varuint longer than 10 bytes")
+    except IndexError:
+        raise ValueError("truncated varuint") from None
+    if not shift:
+        return byte, pos + 1
+    if not byte:
+        raise ValueError("varuint not in its shortest form")
+    value |= byte << shift
+    if value > MAX_VARUINT:
+        raise ValueError("varuint above 2**64-1")
+    return value, pos + 1
+
+
 def write_varuint(out: bytearray, value: int) -> None:
+    """Append ``value`` (a non-negative int) as an unsigned LEB128 in its shortest form."""
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
+
+
+def decode_state_vector(data: bytes) -> list[tuple[int, int]]:
+    """The (client, clock) pairs of a state vector in Yjs's v1 encoding, in its order.
+
+    ValueError unless ``data`` is exactly one state vector with every number in
+    its shortest form, as Yrs writes it; so :func:`encode_state_vector` of the
+    pairs gives ``data`` back. A count the bytes cannot hold is refused before
+    anything is read (a pair takes at least 2 bytes).
+    """
+    count, pos = read_canonical_varuint(data, 0)
+    if count * 2 > len(data) - pos:
+        raise ValueError(f"claims {count} clients, {len(data) - pos} bytes left")
+    pairs = []
+    for _ in range(count):
+        client, pos = read_canonical_varuint(data, pos)
+        clock, pos = read_canonical_varuint(data, pos)
+        pairs.append((client, clock))
+    if pos != len(data):
+        raise ValueError(f"{len(data) - pos} trailing bytes after the state vector")
+    return pairs
+
+
+def encode_state_vector(pairs: Collection[tuple[int, int]]) -> bytes:
+    """The state vector holding ``pairs`` (client, clock), in their order, in Yjs's v1 encoding."""
+    out = bytearray()
+    write_varuint(out, len(pairs))
+    for client, clock in pairs:
+        write_varuint(out, client)
+        write_varuint(out, clock)
+    return bytes(out)
 
 
 @dataclass(frozen=True, slots=True)
