@@ -57,7 +57,7 @@ from _report import table, verdict  # bench/_report.py: this folder is sys.path[
 
 import crdtdb
 import crdtdb.query
-from crdtdb.query.materialize import AREA
+from crdtdb.query.area import AREA
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "query.json"
 SEED = 20261207

@@ -12,11 +12,11 @@ import os
 
 import crdtdb
 
+from .area import RefreshResult as RefreshResult
 from .connect import AsOfSpec as AsOfSpec
 from .connect import connect as connect
 from .connect import refresh_connection as refresh_connection
 from .materialize import Progress as Progress
-from .materialize import RefreshResult as RefreshResult
 from .materialize import refresh as _refresh
 
 __all__ = ["AsOfSpec", "Progress", "RefreshResult", "connect", "refresh", "refresh_connection"]

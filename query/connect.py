@@ -38,7 +38,8 @@ import crdtdb
 from crdtdb.errors import InvalidHlcError, StoreError, UsageError
 from crdtdb.hlc import MAX_LOGICAL, Hlc
 
-from .materialize import Area, Manifest, dead_relation, refresh, typed_select
+from .area import Area, Manifest
+from .materialize import dead_relation, refresh, typed_select
 from .schema import column_names, columns, quote, sql_type, structure
 
 __all__ = ["AsOfSpec", "connect", "open_store", "refresh_connection", "resolve_cut"]

@@ -62,8 +62,8 @@ from crdtdb.errors import CrdtdbError, HistoryCompactedError, StoreError, UsageE
 from crdtdb.hlc import Hlc
 from crdtdb.ids import validate_collection
 
+from .area import Manifest, read_manifest
 from .connect import AsOfSpec, connect, manifest_json, open_store, refresh_connection
-from .materialize import Manifest, read_manifest
 from .schema import RESERVED, quote
 
 __all__ = ["CollectionExport", "ExportResult", "export", "main"]

@@ -25,7 +25,8 @@ import pytest
 
 import crdtdb
 from crdtdb.query import connect
-from crdtdb.query.console import Result, completions, read_catalog, render, split_sql
+from crdtdb.query.console import completions, read_catalog, split_sql
+from crdtdb.query.render import Result, render
 
 pytestmark = pytest.mark.integration  # most tests start the console as a process
 

@@ -20,7 +20,7 @@ from pycrdt import Text
 import crdtdb
 from crdtdb import Hlc, query
 from crdtdb.errors import HistoryCompactedError, InvalidHlcError, StoreError
-from crdtdb.query.materialize import AREA, read_manifest
+from crdtdb.query.area import AREA, read_manifest
 
 from .conftest import FakeClock, ship
 from .procs.harness import running
