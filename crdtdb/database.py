@@ -353,11 +353,16 @@ class Database:
             row = self._conn.execute("SELECT hash FROM merkle WHERE node = ?", (node,)).fetchone()
             return bytes(row[0]) if row else merkle.ZERO
 
-    def merkle_nodes(self, nodes: builtins.list[int]) -> builtins.list[bytes]:
-        """The hashes of many Merkle nodes at once, in order, up to date."""
+    def merkle_nodes(
+        self, nodes: builtins.list[int], *, flush: bool = True
+    ) -> builtins.list[bytes]:
+        """The hashes of many Merkle nodes at once, in order, up to date.
+
+        ``flush=False``: as the tree stands, stale digests left for ``refresh_digests``."""
         with self._lock:
             self._check_no_tx("merkle_nodes()")
-            self._ensure_digests()
+            if flush:
+                self._ensure_digests()
             found = {
                 node: bytes(digest)
                 for node, digest in self._rows_in(
@@ -464,15 +469,18 @@ class Database:
             rows += [row for row in more if row[0] not in taken][: limit - len(rows)]
         return rows
 
-    def leaf_docs(self, leaf: int) -> builtins.list[tuple[str, bytes]]:
-        """(doc_id, digest) of every document in one Merkle leaf, digests up to date."""
+    def leaf_docs(self, leaf: int, *, flush: bool = True) -> builtins.list[tuple[str, bytes]]:
+        """(doc_id, digest) of every document in one Merkle leaf, digests up to date.
+
+        ``flush=False``: the digests as stored, stale ones too (zeros where none is yet)."""
         with self._lock:
             self._check_no_tx("leaf_docs()")
-            self._ensure_digests()
+            if flush:
+                self._ensure_digests()
             rows = self._conn.execute(
                 "SELECT doc_id, digest FROM docs WHERE leaf = ? ORDER BY doc_id", (leaf,)
             )
-            return [(row[0], bytes(row[1])) for row in rows]
+            return [(row[0], bytes(row[1] or merkle.ZERO)) for row in rows]
 
     def records_from(
         self, origin: str, after_seq: int, limit: int = 1000
