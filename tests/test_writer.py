@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from crdtdb import Database
+from crdtdb.sync import node, wire
 from crdtdb.sync import session as session_module
-from crdtdb.sync import wire
 from crdtdb.sync.session import Closed, SyncSession
 from crdtdb.sync.store import (
     ApplyRecords,
@@ -267,19 +267,20 @@ def test_the_writer_performs_a_batch_on_its_own_thread() -> None:
 
 
 @pytest.mark.integration
-def test_the_node_writes_and_hashes_only_on_its_writer_thread(
+def test_the_node_writes_on_its_writer_thread_and_never_flushes_on_the_loop(
     tmp_path: Path, certs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No store write of replication, and no Merkle digest, is computed on the event loop."""
-    seen: dict[str, set[str]] = {}
-    for name in ("apply_remote_many", "apply_diff", "note_frontier", "heartbeat", "_flush_digests"):
+    """Replication's store writes run on the writer thread; digests are never flushed by a
+    read (the session's reads do not flush), and on the event loop only in the node's
+    small paced background chunks."""
+    seen: dict[str, list[tuple[str, tuple[Any, ...]]]] = {}
+    watch = ("apply_remote_many", "apply_diff", "note_frontier", "heartbeat")
+    for name in (*watch, "_ensure_digests", "refresh_digests"):
         original = getattr(Database, name)
 
-        def watched(
-            self: Database, *args: Any, _original: Any = original, _name: str = name
-        ) -> Any:
-            seen.setdefault(_name, set()).add(threading.current_thread().name)
-            return _original(self, *args)
+        def watched(self: Database, *args: Any, _call: Any = original, _name: str = name) -> Any:
+            seen.setdefault(_name, []).append((threading.current_thread().name, args))
+            return _call(self, *args)
 
         monkeypatch.setattr(Database, name, watched)
 
@@ -290,16 +291,22 @@ def test_the_node_writes_and_hashes_only_on_its_writer_thread(
                     tx.put(f"docs/{i}", {"i": i})
             us.db.put("docs/us", {"from": "us"})
             await wait_for(lambda: us.db.get("docs/199") is not None)
+            for i in range(0, 200, 5):
+                eu.db.update(f"docs/{i}", {"again": True})
             await wait_for(lambda: eu.db.get("docs/us") is not None)
+            await wait_for(lambda: us.db.get("docs/195") == {"i": 195, "again": True})
             rounds = eu.replicator.peers["us"].rounds
             await wait_for(lambda: eu.replicator.peers["us"].rounds >= rounds + 2)
-            loop_thread = threading.current_thread().name
-            writes = {name: threads for name, threads in seen.items()}
-            assert {"apply_remote_many", "note_frontier", "heartbeat"} <= set(writes)
-            assert "_flush_digests" in writes  # the daemon did hash the new documents' paths
-            for name, threads in writes.items():
-                assert loop_thread not in threads, f"{name} ran on the event loop"
-                assert all(t.startswith("crdtdb-writer") for t in threads), (name, threads)
-            await wait_for(lambda: eu.db.merkle_root() == us.db.merkle_root())
+            calls = {name: list(made) for name, made in seen.items()}
+            await wait_for(lambda: eu.db.merkle_root() == us.db.merkle_root())  # flushes here
+        loop = threading.current_thread().name
+        assert {"apply_remote_many", "note_frontier", "heartbeat"} <= set(calls)
+        for name in watch:
+            made = calls.get(name, [])
+            assert all(t.startswith("crdtdb-writer") for t, _ in made), (name, made)
+        assert "_ensure_digests" not in calls  # no read flushed the tree
+        refreshes = calls["refresh_digests"]
+        assert any(t.startswith("crdtdb-writer") for t, _ in refreshes)
+        assert all(args == (node.DIGEST_CHUNK_BUSY,) for t, args in refreshes if t == loop)
 
     asyncio.run(scenario())
