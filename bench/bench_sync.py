@@ -70,6 +70,7 @@ from crdtdb import Database
 from crdtdb.records import UpdateRecord
 from crdtdb.sync import wire
 from crdtdb.sync.session import SyncSession
+from crdtdb.sync.writer import perform_pending
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "sync.json"
 SCRIPT = Path(__file__).resolve()
@@ -686,6 +687,7 @@ class Link:
     def __init__(self, dialer: Any, listener: Any) -> None:
         self.a = SyncSession(dialer, dialer=True, now=NOW)
         self.b = SyncSession(listener, dialer=False, now=NOW)
+        self.stores = ((self.a, dialer), (self.b, listener))
         self.bytes: Counter[str] = Counter()
         self.messages: Counter[str] = Counter()
         self.waits = 0
@@ -700,15 +702,23 @@ class Link:
         self.flights += ae
         return ae
 
+    def perform(self) -> None:
+        """The store writes the sessions ask for, at once (a node does them in a thread)."""
+        for session, store in self.stores:
+            perform_pending(session, store, NOW)
+
     def step(self) -> bool:
+        self.perform()
         out_a = self.a.data_to_send(NOW)
         if out_a:
             self._tally(out_a)
             self.b.receive(out_a, NOW)
+            self.perform()
         out_b = self.b.data_to_send(NOW)
         if out_b:
             self.waits += self._tally(out_b)
             self.a.receive(out_b, NOW)
+            self.perform()
         return bool(out_a or out_b)
 
     def settle(self, max_steps: int = 10_000) -> None:

@@ -75,12 +75,16 @@ class Digests:
         """The hash of one Merkle node (all zeros for an empty subtree), up to date."""
         return self.nodes([node], "merkle_node()")[0]
 
-    def nodes(self, nodes: list[int], what: str = "merkle_nodes()") -> list[bytes]:
-        """The hashes of many Merkle nodes at once, in order, up to date."""
+    def nodes(
+        self, nodes: list[int], what: str = "merkle_nodes()", *, flush: bool = True
+    ) -> list[bytes]:
+        """The hashes of many Merkle nodes at once, in order, up to date (``flush=False``:
+        as the tree stands, stale digests left for :meth:`refresh`)."""
         engine = self._engine
         with engine.lock:
             engine.check_no_tx(what)
-            self.ensure()
+            if flush:
+                self.ensure()
             found = {
                 node: bytes(digest)
                 for node, digest in engine.rows_in(
@@ -92,16 +96,18 @@ class Digests:
     def root(self) -> bytes:
         return self.node(merkle.node_id(0, 0))
 
-    def leaf_docs(self, leaf: int) -> list[tuple[str, bytes]]:
-        """(doc_id, digest) of every document in one Merkle leaf, digests up to date."""
+    def leaf_docs(self, leaf: int, *, flush: bool = True) -> list[tuple[str, bytes]]:
+        """(doc_id, digest) of every document in one Merkle leaf, digests up to date
+        (``flush=False``: as stored, stale ones too, zeros where none is yet)."""
         engine = self._engine
         with engine.lock:
             engine.check_no_tx("leaf_docs()")
-            self.ensure()
+            if flush:
+                self.ensure()
             rows = engine.conn.execute(
                 "SELECT doc_id, digest FROM docs WHERE leaf = ? ORDER BY doc_id", (leaf,)
             )
-            return [(row[0], bytes(row[1])) for row in rows]
+            return [(row[0], bytes(row[1] or merkle.ZERO)) for row in rows]
 
     def stale_count(self, limit: int = 100) -> int:
         """How many documents' digests are stale, counting up to ``limit`` (a quick look)."""

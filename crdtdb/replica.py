@@ -129,16 +129,21 @@ class Replica:
         """The hash of one Merkle node (all zeros for an empty subtree), up to date."""
         return self._digests.node(node)
 
-    def merkle_nodes(self, nodes: list[int]) -> list[bytes]:
-        """The hashes of many Merkle nodes at once, in order, up to date."""
-        return self._digests.nodes(nodes)
+    def merkle_nodes(self, nodes: list[int], *, flush: bool = True) -> list[bytes]:
+        """The hashes of many Merkle nodes at once, in order, up to date.
+
+        ``flush=False``: as the tree stands, stale digests left for ``refresh_digests``
+        (a sync session reads so, and asks its node to refresh off the event loop)."""
+        return self._digests.nodes(nodes, flush=flush)
 
     def merkle_root(self) -> bytes:
         return self._digests.node(merkle.node_id(0, 0))
 
-    def leaf_docs(self, leaf: int) -> list[tuple[str, bytes]]:
-        """(doc_id, digest) of every document in one Merkle leaf, digests up to date."""
-        return self._digests.leaf_docs(leaf)
+    def leaf_docs(self, leaf: int, *, flush: bool = True) -> list[tuple[str, bytes]]:
+        """(doc_id, digest) of every document in one Merkle leaf, digests up to date.
+
+        ``flush=False``: the digests as stored, stale ones too (zeros where none is yet)."""
+        return self._digests.leaf_docs(leaf, flush=flush)
 
     def refresh_digests(self, limit: int = 100) -> int:
         """Bring up to ``limit`` stale digests and their Merkle paths up to date; return how

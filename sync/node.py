@@ -13,10 +13,17 @@ may run it in its own process too.
   which sends the peer what it lacks: that is both the delta push and the
   relay to regions further down a chain. How growth is noticed cheaply (an
   idle daemon must not keep querying SQLite) is :mod:`crdtdb.follow`'s business.
+- Sessions write nothing themselves: the records, repairs and frontier
+  reports they receive come out as intents, which one writer thread
+  (:class:`~.writer.StoreWriter`) performs in batches, taking whatever queued
+  while the last batch ran; the outcomes (what to acknowledge, what was
+  repaired) go back to the sessions on the event loop. The same thread does
+  the heartbeats.
 - Merkle digests of changed documents are refreshed in the background, a
-  few at a time while writes go on and in a worker thread after each burst,
-  so that an anti-entropy round finds the tree fresh instead of computing a
-  backlog of them on the event loop.
+  few at a time on the event loop while writes go on and on the writer
+  thread after each burst, so that an anti-entropy round finds the tree
+  fresh; a round that finds it stale asks the writer thread to finish the
+  job first, and never flushes a backlog of them on the event loop.
 - A store opened with ``wal_autocheckpoint=0`` (the daemon's) has its WAL
   copied into the database file every second from a worker thread, so that
   no commit on the event loop pays for a checkpoint and its fsync.
@@ -60,7 +67,9 @@ from .session import (
     SessionOptions,
     SyncSession,
 )
+from .store import Intent, Outcome
 from .transport import SessionProtocol, dial, listen
+from .writer import StoreWriter
 
 __all__ = ["STATUS_FILE", "PeerStatus", "Replicator"]
 
@@ -131,6 +140,7 @@ class Replicator:
         self._last_growth = 0.0
         self._digests_stale = asyncio.Event()
         self.watcher: LogWatcher | None = None
+        self.writer: StoreWriter[SessionProtocol] = StoreWriter(db, self._performed)
 
     # ------------------------------------------------------------ sessions
 
@@ -167,6 +177,9 @@ class Replicator:
         )
 
     def _on_event(self, protocol: SessionProtocol, event: Event) -> None:
+        if isinstance(event, Intent):
+            self.writer.submit(protocol, event)
+            return
         session = protocol.session
         assert session is not None
         # Until the handshake is done the region name is only a claim: it must not
@@ -214,6 +227,14 @@ class Replicator:
                     status.last_error = event.reason if event.error is not None else None
             level = logging.INFO if event.error is None and trusted else logging.WARNING
             log.log(level, "%s: session with %s closed: %s", self.region, who, event.reason)
+
+    def _performed(self, protocol: SessionProtocol, intent: Intent, outcome: Outcome) -> None:
+        """Hand a write's outcome back to its session (on the loop), and send what follows."""
+        session = protocol.session
+        if session is None or session.state == "closed":
+            return
+        session.performed(intent, outcome, asyncio.get_running_loop().time())
+        protocol.flush()
 
     def _replace_protocol(self, protocol: SessionProtocol, peer: str) -> None:
         """Keep one established session per peer: a newer one replaces an older one."""
@@ -266,6 +287,7 @@ class Replicator:
             if self.region < peer.region
         ]
         self.db.expect_regions([peer.region for peer in self.config.peers])
+        tasks.append(asyncio.create_task(self.writer.run()))
         tasks.append(asyncio.create_task(self._watch_log()))
         tasks.append(asyncio.create_task(self._refresh_digests_loop()))
         tasks.append(asyncio.create_task(self._heartbeat_loop()))
@@ -286,6 +308,7 @@ class Replicator:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await self.writer.close()
             server.close()
             self._write_status()
 
@@ -337,26 +360,28 @@ class Replicator:
     async def _refresh_digests_loop(self) -> None:
         """Keep the Merkle tree fresh in the background, so rounds do not flush a backlog.
 
-        Digests of changed documents are computed lazily, by whoever reads the
-        tree first: the session starting or answering a round, on the event
-        loop, which stalled for as long as that took after a burst (about
-        60 µs a document). Here they are flushed in the background: at full
-        speed (``DIGEST_CHUNK`` documents per lock hold, in a worker thread)
-        once the log has been quiet for a moment; while it keeps growing,
+        Digests of changed documents are computed lazily (about 60 µs a
+        document): a round that finds them stale waits for the writer thread
+        to flush them all, which after a burst delays the round. Here they are
+        flushed in the background: at full speed (``DIGEST_CHUNK`` documents
+        per lock hold) once the log has been quiet for a moment; while it keeps growing,
         ``DIGEST_CHUNK_BUSY`` at a time at most every ``DIGEST_PAUSE``, and
         only once that many are stale or the oldest waited half an
         anti-entropy interval. So no backlog builds up for a round to flush,
         and a document rewritten a thousand times a second is hashed about
         twice a second, not a hundred times.
 
-        The busy chunks run on the event loop itself, between its other work.
-        In a worker thread, a chunk held the store lock for as long as the
-        thread waited for the interpreter, which the busy loop kept: about
-        1 ms of work took 4-5 ms, and every record the loop wanted to send or
-        apply meanwhile waited for it (lag p99 at 1,000 writes/s, six runs
-        each: median 22 ms in a thread, 14 ms on the loop). New documents are
-        hashed by whoever creates them, so a busy chunk is mostly XORing
-        paths into the tree (see :mod:`crdtdb.digests`).
+        The busy chunks run on the event loop itself, between its other work
+        (small and paced: the one digest work the loop does; a session never
+        flushes). In a worker thread, a chunk held the store lock for as long
+        as the thread waited for the interpreter, which the busy loop kept:
+        about 1 ms of work took 4-5 ms, and every record the loop wanted to
+        send or apply meanwhile waited for it (lag p99 at 1,000 writes/s, six
+        runs each: median 22 ms in a thread, 14 ms on the loop; measured when
+        the loop still applied the records itself). Full chunks run on the
+        writer thread, between its batches. New documents are hashed by
+        whoever creates them, so a busy chunk is mostly XORing paths into the
+        tree (see :mod:`crdtdb.digests`).
         """
         loop = asyncio.get_running_loop()
         quiet = min(DIGEST_QUIET, self.config.anti_entropy_interval / 4)
@@ -383,7 +408,7 @@ class Replicator:
                     if busy:  # here, between the loop's other work: see above
                         refreshed = self.db.refresh_digests(DIGEST_CHUNK_BUSY)
                     else:
-                        refreshed = await asyncio.to_thread(self.db.refresh_digests, DIGEST_CHUNK)
+                        refreshed = await self.writer.call(self.db.refresh_digests, DIGEST_CHUNK)
                     if not refreshed:
                         break
                     since = loop.time()
@@ -444,7 +469,7 @@ class Replicator:
         """Keep an idle region's clock moving so that the global frontier advances."""
         while True:
             await asyncio.sleep(self.config.heartbeat_interval)
-            self.db.heartbeat()
+            await self.writer.call(self.db.heartbeat)
 
     async def _write_status_loop(self) -> None:
         while True:

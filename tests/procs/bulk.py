@@ -7,7 +7,7 @@ documents, then reads each back with ``db.get`` in order (so, with a cache
 smaller than N, nearly every read loads the document from disk). After every
 tenth of each phase it prints a ``checkpoint`` line: peak RSS so far (``VmHWM``,
 see :func:`peak_rss`) and the cache's length. After every write batch and
-every read it records ``len(db._cache)``, to compare with the capacity. Then
+every read it records ``len(db._engine.cache)``, to compare with the capacity. Then
 it calls ``db.info()`` (which brings the Merkle root up to date) and prints a
 last checkpoint.
 
@@ -69,7 +69,7 @@ class Meter:
         self.step = max(1, n // 10)
 
     def observe_cache(self) -> None:
-        self.max_cache = max(self.max_cache, len(self.db._cache))
+        self.max_cache = max(self.max_cache, len(self.db._engine.cache))
 
     def checkpoint(self, phase: str, done: int) -> None:
         emit(
@@ -79,7 +79,7 @@ class Meter:
                 "done": done,
                 "peak_rss": peak_rss(),
                 "ru_maxrss": ru_maxrss(),
-                "cache": len(self.db._cache),
+                "cache": len(self.db._engine.cache),
                 "elapsed_s": round(time.perf_counter() - self.start, 2),
             }
         )
@@ -115,7 +115,7 @@ def doc_cost(path: str, n: int) -> float:
         before = current_rss()
         for i in range(count):
             probe.get(f"bulk/{i}")
-        assert len(probe._cache) == count
+        assert len(probe._engine.cache) == count
         return (current_rss() - before) / count
 
 
