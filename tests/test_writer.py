@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from crdtdb import Database
+from crdtdb.digests import Digests
 from crdtdb.sync import node, wire
 from crdtdb.sync import session as session_module
 from crdtdb.sync.session import Closed, SyncSession
@@ -275,14 +276,17 @@ def test_the_node_writes_on_its_writer_thread_and_never_flushes_on_the_loop(
     small paced background chunks."""
     seen: dict[str, list[tuple[str, tuple[Any, ...]]]] = {}
     watch = ("apply_remote_many", "apply_diff", "note_frontier", "heartbeat")
-    for name in (*watch, "_ensure_digests", "refresh_digests"):
-        original = getattr(Database, name)
+    # A read that flushes stale digests goes through the digests facet's ``ensure``.
+    targets = [(Database, name, name) for name in (*watch, "refresh_digests")]
+    targets.append((Digests, "ensure", "_ensure_digests"))
+    for owner, attribute, name in targets:
+        original = getattr(owner, attribute)
 
-        def watched(self: Database, *args: Any, _call: Any = original, _name: str = name) -> Any:
+        def watched(self: Any, *args: Any, _call: Any = original, _name: str = name) -> Any:
             seen.setdefault(_name, []).append((threading.current_thread().name, args))
             return _call(self, *args)
 
-        monkeypatch.setattr(Database, name, watched)
+        monkeypatch.setattr(owner, attribute, watched)
 
     async def scenario() -> None:
         async with eu_dials_us(tmp_path, certs) as (eu, us):
