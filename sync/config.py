@@ -15,13 +15,27 @@ from typing import Any
 from crdtdb.errors import UsageError
 from crdtdb.ids import validate_region
 
-from .transport import TlsFiles
-
-__all__ = ["ConfigError", "PeerConfig", "RegionConfig", "load_config", "parse_address"]
+__all__ = [
+    "ConfigError",
+    "PeerConfig",
+    "RegionConfig",
+    "TlsFiles",
+    "load_config",
+    "parse_address",
+]
 
 
 class ConfigError(UsageError):
     code = "config"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsFiles:
+    """PEM files of one region: the cluster CA, its certificate and key."""
+
+    ca: Path
+    cert: Path
+    key: Path
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,13 +58,13 @@ from .session import (
     SessionOptions,
     SyncSession,
 )
+from .status import STATUS_FILE
 from .transport import SessionProtocol, dial, listen
 from .watch import LogWatcher
 
 __all__ = ["STATUS_FILE", "PeerStatus", "Replicator"]
 
 log = logging.getLogger("crdtdb.sync")
-STATUS_FILE = "sync-status.json"
 DIGEST_QUIET = 0.1
 """Seconds without log growth after which stale Merkle digests are refreshed."""
 DIGEST_CHUNK = 100
