@@ -139,8 +139,8 @@ BAD_FIELDS = [
     ("poll_interval = 0.01", 'poll_interval = "fast"', r"^\[sync\] poll_interval must be a posi"),
     ("max_clock_offset_ms = 250", "max_clock_offset_ms = 0.5", r"max_clock_offset_ms must be a po"),
     ("reconnect_max = 30.0", "reconnect_maximum = 30.0", r"unknown key\(s\) \['reconnect_maxim"),
-    ("[sync]", "sync = 3\n[other]", r"unknown key\(s\) \['other'\] in .*eu\.toml"),
-    ('region = "eu"', 'region = "eu"\nregoin = "eu"', r"unknown key\(s\) \['regoin'\] in .*eu.toml"),
+    ("[sync]", "[other]", r"unknown key\(s\) \['other'\] in .*eu\.toml"),
+    ('region = "eu"', 'region = "eu"\nregoin = 1', r"unknown key\(s\) \['regoin'\] in .*\.toml"),
 ]
 
 
