@@ -1,10 +1,12 @@
 """The ``crdtdb`` command: the front door for operators and scripts.
 
 Subcommands that need replication or DuckDB import them inside the
-subcommand, so ``crdtdb get`` stays as light as ``import crdtdb``.
-Output is JSON (one object, or one object per line for logs) so that it pipes
-into ``jq``; errors go to stderr as ``error: ...`` with exit status 2 for bad
-input and 1 for everything else.
+subcommand, so ``crdtdb get`` stays as light as ``import crdtdb``; ``crdtdb
+status`` loads neither aioquic nor cryptography nor the daemon, and ``crdtdb
+certs`` only cryptography. Output is JSON (one object, or one object per line
+for logs) so that it pipes into ``jq``. Every error, a bad command line
+included, goes to stderr as one line ``error: ...`` from :func:`main`, with
+exit status 2 for bad input, 130 for Ctrl-C and 1 for everything else.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .database import Database
 from .database import open as open_db
@@ -23,6 +25,13 @@ from .errors import CrdtdbError, UsageError
 from .hlc import Hlc
 
 __all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as a UsageError, so that :func:`main` prints it."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def _open(args: argparse.Namespace) -> Database:
@@ -131,6 +140,40 @@ def cmd_status(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_certs_init(args: argparse.Namespace) -> int:
+    certs = _sync("certs")
+    cert_path: Path = certs.init_ca(args.dir, name=args.name, days=args.days, force=args.force)
+    about = certs.summary(cert_path)
+    _print(
+        {
+            "ca_cert": str(cert_path),
+            "ca_key": str(cert_path.with_name(certs.CA_KEY_FILE)),
+            "subject": about["subject"],
+            "not_valid_after": about["not_valid_after"],
+        }
+    )
+    return 0
+
+
+def cmd_certs_issue(args: argparse.Namespace) -> int:
+    certs = _sync("certs")
+    hosts = certs.DEFAULT_HOSTS if args.host is None else tuple(args.host)
+    cert_path, key_path = certs.issue(
+        args.dir, args.region, days=args.days, hosts=hosts, force=args.force
+    )
+    about = certs.summary(cert_path)
+    _print(
+        {
+            "region": certs.region_of(cert_path.read_bytes()),
+            "cert": str(cert_path),
+            "key": str(key_path),
+            "names": about["names"],
+            "not_valid_after": about["not_valid_after"],
+        }
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run
 
@@ -138,7 +181,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crdtdb", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="crdtdb", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(
@@ -191,14 +234,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="DIR|CONFIG", help="data directory or config file")
     p.add_argument("--json", action="store_true", help="print the raw status JSON")
     p.set_defaults(func=cmd_status)
-    p = sub.add_parser(
-        "certs",
-        help="cluster CA and region certificates (init, issue)",
-        description="cluster CA and region certificates",
-        add_help=False,
-    )
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=lambda a: _certs(a.rest))
+    _add_certs(sub)
     for name, summary in (
         ("sql", "query a region with SQL (DuckDB): a console, or -c SQL"),
         ("export", "export collections as Parquet or Apache Iceberg tables"),
@@ -209,9 +245,37 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _certs(rest: list[str]) -> int:
-    code: int = _sync("certs").certs_main(rest)
-    return code
+def _add_certs(sub: Any) -> None:
+    """``crdtdb certs init|issue``: the parser is built here, cryptography loaded only to run."""
+    group = sub.add_parser(
+        "certs",
+        help="cluster CA and region certificates (init, issue)",
+        description="the cluster CA and region certificates",
+    )
+    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = actions.add_parser("init", help="create the cluster CA (DIR/ca.pem, DIR/ca.key)")
+    p.add_argument("dir", metavar="DIR", type=Path, help="the certificate directory")
+    p.add_argument("--name", default="crdtdb cluster CA", help="the CA's common name")
+    p.add_argument("--days", type=int, default=3650, help="validity (default: 3650)")
+    p.add_argument("--force", action="store_true", help="replace an existing CA")
+    p.set_defaults(func=cmd_certs_init)
+    p = actions.add_parser(
+        "issue", help="issue DIR/REGION.pem and DIR/REGION.key, signed by the CA"
+    )
+    p.add_argument("dir", metavar="DIR", type=Path, help="the directory holding the CA")
+    p.add_argument("region", metavar="REGION", help="the region name, e.g. eu")
+    p.add_argument("--days", type=int, default=825, help="validity (default: 825)")
+    p.add_argument(
+        "--host",
+        action="append",
+        metavar="NAME_OR_IP",
+        # The defaults are crdtdb.sync.certs.DEFAULT_HOSTS, not imported here to keep
+        # every other command free of cryptography (a test checks they agree).
+        help="a DNS name or IP address the certificate is valid for, repeatable"
+        " (default: 127.0.0.1 ::1 localhost)",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing certificate")
+    p.set_defaults(func=cmd_certs_issue)
 
 
 def _query(command: str, rest: list[str]) -> int:
@@ -222,7 +286,6 @@ def _query(command: str, rest: list[str]) -> int:
 
 
 _OWN_PARSERS: dict[str, Callable[[list[str]], int]] = {
-    "certs": _certs,
     "sql": lambda rest: _query("sql", rest),
     "export": lambda rest: _query("export", rest),
 }
@@ -245,6 +308,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # the system refused (no such directory, permission...): say what
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    except SystemExit as exc:  # --help and --version end here
+        return _exit_status(exc)
     except KeyboardInterrupt:  # Ctrl-C: stop quietly, as shells expect
         return 130
     except Exception as exc:  # a bug of ours, or an error nothing above names: one line
@@ -253,6 +322,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _exit_status(exc: SystemExit) -> int:
+    if exc.code is None or isinstance(exc.code, int):
+        return exc.code or 0
+    print(f"error: {exc.code}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ What this module owns:
 - region certificates (``issue``): subject CN = the region name, a
   SubjectAlternativeName ``REGION.crdtdb`` (plus loopback names, or whatever
   hosts the operator gives), usable for both TLS server and client auth;
-- the peer proof (``sign_challenge`` / ``verify_peer``) and the
-  ``crdtdb certs`` command (``certs_main``).
+- the peer proof (``sign_challenge`` / ``verify_peer``);
+- what ``crdtdb certs`` (in :mod:`crdtdb.cli`) reports about the files it
+  wrote (``summary``).
 
 How peers authenticate (mutually), and why it is built this way:
 
@@ -42,17 +43,14 @@ whose clock is a little behind accepts a freshly issued one.
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
-import json
 import os
 import re
 import secrets
-import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import NoReturn
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -73,12 +71,12 @@ __all__ = [
     "CertStoreError",
     "CertificateExistsError",
     "PeerAuthError",
-    "certs_main",
     "init_ca",
     "issue",
     "new_nonce",
     "region_of",
     "sign_challenge",
+    "summary",
     "verify_peer",
 ]
 
@@ -533,6 +531,20 @@ def region_of(cert_pem: bytes) -> str:
     return _region_of(_load_peer_cert(cert_pem))
 
 
+def summary(cert_path: Path) -> dict[str, Any]:
+    """A certificate's subject, SubjectAlternativeNames and expiry, as JSON-ready values."""
+    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        sans = x509.SubjectAlternativeName([])
+    return {
+        "subject": cert.subject.rfc4514_string(),
+        "names": [str(name.value) for name in sans],
+        "not_valid_after": cert.not_valid_after_utc.isoformat(),
+    }
+
+
 def _check_policy(cert: x509.Certificate, cas: list[x509.Certificate], now: datetime) -> None:
     # The checks above say precisely what is wrong; this one is the full RFC 5280 path
     # validation for a TLS client certificate (key usage, EKU clientAuth, critical extensions...)
@@ -599,95 +611,3 @@ def verify_peer(
         raise PeerAuthError(f"certificate is for region {region!r} but the peer claims {claimed!r}")
     _check_policy(cert, cas, when)
     _check_signature(cert, signature, _transcript(server, claimed, server_nonce, client_nonce))
-
-
-# -- the `crdtdb certs` command ----------------------------------------------------------------
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as one ``error: ...`` line (exit 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see `{self.prog} --help`)")
-
-
-def _print(value: object) -> None:
-    print(json.dumps(value, ensure_ascii=False, sort_keys=True))
-
-
-def _cmd_init(args: argparse.Namespace) -> int:
-    cert_path = init_ca(args.dir, name=args.name, days=args.days, force=args.force)
-    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    _print(
-        {
-            "ca_cert": str(cert_path),
-            "ca_key": str(cert_path.with_name(CA_KEY_FILE)),
-            "subject": cert.subject.rfc4514_string(),
-            "not_valid_after": cert.not_valid_after_utc.isoformat(),
-        }
-    )
-    return 0
-
-
-def _cmd_issue(args: argparse.Namespace) -> int:
-    hosts = DEFAULT_HOSTS if args.host is None else tuple(args.host)
-    cert_path, key_path = issue(
-        args.dir, args.region, days=args.days, hosts=hosts, force=args.force
-    )
-    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    names = [str(name.value) for name in sans]
-    _print(
-        {
-            "region": region_of(cert_path.read_bytes()),
-            "cert": str(cert_path),
-            "key": str(key_path),
-            "names": names,
-            "not_valid_after": cert.not_valid_after_utc.isoformat(),
-        }
-    )
-    return 0
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="crdtdb certs", description="the cluster CA and region certificates")
-    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = sub.add_parser("init", help="create the cluster CA (DIR/ca.pem, DIR/ca.key)")
-    p.add_argument("dir", metavar="DIR", type=Path, help="the certificate directory")
-    p.add_argument("--name", default="crdtdb cluster CA", help="the CA's common name")
-    p.add_argument("--days", type=int, default=3650, help="validity (default: 3650)")
-    p.add_argument("--force", action="store_true", help="replace an existing CA")
-    p.set_defaults(func=_cmd_init)
-    p = sub.add_parser("issue", help="issue DIR/REGION.pem and DIR/REGION.key, signed by the CA")
-    p.add_argument("dir", metavar="DIR", type=Path, help="the directory holding the CA")
-    p.add_argument("region", metavar="REGION", help="the region name, e.g. eu")
-    p.add_argument("--days", type=int, default=825, help="validity (default: 825)")
-    p.add_argument(
-        "--host",
-        action="append",
-        metavar="NAME_OR_IP",
-        help=f"an extra DNS/IP name, repeatable (default: {' '.join(DEFAULT_HOSTS)})",
-    )
-    p.add_argument("--force", action="store_true", help="replace an existing certificate")
-    p.set_defaults(func=_cmd_issue)
-    return parser
-
-
-def certs_main(argv: Sequence[str]) -> int:
-    """Run ``crdtdb certs ARGS``; 0 on success, 2 for bad input, 1 for anything else."""
-    try:
-        args = _parser().parse_args(list(argv))
-        result: int = args.func(args)
-        return result
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else 0
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except CrdtdbError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
-        return 1

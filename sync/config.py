@@ -12,16 +12,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crdtdb.errors import UsageError
-from crdtdb.ids import validate_region
+from crdtdb.errors import InvalidRegionError, UsageError
+from crdtdb.ids import RegionId, validate_region
 
-from .transport import TlsFiles
-
-__all__ = ["ConfigError", "PeerConfig", "RegionConfig", "load_config", "parse_address"]
+__all__ = [
+    "ConfigError",
+    "PeerConfig",
+    "RegionConfig",
+    "TlsFiles",
+    "load_config",
+    "parse_address",
+]
 
 
 class ConfigError(UsageError):
     code = "config"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsFiles:
+    """PEM files of one region: the cluster CA, its certificate and key."""
+
+    ca: Path
+    cert: Path
+    key: Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +79,8 @@ def parse_address(text: object, where: str) -> tuple[str, int]:
         raise ConfigError(f"{where}: write the address as HOST:PORT, e.g. '127.0.0.1:7401'")
     host, _, port_text = text.rpartition(":")
     host = host.strip("[]")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536 or not host:
+    port_ok = port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536
+    if not port_ok or not host:
         raise ConfigError(f"{where}: {text!r} is not HOST:PORT with a port in 1..65535")
     return host, int(port_text)
 
@@ -82,38 +97,81 @@ def _unknown(table: dict[str, Any], known: set[str], where: str) -> None:
         raise ConfigError(f"unknown key(s) {extra} in {where}: known keys are {sorted(known)}")
 
 
+def _region(value: object, where: str) -> RegionId:
+    try:
+        return validate_region(value)
+    except InvalidRegionError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
 def _path(base: Path, value: object, where: str) -> Path:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where} must be a path (a string)")
     return (base / value).resolve()
 
 
+def _positive(value: object, *, whole: bool, where: str) -> int | float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or value <= 0
+        or (whole and not isinstance(value, int))  # 0.5 ms must not silently become 0
+    ):
+        raise ConfigError(
+            f"{where} must be a positive {'whole number' if whole else 'number'}, not {value!r}"
+        )
+    return int(value) if whole else float(value)
+
+
 def _sync_options(table: dict[str, Any]) -> dict[str, Any]:
     _unknown(table, set(_SYNC), "[sync]")
-    options: dict[str, Any] = {}
-    for key, kind in _SYNC.items():
-        if key in table:
-            value = table[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"[sync] {key} must be a positive number, not {value!r}")
-            options[key] = kind(value)
-    return options
+    return {
+        key: _positive(table[key], whole=kind is int, where=f"[sync] {key}")
+        for key, kind in _SYNC.items()
+        if key in table
+    }
+
+
+def _peers(value: object, region: str) -> tuple[PeerConfig, ...]:
+    if not isinstance(value, list):
+        raise ConfigError("peers must be an array of tables: write each peer as [[peers]]")
+    peers: dict[str, PeerConfig] = {}
+    for i, entry in enumerate(value):
+        where = f"[[peers]] #{i + 1}"
+        table = _table(entry, where)
+        _unknown(table, {"region", "address"}, where)
+        host, port = parse_address(table.get("address"), f"{where} address")
+        name = _region(table.get("region"), f"{where} region")
+        if name == region:
+            raise ConfigError(f"{where}: a region does not peer with itself")
+        if name in peers:
+            raise ConfigError(f"{where}: region {name!r} is listed twice")
+        peers[name] = PeerConfig(name, host, port)
+    return tuple(peers.values())
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"no config file at {path}") from None
+    except OSError as exc:  # a directory, no permission...
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text, so not a TOML config") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
 
 
 def load_config(path: Path) -> RegionConfig:
     """Read and check a region config; raises ConfigError saying what to fix."""
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"no config file at {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    raw = _read(path)
     _unknown(raw, _TOP, str(path))
     for key in ("region", "data_dir", "listen", "tls"):
         if key not in raw:
             raise ConfigError(f"{path}: the key {key!r} is required")
     base = path.resolve().parent
-    region = validate_region(raw["region"])
+    region = _region(raw["region"], "region")
     host, port = parse_address(raw["listen"], "listen")
     tls_table = _table(raw["tls"], "[tls]")
     _unknown(tls_table, {"ca", "cert", "key"}, "[tls]")
@@ -122,21 +180,12 @@ def load_config(path: Path) -> RegionConfig:
         cert=_path(base, tls_table.get("cert"), "[tls] cert"),
         key=_path(base, tls_table.get("key"), "[tls] key"),
     )
-    peers = []
-    for i, entry in enumerate(raw.get("peers", [])):
-        table = _table(entry, f"[[peers]] #{i + 1}")
-        _unknown(table, {"region", "address"}, f"[[peers]] #{i + 1}")
-        peer_host, peer_port = parse_address(table.get("address"), f"[[peers]] #{i + 1} address")
-        peer_region = validate_region(table.get("region"))
-        if peer_region == region:
-            raise ConfigError(f"[[peers]] #{i + 1}: a region does not peer with itself")
-        peers.append(PeerConfig(peer_region, peer_host, peer_port))
     return RegionConfig(
         region=region,
         data_dir=_path(base, raw["data_dir"], "data_dir"),
         host=host,
         port=port,
         tls=tls,
-        peers=tuple(peers),
+        peers=_peers(raw.get("peers", []), region),
         **_sync_options(_table(raw.get("sync", {}), "[sync]")),
     )

@@ -67,6 +67,7 @@ from .session import (
     SessionOptions,
     SyncSession,
 )
+from .status import STATUS_FILE
 from .store import Intent, Outcome
 from .transport import SessionProtocol, dial, listen
 from .writer import StoreWriter
@@ -74,7 +75,6 @@ from .writer import StoreWriter
 __all__ = ["STATUS_FILE", "PeerStatus", "Replicator"]
 
 log = logging.getLogger("crdtdb.sync")
-STATUS_FILE = "sync-status.json"
 DIGEST_QUIET = 0.1
 """Seconds without log growth after which stale Merkle digests are refreshed."""
 DIGEST_CHUNK = 100

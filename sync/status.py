@@ -1,4 +1,10 @@
-"""``crdtdb status DIR|CONFIG``: what the region's daemon last reported, for humans."""
+"""The daemon's status file, and ``crdtdb status DIR|CONFIG``: what it last reported, for humans.
+
+The daemon (:class:`.node.Replicator`) writes ``DATA_DIR/sync-status.json``
+atomically every second; this module only names and reads it. It imports
+neither aioquic nor cryptography (nor the daemon), so that ``crdtdb status``
+starts as fast as ``import crdtdb``.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,10 @@ from typing import Any
 
 from crdtdb.errors import UsageError
 
-from .node import STATUS_FILE
+__all__ = ["STATUS_FILE", "show_status"]
 
-__all__ = ["show_status"]
+STATUS_FILE = "sync-status.json"
+"""The status file's name inside the region's data directory."""
 
 
 def _status_path(target: str) -> Path:

@@ -16,8 +16,6 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aioquic.asyncio.client import connect
@@ -26,6 +24,7 @@ from aioquic.asyncio.server import QuicServer, serve
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived, StreamReset
 
+from .config import TlsFiles  # re-exported: its home was here
 from .session import Event, SyncSession
 
 __all__ = ["ALPN", "SessionProtocol", "TlsFiles", "dial", "listen", "server_name"]
@@ -37,15 +36,6 @@ ALPN = "crdtdb/1"
 def server_name(region: str) -> str:
     """The TLS name a region's certificate carries."""
     return f"{region}.crdtdb"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TlsFiles:
-    """PEM files of one region: the cluster CA, its certificate and key."""
-
-    ca: Path
-    cert: Path
-    key: Path
 
 
 SessionFactory = Callable[[bool], SyncSession]

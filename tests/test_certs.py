@@ -21,12 +21,13 @@ from cryptography.x509.verification import PolicyBuilder, Store
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crdtdb.cli import main
 from crdtdb.errors import CrdtdbError, InvalidRegionError, RemoteDataError, UsageError
 from crdtdb.sync.certs import (
+    DEFAULT_HOSTS,
     CertificateExistsError,
     CertStoreError,
     PeerAuthError,
-    certs_main,
     init_ca,
     issue,
     new_nonce,
@@ -381,6 +382,11 @@ def test_a_proof_verifies_only_for_its_own_connection(
 # -- crdtdb certs -------------------------------------------------------------------------------
 
 
+def certs_main(argv: list[str]) -> int:
+    """``crdtdb certs ARGV``, run in this process by the one CLI."""
+    return main(["certs", *argv])
+
+
 def test_certs_main_init_and_issue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     directory = tmp_path / "certs"
     assert certs_main(["init", str(directory)]) == 0
@@ -425,6 +431,11 @@ def test_certs_main_force_and_help(tmp_path: Path, capsys: pytest.CaptureFixture
     capsys.readouterr()
     assert certs_main(["--help"]) == 0
     assert "issue" in capsys.readouterr().out
+
+
+def test_certs_issue_help_names_the_default_hosts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert certs_main(["issue", "--help"]) == 0
+    assert f"(default: {' '.join(DEFAULT_HOSTS)})" in " ".join(capsys.readouterr().out.split())
 
 
 # -- a real QUIC handshake over UDP on loopback ---------------------------------------------------

@@ -31,6 +31,7 @@ def _fill(db: crdtdb.Database, count: int, prefix: str = "docs") -> None:
                 tx.put(f"{prefix}/{i}", {"i": i, "text": "x" * 1000})
 
 
+@pytest.mark.integration
 def test_without_autocheckpoint_commits_leave_the_wal_to_checkpoint(tmp_path: Path) -> None:
     with crdtdb.open(tmp_path / "auto", region="eu") as auto:
         _fill(auto, 6000)
@@ -94,6 +95,7 @@ def test_wal_autocheckpoint_must_be_pages(tmp_path: Path, bad: object) -> None:
         crdtdb.open(tmp_path / "eu", region="eu", wal_autocheckpoint=bad)
 
 
+@pytest.mark.integration
 def test_a_replicator_checkpoints_a_store_that_leaves_it_to_it(tmp_path: Path, certs: Path) -> None:
     async def scenario() -> None:
         stop = asyncio.Event()
@@ -114,6 +116,7 @@ def test_a_replicator_checkpoints_a_store_that_leaves_it_to_it(tmp_path: Path, c
     asyncio.run(scenario())
 
 
+@pytest.mark.integration
 def test_a_replicator_leaves_checkpoints_to_sqlite_by_default(tmp_path: Path, certs: Path) -> None:
     async def scenario() -> None:
         stop = asyncio.Event()
@@ -133,6 +136,7 @@ def test_a_replicator_leaves_checkpoints_to_sqlite_by_default(tmp_path: Path, ce
     asyncio.run(scenario())
 
 
+@pytest.mark.integration
 def test_the_daemon_runs_full_collections_itself_when_the_log_is_quiet(
     tmp_path: Path, certs: Path
 ) -> None:
@@ -163,6 +167,7 @@ def test_the_daemon_runs_full_collections_itself_when_the_log_is_quiet(
     assert gc.get_threshold() == before  # restored when the replicator stops
 
 
+@pytest.mark.integration
 def test_stale_digests_are_refreshed_a_few_at_a_time_while_the_log_grows(
     tmp_path: Path, certs: Path
 ) -> None:

@@ -60,6 +60,7 @@ def shared_doc(tmp_path: Path) -> Iterator[Path]:
 # ----------------------------------------------------------- client ids
 
 
+@pytest.mark.integration
 def test_processes_seeding_random_alike_still_converge(shared_doc: Path) -> None:
     """The issue's reproduction, with two real processes that each call random.seed(0)."""
     script = (
@@ -186,6 +187,7 @@ def _edit_under(client_id: int, doc_id: str, *, origin: str, seq: int, hlc: int)
     return UpdateRecord(doc_id, crdtdb.Hlc(hlc), origin, seq, doc.get_update())
 
 
+@pytest.mark.integration
 def test_a_forked_child_cannot_write_under_its_parents_client_id(tmp_path: Path) -> None:
     if not hasattr(os, "fork"):
         pytest.skip("no os.fork on this platform")

@@ -155,6 +155,7 @@ def test_new_fields_and_widened_types_after_the_first_build(people: crdtdb.Datab
     assert rows(con, "SELECT key FROM users WHERE email IS NOT NULL") == [("alice",)]
 
 
+@pytest.mark.integration
 def test_a_key_seen_after_twenty_thousand_documents_is_a_column(db: crdtdb.Database) -> None:
     """DuckDB's read_json samples 20,480 rows and drops later keys; every document counts."""
     with db.transaction() as tx:
@@ -342,6 +343,7 @@ def test_a_first_build_reads_through_child_processes_in_c(
     assert not list((store / "analytics").glob(".read-*"))  # its files are gone
 
 
+@pytest.mark.integration
 def test_a_child_reader_refuses_a_store_past_the_cut(tmp_path: Path) -> None:
     """A commit between the snapshot and the child's read: the child says so (exit 3)."""
     from crdtdb.query import arrow_read

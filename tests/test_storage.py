@@ -134,6 +134,7 @@ def test_a_migrated_store_keeps_working(tmp_path: Path) -> None:
         assert db.as_of(expected["cut"]).get("users/a") == expected["as_of"]["users/a"]
 
 
+@pytest.mark.integration
 def test_processes_opening_a_schema_1_store_at_once_all_open_it(tmp_path: Path) -> None:
     """One migrates; the others wait for its write lock, then find the store migrated."""
     store, expected = unpack_v1_store(tmp_path)
