@@ -39,8 +39,9 @@ from crdtdb.sync.config import PeerConfig
 from crdtdb.sync.node import Replicator
 from crdtdb.sync.session import SessionOptions
 
+from .harness.config import region_config
+from .harness.wait import wait_for
 from .hostile_client import HostileProtocol, hostile_connection, self_signed
-from .quic_helpers import region_config, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -25,7 +25,7 @@ from crdtdb.sync.session import (
     SyncSession,
 )
 
-from .sync_helpers import Link
+from .harness.link import Link
 
 
 def _stores(tmp_path: Path, *regions: str) -> list[crdtdb.Database]:
