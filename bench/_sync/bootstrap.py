@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _harness import STATUS_FILE, free_port, free_ports, wait_until
+from _harness import STATUS_FILE, free_port, wait_until
 from _report import log
 
 import crdtdb
@@ -25,9 +25,9 @@ from .common import (
     Profile,
     build_source,
     held,
+    pair_configs,
     peer_status,
     read_json,
-    write_config,
 )
 
 
@@ -86,10 +86,7 @@ def bootstrap_crdtdb(cfg: Config, work: Path, certs: Path, source: Path, fresh: 
     with crdtdb.open(source) as db:
         target = held(db, "eu")
         payload = sum(len(r.update) for r in db.changes())
-    ports = dict(zip(("eu", "us"), free_ports(2), strict=True))
-    configs = {
-        r: write_config(work, certs, r, d, ports) for r, d in (("eu", source), ("us", fresh))
-    }
+    configs = pair_configs(work, certs, source, fresh)
     wire_bytes = WireMeter(fresh)
     with Children(work) as children:
         us_daemon = children.daemon(configs["us"], "us")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _harness import Child, Group, daemon_status, start_daemon, write_region_config
+from _harness import Child, Group, daemon_status, free_ports, start_daemon, write_region_config
 from pycrdt import Text
 
 import crdtdb
@@ -174,17 +174,22 @@ class CpuMeter:
 # ---------------------------------------------------------- regions and daemons
 
 
-def write_config(work: Path, certs: Path, region: str, data: Path, ports: dict[str, int]) -> Path:
-    """A region config with the defaults an operator gets (poll 5 ms, anti-entropy every 2 s)."""
-    (peer,) = [r for r in ports if r != region]
-    return write_region_config(
-        work / f"{region}-{data.name}.toml",
-        region=region,
-        data_dir=data,
-        port=ports[region],
-        certs=certs,
-        peers={peer: f"127.0.0.1:{ports[peer]}"},
-    )
+def pair_configs(work: Path, certs: Path, eu: Path, us: Path) -> dict[str, Path]:
+    """Configs of regions eu and us (data in ``eu`` and ``us``) peering on two free ports,
+    with the defaults an operator gets (poll 5 ms, anti-entropy every 2 s)."""
+    dirs = {"eu": eu, "us": us}
+    ports = dict(zip(dirs, free_ports(2), strict=True))
+    return {
+        region: write_region_config(
+            work / f"{region}-{data.name}.toml",
+            region=region,
+            data_dir=data,
+            port=ports[region],
+            certs=certs,
+            peers={peer: f"127.0.0.1:{ports[peer]}" for peer in dirs if peer != region},
+        )
+        for region, data in dirs.items()
+    }
 
 
 def peer_status(data: Path) -> dict[str, Any]:

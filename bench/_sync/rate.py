@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _harness import Child, free_port, free_ports, wait_for, wait_until
+from _harness import Child, free_port, wait_for, wait_until
 from _report import log
 
 import crdtdb
@@ -28,10 +28,10 @@ from .common import (
     Config,
     CpuMeter,
     held,
+    pair_configs,
     peer_status,
     percentile,
     read_json,
-    write_config,
 )
 
 
@@ -347,10 +347,7 @@ def bench_lag_and_rate(
     eu_dir, us_dir = work / "lag-eu", work / "lag-us"
     for region, path in (("eu", eu_dir), ("us", us_dir)):
         crdtdb.open(path, region=region).close()
-    ports = dict(zip(("eu", "us"), free_ports(2), strict=True))
-    configs = {
-        r: write_config(work, certs, r, d, ports) for r, d in (("eu", eu_dir), ("us", us_dir))
-    }
+    configs = pair_configs(work, certs, eu_dir, us_dir)
     with Children(work) as children, crdtdb.open(us_dir) as us:
         daemons = {r: children.daemon(configs[r], r) for r in ("us", "eu")}
         pair = Pair(

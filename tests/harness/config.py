@@ -20,7 +20,7 @@ from .wait import HarnessError
 if TYPE_CHECKING:  # crdtdb.sync.transport imports aioquic: only when a config is built
     from crdtdb.sync.config import PeerConfig, RegionConfig
 
-__all__ = ["make_certs", "region_config", "region_toml", "write_region_config"]
+__all__ = ["make_certs", "region_config", "write_region_config"]
 
 
 def make_certs(directory: Path, regions: Iterable[str], *, cli: bool = False) -> Path:
@@ -58,7 +58,8 @@ def _quoted(value: Path | str) -> str:
     return json.dumps(str(value))  # a JSON string is a TOML basic string
 
 
-def region_toml(
+def write_region_config(
+    path: Path,
     *,
     region: str,
     data_dir: Path | str,
@@ -66,11 +67,12 @@ def region_toml(
     certs: Path | str,
     peers: Mapping[str, str],
     sync: Mapping[str, float] | None = None,
-) -> str:
-    """A region config listening on 127.0.0.1:``port``; ``peers`` maps region -> HOST:PORT.
+) -> Path:
+    """Write a region config listening on 127.0.0.1:``port`` to ``path``; returns ``path``.
 
-    Relative paths are relative to the config file's folder; ``sync`` sets the
-    ``[sync]`` options (none: the defaults an operator gets).
+    ``peers`` maps region -> HOST:PORT. Relative paths are relative to the
+    config file's folder; ``sync`` sets the ``[sync]`` options (none: the
+    defaults an operator gets).
     """
     certs = Path(certs)
     lines = [
@@ -87,24 +89,7 @@ def region_toml(
     if sync:
         lines.append("[sync]")
         lines += [f"{key} = {value}" for key, value in sync.items()]
-    return "\n".join(lines) + "\n"
-
-
-def write_region_config(
-    path: Path,
-    *,
-    region: str,
-    data_dir: Path | str,
-    port: int,
-    certs: Path | str,
-    peers: Mapping[str, str],
-    sync: Mapping[str, float] | None = None,
-) -> Path:
-    """:func:`region_toml` written to ``path``; returns ``path``."""
-    text = region_toml(
-        region=region, data_dir=data_dir, port=port, certs=certs, peers=peers, sync=sync
-    )
-    path.write_text(text)
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 

@@ -24,9 +24,26 @@ class HarnessError(AssertionError):
     slow). An ``AssertionError``, so that a test that meets it fails rather than errors."""
 
 
-def _timed_out(timeout: float, what: What) -> HarnessError:
-    said = what() if callable(what) else what
-    return HarnessError(f"timed out after {timeout:g} s waiting for {said}")
+class _Looks:
+    """One look at ``condition`` after another, until it holds or the deadline passed."""
+
+    def __init__(
+        self, timeout: float, what: What, check: Callable[[], object] | None, now: float
+    ) -> None:
+        self.timeout, self.what, self.check = timeout, what, check
+        self.deadline = now + timeout
+
+    def __call__(self, condition: Callable[[], T], now: Callable[[], float]) -> T | None:
+        """``condition``'s result if truthy; None to look again; raises past the deadline."""
+        if self.check is not None:
+            self.check()
+        result = condition()
+        if result:
+            return result
+        if now() > self.deadline:
+            said = self.what() if callable(self.what) else self.what
+            raise HarnessError(f"timed out after {self.timeout:g} s waiting for {said}")
+        return None
 
 
 def wait_until(
@@ -38,16 +55,10 @@ def wait_until(
     check: Callable[[], object] | None = None,
 ) -> T:
     """Poll ``condition`` every ``interval`` s until it is truthy; raise at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if check is not None:
-            check()
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise _timed_out(timeout, what)
+    look = _Looks(timeout, what, check, time.monotonic())
+    while (result := look(condition, time.monotonic)) is None:
         time.sleep(interval)
+    return result
 
 
 async def wait_for(
@@ -60,13 +71,7 @@ async def wait_for(
 ) -> T:
     """:func:`wait_until` for a coroutine: the event loop runs while it waits."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        if check is not None:
-            check()
-        result = condition()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise _timed_out(timeout, what)
+    look = _Looks(timeout, what, check, loop.time())
+    while (result := look(condition, loop.time)) is None:
         await asyncio.sleep(interval)
+    return result
