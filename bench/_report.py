@@ -1,4 +1,4 @@
-"""Plain-text report pieces shared by the benchmark scripts of this folder.
+"""Plain-text report pieces shared by the benchmark scripts of this folder, and their log.
 
 The scripts run as ``python bench/<script>.py``, so this folder is first on
 ``sys.path`` and they import this module as ``_report``.
@@ -6,7 +6,14 @@ The scripts run as ``python bench/<script>.py``, so this folder is first on
 
 from __future__ import annotations
 
-__all__ = ["table", "verdict"]
+import sys
+
+__all__ = ["log", "table", "verdict"]
+
+
+def log(message: str) -> None:
+    """Progress, on stderr (the report goes to stdout)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _report import table, verdict  # bench/_report.py: this folder is sys.path[0]
+from _report import log, table, verdict  # bench/_report.py: this folder is sys.path[0]
 from pycrdt import Doc
 
 import crdtdb
@@ -40,10 +40,6 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "apply.json"
 TRACE = "clownschool.json.gz"
 MAX_RATIO = 3.0
 """Target: the bad order costs at most this many times the causal order."""
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def typed_between(tmp: Path, n: int) -> tuple[list[UpdateRecord], list[UpdateRecord]]:

@@ -27,161 +27,51 @@ afterwards. See ``bench/README.md``.
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib.metadata
 import json
 import os
 import platform
 import sqlite3
-import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack, ExitStack, closing, contextmanager
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from contextlib import AsyncExitStack, ExitStack, closing
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import anyio
-from _report import table, verdict  # bench/_report.py: this folder is sys.path[0]
+from _core.common import (
+    CRDTDB_VARIANTS,
+    DEFAULT_OUT,
+    FILL_ROUNDS,
+    FULL,
+    KEYS,
+    PREFILL,
+    QUICK,
+    STEP,
+    Api,
+    Cell,
+    Config,
+    Durability,
+    Mode,
+    Run,
+    doc_id,
+    key_of,
+    median_rate,
+    median_seconds,
+    temp_dir,
+    timed,
+    timed_async,
+    touched,
+)
+from _core.report import report, to_json
+from _report import log  # bench/_report.py: this folder is sys.path[0]
 from pycrdt import Doc, Map, TransactionEvent
 from pycrdt.store import BaseYStore, SQLiteYStore
 
 import crdtdb
-
-KEYS = 50
-"""Distinct keys per document: write ``i`` sets ``k{i % KEYS}``."""
-STEP = 10
-"""Operations between two looks at the clock in a timed run."""
-FILL_ROUNDS = 5
-"""Read benchmark documents hold this many updates, each rewriting all keys."""
-PREFILL = {f"k{k}": -1 for k in range(KEYS)}
-"""Every write benchmark document holds this before timing starts (all keys exist)."""
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "core.json"
-
-Mode = Literal["one", "batched"]
-Durability = Literal["normal", "full"]
-Api = Literal["update", "doc"]
-Cell = tuple[str, str, int | None]
-"""(measure, system, D) identifies one number of the report."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Config:
-    """Sizes of one benchmark run."""
-
-    name: str
-    """"quick" or "full": recorded in the output."""
-    seconds: float
-    """Time budget of one timed run."""
-    repeats: int
-    """Timed runs per number; the median is reported."""
-    doc_counts: tuple[int, ...] = (1, 100)
-    """Values of D: documents the writes and hot reads go round-robin over."""
-    batch: int = 1000
-    """Writes per transaction in the batched mode."""
-    max_ops: int = 5_000_000
-    """Hard cap on operations in one timed run."""
-    open_docs: int
-    """Documents in the store whose open time is measured."""
-    cold_docs: int
-    """Distinct documents the cold reads go round-robin over."""
-    cold_cache: int
-    """crdtdb ``cache_size`` for cold reads (smaller than ``cold_docs``)."""
-
-
-QUICK = Config(
-    name="quick", seconds=0.2, repeats=3, open_docs=10_000, cold_docs=2_000, cold_cache=200
-)
-FULL = Config(
-    name="full", seconds=1.0, repeats=3, open_docs=100_000, cold_docs=10_000, cold_cache=1_000
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    """One timed run: ``ops`` operations in ``seconds``."""
-
-    ops: int
-    seconds: float
-
-    @property
-    def rate(self) -> float:
-        return self.ops / self.seconds
-
-
-SYSTEMS = {
-    "raw": "raw pycrdt (in memory)",
-    "pycrdt-store": "pycrdt-store SQLiteYStore",
-    "crdtdb": "crdtdb update()",
-    "crdtdb-doc": "crdtdb tx.doc()[k]=v",
-    "crdtdb-full": "crdtdb full, update()",
-    "crdtdb-full-doc": "crdtdb full, tx.doc()[k]=v",
-}
-READ_LABELS = {
-    "raw": SYSTEMS["raw"],
-    "pycrdt-store": SYSTEMS["pycrdt-store"],
-    "crdtdb": "crdtdb get()",
-}
-CRDTDB_VARIANTS: dict[str, tuple[Durability, Api]] = {
-    "crdtdb": ("normal", "update"),
-    "crdtdb-doc": ("normal", "doc"),
-    "crdtdb-full": ("full", "update"),
-    "crdtdb-full-doc": ("full", "doc"),
-}
-
-
-def key_of(i: int) -> str:
-    return f"k{i % KEYS}"
-
-
-def doc_id(d: int) -> str:
-    return f"bench/{d}"
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def touched(start: int, n: int, docs: int) -> list[int]:
-    """The documents writes ``start .. start + n - 1`` go to."""
-    return sorted({(start + j) % docs for j in range(min(n, docs))})
-
-
-@contextmanager
-def temp_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="crdtdb-bench-") as tmp:
-        yield Path(tmp)
-
-
-# ------------------------------------------------------------------ timing
-
-
-def timed(step: Callable[[int], int], cfg: Config) -> Run:
-    """Call ``step(ops_done)`` (it returns how many ops it did) until the budget is spent."""
-    gc.collect()
-    ops = 0
-    start = time.perf_counter()
-    while True:
-        ops += step(ops)
-        elapsed = time.perf_counter() - start
-        if elapsed >= cfg.seconds or ops >= cfg.max_ops:
-            return Run(ops, elapsed)
-
-
-async def timed_async(step: Callable[[int], Awaitable[int]], cfg: Config) -> Run:
-    """:func:`timed` for coroutines (pycrdt-store is async)."""
-    gc.collect()
-    ops = 0
-    start = time.perf_counter()
-    while True:
-        ops += await step(ops)
-        elapsed = time.perf_counter() - start
-        if elapsed >= cfg.seconds or ops >= cfg.max_ops:
-            return Run(ops, elapsed)
-
 
 # ------------------------------------------------------------------ writers
 
@@ -604,156 +494,6 @@ def bench_big_stores(cfg: Config, results: dict[Cell, list[Run]]) -> None:
     )
 
 
-# ------------------------------------------------------------------ report
-
-
-def median_rate(runs: list[Run]) -> float:
-    return statistics.median(run.rate for run in runs)
-
-
-def median_seconds(runs: list[Run]) -> float:
-    return statistics.median(run.seconds for run in runs)
-
-
-def rate(
-    results: dict[Cell, list[Run]], measure: str, system: str, docs: int | None
-) -> float | None:
-    runs = results.get((measure, system, docs))
-    return median_rate(runs) if runs else None
-
-
-def fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
-
-
-def write_table(cfg: Config, results: dict[Cell, list[Run]]) -> str:
-    cols = [(m, d) for m in ("one", "batched") for d in cfg.doc_counts]
-    headers = ["writes/s", *[f"{'one-write' if m == 'one' else 'batched'} D={d}" for m, d in cols]]
-    rows = [
-        [label, *[fmt(rate(results, f"write-{m}", system, d)) for m, d in cols]]
-        for system, label in SYSTEMS.items()
-    ]
-    return table(headers, rows)
-
-
-def read_table(cfg: Config, results: dict[Cell, list[Run]]) -> str:
-    headers = [
-        "reads/s",
-        *[f"hot D={d}" for d in cfg.doc_counts],
-        f"cold {cfg.cold_docs:,} docs",
-        "open+get (ms)",
-    ]
-    rows = []
-    for system in ("raw", "pycrdt-store", "crdtdb"):
-        opened = results.get(("open", system, None))
-        rows.append(
-            [
-                READ_LABELS[system],
-                *[fmt(rate(results, "read-hot", system, d)) for d in cfg.doc_counts],
-                fmt(rate(results, "read-cold", system, None)),
-                f"{median_seconds(opened) * 1e3:.2f}" if opened else "-",
-            ]
-        )
-    return table(headers, rows)
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One target of the issue for one crdtdb configuration, checked for every D."""
-
-    name: str
-    measure: str
-    system: str
-    against: str | None
-    """The reference system of a ratio target; None for an absolute rate."""
-    threshold: float
-
-    def value(self, results: dict[Cell, list[Run]], docs: int) -> float | None:
-        mine = rate(results, self.measure, self.system, docs)
-        if self.against is None:
-            return mine
-        return ratio(mine, rate(results, self.measure, self.against, docs))
-
-    def cell(self, results: dict[Cell, list[Run]], docs: int) -> str:
-        value = self.value(results, docs)
-        if value is None:
-            return "-"
-        shown = f"{value:,.0f}/s" if self.against is None else f"{value:.2f}x"
-        return f"{shown} {verdict(value >= self.threshold)}"
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or not b else a / b
-
-
-TARGETS = [
-    *[
-        Target(f"one-write >= 5,000/s: {SYSTEMS[s]}", "write-one", s, None, 5000)
-        for s in CRDTDB_VARIANTS
-    ],
-    *[
-        Target(f"batched >= 0.5x raw batched: {SYSTEMS[s]}", "write-batched", s, "raw", 0.5)
-        for s in ("crdtdb-doc", "crdtdb-full-doc")
-    ],
-    *[
-        Target(f"one-write > pycrdt-store: {SYSTEMS[s]}", "write-one", s, "pycrdt-store", 1.0)
-        for s in ("crdtdb", "crdtdb-full")
-    ],
-    *[
-        Target(f"batched > pycrdt-store: {SYSTEMS[s]}", "write-batched", s, "pycrdt-store", 1.0)
-        for s in ("crdtdb-doc", "crdtdb-full-doc")
-    ],
-]
-"""One-write targets hold for both APIs; batched ones use ``tx.doc()`` (the batching API)."""
-
-
-def target_table(cfg: Config, results: dict[Cell, list[Run]]) -> str:
-    headers = ["target", *[f"D={d}" for d in cfg.doc_counts]]
-    rows = [[t.name, *[t.cell(results, d) for d in cfg.doc_counts]] for t in TARGETS]
-    return table(headers, rows)
-
-
-def info_lines(cfg: Config, results: dict[Cell, list[Run]]) -> list[str]:
-    """Ratios with no target attached: reads and open time against pycrdt-store."""
-    lines = []
-    for d in cfg.doc_counts:
-        hot = ratio(
-            rate(results, "read-hot", "crdtdb", d), rate(results, "read-hot", "pycrdt-store", d)
-        )
-        lines.append(f"hot get D={d}: crdtdb / pycrdt-store = {hot or 0:.2f}x")
-    cold = ratio(
-        rate(results, "read-cold", "crdtdb", None), rate(results, "read-cold", "pycrdt-store", None)
-    )
-    lines.append(f"cold get: crdtdb / pycrdt-store = {cold or 0:.2f}x")
-    opened = [median_seconds(results[("open", s, None)]) for s in ("pycrdt-store", "crdtdb")]
-    lines.append(f"open+get: pycrdt-store time / crdtdb time = {opened[0] / opened[1]:.2f}x")
-    return lines
-
-
-def report(cfg: Config, results: dict[Cell, list[Run]], env: dict[str, Any]) -> str:
-    created = results[("create", "crdtdb", None)][0]
-    notes = [
-        f"crdtdb core benchmark ({cfg.name}): {cfg.seconds:g} s per timed run, median of"
-        f" {cfg.repeats}; pycrdt {env['pycrdt']}, pycrdt-store {env['pycrdt-store']},"
-        f" SQLite {env['sqlite']}, Python {env['python']}, {env['cpus']} CPUs",
-        "",
-        write_table(cfg, results),
-        "",
-        read_table(cfg, results),
-        "",
-        f"cold: {cfg.cold_docs:,} distinct docs of the open-time store, crdtdb cache_size="
-        f"{cfg.cold_cache:,}; pycrdt-store starts one store per document read.",
-        f"open+get: {cfg.open_docs:,}-document store, warm OS page cache; crdtdb wrote it at"
-        f" {created.rate:,.0f} docs/s ({cfg.batch:,} puts/transaction); the pycrdt-store file"
-        " has the same rows, bulk-loaded.",
-        "",
-        target_table(cfg, results),
-        "",
-        *info_lines(cfg, results),
-    ]
-    return "\n".join(notes)
-
-
 def environment() -> dict[str, Any]:
     return {
         "python": platform.python_version(),
@@ -764,36 +504,6 @@ def environment() -> dict[str, Any]:
         "pycrdt-store": importlib.metadata.version("pycrdt-store"),
         "crdtdb": crdtdb.__version__,
         "load_average_before": os.getloadavg(),
-    }
-
-
-def to_json(cfg: Config, results: dict[Cell, list[Run]], env: dict[str, Any]) -> dict[str, Any]:
-    cells = [
-        {
-            "measure": m,
-            "system": s,
-            "docs": d,
-            "median_per_s": median_rate(runs),
-            "median_seconds": median_seconds(runs),
-            "runs": [asdict(run) for run in runs],
-        }
-        for (m, s, d), runs in results.items()
-    ]
-    checks = [
-        {
-            **asdict(t),
-            "values": {str(d): t.value(results, d) for d in cfg.doc_counts},
-            "met": {str(d): (t.value(results, d) or 0) >= t.threshold for d in cfg.doc_counts},
-        }
-        for t in TARGETS
-    ]
-    return {
-        "benchmark": "core",
-        "config": asdict(cfg),
-        "environment": env,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "results": cells,
-        "targets": checks,
     }
 
 

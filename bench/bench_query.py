@@ -35,25 +35,23 @@ import io
 import json
 import math
 import os
-import platform
 import pstats
 import random
-import selectors
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
-from _report import table, verdict  # bench/_report.py: this folder is sys.path[0]
+from _query.report import machine, measures, report
+from _query.writers import writer_with_readers
+from _report import log  # bench/_report.py: this folder is sys.path[0]
 
 import crdtdb
 import crdtdb.query
@@ -63,17 +61,6 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "query.json"
 SEED = 20261207
 BATCH = 1000
 """Documents written per transaction while loading the store."""
-
-MIN_BUILD_RATIO = 0.5
-"""Target: the first materialisation runs at least at half the ceiling's documents/s."""
-MAX_REFRESH_SHARE = 0.05
-"""Target: a refresh after 1% changed takes at most 5% of the first build's time."""
-MAX_QUERY_RATIO = 1.5
-"""Target: a query through the collection view at most 1.5x the same on a typed Parquet file."""
-MAX_AS_OF_RATIO = 3.0
-"""Target: the group-by as of a past cut at most 3x the present one (the query alone)."""
-MIN_WRITER_RATIO = 0.8
-"""Target: the writer keeps 80% of its commit rate beside a reader and a refresher."""
 
 CITIES = ["Paris", "Berlin", "London", "Madrid", "Rome", "Vienna", "Lisbon", "Oslo"]
 CITIES += ["Warsaw", "Prague", "Dublin", "Athens"]
@@ -121,10 +108,6 @@ ARROW_SCHEMA = pa.schema(
 
 Docs = dict[str, dict[str, Any]]
 """The live documents, doc id -> body, as the store should hold them."""
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def median(values: list[float]) -> float:
@@ -441,360 +424,6 @@ def time_travel(
     }
 
 
-# ------------------------------------------------------------------ 5: writer with readers
-
-WRITER = """
-import json, sys, time, crdtdb
-path, seconds, n, base = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-def schedstat():
-    try:
-        with open("/proc/self/schedstat") as f:
-            return [int(x) / 1e9 for x in f.read().split()[:2]]
-    except OSError:
-        return [0.0, 0.0]
-with crdtdb.open(path) as db:
-    db.update("users/0", {"score": -base})
-    hlc0 = db.hlc
-    i, cpu0, (_, wait0), wall0 = 0, time.process_time(), schedstat(), time.time()
-    started = time.perf_counter()
-    end = started + seconds
-    while time.perf_counter() < end:
-        db.update(f"users/{i % n}", {"score": base + i})  # never a value it held: a write
-        i += 1
-    elapsed = time.perf_counter() - started
-    cpu, (_, wait) = time.process_time() - cpu0, schedstat()
-    written = sum(1 for _ in db.changes(since=hlc0))
-print(json.dumps({"commits": i, "written": written, "seconds": elapsed, "cpu_s": cpu,
-                  "runqueue_s": wait - wait0, "start": wall0, "end": wall0 + elapsed}))
-"""
-
-READER = """
-import sys, time, crdtdb.query
-path, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
-con = crdtdb.query.connect(path, refresh=False)
-print("ready", flush=True)
-while time.monotonic() < deadline:
-    con.refresh()
-    con.execute(sys.argv[3]).fetchall()
-    print(time.time(), flush=True)
-"""
-
-REFRESHER = """
-import sys, time, crdtdb.query
-path, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
-print("ready", flush=True)
-while time.monotonic() < deadline:
-    crdtdb.query.refresh(path)
-    print(time.time(), flush=True)
-"""
-
-
-@contextmanager
-def helpers(path: Path, lifetime: float) -> Iterator[list[subprocess.Popen[str]]]:
-    """The reader and the refresher, started and ready; stopped (killed if need be) on exit."""
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        for script, extra in ((READER, [GROUP_BY]), (REFRESHER, [])):
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-c", script, str(path), str(lifetime), *extra],
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-            )
-        deadline = time.monotonic() + 120
-        for proc in procs:
-            _wait_ready(proc, deadline)
-        yield procs
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
-
-
-def _wait_ready(proc: subprocess.Popen[str], deadline: float) -> None:
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)
-        if not selector.select(max(0.0, deadline - time.monotonic())):
-            raise RuntimeError("a reader process did not start in time")
-    if proc.stdout.readline().strip() != "ready":
-        raise RuntimeError(f"a reader process failed (exit status {proc.poll()})")
-
-
-def run_writer(path: Path, seconds: float, n: int, base: int) -> dict[str, Any]:
-    """One writer run; ``base`` makes its values new (an update to the same value writes
-    nothing, and would be timed as a commit)."""
-    writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(path), str(seconds), str(n), str(base)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        out, _ = writer.communicate(timeout=seconds + 120)
-    finally:
-        if writer.poll() is None:
-            writer.kill()
-            writer.wait(timeout=30)
-    if writer.returncode != 0:
-        raise RuntimeError(f"the writer process failed (exit status {writer.returncode})")
-    result: dict[str, Any] = json.loads(out)
-    if result["written"] != result["commits"]:
-        raise RuntimeError(
-            f"the writer wrote {result['written']} records in {result['commits']} commits"
-        )
-    result["rate"] = result["commits"] / result["seconds"]
-    return result
-
-
-def loops_in(proc: subprocess.Popen[str], start: float, end: float) -> int:
-    """How many loop iterations a helper finished within the writer's window."""
-    out, _ = proc.communicate(timeout=30)
-    stamps = []
-    for line in out.split():
-        try:
-            stamps.append(float(line))
-        except ValueError:  # "ready", or a line cut short by the termination
-            continue
-    return sum(1 for stamp in stamps if start <= stamp <= end)
-
-
-def writer_with_readers(path: Path, seconds: float, n: int, rounds: int) -> dict[str, Any]:
-    runs: dict[str, list[dict[str, Any]]] = {"alone": [], "with": []}
-    for r in range(rounds):
-        runs["alone"].append(run_writer(path, seconds, n, base=(2 * r + 1) * 10**8))
-        with helpers(path, lifetime=seconds + 300) as (reader, refresher):
-            run = run_writer(path, seconds, n, base=(2 * r + 2) * 10**8)
-            for proc in (reader, refresher):
-                proc.terminate()
-            run["reader_loops"] = loops_in(reader, run["start"], run["end"])
-            run["refresher_loops"] = loops_in(refresher, run["start"], run["end"])
-        runs["with"].append(run)
-        log(
-            f"  writer {r + 1}/{rounds}: alone {runs['alone'][-1]['rate']:,.0f}/s,"
-            f" with readers {run['rate']:,.0f}/s ({run['reader_loops']} queries,"
-            f" {run['refresher_loops']} refreshes)"
-        )
-    rates = {name: median([run["rate"] for run in values]) for name, values in runs.items()}
-    waits = {
-        name: median([run["runqueue_s"] / run["seconds"] for run in values])
-        for name, values in runs.items()
-    }
-    cpu_per_commit = {
-        name: median([run["cpu_s"] / run["commits"] for run in values])
-        for name, values in runs.items()
-    }
-    helper_rates = {
-        name: median([run[f"{name}_loops"] / run["seconds"] for run in runs["with"]])
-        for name in ("reader", "refresher")
-    }
-    return {
-        "runqueue_share": waits,
-        "helper_rates": helper_rates,
-        "cpu_per_commit_s": cpu_per_commit,
-        "seconds": seconds,
-        "runs": runs,
-        "median_rate": rates,
-        "ratio": rates["with"] / rates["alone"],
-    }
-
-
-# ------------------------------------------------------------------ report
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "cpu_count": os.cpu_count(),
-        "load_avg": os.getloadavg(),
-        "python": platform.python_version(),
-        "duckdb": duckdb.__version__,
-        "pyarrow": pa.__version__,
-        "platform": platform.platform(),
-        **code_version(),
-    }
-
-
-def code_version() -> dict[str, Any]:
-    """The commit measured, and the files of the package that differ from it (work in progress)."""
-    root = Path(__file__).resolve().parents[1]
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    changed = git("status", "--porcelain", "--", "crdtdb", "query", "sync").splitlines()
-    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted": changed}
-
-
-def measures(res: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per measure: the crdtdb figure, the reference, the ratio, the target."""
-    b, r, t, w = res["build"], res["refresh"], res["time_travel"], res["writer"]
-    dps = b["docs_per_s"]
-    rows = [
-        _row(
-            f"first materialisation, {b['documents']:,} docs (docs/s)",
-            f"{dps['crdtdb']:,.0f}",
-            f"{dps[b['ceiling']]:,.0f} ({b['ceiling']})",
-            b["ratio"],
-            f">= {MIN_BUILD_RATIO:g}x",
-            b["ratio"] >= MIN_BUILD_RATIO,
-        ),
-        _row("  pyarrow, dicts -> Parquet (docs/s)", "", f"{dps['pyarrow']:,.0f}", None, "", None),
-        _row(
-            "  DuckDB, JSON text -> Parquet (docs/s)", "", f"{dps['duckdb']:,.0f}", None, "", None
-        ),
-        _row(
-            f"refresh after 1% changed ({r['changed']:,} docs) vs first build",
-            f"{r['seconds']:.2f} s",
-            f"{b['median_s']['crdtdb']:.2f} s",
-            r["share"],
-            f"<= {MAX_REFRESH_SHARE:.0%}",
-            r["share"] <= MAX_REFRESH_SHARE,
-            ratio_text=f"{r['share']:.1%}",
-        ),
-        _row(
-            "  RefreshResult.documents = changed",
-            f"{r['documents']:,}",
-            f"{r['changed']:,}",
-            None,
-            "equal",
-            r["documents"] == r["changed"],
-        ),
-    ]
-    for q in res["queries"]:
-        for name in ("group_by", "selective"):
-            m = q[name]["median_s"]
-            label = f"{name.replace('_', '-')} ({q['stage']}, {q[name]['rows']:,} rows)"
-            ratio = q[name]["ratio"]
-            rows.append(
-                _row(
-                    f"{label}: view vs Parquet",
-                    _ms(m["view"]),
-                    _ms(m["parquet"]),
-                    ratio,
-                    f"<= {MAX_QUERY_RATIO:g}x",
-                    ratio <= MAX_QUERY_RATIO,
-                )
-            )
-            rows.append(
-                _row(
-                    "  docs ->> JSON vs Parquet",
-                    _ms(m["json"]),
-                    _ms(m["parquet"]),
-                    q[name]["json_ratio"],
-                    "",
-                    None,
-                )
-            )
-    qs, cs = t["query_s"], t["connect_query_s"]
-    rows += [
-        _row(
-            f"as_of group-by, {t['changed']:,} changed: query",
-            _ms(qs["as_of"]),
-            f"{_ms(qs['present'])} (present)",
-            t["query_ratio"],
-            f"<= {MAX_AS_OF_RATIO:g}x",
-            t["query_ratio"] <= MAX_AS_OF_RATIO,
-        ),
-        _row(
-            "  connect + query",
-            _ms(cs["as_of"]),
-            f"{_ms(cs['present'])} (present)",
-            t["connect_query_ratio"],
-            "(info)",
-            None,
-        ),
-        _row(
-            f"writer commits/s beside reader+refresher ({w['seconds']:g} s runs)",
-            f"{w['median_rate']['with']:,.0f}",
-            f"{w['median_rate']['alone']:,.0f} (alone)",
-            w["ratio"],
-            f">= {MIN_WRITER_RATIO:g}x",
-            w["ratio"] >= MIN_WRITER_RATIO,
-        ),
-        _row(
-            "  writer's time waiting for a CPU (run queue)",
-            _pct(w["runqueue_share"]["with"]),
-            f"{_pct(w['runqueue_share']['alone'])} (alone)",
-            None,
-            "",
-            None,
-        ),
-        _row(
-            "  writer's CPU time per commit",
-            f"{w['cpu_per_commit_s']['with'] * 1e6:,.0f} us",
-            f"{w['cpu_per_commit_s']['alone'] * 1e6:,.0f} us (alone)",
-            None,
-            "",
-            None,
-        ),
-        _row(
-            "  reader queries / refresher refreshes per s beside it",
-            f"{w['helper_rates']['reader']:.1f} / {w['helper_rates']['refresher']:.1f}",
-            "",
-            None,
-            "",
-            None,
-        ),
-    ]
-    return rows
-
-
-def _pct(share: float) -> str:
-    return f"{share:.0%}"
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:,.1f} ms"
-
-
-def _row(
-    measure: str,
-    crdtdb_text: str,
-    reference: str,
-    ratio: float | None,
-    target: str,
-    met: bool | None,
-    ratio_text: str | None = None,
-) -> dict[str, Any]:
-    if ratio_text is None and ratio is not None:
-        ratio_text = f"{ratio:.2f}x"
-    return {
-        "measure": measure,
-        "crdtdb": crdtdb_text,
-        "reference": reference,
-        "ratio": ratio,
-        "ratio_text": ratio_text or "",
-        "target": target,
-        "met": met,
-    }
-
-
-def report(rows: list[dict[str, Any]]) -> str:
-    headers = ["measure", "crdtdb", "reference", "ratio", "target", "result"]
-    cells = [
-        [
-            r["measure"],
-            r["crdtdb"],
-            r["reference"],
-            r["ratio_text"],
-            r["target"],
-            "" if r["met"] is None else verdict(r["met"]),
-        ]
-        for r in rows
-    ]
-    return table(headers, cells)
-
-
-# ------------------------------------------------------------------ main
-
-
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     n = args.docs or (50_000 if args.quick else 1_000_000)
     repeats = 5 if n <= 200_000 else 3
@@ -826,7 +455,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         db.close()
     log("5. writer with readers ...")
     seconds = 2.0 if args.quick else 5.0
-    res["writer"] = writer_with_readers(tmp / "store", seconds, n, rounds=3)
+    res["writer"] = writer_with_readers(tmp / "store", seconds, n, rounds=3, query=GROUP_BY)
     for q in res["queries"]:
         q.pop("answers", None)
     return res

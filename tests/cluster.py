@@ -16,82 +16,43 @@ stderr goes to ``logs/REGION.log`` (appended across restarts). It can:
 Every process it started is stopped when the cluster is closed (SIGTERM, then
 SIGKILL after a timeout), and an ``AssertionError`` raised inside ``with
 cluster:`` gets the tail of every daemon's log appended, so a failure says
-what the daemons were doing. :class:`Child` runs the writer programs in
-``tests/procs/`` the same way (stdout read by a thread, lines awaited with
-deadlines).
+what the daemons were doing. A :class:`Lab` also runs the writer programs of
+``tests/procs/`` (a :class:`tests.harness.process.Child` each: stdout read by a
+thread, lines awaited with deadlines). Processes, waits, ports and configs
+are the harness's (``tests/harness/``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import queue
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, TypeVar
+from typing import Any
 
 import crdtdb
 
+from .harness.config import make_certs, write_region_config
+from .harness.daemon import daemon_status, start_daemon
+from .harness.ports import free_ports
+from .harness.process import STOP_TIMEOUT, Child, file_tail, program, stop_all
+from .harness.wait import HarnessError as ClusterError
+from .harness.wait import wait_until
 from .netfault import FaultProxy, Faults
 
 __all__ = [
-    "PROCS",
-    "Child",
     "Cluster",
     "ClusterError",
     "Lab",
     "Region",
-    "free_udp_port",
     "lab",
     "snapshot",
-    "wait_until",
 ]
 
-PROCS = Path(__file__).resolve().parent / "procs"
-STOP_TIMEOUT = 15.0
-"""Seconds a daemon gets to exit after SIGTERM before it is killed."""
 LOG_TAIL = 30
 """Lines of each daemon's log attached to a failure."""
-T = TypeVar("T")
-
-
-class ClusterError(AssertionError):
-    """A daemon did not do what the test waited for (it exited, or was too slow)."""
-
-
-def free_udp_port() -> int:
-    """A UDP port on 127.0.0.1 that was free a moment ago (bind to 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_until(
-    condition: Callable[[], T], timeout: float, what: str, *, interval: float = 0.05
-) -> T:
-    """Poll ``condition`` until it returns something truthy; raise ClusterError at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-def _env() -> dict[str, str]:
-    return dict(os.environ, PYTHONUNBUFFERED="1")
 
 
 @dataclass(slots=True)
@@ -102,7 +63,7 @@ class Region:
     port: int
     root: Path
     peers: list[str] = field(default_factory=list)
-    proc: subprocess.Popen[bytes] | None = None
+    child: Child | None = None
     starts: int = 0
 
     @property
@@ -122,22 +83,14 @@ class Region:
         return self.data_dir / "sync-status.json"
 
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.child is not None and self.child.running
 
     def status(self) -> dict[str, Any] | None:
         """The daemon's last status report, or None if there is none (yet)."""
-        try:
-            status: dict[str, Any] = json.loads(self.status_file.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-        return status
+        return daemon_status(self.data_dir)
 
     def log_tail(self, lines: int = LOG_TAIL) -> str:
-        try:
-            text = self.log.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return file_tail(self.log, lines)
 
 
 class Cluster:
@@ -161,7 +114,10 @@ class Cluster:
             "reconnect_min": reconnect_min,
             "reconnect_max": reconnect_max,
         }
-        self.regions = {name: Region(name, free_udp_port(), root) for name in regions}
+        ports = free_ports(len(regions))
+        self.regions = {
+            name: Region(name, port, root) for name, port in zip(regions, ports, strict=True)
+        }
         pairs = links if links is not None else _all_pairs(regions)
         for a, b in pairs:
             self.regions[a].peers.append(b)
@@ -174,22 +130,8 @@ class Cluster:
 
     # ------------------------------------------------------------ setup
 
-    def _crdtdb(self, *args: str) -> None:
-        result = subprocess.run(
-            [sys.executable, "-m", "crdtdb", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=_env(),
-        )
-        if result.returncode != 0:
-            raise ClusterError(f"crdtdb {' '.join(args)} failed: {result.stderr}")
-
     def _certs(self) -> None:
-        certs = self.root / "certs"
-        self._crdtdb("certs", "init", str(certs))
-        for name in self.regions:
-            self._crdtdb("certs", "issue", str(certs), name)
+        make_certs(self.root / "certs", self.regions, cli=True)
 
     def dialer(self, a: str, b: str) -> tuple[str, str]:
         """(dialing side, listening side) of a pair: the name that sorts first dials."""
@@ -218,25 +160,15 @@ class Cluster:
 
     def write_config(self, name: str) -> Path:
         region = self.regions[name]
-        lines = [
-            f'region = "{name}"',
-            f'data_dir = "data/{name}"',
-            f'listen = "127.0.0.1:{region.port}"',
-            "[tls]",
-            'ca = "certs/ca.pem"',
-            f'cert = "certs/{name}.pem"',
-            f'key = "certs/{name}.key"',
-        ]
-        for peer in region.peers:
-            lines += [
-                "[[peers]]",
-                f'region = "{peer}"',
-                f'address = "{self._peer_address(name, peer)}"',
-            ]
-        lines.append("[sync]")
-        lines += [f"{key} = {value}" for key, value in self.sync.items()]
-        region.config.write_text("\n".join(lines) + "\n")
-        return region.config
+        return write_region_config(
+            region.config,
+            region=name,
+            data_dir=f"data/{name}",
+            port=region.port,
+            certs="certs",
+            peers={peer: self._peer_address(name, peer) for peer in region.peers},
+            sync=self.sync,
+        )
 
     # ------------------------------------------------------------ processes
 
@@ -251,24 +183,18 @@ class Cluster:
             region.starts += 1
             with region.log.open("ab") as log:
                 log.write(f"---- start #{region.starts} of {name} ----\n".encode())
-                log.flush()
-                region.proc = subprocess.Popen(
-                    [sys.executable, "-m", "crdtdb", "serve", "--config", str(region.config)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    cwd=self.root,
-                    env=_env(),
-                )
+            region.child = start_daemon(region.config, log=region.log, cwd=self.root, name=name)
 
     def ready(self, name: str, peers: Iterable[str] | None = None) -> bool:
         """The daemon is alive, reported its status, and sees ``peers`` (default all) connected."""
         region = self.regions[name]
-        if not region.running():
-            assert region.proc is not None, f"{name} was never started"
-            raise ClusterError(f"the daemon of {name} exited with status {region.proc.returncode}")
+        if region.child is None:
+            raise AssertionError(f"{name} was never started")
+        if not region.child.running:
+            code = region.child.proc.returncode
+            raise ClusterError(f"the daemon of {name} exited with status {code}")
         status = region.status()
-        if status is None or status.get("pid") != region.proc.pid:  # type: ignore[union-attr]
+        if status is None or status.get("pid") != region.child.pid:
             return False
         connected = {p["region"] for p in status["peers"] if p["connected"]}
         return connected >= set(region.peers if peers is None else peers)
@@ -288,27 +214,17 @@ class Cluster:
 
     def kill(self, name: str) -> None:
         """SIGKILL a region's daemon (a crash) and reap it."""
-        region = self.regions[name]
-        assert region.proc is not None
-        region.proc.send_signal(signal.SIGKILL)
-        region.proc.wait(timeout=STOP_TIMEOUT)
+        child = self.regions[name].child
+        assert child is not None
+        child.kill(STOP_TIMEOUT)
 
     def terminate(self, name: str, timeout: float = STOP_TIMEOUT) -> int:
-        """SIGTERM a region's daemon and wait for it; kill it after ``timeout``.
+        """SIGTERM a region's daemon and wait for it; kill it after ``timeout`` (and raise).
 
         Returns its exit status (negative: killed by that signal).
         """
-        region = self.regions[name]
-        proc = region.proc
-        if proc is None or proc.poll() is not None:
-            return proc.returncode if proc is not None else 0
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise ClusterError(f"{name} did not stop within {timeout:.0f} s of SIGTERM") from None
+        child = self.regions[name].child
+        return 0 if child is None else child.stop(timeout, strict=True)
 
     def restart(self, name: str) -> None:
         if self.regions[name].running():
@@ -372,23 +288,8 @@ class Cluster:
 
     def close(self) -> None:
         """Stop every daemon (SIGTERM, then SIGKILL), close stores and proxies."""
-        errors: list[str] = []
-        for region in self.regions.values():
-            proc = region.proc
-            if proc is None or proc.poll() is not None:
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        for name, region in self.regions.items():
-            proc = region.proc
-            if proc is None:
-                continue
-            try:
-                proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                errors.append(f"{name} did not stop within {STOP_TIMEOUT:.0f} s of SIGTERM")
+        children = [r.child for r in self.regions.values() if r.child is not None]
+        errors = stop_all(children)
         for name in list(self._dbs):
             with contextlib.suppress(Exception):
                 self.close_db(name)
@@ -457,7 +358,7 @@ class Lab:
         logs = self.root / "children"
         logs.mkdir(parents=True, exist_ok=True)
         stderr = logs / f"{len(self.children)}-{Path(script).stem}.log"
-        child = Child(script, *args, stderr=stderr)
+        child = Child(program(script, *args), log=stderr)
         self.children.append(child)
         return child
 
@@ -484,94 +385,3 @@ def lab(root: Path) -> Iterator[Lab]:
         yield made
     finally:
         made.close()
-
-
-# ----------------------------------------------------------------- children
-
-_EOF = object()
-
-
-class Child:
-    """A program from ``tests/procs/`` run by this interpreter; stdout read with deadlines.
-
-    Only complete lines count (a process killed mid-``print`` leaves a partial
-    line, which is not an acknowledgement).
-    """
-
-    def __init__(self, script: str, *args: str, stderr: Path | None = None) -> None:
-        self.argv = [sys.executable, str(PROCS / script), *args]
-        self._stderr_path = stderr
-        self._stderr_file: IO[bytes] | None = stderr.open("ab") if stderr else None
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr_file if self._stderr_file else subprocess.DEVNULL,
-            env=_env(),
-        )
-        self.lines: list[str] = []
-        self._queue: queue.Queue[object] = queue.Queue()
-        self._thread = threading.Thread(target=self._pump, daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in iter(self.proc.stdout.readline, b""):
-            if raw.endswith(b"\n"):
-                self._queue.put(raw.decode().rstrip("\n"))
-        self._queue.put(_EOF)
-
-    def describe(self) -> str:
-        tail = ""
-        if self._stderr_path is not None and self._stderr_path.exists():
-            tail = "\n".join(self._stderr_path.read_text(errors="replace").splitlines()[-20:])
-        return f"{' '.join(self.argv[1:])} (exit {self.proc.poll()}):\n{tail}"
-
-    def line(self, timeout: float) -> str | None:
-        """The next complete stdout line, or None at end of output; raises at the deadline."""
-        try:
-            item = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            raise ClusterError(f"no output within {timeout:.0f} s from {self.describe()}") from None
-        if item is _EOF:
-            self._queue.put(_EOF)
-            return None
-        assert isinstance(item, str)
-        self.lines.append(item)
-        return item
-
-    def message(self, timeout: float) -> dict[str, Any]:
-        """The next line as JSON; raises if the child ended first."""
-        line = self.line(timeout)
-        if line is None:
-            raise ClusterError(f"the child ended before saying anything more: {self.describe()}")
-        value: dict[str, Any] = json.loads(line)
-        return value
-
-    def send(self, text: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(text.encode() + b"\n")
-        self.proc.stdin.flush()
-
-    def messages_until_exit(self, timeout: float) -> list[dict[str, Any]]:
-        """Every remaining JSON line until the child exits (it must exit with status 0)."""
-        deadline = time.monotonic() + timeout
-        result = []
-        while (line := self.line(max(0.0, deadline - time.monotonic()))) is not None:
-            result.append(json.loads(line))
-        code = self.proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        if code != 0:
-            raise ClusterError(f"child failed: {self.describe()}")
-        return result
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=STOP_TIMEOUT)
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            with contextlib.suppress(OSError):
-                if pipe is not None:
-                    pipe.close()
-        if self._stderr_file is not None:
-            self._stderr_file.close()

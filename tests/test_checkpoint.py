@@ -14,7 +14,8 @@ from crdtdb.errors import UsageError
 from crdtdb.storage import STORE_FILE
 from crdtdb.sync.node import Replicator
 
-from .quic_helpers import region_config, wait_for
+from .harness.config import region_config
+from .harness.wait import wait_for
 
 PAGE = 4096
 

@@ -26,7 +26,9 @@ from pycrdt import Text
 
 import crdtdb
 
-from .cluster import Child, Cluster, ClusterError, Lab, lab, snapshot, wait_until
+from .cluster import Cluster, ClusterError, Lab, lab, snapshot
+from .harness.process import Child
+from .harness.wait import wait_until
 from .netfault import Faults
 from .traces import apply_patches, load_trace
 

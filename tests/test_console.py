@@ -28,6 +28,8 @@ from crdtdb.query import connect
 from crdtdb.query.console import completions, read_catalog, split_sql
 from crdtdb.query.render import Result, render
 
+from .harness.process import Child
+
 pytestmark = pytest.mark.integration  # most tests start the console as a process
 
 USERS: dict[str, dict[str, Any]] = {
@@ -239,25 +241,15 @@ LONG_QUERY = "SELECT sum(hash(a.range + b.range)) FROM range(1000000) a, range(1
 
 
 def test_script_interrupted_exits_130_quietly(store: crdtdb.Database) -> None:
-    proc = subprocess.Popen(
-        [*sql_command(store.path), "--format", "csv"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(f"SELECT 'started' AS s;\n{LONG_QUERY}\n")
-        proc.stdin.close()
-        assert proc.stdout.readline() == "s\n"
-        assert proc.stdout.readline() == "started\n"  # the long query is next
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=DEADLINE) == 130
-        assert proc.stderr is not None and proc.stderr.read() == ""
-    finally:
-        proc.kill()
-        proc.wait()
+    # The environment as it is: the console must flush its output itself.
+    with Child([*sql_command(store.path), "--format", "csv"], env=os.environ) as child:
+        child.send(f"SELECT 'started' AS s;\n{LONG_QUERY}")
+        child.close_stdin()
+        assert child.line(DEADLINE) == "s"
+        assert child.line(DEADLINE) == "started"  # the long query is next
+        child.signal(signal.SIGINT)
+        assert child.wait(DEADLINE) == 130
+        assert child.stderr == ""
 
 
 # ------------------------------------------------------------- pure pieces

@@ -26,7 +26,7 @@ import pytest
 import crdtdb
 from crdtdb import Hlc
 
-from .procs.harness import running
+from .harness.process import running
 
 pytestmark = pytest.mark.integration
 

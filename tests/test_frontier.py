@@ -7,7 +7,7 @@ from pathlib import Path
 import crdtdb
 from crdtdb import Hlc
 
-from .sync_helpers import Link
+from .harness.link import Link
 
 
 def _regions(tmp_path: Path) -> dict[str, crdtdb.Database]:

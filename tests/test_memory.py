@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from .procs.harness import running
+from .harness.process import running
 
 pytestmark = pytest.mark.integration
 

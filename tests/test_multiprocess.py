@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import itertools
 import json
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ import pytest
 import crdtdb
 from crdtdb import UpdateRecord
 
-from .procs.harness import Child, running
+from .harness.process import Child, Group, running
 from .procs.mpwriter import expected, marker, missing, operation, perform
 
 pytestmark = pytest.mark.integration
@@ -175,24 +177,19 @@ with crdtdb.open(sys.argv[1], region="eu") as db:
 def open_at_once(directory: Path, count: int) -> list[str]:
     """``count`` processes open ``directory`` at the same instant and each writes
     ``docs/p{i}``; the last error line of each one that failed."""
-    import subprocess
-    import sys
-    import time
-
     start = time.time() + 0.5
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _OPEN_AT_ONCE, str(directory), str(start), f"p{i}"],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(count)
-    ]
     errors = []
-    for proc in procs:
-        _, err = proc.communicate(timeout=TIMEOUT)
-        if proc.returncode:
-            errors.append(err.strip().splitlines()[-1])
+    with Group() as group:
+        children = [
+            group.start(
+                [sys.executable, "-c", _OPEN_AT_ONCE, str(directory), str(start), f"p{i}"],
+                read_lines=False,
+            )
+            for i in range(count)
+        ]
+        for child in children:
+            if child.wait(TIMEOUT):
+                errors.append(child.stderr.strip().splitlines()[-1])
     return errors
 
 

@@ -11,9 +11,8 @@ import contextlib
 import socket
 import ssl
 import threading
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
@@ -27,10 +26,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from .harness.wait import wait_for, wait_until
 from .netfault import Address, Datagram, FaultProxy, Faults, Impairment, Which
 
 T = TypeVar("T")
 TIMEOUT = 10.0  # seconds for any one scenario; generous, a passing run takes far less
+WAIT = 5.0  # seconds for any one condition inside a scenario
+POLL = 0.002  # seconds between two looks at it
 
 
 def run(scenario: Awaitable[T], timeout: float = TIMEOUT) -> T:
@@ -209,21 +211,14 @@ async def rig(**faults: Any) -> AsyncIterator[Rig]:
         yield Rig(proxy, echo, peer)
 
 
-async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.002)
-
-
 def test_without_faults_every_datagram_arrives_once_in_order() -> None:
     async def scenario() -> None:
         async with rig() as r:
             sent = messages(50)
             r.client.send(sent)
-            await until(lambda: len(r.client.inbox.replies) == 50, "50 echoes")
+            await wait_for(
+                lambda: len(r.client.inbox.replies) == 50, WAIT, "50 echoes", interval=POLL
+            )
             stats = r.proxy.stats()
             assert r.echo.received == sent and r.client.inbox.replies == sent
             for direction in ("up", "down"):
@@ -241,7 +236,9 @@ def test_drop_everything_loses_every_datagram(direction: Which) -> None:
             r.client.send(messages(20))
             # Dropped on the way up, nothing comes down; with "down" only the replies are.
             lossy = "down" if direction == "down" else "up"
-            await until(lambda: r.proxy.stats()[lossy]["dropped"] == 20, "20 drops")
+            await wait_for(
+                lambda: r.proxy.stats()[lossy]["dropped"] == 20, WAIT, "20 drops", interval=POLL
+            )
             stats = r.proxy.stats()
             assert stats[lossy] | {"received": 20, "dropped": 20, "forwarded": 0} == stats[lossy]
             assert r.client.inbox.replies == []
@@ -256,7 +253,9 @@ def test_duplicate_everything_delivers_each_datagram_twice() -> None:
             r.proxy.configure("up", duplicate=1.0)
             sent = messages(20)
             r.client.send(sent)
-            await until(lambda: len(r.client.inbox.replies) == 40, "40 echoes")
+            await wait_for(
+                lambda: len(r.client.inbox.replies) == 40, WAIT, "40 echoes", interval=POLL
+            )
             stats = r.proxy.stats()
             assert Counter(r.client.inbox.replies) == Counter(sent * 2)
             assert (stats["up"]["duplicated"], stats["up"]["forwarded"]) == (20, 40)
@@ -271,7 +270,9 @@ def test_reorder_changes_the_order_but_not_the_set() -> None:
             r.proxy.configure("up", reorder=0.5)
             sent = messages(40)
             r.client.send(sent)
-            await until(lambda: len(r.client.inbox.replies) == 40, "40 echoes")
+            await wait_for(
+                lambda: len(r.client.inbox.replies) == 40, WAIT, "40 echoes", interval=POLL
+            )
             assert r.client.inbox.replies != sent
             assert sorted(r.client.inbox.replies) == sent
             assert r.proxy.stats()["up"]["reordered"] > 0
@@ -286,7 +287,9 @@ def test_delay_adds_at_least_the_configured_latency_each_way() -> None:
         async with rig(delay=delay, jitter=0.01) as r:
             sent = messages(20)
             r.client.send(sent)
-            await until(lambda: len(r.client.inbox.replies) == 20, "20 echoes")
+            await wait_for(
+                lambda: len(r.client.inbox.replies) == 20, WAIT, "20 echoes", interval=POLL
+            )
             assert sorted(r.client.inbox.replies) == sent
             for data in sent:
                 (arrived,) = r.client.inbox.arrivals[data]
@@ -302,12 +305,22 @@ def test_nothing_crosses_a_partition_and_traffic_flows_after_heal() -> None:
         async with rig() as r:
             r.proxy.partition()
             r.client.send(messages(10, "lost"))
-            await until(lambda: r.proxy.stats()["up"]["partitioned"] == 10, "10 partitioned")
+            await wait_for(
+                lambda: r.proxy.stats()["up"]["partitioned"] == 10,
+                WAIT,
+                "10 partitioned",
+                interval=POLL,
+            )
             assert r.echo.received == [] and r.client.inbox.replies == []
             r.proxy.heal()
             after = messages(10, "healed")
             r.client.send(after)
-            await until(lambda: len(r.client.inbox.replies) == 10, "10 echoes after heal")
+            await wait_for(
+                lambda: len(r.client.inbox.replies) == 10,
+                WAIT,
+                "10 echoes after heal",
+                interval=POLL,
+            )
             assert r.client.inbox.replies == after
 
     run(scenario())
@@ -318,7 +331,12 @@ def test_a_one_way_partition_loses_only_the_replies() -> None:
         async with rig() as r:
             r.proxy.partition("down")
             r.client.send(messages(10))
-            await until(lambda: r.proxy.stats()["down"]["partitioned"] == 10, "10 partitioned")
+            await wait_for(
+                lambda: r.proxy.stats()["down"]["partitioned"] == 10,
+                WAIT,
+                "10 partitioned",
+                interval=POLL,
+            )
             assert len(r.echo.received) == 10 and r.client.inbox.replies == []
 
     run(scenario())
@@ -334,8 +352,11 @@ def test_two_clients_each_get_their_own_replies_from_distinct_sources() -> None:
         ):
             alice.send(messages(5, "alice"))
             bob.send(messages(5, "bob"))
-            await until(
-                lambda: len(alice.inbox.replies) == len(bob.inbox.replies) == 5, "5 echoes each"
+            await wait_for(
+                lambda: len(alice.inbox.replies) == len(bob.inbox.replies) == 5,
+                WAIT,
+                "5 echoes each",
+                interval=POLL,
             )
             assert alice.inbox.replies == messages(5, "alice")
             assert bob.inbox.replies == messages(5, "bob")
@@ -356,7 +377,9 @@ def test_over_max_clients_the_least_recently_active_mapping_is_evicted() -> None
 
             async def exchange(peer: Client, replies: int) -> None:
                 peer.send([b"hello"])
-                await until(lambda: len(peer.inbox.replies) == replies, "an echo")
+                await wait_for(
+                    lambda: len(peer.inbox.replies) == replies, WAIT, "an echo", interval=POLL
+                )
                 assert proxy.clients == (peer.address,)
 
             for peer, replies in ((alice, 1), (bob, 1), (alice, 2)):
@@ -378,15 +401,6 @@ def udp_socket() -> Iterator[socket.socket]:
         yield sock
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    """The synchronous :func:`until`."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.002)
-
-
 def proxy_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("netfault-proxy")]
 
@@ -403,7 +417,12 @@ def test_thread_mode_works_from_synchronous_code_and_stop_leaves_no_thread() -> 
 
             proxy.partition()
             peer.sendto(b"lost", address)
-            wait_until(lambda: proxy.stats()["up"]["partitioned"] == 1, "the partitioned ping")
+            wait_until(
+                lambda: proxy.stats()["up"]["partitioned"] == 1,
+                WAIT,
+                "the partitioned ping",
+                interval=POLL,
+            )
             proxy.heal()
             peer.sendto(b"again", address)
             assert target.recvfrom(2048)[0] == b"again"  # "lost" never came

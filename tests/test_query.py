@@ -23,8 +23,8 @@ from crdtdb.errors import HistoryCompactedError, InvalidHlcError, StoreError
 from crdtdb.query.area import AREA, read_manifest
 
 from .conftest import FakeClock, ship
-from .procs.harness import running
-from .sync_helpers import Link
+from .harness.link import Link
+from .harness.process import running
 
 TIMEOUT = 120.0
 

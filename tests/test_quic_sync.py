@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from .quic_helpers import eu_dials_us, wait_for
+from .harness.wait import wait_for
+from .quic_helpers import eu_dials_us
 
 pytestmark = pytest.mark.integration
 

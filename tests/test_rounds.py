@@ -17,7 +17,7 @@ from crdtdb.sync import rounds, wire
 from crdtdb.sync.session import AntiEntropyDone, Closed, SyncSession
 
 from .fake_store import STORE_KINDS, Regions
-from .sync_helpers import Link, NoLog, messages, spy
+from .harness.link import Link, NoLog, messages, spy
 
 
 @pytest.fixture(params=STORE_KINDS)

@@ -32,7 +32,7 @@ from crdtdb.sync.session import (
 )
 
 from .fake_store import STORE_KINDS, Regions, open_store
-from .sync_helpers import Link, drain, messages
+from .harness.link import Link, drain, messages
 
 
 @pytest.fixture(params=STORE_KINDS)

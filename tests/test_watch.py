@@ -28,7 +28,8 @@ from crdtdb.sync.config import PeerConfig
 from crdtdb.sync.node import Replicator
 
 from .conftest import ship
-from .quic_helpers import region_config, wait_for
+from .harness.config import region_config
+from .harness.wait import wait_for
 
 LINUX = sys.platform.startswith("linux")
 

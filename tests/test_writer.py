@@ -31,8 +31,8 @@ from crdtdb.sync.store import (
 from crdtdb.sync.writer import StoreWriter, perform
 
 from .fake_store import STORE_KINDS, FakeStore, Regions
+from .harness.link import Link, drain, messages
 from .quic_helpers import eu_dials_us, wait_for
-from .sync_helpers import Link, drain, messages
 
 WRITES = ("apply_remote_many", "apply_remote", "apply_diff", "note_frontier", "refresh_digests")
 
