@@ -302,6 +302,11 @@ def timed(con: duckdb.DuckDBPyConnection, query: str) -> tuple[float, list[Any]]
     return time.perf_counter() - started, rows
 
 
+def timer(con: duckdb.DuckDBPyConnection, query: str) -> Callable[[], float]:
+    """A variant for :func:`interleaved`: one run of ``query`` on ``con``, its seconds."""
+    return lambda: timed(con, query)[0]
+
+
 def interleaved(variants: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
     """Each variant once to warm up, then ``repeats`` rounds of all of them; the medians."""
     for run in variants.values():
@@ -349,9 +354,9 @@ def queries(db: crdtdb.Database, docs: Docs, tmp: Path, stage: str, repeats: int
                     raise RuntimeError(f"{stage} {name}: {other} disagrees with the Parquet file")
             seconds = interleaved(
                 {
-                    "view": lambda q=query: timed(view, q)[0],
-                    "parquet": lambda q=query: timed(ceiling, q)[0],
-                    "json": lambda q=json_query: timed(view, q)[0],
+                    "view": timer(view, query),
+                    "parquet": timer(ceiling, query),
+                    "json": timer(view, json_query),
                 },
                 repeats,
             )

@@ -128,7 +128,7 @@ def diverge(eu: Database, us: Database, cfg: Config) -> dict[str, list[str]]:
     return groups
 
 
-def encoded_size(kind: type[wire.Message], docs: list[tuple[str, bytes]]) -> int:
+def encoded_size(kind: type[wire.Diffs], docs: list[tuple[str, bytes]]) -> int:
     """Wire bytes of ``docs`` sent as ``kind`` messages of at most 10,000 documents each."""
     step = 10_000
     return sum(len(wire.encode(kind(tuple(docs[i : i + step])))) for i in range(0, len(docs), step))

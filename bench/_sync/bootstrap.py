@@ -196,8 +196,8 @@ def quic_ceiling(cfg: Config, work: Path, certs: Path, runs: int) -> list[Transf
         )
         if source.wait(120) != 0:
             raise BenchError(f"quic-source failed:\n{source.tail()}")
-    runs = read_json(result)["runs"]
-    return [Transfer(docs=0, seconds=s, payload=0, wire=size) for size, s in runs]
+    measured: list[tuple[int, float]] = read_json(result)["runs"]
+    return [Transfer(docs=0, seconds=s, payload=0, wire=size) for size, s in measured]
 
 
 def bootstrap_profile(

@@ -282,6 +282,7 @@ def backlog_run(
     if writer.wait(120 + cfg.backlog / 100) != 0:
         raise BenchError(f"the backlog writer failed:\n{writer.tail()}")
     written = read_json(result)
+    writes: int = written["writes"]
     launched: list[tuple[Child, float]] = []
     meter: list[tuple[CpuMeter, int]] = []  # started at the first arrival, leaving out start-up
 
@@ -296,7 +297,7 @@ def backlog_run(
                 (CpuMeter({"daemon eu": launched[0][0], "daemon us": us_daemon}), len(seen))
             )
             meter[0][0].start()
-        return len(seen) >= written["writes"]
+        return len(seen) >= writes
 
     seen = asyncio.run(
         arrivals(
@@ -397,11 +398,11 @@ def bench_lag_and_rate(
             out["lag_daemons"] = daemons_summary(eu_dir)
             out["rate_backlog"] = []
             for repeat in range(cfg.repeats):
-                run = backlog_run(pair, configs["eu"], daemons["us"], cfg, repeat)
-                out["rate_backlog"].append(run)
+                backlog = backlog_run(pair, configs["eu"], daemons["us"], cfg, repeat)
+                out["rate_backlog"].append(backlog)
                 log(
-                    f"  backlog #{repeat + 1}: {run.records:,} records drained at"
-                    f" {run.arrived_per_s:,.0f}/s (written at {run.written_per_s:,.0f}/s)"
+                    f"  backlog #{repeat + 1}: {backlog.records:,} records drained at"
+                    f" {backlog.arrived_per_s:,.0f}/s (written at {backlog.written_per_s:,.0f}/s)"
                 )
     if "lag_daemons" not in out:
         out["lag_daemons"] = daemons_summary(eu_dir)

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from _harness import HarnessError, wait_for
 
@@ -110,6 +110,7 @@ async def _ws_server(
 ) -> None:
     from hypercorn.asyncio import serve
     from hypercorn.config import Config as HypercornConfig
+    from hypercorn.typing import ASGIFramework
     from pycrdt import Map, TransactionEvent
     from pycrdt.websocket import ASGIServer, WebsocketServer
 
@@ -155,7 +156,8 @@ async def _ws_server(
                 await asyncio.sleep(0.1)
 
         reporter = asyncio.create_task(report())
-        serving = asyncio.create_task(serve(ASGIServer(server), config, shutdown_trigger=stop.wait))
+        app = cast(ASGIFramework, ASGIServer(server))  # its __call__ takes plain dicts
+        serving = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))
         await asyncio.sleep(0.3)
         ready.write_text("ready")
         await serving
@@ -171,7 +173,7 @@ def role_ws_writer(port: str, repeat: str, seconds: str, result: str) -> None:
 async def _ws_writer(port: int, repeat: int, seconds: float, result: Path) -> None:
     """One update per transaction, so one message per update; yield to the sender after each."""
     import httpx
-    from httpx_ws import aconnect_ws
+    from httpx_ws import AsyncWebSocketSession, aconnect_ws
     from pycrdt import Doc, Map, Provider
     from pycrdt.websocket.websocket import HttpxWebsocket
 
@@ -180,7 +182,10 @@ async def _ws_writer(port: int, repeat: int, seconds: float, result: Path) -> No
     root = doc.get("data", type=Map)
     async with (
         httpx.AsyncClient() as client,
-        aconnect_ws(f"http://127.0.0.1:{port}{path}", client) as websocket,
+        # session_class is the default, given so that mypy can infer the session's type
+        aconnect_ws(
+            f"http://127.0.0.1:{port}{path}", client, session_class=AsyncWebSocketSession
+        ) as websocket,
     ):
         async with Provider(doc, HttpxWebsocket(websocket, path)) as provider:
             await provider.synced.wait()
@@ -208,7 +213,7 @@ def role_ws_fetch(port: str, mode: str, count: str, connections: str, result: st
 
 async def _ws_fetch(port: int, mode: str, count: int, connections: int, result: Path) -> None:
     import httpx
-    from httpx_ws import aconnect_ws
+    from httpx_ws import AsyncWebSocketSession, aconnect_ws
     from pycrdt import Doc, Map, Provider
     from pycrdt.websocket.websocket import HttpxWebsocket
 
@@ -216,7 +221,9 @@ async def _ws_fetch(port: int, mode: str, count: int, connections: int, result: 
         doc: Doc[Any] = Doc()
         url = f"http://127.0.0.1:{port}{path}"
         async with (
-            aconnect_ws(url, client, max_message_size_bytes=1 << 30) as websocket,
+            aconnect_ws(  # session_class: the default, given for mypy as above
+                url, client, max_message_size_bytes=1 << 30, session_class=AsyncWebSocketSession
+            ) as websocket,
             Provider(doc, HttpxWebsocket(websocket, path)) as provider,
         ):
             await provider.synced.wait()

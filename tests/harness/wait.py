@@ -33,7 +33,7 @@ class _Looks:
         self.timeout, self.what, self.check = timeout, what, check
         self.deadline = now + timeout
 
-    def __call__(self, condition: Callable[[], T], now: Callable[[], float]) -> T | None:
+    def __call__(self, condition: Callable[[], T | None], now: Callable[[], float]) -> T | None:
         """``condition``'s result if truthy; None to look again; raises past the deadline."""
         if self.check is not None:
             self.check()
@@ -47,7 +47,7 @@ class _Looks:
 
 
 def wait_until(
-    condition: Callable[[], T],
+    condition: Callable[[], T | None],
     timeout: float,
     what: What = "the condition",
     *,
@@ -62,7 +62,7 @@ def wait_until(
 
 
 async def wait_for(
-    condition: Callable[[], T],
+    condition: Callable[[], T | None],
     timeout: float = 15.0,
     what: What = "the condition",
     *,
