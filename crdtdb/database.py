@@ -24,7 +24,7 @@ new log records are applied to the cached documents.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -194,7 +194,7 @@ class Database(Replica):
 
     def watch(
         self, *, from_start: bool = False, poll_interval: float = 0.005
-    ) -> AsyncIterator[UpdateRecord]:
+    ) -> AsyncGenerator[UpdateRecord, None]:
         """Follow the log as it grows, whoever writes it (this process or another)."""
         return self._feed.watch(from_start=from_start, poll_interval=poll_interval)
 

@@ -9,7 +9,7 @@ woken by the same signal and, for other processes' commits, by the kernel.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 
 from .engine import Engine, Listener
 from .hlc import Hlc
@@ -114,7 +114,7 @@ class ChangeFeed:
 
     async def watch(
         self, *, from_start: bool = False, poll_interval: float = 0.005
-    ) -> AsyncIterator[UpdateRecord]:
+    ) -> AsyncGenerator[UpdateRecord, None]:
         """Follow the log as it grows, whoever writes it (this process or another).
 
         Built on the log follower (:mod:`crdtdb.follow`): this process's commits

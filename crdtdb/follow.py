@@ -46,7 +46,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -261,7 +261,7 @@ class LogWatcher:
         self.looks = 0
         """How many times the log position was read (for tests and benchmarks)."""
 
-    async def changes(self, since: int | None = None) -> AsyncIterator[int]:
+    async def changes(self, since: int | None = None) -> AsyncGenerator[int, None]:
         """Each new log position; ``since``: the position already seen (default: now)."""
         loop = asyncio.get_running_loop()
         position = self._position() if since is None else since
