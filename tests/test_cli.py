@@ -14,8 +14,13 @@ import crdtdb
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "crdtdb", *map(str, args)],
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "crdtdb", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 @pytest.mark.integration
@@ -37,7 +42,9 @@ def test_put_get_log_info_round_trip(tmp_path: Path) -> None:
 
     lines = [json.loads(line) for line in run("log", store).stdout.splitlines()]
     assert [(r["origin"], r["seq"], r["doc_id"]) for r in lines] == [
-        ("eu", 1, "users/alice"), ("eu", 2, "users/alice")]
+        ("eu", 1, "users/alice"),
+        ("eu", 2, "users/alice"),
+    ]
     since = run("log", store, "--since", lines[0]["hlc"]).stdout.splitlines()
     assert [json.loads(line)["seq"] for line in since] == [2]
 
@@ -111,11 +118,25 @@ def test_subcommands_with_their_own_parsers_answer_help() -> None:
 def write_status(data_dir: Path, *, age: float) -> None:
     """A status file like the one a daemon that stopped ``age`` seconds ago left behind."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    peer = {"region": "us", "connected": False, "last_contact": None, "bytes_in": 10,
-            "bytes_out": 20, "rounds": 3, "repairs": 1, "last_error": "peer went away"}
-    status = {"region": "eu", "listen": "127.0.0.1:7401", "pid": 4242,
-              "time": time.time() - age, "hlc": "2030-01-01T00:00:00.000Z+0",
-              "frontier": "2029-12-31T23:59:59.000Z+0", "peers": [peer]}
+    peer = {
+        "region": "us",
+        "connected": False,
+        "last_contact": None,
+        "bytes_in": 10,
+        "bytes_out": 20,
+        "rounds": 3,
+        "repairs": 1,
+        "last_error": "peer went away",
+    }
+    status = {
+        "region": "eu",
+        "listen": "127.0.0.1:7401",
+        "pid": 4242,
+        "time": time.time() - age,
+        "hlc": "2030-01-01T00:00:00.000Z+0",
+        "frontier": "2029-12-31T23:59:59.000Z+0",
+        "peers": [peer],
+    }
     (data_dir / "sync-status.json").write_text(json.dumps(status))
 
 
@@ -179,8 +200,13 @@ def loaded_modules(*args: str | Path) -> tuple[subprocess.CompletedProcess[str],
         "import sys\nfrom crdtdb.cli import main\ncode = main(sys.argv[1:])\n"
         "print('MODULES', *sorted(sys.modules))\nsys.exit(code)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, *map(str, args)],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     *output, modules = done.stdout.splitlines() or [""]
     assert modules.startswith("MODULES "), done.stderr
     return (
