@@ -29,11 +29,13 @@ START = Hlc.from_parts(1_800_000_000_000)
 
 
 def _fields(doc: Doc[Any]) -> Map[Any]:
-    return doc.get("fields", type=Map)
+    fields: Map[Any] = doc.get("fields", type=Map)
+    return fields
 
 
 def _meta(doc: Doc[Any]) -> Map[Any]:
-    return doc.get("meta", type=Map)
+    meta: Map[Any] = doc.get("meta", type=Map)
+    return meta
 
 
 def _decodes(update: bytes) -> bool:
@@ -320,7 +322,7 @@ class FakeTransaction:
 
     def put(self, doc_id: str, value: Mapping[str, Any]) -> None:
         fields = self.doc(doc_id)
-        for key in [k for k in list(fields) if k not in value]:
+        for key in [k for k in list(fields.keys()) if k not in value]:
             del fields[key]
         for key, item in value.items():
             fields[key] = item

@@ -233,7 +233,8 @@ def test_status_loads_neither_aioquic_nor_cryptography_nor_the_daemon(tmp_path: 
 
 @pytest.mark.integration
 def test_certs_loads_neither_aioquic_nor_the_daemon(tmp_path: Path) -> None:
-    for args in (["init", tmp_path], ["issue", tmp_path, "eu"]):
+    commands: list[list[str | Path]] = [["init", tmp_path], ["issue", tmp_path, "eu"]]
+    for args in commands:
         done, modules = loaded_modules("certs", *args)
         assert done.returncode == 0, done.stderr
         assert {"crdtdb.sync.certs", "cryptography"} <= modules  # it did make certificates

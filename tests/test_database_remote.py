@@ -4,6 +4,7 @@ bad ones refused, digests kept current (the local API is in test_database.py).""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pycrdt import Text
@@ -226,9 +227,12 @@ def test_new_documents_are_hashed_by_their_writer_not_reloaded_by_the_refresher(
         with crdtdb.open(tmp_path / "eu") as daemon:
             loaded: list[str] = []
             load = daemon._engine.load
-            monkeypatch.setattr(
-                daemon._engine, "load", lambda doc_id: loaded.append(doc_id) or load(doc_id)
-            )
+
+            def loading(doc_id: str) -> Any:
+                loaded.append(doc_id)
+                return load(doc_id)
+
+            monkeypatch.setattr(daemon._engine, "load", loading)
             assert daemon.stale_digests(100) == 40
             assert daemon.refresh_digests(100) == 40
             assert loaded == ["docs/07"]
@@ -244,7 +248,7 @@ def test_new_documents_are_hashed_by_their_writer_not_reloaded_by_the_refresher(
 def test_a_record_is_checked_once_and_a_bad_one_every_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from crdtdb import records
+    from crdtdb import ids, records
 
     calls: list[str] = []
 
@@ -252,7 +256,7 @@ def test_a_record_is_checked_once_and_a_bad_one_every_time(
         calls.append(doc_id)
         return validate(doc_id)
 
-    validate = records.validate_doc_id
+    validate = ids.validate_doc_id  # what records calls by that name
     monkeypatch.setattr(records, "validate_doc_id", counting)
     good = UpdateRecord("docs/a", Hlc(5), "eu", 1, b"\x00\x00")
     assert good.validated() is good and good.validated() is good

@@ -21,7 +21,7 @@ class FakeTransaction:
 
     def __init__(self) -> None:
         self.ended = False
-        self.doc = Doc()
+        self.doc: Doc[Any] = Doc()
         self.root = self.doc.get("root", type=Map)
 
     def guard(self) -> None:
@@ -53,7 +53,7 @@ def test_docmap_basic_mapping(tx: FakeTransaction) -> None:
     assert set(view) == {"name", "age", "score", "admin", "none"}
     assert "name" in view
     assert "nope" not in view
-    assert 1 not in view
+    assert 1 not in view  # type: ignore[comparison-overlap]
     with pytest.raises(KeyError):
         view["nope"]
     assert view.get("nope", "default") == "default"
@@ -121,7 +121,7 @@ def test_nested_edits(tx: FakeTransaction) -> None:
 def test_nested_edits_merge_key_by_key_across_replicas(tx: FakeTransaction) -> None:
     view = tx.view()
     view["profile"] = {"name": "alice", "tags": ["a"]}
-    replica = Doc()
+    replica: Doc[Any] = Doc()
     replica.apply_update(tx.doc.get_update())
     other = DocMap(replica.get("root", type=Map), lambda: None)
     # concurrent edits to different keys and elements of the same nested value
@@ -171,7 +171,7 @@ def test_text_values(tx: FakeTransaction) -> None:
 def test_text_edits_merge_character_by_character(tx: FakeTransaction) -> None:
     view = tx.view()
     view["t"] = Text("middle")
-    replica = Doc()
+    replica: Doc[Any] = Doc()
     replica.apply_update(tx.doc.get_update())
     other = DocMap(replica.get("root", type=Map), lambda: None)
     view["t"] += " end"  # concurrent edits of the same text on two replicas
@@ -295,6 +295,7 @@ def test_property_docarray_behaves_like_a_list(ops: list[tuple[Any, ...]]) -> No
     tx = FakeTransaction()
     view = tx.view()
     view["l"] = []
+    model: list[Any]
     items, model = view["l"], []
     for name, *args in ops:
         if name in ("delete", "set", "pop") and not model:
@@ -366,7 +367,7 @@ def test_guard_stops_every_operation_after_the_transaction(tx: FakeTransaction) 
 
 
 def test_from_crdt_wraps_live_values() -> None:
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     root = doc.get("root", type=Map)
     root["m"] = to_crdt({"a": 1})
     root["l"] = to_crdt([1])

@@ -108,7 +108,7 @@ def is_visible(db: crdtdb.Database, effect: Effect) -> bool:
     kind, doc_id, value = effect
     current = db.get(doc_id)
     if kind == "put":
-        return current == value
+        return bool(current == value)
     if kind == "update":
         return current is not None and all(current.get(k) == v for k, v in value.items())
     return current is None
@@ -158,10 +158,12 @@ def check_store(store: Path, runs: list[Run]) -> None:
             by_hlc[record.hlc].add(record.doc_id)
         assert len(by_hlc) == len(commits), "log commits differ from acknowledged operations"
         acked = [op for op in commits if op.hlc is not None]
-        assert [op.hlc for op in acked] == sorted({op.hlc for op in acked}), (
+        acked_hlcs = [op.hlc for op in acked if op.hlc is not None]  # all of them, as ints
+        assert acked_hlcs == sorted(set(acked_hlcs)), (
             "acknowledged HLCs are not strictly increasing"
         )
         for op in acked:
+            assert op.hlc is not None
             assert by_hlc[op.hlc] == {e[1] for e in op.effects}, f"commit of operation {op.i}"
 
         # info() tells the same story.

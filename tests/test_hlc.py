@@ -213,7 +213,7 @@ def test_sorts_as_int() -> None:
     assert sorted(values) == [values[4], values[1], values[3], values[0], values[2]]
     assert Hlc.from_parts(BASE_MS, 1) > (BASE_MS << 16)
     assert hash(Hlc(12345)) == hash(12345)
-    assert {Hlc(12345): "x"}[12345] == "x"
+    assert {Hlc(12345): "x"}[12345] == "x"  # type: ignore[index]
     assert max(values) == Hlc.from_parts(BASE_MS + 1, 0)
 
 

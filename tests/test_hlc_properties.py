@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -188,7 +189,9 @@ class Message:
 
 
 @st.composite
-def cluster_runs(draw: st.DrawFn) -> tuple[int, int, list[int], list[Hlc], list[tuple]]:
+def cluster_runs(
+    draw: st.DrawFn,
+) -> tuple[int, int, list[int], list[Hlc], list[tuple[Any, ...]]]:
     n = draw(st.integers(2, 5))
     # small bounds leave no room for skew: all clocks agree, so HLC ties are common
     max_offset = draw(st.one_of(st.integers(10, 13), st.integers(10, 400)))
@@ -224,7 +227,7 @@ _cluster_steps = st.lists(
 
 @PROPERTY
 @given(cluster_runs())
-def test_property_b_happened_before_implies_smaller_hlc(run: tuple) -> None:
+def test_property_b_happened_before_implies_smaller_hlc(run: tuple[Any, ...]) -> None:
     n, max_offset, skews, starts, steps = run
     events: list[Event] = []
     last_event: list[int] = []

@@ -255,7 +255,7 @@ def test_to_crdt_scalars_pass_through() -> None:
 def test_to_crdt_containers_become_crdt_types() -> None:
     converted = to_crdt({"a": [1, {"b": None}], "t": (1, 2)})
     assert isinstance(converted, Map)
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     doc["root"] = converted
     assert isinstance(converted["a"], Array)
     assert isinstance(converted["a"][1], Map)
@@ -266,7 +266,7 @@ def test_to_crdt_containers_become_crdt_types() -> None:
 def test_to_crdt_keeps_a_fresh_text_and_copies_an_integrated_one() -> None:
     fresh = Text("hello")
     assert to_crdt(fresh) is fresh
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     root = doc.get("root", type=Map)
     root["t"] = fresh
     integrated = root["t"]
@@ -281,7 +281,7 @@ def test_to_crdt_keeps_a_fresh_text_and_copies_an_integrated_one() -> None:
 
 @pytest.mark.parametrize("value", [(1 << 63) - 1, -(1 << 63), (1 << 53) + 1, -(1 << 53) - 1])
 def test_64_bit_integers_survive_a_round_trip(value: int) -> None:
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     root = doc.get("root", type=Map)
     root["n"] = to_crdt(value)
     back = normalize(root.to_py())["n"]
@@ -364,14 +364,14 @@ def as_json(value: Any) -> str:
 @PROPERTY
 @given(json_values)
 def test_property_json_values_round_trip_through_a_crdt_map(value: Any) -> None:
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     root = doc.get("root", type=Map)
     root["v"] = to_crdt(value)
     back = normalize(root.to_py())["v"]
     assert as_json(back) == as_json(expected_reading(value))
     assert back == expected_reading(value)
     # and a replica that receives the update reads the same
-    replica = Doc()
+    replica: Doc[Any] = Doc()
     replica.apply_update(doc.get_update())
     assert as_json(normalize(replica.get("root", type=Map).to_py())["v"]) == as_json(back)
     # and the view, and Yrs' own JSON encoder, read the same
@@ -382,6 +382,6 @@ def test_property_json_values_round_trip_through_a_crdt_map(value: Any) -> None:
 @settings(max_examples=50, deadline=None)
 @given(st.dictionaries(st.text(max_size=10), json_values, max_size=5))
 def test_property_dicts_become_the_root_map(value: dict[str, Any]) -> None:
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     doc["root"] = crdt = to_crdt(value)
     assert as_json(normalize(crdt.to_py())) == as_json(expected_reading(value))

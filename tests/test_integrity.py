@@ -42,7 +42,7 @@ def sync_both(a: crdtdb.Database, b: crdtdb.Database) -> None:
 
 def same_client_ids(monkeypatch: pytest.MonkeyPatch, client_id: int = 4242) -> None:
     """Make the next stores opened draw ``client_id``, as a seeded generator once did."""
-    monkeypatch.setattr(crdtdb.clients.secrets, "randbits", lambda bits: client_id)
+    monkeypatch.setattr("crdtdb.clients.secrets.randbits", lambda bits: client_id)
 
 
 @pytest.fixture
@@ -165,12 +165,12 @@ def test_this_process_never_writes_under_a_client_id_bound_elsewhere(
         # Drawn at open: a client id the store already knows is never taken.
         ship(eu, us)
         draws = itertools.chain([taken], itertools.repeat(77))
-        monkeypatch.setattr(crdtdb.clients.secrets, "randbits", lambda bits: next(draws))
+        monkeypatch.setattr("crdtdb.clients.secrets.randbits", lambda bits: next(draws))
         with crdtdb.open(tmp_path / "us") as again:
             assert again.info()["clients"]["this_process"] == 77
         # Bound by another process after this one drew it: its first commit is refused.
         with crdtdb.open(tmp_path / "us") as late:  # draws 77 too (the id is not bound)
-            monkeypatch.setattr(crdtdb.clients.secrets, "randbits", lambda bits: 78)
+            monkeypatch.setattr("crdtdb.clients.secrets.randbits", lambda bits: 78)
             record = _edit_under(77, "notes/b", origin="eu", seq=2, hlc=int(eu.hlc) + 1)
             us.apply_remote(record)
             with pytest.raises(ClientIdCollisionError, match="run the transaction again"):

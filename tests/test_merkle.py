@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -45,11 +46,11 @@ def test_canonical_state_ignores_client_order(clocks: dict[int, int], rnd: objec
 
 
 def test_delete_only_divergence_changes_the_digest() -> None:
-    a: Doc[object] = Doc()
+    a: Doc[Any] = Doc()
     root = a.get("data", type=Map)
     root["x"] = 1
     root["y"] = 2
-    b: Doc[object] = Doc()
+    b: Doc[Any] = Doc()
     b.apply_update(a.get_update())
     b_root = b.get("data", type=Map)
     del b_root["x"]  # only a delete: the state vector does not move

@@ -28,7 +28,7 @@ from .harness.process import running
 
 TIMEOUT = 120.0
 
-PEOPLE = {
+PEOPLE: dict[str, dict[str, Any]] = {
     "users/alice": {"name": "Alice", "age": 31, "city": "Paris", "score": 1.5, "vip": True},
     "users/bob": {"name": "Bob", "age": 40, "city": "Paris", "score": 2.0, "vip": False},
     "users/carl": {"name": "Carl", "age": 25, "city": "Lima", "score": 3.25, "vip": False},
@@ -62,7 +62,7 @@ def test_aggregates_through_docs_and_the_collection_view(people: crdtdb.Database
     con = query.connect(people)
     expected: dict[str, list[int]] = {}
     for body in PEOPLE.values():
-        expected.setdefault(str(body["city"]), []).append(int(body["age"]))  # type: ignore[call-overload]
+        expected.setdefault(str(body["city"]), []).append(int(body["age"]))
     got = rows(con, "SELECT city, count(*), avg(age) FROM users GROUP BY city ORDER BY city")
     assert got == [(c, len(a), statistics.mean(a)) for c, a in sorted(expected.items())]
     via_docs = rows(
@@ -151,7 +151,7 @@ def test_new_fields_and_widened_types_after_the_first_build(people: crdtdb.Datab
     types = column_types(con, "users")
     assert types["email"] == "VARCHAR" and types["age"] == "DOUBLE"
     got = dict(rows(con, "SELECT key, age FROM users"))
-    assert got == {k.split("/")[1]: float(v["age"]) for k, v in PEOPLE.items()} | {"alice": 31.5}  # type: ignore[arg-type]
+    assert got == {k.split("/")[1]: float(v["age"]) for k, v in PEOPLE.items()} | {"alice": 31.5}
     assert rows(con, "SELECT key FROM users WHERE email IS NOT NULL") == [("alice",)]
 
 
@@ -405,7 +405,7 @@ def test_readers_see_consistent_cuts_while_a_writer_and_a_refresher_run(tmp_path
         for child in (writer, refresher, reader):
             assert json.loads(child.line(TIMEOUT)) == {"ev": "ready"}
         assert json.loads(writer.line(TIMEOUT)) == {"ev": "done", "n": count}
-        seen = []
+        seen: list[int] = []
         while not seen or seen[-1] < count:
             event = json.loads(reader.line(TIMEOUT))
             assert event["ev"] == "cut", event  # never a torn cut

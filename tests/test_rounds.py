@@ -6,7 +6,7 @@ ones (``tests/fake_store.py``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,9 @@ def test_round_in_sync_costs_one_exchange(stores: Regions) -> None:
     assert link.bytes - before < 200
 
 
-def test_round_sends_large_repairs_in_chunks(stores: Regions, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_round_sends_large_repairs_in_chunks(
+    stores: Regions, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Lists, wants, answers, fills and diffs go in bounded messages, never one over the limit."""
     monkeypatch.setattr(rounds, "CHUNK_BYTES", 4_000)
     eu, us = stores("eu", "us")
@@ -102,7 +104,7 @@ def test_round_costs_bytes_in_proportion_to_the_differences(stores: Regions) -> 
     assert eu.merkle_root() == us.merkle_root()
     for i in range(5):
         eu.update(f"docs/{i * 97}", {"changed": True})
-    eu.records_from = lambda *args, **kwargs: []  # type: ignore[method-assign]  # no push
+    eu.records_from = lambda *args, **kwargs: []  # no push
     fresh = Link(eu, us)
     fresh.settle()
     before = fresh.bytes
@@ -133,7 +135,7 @@ def test_a_long_leaf_listing_goes_in_chunks_each_answered(
     for session in (link.a, link.b):
         data_to_send = session.data_to_send
 
-        def spy(now: float, original=data_to_send) -> bytes:  # type: ignore[no-untyped-def]
+        def spy(now: float, original: Callable[[float], bytes] = data_to_send) -> bytes:
             data = original(now)
             sent.extend(messages(data))
             return data

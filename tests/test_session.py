@@ -309,7 +309,7 @@ def test_a_large_diff_goes_on_a_bulk_lane(stores: Regions) -> None:
     eu.compact(retention_s=0)  # the records are gone: only anti-entropy can repair
     link = Link(eu, us)
     link.settle()
-    sent_on_lanes = []
+    sent_on_lanes: list[wire.Message] = []
     lanes_to_send = link.a.lanes_to_send
 
     def spy() -> list[tuple[int, bytes]]:

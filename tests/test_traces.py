@@ -88,7 +88,7 @@ class ReferenceReplay(Replay):
 
     def __init__(self, client_ids: list[int]) -> None:
         super().__init__(len(client_ids))
-        self.docs = [Doc(client_id=client_id) for client_id in client_ids]
+        self.docs: list[Doc[Any]] = [Doc(client_id=client_id) for client_id in client_ids]
         self.updates: list[list[bytes]] = [[] for _ in client_ids]
         self.texts = [doc.get("text:body", type=Text) for doc in self.docs]
 

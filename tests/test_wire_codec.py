@@ -6,6 +6,8 @@ built with bad fields are refused with the caller blamed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from crdtdb.errors import UsageError
@@ -136,8 +138,8 @@ def test_count_just_fitting_is_accepted() -> None:
         lambda: AuthOk("eu/1"),
         lambda: Error("Bad code", "x"),
         lambda: Error("x", "\ud800"),
-        lambda: Records([]),
-        lambda: Records(("not a record",)),
+        lambda: Records([]),  # type: ignore[arg-type]
+        lambda: Records(("not a record",)),  # type: ignore[arg-type]
         lambda: Records((UpdateRecord("a/b", Hlc(1), "eu", 0, b"x"),)),
         lambda: Records((UpdateRecord("a/b", Hlc(1), "eu", 1, b""),)),
         lambda: Ack("eu", -1),
@@ -145,25 +147,25 @@ def test_count_just_fitting_is_accepted() -> None:
         lambda: Heartbeat(0),
         lambda: Heartbeat(1 << 63),
         lambda: Frontier((("eu", 1, 1), ("eu", 2, 2)), 1),
-        lambda: Frontier((("eu", 1),), 1),
+        lambda: Frontier((("eu", 1),), 1),  # type: ignore[arg-type]
         lambda: MerkleHashes(0, 16, (), HASH),
         lambda: MerkleHashes(0, 8, (), HASH[:4]),
         lambda: MerkleHashes(0, 4, (2, 1), bytes(32)),
         lambda: LeafList(256, True, ()),
-        lambda: LeafList(0, 1, ()),
+        lambda: LeafList(0, 1, ()),  # type: ignore[arg-type]
         lambda: LeafList(0, True, ((1 << 32, b""),)),
         lambda: LeafList(0, True, ((1, HASH[:4]),)),
         lambda: Wants(((1, b"\x00", b"", b""),)),
         lambda: Wants(((2, b"", b"", b""), (1, b"", b"", b""))),
         lambda: Answers((("bad id", b"", False, None),)),
-        lambda: Answers((("", "not bytes", False, None),)),
-        lambda: Fills(("not bytes",)),
+        lambda: Answers((("", "not bytes", False, None),)),  # type: ignore[arg-type]
+        lambda: Fills(("not bytes",)),  # type: ignore[arg-type]
         lambda: Diffs((("bad id", b""),)),
     ],
 )
-def test_invalid_messages_refused_when_built(build: object) -> None:
+def test_invalid_messages_refused_when_built(build: Callable[[], object]) -> None:
     with pytest.raises(LocalProtocolError) as info:
-        build()  # type: ignore[operator]
+        build()
     assert info.value.code == "bad_payload"
     assert isinstance(info.value, UsageError)
     assert not isinstance(info.value, RemoteProtocolError)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 
+from crdtdb import ids
 from crdtdb import records as records_module
 from crdtdb.errors import CrdtdbError, InvalidRecordError, RemoteDataError, UsageError
 from crdtdb.hlc import Hlc
@@ -47,7 +50,8 @@ def test_records_payload_built_by_hand_is_valid() -> None:
 
 def test_record_kinds_round_trip_and_an_unknown_one_is_refused() -> None:
     for kind in (WRITE, REPAIR, UNCHECKED):
-        (record,) = wire.decode_frame(frame(0x10, record_payload(kind=bytes([kind])))).records
+        message = cast(Records, wire.decode_frame(frame(0x10, record_payload(kind=bytes([kind])))))
+        (record,) = message.records
         assert record.kind == kind
     error = payload_error(0x10, record_payload(kind=b"\x03"))
     assert "unknown record kind 3" in str(error)
@@ -63,7 +67,7 @@ def test_record_error_becomes_remote_protocol_error() -> None:
 def test_a_decoded_record_is_checked_at_the_edge_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The decoder checks each record; the store's apply_remote_many then takes it as it is."""
     calls: list[object] = []
-    check = records_module.validate_doc_id
+    check = ids.validate_doc_id  # what records calls by that name
 
     def counting(doc_id: object) -> str:
         calls.append(doc_id)

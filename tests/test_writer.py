@@ -32,7 +32,8 @@ from crdtdb.sync.writer import StoreWriter, perform
 
 from .fake_store import STORE_KINDS, FakeStore, Regions
 from .harness.link import Link, drain, messages
-from .quic_helpers import eu_dials_us, wait_for
+from .harness.wait import wait_for
+from .quic_helpers import eu_dials_us
 
 WRITES = ("apply_remote_many", "apply_remote", "apply_diff", "note_frontier", "refresh_digests")
 
@@ -67,7 +68,7 @@ class ReadOnly:
 
 
 def _intents(session: SyncSession) -> list[Intent]:
-    return [e for e in drain(session) if isinstance(e, Intent)]  # type: ignore[misc]
+    return [e for e in drain(session) if isinstance(e, Intent)]
 
 
 def _exchange(a: SyncSession, b: SyncSession, now: float = 0.0) -> tuple[list[Intent], ...]:
@@ -277,7 +278,9 @@ def test_the_node_writes_on_its_writer_thread_and_never_flushes_on_the_loop(
     seen: dict[str, list[tuple[str, tuple[Any, ...]]]] = {}
     watch = ("apply_remote_many", "apply_diff", "note_frontier", "heartbeat")
     # A read that flushes stale digests goes through the digests facet's ``ensure``.
-    targets = [(Database, name, name) for name in (*watch, "refresh_digests")]
+    targets: list[tuple[type[object], str, str]] = [
+        (Database, name, name) for name in (*watch, "refresh_digests")
+    ]
     targets.append((Digests, "ensure", "_ensure_digests"))
     for owner, attribute, name in targets:
         original = getattr(owner, attribute)

@@ -62,7 +62,7 @@ def walk_whole(update: bytes) -> int:
 @given(st.integers(0, 2**32))
 def test_the_reader_walks_every_update_pycrdt_writes(seed: int) -> None:
     rnd = random.Random(seed)
-    docs = [Doc(client_id=rnd.randrange(1, 2**53)) for _ in range(3)]
+    docs: list[Doc[Any]] = [Doc(client_id=rnd.randrange(1, 2**53)) for _ in range(3)]
     updates: list[bytes] = []
     editing = [False]
 

@@ -97,7 +97,7 @@ def write_all(db: crdtdb.Database, n: int, batch: int, meter: Meter) -> None:
 
 
 def read_all(db: crdtdb.Database, n: int, meter: Meter) -> list[Any]:
-    bad = []
+    bad: list[list[Any]] = []
     for i in range(n):
         value = db.get(f"bulk/{i}")
         meter.observe_cache()
