@@ -3,7 +3,7 @@
 
     python3 dev.py demo [DIR]   # the main job: the embedded-library demo
     python3 dev.py test [ARGS]  # the fast tests, the integration tests, then ruff and mypy
-    python3 dev.py lint         # ruff and mypy only
+    python3 dev.py lint         # ruff and mypy only (code, tests and benchmarks)
     python3 dev.py bench [ARGS] # the core benchmark (bench/bench_core.py)
     python3 dev.py bench-sync [ARGS]  # the sync benchmark (bench/bench_sync.py)
     python3 dev.py bench-apply [ARGS] # out-of-order apply (bench/bench_apply.py)
@@ -21,6 +21,13 @@ it (keeping those installed before), and a changed pyproject.toml reinstalls.
 daemons, large stores); then ruff and mypy. Any failure fails it, and so does
 a pytest run that collects no test (exit 5), unless ARGS narrowed the
 selection and the other run found tests.
+
+``lint`` runs ``ruff check`` and ``ruff format --check`` on crdtdb, sync,
+query, tests, bench and dev.py, then one strict ``mypy`` over crdtdb, sync,
+query, tests and bench. mypy is given sync/ and query/ through
+``.mypy-layout/crdtdb/`` (symlinks), so that it checks them once, under the
+names they are installed as (``crdtdb.sync``, ``crdtdb.query``), the names
+the tests and benchmarks import.
 """
 
 from __future__ import annotations
@@ -93,10 +100,14 @@ def _ensure_env(extras: set[str]) -> None:
     STAMP.write_text(json.dumps({"pyproject": digest, "extras": sorted(extras)}))
 
 
+LINTED = ("crdtdb", "sync", "query", "tests", "bench", "dev.py")
+TYPED = ("crdtdb", ".mypy-layout/crdtdb/sync", ".mypy-layout/crdtdb/query", "tests", "bench")
+
+
 def lint() -> int:
-    code = _run(BIN / "ruff", "check", "crdtdb", "sync", "query", "tests", "bench", "dev.py")
-    code = code or _run(BIN / "ruff", "format", "--check", "crdtdb", "sync", "query")
-    return code or _run(BIN / "mypy", "crdtdb", "sync", "query")
+    code = _run(BIN / "ruff", "check", *LINTED)
+    code = code or _run(BIN / "ruff", "format", "--check", *LINTED)
+    return code or _run(BIN / "mypy", *TYPED)
 
 
 def test(args: list[str]) -> int:
