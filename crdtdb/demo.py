@@ -1,7 +1,8 @@
 """The embedded-library demo: two regions, concurrent edits, merge, time travel.
 
 Run with ``crdtdb demo DIR`` (or ``python3 dev.py demo``). It creates two
-region stores, ``DIR/eu`` and ``DIR/us``, edits the same documents in both
+region stores, ``DIR/eu`` and ``DIR/us`` (DIR must be new, empty, or an
+earlier demo's: see :mod:`crdtdb.demo_dir`), edits the same documents in both
 while they are "partitioned", ships each region's log records to the other
 with ``changes()`` + ``apply_remote()`` (what the sync daemon does over QUIC),
 and shows that both end identical, that a delete concurrent with an edit
@@ -11,7 +12,6 @@ keeps the concurrent edit, and that ``as_of`` reads the past.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from pycrdt import Text
 
 from .database import Database
 from .database import open as open_db
+from .demo_dir import demo_directory
 from .hlc import Hlc
 
 
@@ -32,9 +33,11 @@ def _ship(source: Database, target: Database, since: Hlc) -> int:
 
 
 def run(directory: str) -> int:
-    root = Path(directory)
-    if root.exists():
-        shutil.rmtree(root)
+    with demo_directory(Path(directory)) as root:
+        return _walkthrough(root)
+
+
+def _walkthrough(root: Path) -> int:
     with open_db(root / "eu", region="eu") as eu, open_db(root / "us", region="us") as us:
         print(f"crdtdb demo: two regions in {root}/eu and {root}/us\n")
         print("1. eu writes a document; us receives it")

@@ -1,0 +1,72 @@
+"""``crdtdb demo`` never deletes what it did not create (a fast test, in-process)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import crdtdb
+from crdtdb.cli import main
+
+
+def _user_files(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_demo_refuses_a_directory_holding_other_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "notes.txt").write_text("my notes")
+    with crdtdb.open(target / "store", region="eu") as db:  # an existing store
+        db.put("users/alice", {"name": "Alice"})
+    before = _user_files(target)
+
+    code = main(["demo", str(target)])
+
+    assert code == 2
+    assert _user_files(target) == before  # nothing deleted, nothing changed
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not empty" in err and "Traceback" not in err
+    with crdtdb.open(target / "store") as db:
+        assert db.get("users/alice") == {"name": "Alice"}
+
+
+def test_an_earlier_demos_directory_is_reused_only_if_it_holds_nothing_else(
+    tmp_path: Path,
+) -> None:
+    from crdtdb.demo_dir import MARKER, prepare, record
+
+    target = prepare(tmp_path / "demo")
+    (target / "eu").mkdir()
+    (target / "eu" / "crdtdb.sqlite3").write_bytes(b"made by the demo")
+    record(target)
+
+    prepare(target)  # only the demo's own files: removed, the marker stays
+    assert [p.name for p in target.iterdir()] == [MARKER]
+
+    (target / "eu").mkdir()
+    record(target)
+    (target / "eu" / "mine.txt").write_text("added later")
+    with pytest.raises(crdtdb.errors.UsageError, match=r"did not make \(eu/mine.txt\)"):
+        prepare(target)
+    assert (target / "eu" / "mine.txt").read_text() == "added later"
+
+
+def test_a_tampered_marker_cannot_delete_outside(tmp_path: Path) -> None:
+    from crdtdb.demo_dir import MARKER, prepare
+
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep me")
+    target = tmp_path / "demo"
+    target.mkdir()
+    (target / MARKER).write_text(json.dumps({"paths": ["../precious.txt", str(outside)]}))
+    prepare(target)
+    assert outside.read_text() == "keep me"
