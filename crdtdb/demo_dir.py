@@ -22,11 +22,12 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .errors import UsageError
 
-__all__ = ["MARKER", "demo_directory", "prepare", "record"]
+__all__ = ["MARKER", "Workspace", "demo_directory", "prepare", "record"]
 
 MARKER = ".crdtdb-demo.json"
 """The marker file a demo writes at the top of its directory: what it made there."""
@@ -56,21 +57,31 @@ def record(directory: Path) -> None:
     temporary.replace(directory / MARKER)
 
 
+@dataclass(slots=True)
+class Workspace:
+    """Where a demo runs: ``path``, and whether it goes when the demo ends."""
+
+    path: Path
+    temporary: bool
+    """Made by the demo for this run (in the system's temporary folder)."""
+    keep: bool = False
+    """Set it to leave a temporary workspace behind (say, for a look at a failure)."""
+
+
 @contextlib.contextmanager
-def demo_directory(keep: Path | None) -> Iterator[Path]:
-    """``keep`` prepared and recorded at the end, or a temporary directory removed at the end."""
+def demo_directory(keep: Path | None) -> Iterator[Workspace]:
+    """``keep`` prepared, and recorded at the end; or a temporary directory, removed at the end."""
     if keep is not None:
-        directory = prepare(keep)
-        try:
-            yield directory
-        finally:
-            record(directory)
-        return
-    directory = Path(tempfile.mkdtemp(prefix="crdtdb-demo-"))
+        workspace = Workspace(prepare(keep), temporary=False, keep=True)
+    else:
+        workspace = Workspace(Path(tempfile.mkdtemp(prefix="crdtdb-demo-")), temporary=True)
     try:
-        yield directory
+        yield workspace
     finally:
-        shutil.rmtree(directory, ignore_errors=True)  # made by mkdtemp just above: all ours
+        if not workspace.temporary:
+            record(workspace.path)
+        elif not workspace.keep:  # made by mkdtemp above: everything in it is the demo's
+            shutil.rmtree(workspace.path, ignore_errors=True)
 
 
 def _entries(directory: Path) -> Iterator[str]:
