@@ -1,8 +1,9 @@
 """The embedded-library demo: two regions, concurrent edits, merge, time travel.
 
-Run with ``crdtdb demo DIR`` (or ``python3 dev.py demo``). It creates two
-region stores, ``DIR/eu`` and ``DIR/us`` (DIR must be new, empty, or an
-earlier demo's: see :mod:`crdtdb.demo_dir`), edits the same documents in both
+Run with ``crdtdb demo --embedded`` (``crdtdb demo`` runs a real cluster:
+:mod:`crdtdb.sync.demo`). It creates two region stores, ``eu`` and ``us``, in
+a temporary directory, or in ``--keep DIR`` (new, empty, or an earlier
+demo's: see :mod:`crdtdb.demo_dir`), edits the same documents in both
 while they are "partitioned", ships each region's log records to the other
 with ``changes()`` + ``apply_remote()`` (what the sync daemon does over QUIC),
 and shows that both end identical, that a delete concurrent with an edit
@@ -32,9 +33,9 @@ def _ship(source: Database, target: Database, since: Hlc) -> int:
     return sum(target.apply_remote(record) for record in source.changes(since))
 
 
-def run(directory: str) -> int:
-    with demo_directory(Path(directory)) as root:
-        return _walkthrough(root)
+def run(keep: Path | None = None) -> int:
+    with demo_directory(keep) as workspace:
+        return _walkthrough(workspace.path)
 
 
 def _walkthrough(root: Path) -> int:

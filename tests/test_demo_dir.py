@@ -19,8 +19,9 @@ def _user_files(directory: Path) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.parametrize("mode", [["--embedded"], []], ids=["embedded", "cluster"])
 def test_demo_refuses_a_directory_holding_other_files(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: list[str]
 ) -> None:
     target = tmp_path / "mine"
     target.mkdir()
@@ -29,7 +30,7 @@ def test_demo_refuses_a_directory_holding_other_files(
         db.put("users/alice", {"name": "Alice"})
     before = _user_files(target)
 
-    code = main(["demo", str(target)])
+    code = main(["demo", *mode, "--keep", str(target)])
 
     assert code == 2
     assert _user_files(target) == before  # nothing deleted, nothing changed
@@ -37,6 +38,28 @@ def test_demo_refuses_a_directory_holding_other_files(
     assert err.startswith("error: ") and "not empty" in err and "Traceback" not in err
     with crdtdb.open(target / "store") as db:
         assert db.get("users/alice") == {"name": "Alice"}
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["DIR"], "takes no DIR"),
+        (["--regions", "1"], "--regions must be 2 to 9"),
+        (["--duration", "0"], "--duration must be"),
+        (["--embedded", "--rate", "5"], "scale the cluster demo"),
+    ],
+)
+def test_demo_bad_arguments_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], hint: str
+) -> None:
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "notes.txt").write_text("my notes")
+    words = [str(target) if a == "DIR" else a for a in args]
+    assert main(["demo", *words]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and hint in err and err.count("\n") == 1
+    assert _user_files(target) == {"notes.txt": b"my notes"}
 
 
 def test_an_earlier_demos_directory_is_reused_only_if_it_holds_nothing_else(
