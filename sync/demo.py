@@ -221,7 +221,7 @@ class ClusterDemo:
         pid = self.cluster.regions[name].process
         self.cluster.cut(name)
         self._say(
-            f"{name} cut off for {seconds:.0f}s: its daemon (pid {pid.pid if pid else '?'})"
+            f"{name} cut off for {seconds:.2g}s: its daemon (pid {pid.pid if pid else '?'})"
             f" stopped, so nothing reaches it or leaves it; its writer keeps writing locally"
         )
         self.phase = f"{name} cut off"
@@ -363,7 +363,7 @@ class ClusterDemo:
         connect = importlib.import_module("crdtdb.query").connect
         render = importlib.import_module("crdtdb.query.render")
         region = self.cluster.regions[self.cut_name]
-        print(f"\nSQL (DuckDB) over the merged state of {region.name}, the region cut off:")
+        print(f"\nSQL (DuckDB, crdtdb.query) on {region.name}, the region that was cut off:")
         width = shutil.get_terminal_size((100, 24)).columns
         con = connect(region.data_dir)
         try:
@@ -372,7 +372,8 @@ class ClusterDemo:
                 rows = relation.fetchall()
                 types = [str(t) for t in relation.types]
                 result = render.Result(list(relation.columns), types, rows, len(rows))
-                print(f"\n-- {title}\n{sql};\n{render.render(result, 'table', width)}")
+                table = render.render(result, "table", width).rstrip()
+                print(f"\n-- {title}\n{sql};\n{table}")
         finally:
             con.close()
 

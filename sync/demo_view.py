@@ -195,6 +195,7 @@ class LiveTable:
         self._live.update(self._table(elapsed, phase, rows), refresh=True)
 
     def _table(self, elapsed: float, phase: str, rows: list[RegionRow]) -> Table:
+        from rich import box
         from rich.table import Table
 
         agree = agreement(rows)
@@ -204,6 +205,9 @@ class LiveTable:
             caption=f"{phase}  [{colour}]{agree}[/{colour}]",
             title_justify="left",
             caption_justify="left",
+            box=box.SIMPLE_HEAD,  # no column rules: fits 80 columns
+            pad_edge=False,
+            collapse_padding=True,
         )
         for header in HEADERS:
             numeric = header not in ("region", "daemon", "merkle")
