@@ -7,10 +7,12 @@ Laid out as an operator would (and as ``--keep DIR`` leaves it)::
     DIR/data/REGION/                                      each region's store
     DIR/logs/REGION.log                                   each daemon's output
 
-Each daemon is a child process (``python -m crdtdb serve --config``) in a
-session of its own, so that a Ctrl-C at the terminal reaches only the demo,
-which then stops the daemons itself, in order: SIGTERM (a clean stop), and
-SIGKILL for one still running after :data:`STOP_TIMEOUT` seconds.
+Each daemon is a child process (``python -m crdtdb serve --config``) in the
+demo's own process group, so that a Ctrl-C at the terminal reaches the
+daemons too, and they stop even if whatever runs the demo kills it before it
+could stop them. The demo stops them itself on every way out: SIGTERM (a
+clean stop), and SIGKILL for one still running after :data:`STOP_TIMEOUT`
+seconds.
 
 Cutting a region off (:meth:`DemoCluster.cut`) stops its daemon with SIGTERM,
 which closes its connections; its store stays open to its application, which
@@ -168,7 +170,6 @@ class DemoCluster:
                 stdout=log,
                 stderr=log,
                 cwd=self.root,
-                start_new_session=True,  # a terminal's Ctrl-C reaches the demo, which stops us
             )
         region.pids.append(region.process.pid)
         region.cut = region.stopped = False
