@@ -203,8 +203,8 @@ class ClusterDemo:
             self.writers[name] = Writer(db, rate=self.options.rate)
             self.writers[name].start()
         self._say(
-            "writers started, one per region, through crdtdb.open(): users and orders"
-            " (nested maps, list appends, deletes), notes (text typed concurrently), boards"
+            "a writer per region commits through crdtdb.open(): users, orders (nested fields,"
+            " list appends, deletes), notes (concurrent text), a shared list"
         )
         began = time.monotonic()
         self.phase = "writing"

@@ -161,13 +161,13 @@ class PlainLines:
         if not force and elapsed - self._last < PLAIN_EVERY:
             return
         self._last = elapsed
-        widths = [max(len(h), 5) for h in HEADERS]
         for row in rows:
-            cells = row.cells()
-            text = "  ".join(
-                f"{h} {c:<{w - len(h)}}" for h, c, w in zip(HEADERS, cells, widths, strict=True)
+            region, daemon, writes, docs, rin, rout, behind, lag, frontier, root = row.cells()
+            print(
+                f"[{elapsed:5.1f}s] {region:<3} {daemon:<10} writes {writes:>4}  docs {docs:>4}"
+                f"  in {rin:>5}  out {rout:>5}  behind {behind:>4}  lag {lag:>5}"
+                f"  frontier {frontier:>9}  merkle {root}"
             )
-            print(f"[{elapsed:5.1f}s] {text}".rstrip())
         print(f"[{elapsed:5.1f}s] {phase}; {agreement(rows)}", flush=True)
 
     def close(self) -> None:

@@ -98,7 +98,7 @@ def test_demo_runs_a_cluster_that_converges_and_stops_it(root: Path) -> None:
 @pytest.mark.parametrize(
     ("signum", "after", "status"),
     [
-        (signal.SIGINT, "writers started", 130),
+        (signal.SIGINT, "a writer per region commits", 130),
         (signal.SIGTERM, "cut off for", 128 + signal.SIGTERM),
     ],
     ids=["sigint-while-writing", "sigterm-while-cut-off"],
