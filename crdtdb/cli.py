@@ -180,11 +180,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "`crdtdb demo` takes no DIR: it runs in a temporary directory, and `--keep DIR`"
             " leaves its files in DIR (`--embedded --keep DIR` for the two-store walkthrough)"
         )
-    scale = {k: v for k in ("regions", "duration", "rate") if (v := getattr(args, k)) is not None}
+    names = ("regions", "duration", "rate", "timeout")
+    scale = {k: v for k in names if (v := getattr(args, k)) is not None}
     if args.embedded:
         if scale:
             raise UsageError(
-                "--regions, --duration and --rate scale the cluster demo, not --embedded"
+                "--regions, --duration, --rate and --timeout are for the cluster demo,"
+                " not --embedded"
             )
         from .demo import run
 
@@ -274,6 +276,12 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--duration", type=float, metavar="S", help="seconds of writing (default: 12)")
     p.add_argument(
         "--rate", type=float, metavar="W", help="transactions a second per region (default: 20)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        metavar="S",
+        help="seconds the regions get to converge once the writes stop (default: 30)",
     )
     p.add_argument(
         "--embedded",

@@ -122,7 +122,7 @@ def run(options: DemoOptions, *, live: bool | None = None) -> int:
             return demo.run()
         except DemoError as exc:
             workspace.keep = True  # a failure is worth a look: say where
-            raise DemoError(f"{exc}\n(the cluster's files are kept in {workspace.path})") from None
+            raise DemoError(f"{exc}; the cluster's files are kept in {workspace.path}") from None
         finally:
             with _uninterrupted():
                 demo.close()

@@ -213,16 +213,16 @@ class DemoCluster:
         for region in self.regions.values():
             if not region.stopped and region.process is not None and not region.running:
                 raise DemoError(
-                    f"the daemon of {region.name} exited with status"
-                    f" {region.process.returncode}; its log: {region.log}\n{self.log_tail(region)}"
+                    f"the daemon of {region.name} exited with status {region.process.returncode}"
+                    f" (its log ends: {self.last_log_line(region)!r}; all of it: {region.log})"
                 )
 
-    def log_tail(self, region: DemoRegion, lines: int = 8) -> str:
+    def last_log_line(self, region: DemoRegion) -> str:
         try:
-            text = region.log.read_text(errors="replace").splitlines()[-lines:]
+            lines = region.log.read_text(errors="replace").split("\n")
         except OSError:
             return ""
-        return "\n".join(f"  | {line}" for line in text)
+        return next((line.strip() for line in reversed(lines) if line.strip()), "")[:300]
 
     def connected_peers(self, name: str) -> set[str]:
         """The peers the daemon of ``name`` last reported connected (none if it did not)."""

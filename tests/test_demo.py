@@ -116,6 +116,21 @@ def test_an_interrupted_demo_stops_every_daemon_quietly(
     assert processes_naming(str(root)) == []
 
 
+def test_a_demo_that_does_not_converge_in_time_exits_1_and_says_why(
+    root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from crdtdb.cli import main
+    from crdtdb.sync import demo as cluster_demo
+
+    monkeypatch.setattr(cluster_demo.ClusterDemo, "_same_documents", lambda self: False)
+    args = ["--duration", "1", "--rate", "5", "--timeout", "1", "--keep", str(root)]
+    assert main(["demo", *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the regions did not converge within 1s after the writes")
+    assert err.count("\n") == 1 and err.rstrip().endswith(f"files are kept in {root}")
+    assert processes_naming(str(root)) == []
+
+
 def test_embedded_walkthrough_converges(tmp_path: Path) -> None:
     run = subprocess.run(
         demo("--embedded", "--keep", str(tmp_path / "demo")),

@@ -46,7 +46,7 @@ def test_demo_refuses_a_directory_holding_other_files(
         (["DIR"], "takes no DIR"),
         (["--regions", "1"], "--regions must be 2 to 9"),
         (["--duration", "0"], "--duration must be"),
-        (["--embedded", "--rate", "5"], "scale the cluster demo"),
+        (["--embedded", "--rate", "5"], "are for the cluster demo"),
     ],
 )
 def test_demo_bad_arguments_are_one_line(
