@@ -93,3 +93,18 @@ def test_a_tampered_marker_cannot_delete_outside(tmp_path: Path) -> None:
     (target / MARKER).write_text(json.dumps({"paths": ["../precious.txt", str(outside)]}))
     prepare(target)
     assert outside.read_text() == "keep me"
+
+
+def test_the_demo_help_states_the_real_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI writes the defaults out (it does not import crdtdb.sync to read them)."""
+    import re
+
+    from crdtdb.sync.demo import DemoOptions
+
+    assert main(["demo", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    defaults = DemoOptions()
+    for name in ("regions", "duration", "rate", "timeout"):
+        stated = re.search(rf"--{name} \w+ [^(]*\(default: ([\d.]+)\)", text)
+        assert stated is not None, name
+        assert float(stated[1]) == getattr(defaults, name), name
