@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set up the project's environment and run its jobs; needs only Python >= 3.11 and pip.
 
-    python3 dev.py demo [DIR]   # the main job: the embedded-library demo
+    python3 dev.py demo [ARGS]  # the main job: `crdtdb demo ARGS`, a cluster on this machine
     python3 dev.py test [ARGS]  # the fast tests, the integration tests, then ruff and mypy
     python3 dev.py lint         # ruff and mypy only (code, tests and benchmarks)
     python3 dev.py bench [ARGS] # the core benchmark (bench/bench_core.py)
@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import venv
@@ -55,6 +56,19 @@ STAMP = VENV / ".crdtdb-installed"
 def _run(*args: str | Path) -> int:
     print("+", " ".join(str(a) for a in args), flush=True)
     return subprocess.call([str(a) for a in args], cwd=ROOT)
+
+
+def _run_interactive(*args: str | Path) -> int:
+    """Like :func:`_run`, for a child that handles Ctrl-C itself: the terminal sends it
+    to the child too (one process group), so this process only waits for it
+    (``subprocess.call`` would kill it at once, before it stopped what it started)."""
+    print("+", " ".join(str(a) for a in args), flush=True)
+    child = subprocess.Popen([str(a) for a in args], cwd=ROOT)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # after Popen: not inherited
+    try:
+        return child.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def ensure_env(*extras: str) -> None:
@@ -131,7 +145,8 @@ def main(argv: list[str]) -> int:
     command, rest = (argv[0], argv[1:]) if argv else ("help", [])
     if command == "demo":
         ensure_env()  # crdtdb alone: no test, lint or benchmark tools
-        return _run(PYTHON, "-m", "crdtdb", "demo", *(rest or ["demo-data"]))
+        code = _run_interactive(PYTHON, "-m", "crdtdb", "demo", *rest)
+        return 130 if code == -signal.SIGINT else code
     if command == "test":
         ensure_env("dev")
         return test(rest)

@@ -175,9 +175,25 @@ def cmd_certs_issue(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run
+    if args.dir is not None:
+        raise UsageError(
+            "`crdtdb demo` takes no DIR: it runs in a temporary directory, and `--keep DIR`"
+            " leaves its files in DIR (`--embedded --keep DIR` for the two-store walkthrough)"
+        )
+    names = ("regions", "duration", "rate", "timeout")
+    scale = {k: v for k in names if (v := getattr(args, k)) is not None}
+    if args.embedded:
+        if scale:
+            raise UsageError(
+                "--regions, --duration, --rate and --timeout are for the cluster demo,"
+                " not --embedded"
+            )
+        from .demo import run
 
-    return run(args.dir)
+        return run(args.keep)
+    demo = _sync("demo")
+    code: int = demo.run(demo.DemoOptions(keep=args.keep, **scale))
+    return code
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -217,7 +233,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="keep this much history (default: the store's option, 7 days)",
     )
-    add("demo", cmd_demo, "run the embedded-library demo in DIR (two regions, merge, time travel)")
+    _add_demo(sub)
     p = sub.add_parser(
         "serve",
         help="run the sync daemon of one region",
@@ -243,6 +259,36 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=lambda a, module=name: _query(module, a.rest))
     return parser
+
+
+def _add_demo(sub: Any) -> None:
+    """``crdtdb demo``: the defaults are crdtdb.sync.demo.DemoOptions', not imported here."""
+    summary = "run three regions on this machine: daemons, writers, a cut, convergence, SQL"
+    p = sub.add_parser("demo", help=summary, description=summary)
+    p.add_argument("dir", nargs="?", metavar="DIR", help=argparse.SUPPRESS)  # refused, with a hint
+    p.add_argument(
+        "--keep",
+        metavar="DIR",
+        type=Path,
+        help="leave the cluster's files in DIR (new, empty, or an earlier demo's) to explore",
+    )
+    p.add_argument("--regions", type=int, metavar="N", help="how many regions, 2-9 (default: 3)")
+    p.add_argument("--duration", type=float, metavar="S", help="seconds of writing (default: 12)")
+    p.add_argument(
+        "--rate", type=float, metavar="W", help="transactions a second per region (default: 20)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        metavar="S",
+        help="seconds the regions get to converge once the writes stop (default: 30)",
+    )
+    p.add_argument(
+        "--embedded",
+        action="store_true",
+        help="instead: the two-store walkthrough in one process (merge, delete, time travel)",
+    )
+    p.set_defaults(func=cmd_demo)
 
 
 def _add_certs(sub: Any) -> None:

@@ -1,7 +1,9 @@
 """The embedded-library demo: two regions, concurrent edits, merge, time travel.
 
-Run with ``crdtdb demo DIR`` (or ``python3 dev.py demo``). It creates two
-region stores, ``DIR/eu`` and ``DIR/us``, edits the same documents in both
+Run with ``crdtdb demo --embedded`` (``crdtdb demo`` runs a real cluster:
+:mod:`crdtdb.sync.demo`). It creates two region stores, ``eu`` and ``us``, in
+a temporary directory, or in ``--keep DIR`` (new, empty, or an earlier
+demo's: see :mod:`crdtdb.demo_dir`), edits the same documents in both
 while they are "partitioned", ships each region's log records to the other
 with ``changes()`` + ``apply_remote()`` (what the sync daemon does over QUIC),
 and shows that both end identical, that a delete concurrent with an edit
@@ -11,7 +13,6 @@ keeps the concurrent edit, and that ``as_of`` reads the past.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from pycrdt import Text
 
 from .database import Database
 from .database import open as open_db
+from .demo_dir import demo_directory
 from .hlc import Hlc
 
 
@@ -31,10 +33,12 @@ def _ship(source: Database, target: Database, since: Hlc) -> int:
     return sum(target.apply_remote(record) for record in source.changes(since))
 
 
-def run(directory: str) -> int:
-    root = Path(directory)
-    if root.exists():
-        shutil.rmtree(root)
+def run(keep: Path | None = None) -> int:
+    with demo_directory(keep) as workspace:
+        return _walkthrough(workspace.path)
+
+
+def _walkthrough(root: Path) -> int:
     with open_db(root / "eu", region="eu") as eu, open_db(root / "us", region="us") as us:
         print(f"crdtdb demo: two regions in {root}/eu and {root}/us\n")
         print("1. eu writes a document; us receives it")

@@ -77,15 +77,6 @@ def test_errors_are_one_line_with_exit_codes(tmp_path: Path) -> None:
     assert bad_hlc.returncode == 2 and "HLC" in bad_hlc.stderr
 
 
-@pytest.mark.integration
-def test_demo_converges(tmp_path: Path) -> None:
-    demo = run("demo", tmp_path / "demo")
-    assert demo.returncode == 0, demo.stderr
-    assert "regions converged: True" in demo.stdout
-    assert '{"body": "Hello, world!"}' in demo.stdout
-    assert '"status": "shipped"' in demo.stdout
-
-
 def test_an_unexpected_error_is_one_line_not_a_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
