@@ -17,6 +17,7 @@ compaction). ``Database`` is the public face over them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -297,21 +298,29 @@ class Engine:
     # ---------------------------------------------------------------- writes
 
     def write(self, body: WriteBody) -> Any:
-        """Run ``body`` in one SQLite write transaction, then tell the change signal."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        """Run ``body`` in one SQLite write transaction, then tell the change signal.
+
+        An SQLite failure (a full disk, a read-only or vanished directory) rolls the
+        transaction back and is raised as a typed :class:`StoreError`; the store is as
+        it was before, and the next write tries again.
+        """
         seen_id = self.seen_id
         try:
+            self.conn.execute("BEGIN IMMEDIATE")
             self.refresh()
             seen_id = self.seen_id
             result, records = body()
             self.conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # it may be rolled back already
+                    self.conn.execute("ROLLBACK")
             self.seen_id = seen_id  # ids of rolled-back rows will be used again
             self.counters = None
             self.clients.rolled_back()
             self.shapes.rolled_back()
+            if isinstance(exc, sqlite3.Error):
+                raise storage.store_error(self.path, exc) from exc
             raise
         self.signal.emit(records, defer=self.tx_handles is not None)
         return result

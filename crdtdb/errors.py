@@ -31,6 +31,9 @@ __all__ = [
     "RemoteDataError",
     "SchemaVersionError",
     "StoreError",
+    "StoreFullError",
+    "StoreIOError",
+    "StoreReadOnlyError",
     "TransactionError",
     "UsageError",
 ]
@@ -118,3 +121,22 @@ class SchemaVersionError(StoreError):
 
 class RegionMismatchError(StoreError):
     code = "region_mismatch"
+
+
+class StoreFullError(StoreError):
+    """The disk (or the file system's quota) holding the store is full."""
+
+    code = "store_full"
+
+
+class StoreReadOnlyError(StoreError):
+    """The store's files or directory cannot be written (permissions, a read-only mount)."""
+
+    code = "store_read_only"
+
+
+class StoreIOError(StoreError):
+    """The operating system failed a read or write of the store (a vanished directory,
+    a failing disk)."""
+
+    code = "store_io"

@@ -59,7 +59,14 @@ import sqlite3
 import time
 from pathlib import Path
 
-from .errors import NotAStoreError, SchemaVersionError, StoreError
+from .errors import (
+    NotAStoreError,
+    SchemaVersionError,
+    StoreError,
+    StoreFullError,
+    StoreIOError,
+    StoreReadOnlyError,
+)
 from .merkle import xor_bytes
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "STORE_FILE", "checkpoint", "connect", "wal_path"]
@@ -197,6 +204,35 @@ def connect(directory: Path, *, region: str | None, synchronous: str) -> sqlite3
         raise
     conn.create_function("xor_blob", 2, _xor_blob, deterministic=True)
     return conn
+
+
+_SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN = 8, 10, 13, 14
+
+
+def store_error(directory: Path, exc: sqlite3.Error, what: str = "a write") -> StoreError:
+    """The typed error for an SQLite failure on the store in ``directory``.
+
+    Said once here, so that a full disk reads the same wherever it struck: what
+    happened, that nothing of the operation was stored (the transaction rolled
+    back), and what to do.
+    """
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code == _SQLITE_FULL:
+        return StoreFullError(
+            f"{directory}: the disk is full; nothing of {what} was stored. Free space on"
+            " that file system (or raise its quota), then retry"
+        )
+    if code == _SQLITE_READONLY:
+        return StoreReadOnlyError(
+            f"{directory}: the store cannot be written ({exc}); nothing of {what} was"
+            " stored. Make the directory and its files writable by this user, then retry"
+        )
+    if code in (_SQLITE_IOERR, _SQLITE_CANTOPEN):
+        return StoreIOError(
+            f"{directory}: the operating system failed {what} ({exc}); nothing of it was"
+            " stored. Check that the directory still exists and the disk is healthy"
+        )
+    return StoreError(f"{directory}: {what} failed in SQLite ({exc}); nothing of it was stored")
 
 
 def wal_path(directory: Path) -> Path:

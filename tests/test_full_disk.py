@@ -1,0 +1,94 @@
+"""A full disk: a typed error with what to do, nothing acknowledged lost, writes resume.
+
+The store lives on a real, small file system (a 3 MiB tmpfs mounted for the
+test), filled by the store's own writes after a filler file of ours took
+most of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import crdtdb
+from crdtdb.errors import StoreFullError
+from crdtdb.storage import STORE_FILE
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs of our own (mounting needs root: CI runs as root)."""
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"this machine does not let tests mount a tmpfs: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(db: crdtdb.Database, limit: int = 2_000) -> tuple[list[str], StoreFullError]:
+    """Write documents until the disk is full; the acknowledged ids and the refusal."""
+    acknowledged: list[str] = []
+    for i in range(limit):
+        doc_id = f"docs/{i}"
+        try:
+            db.put(doc_id, {"i": i, "pad": os.urandom(8_000).hex()})
+        except StoreFullError as exc:
+            return acknowledged, exc
+        acknowledged.append(doc_id)
+    raise AssertionError(f"{limit} writes of 16 KB fitted in a 3 MiB file system")
+
+
+def test_a_full_disk_refuses_with_a_typed_error_and_loses_nothing(small_fs: Path) -> None:
+    store = small_fs / "eu"
+    filler = small_fs / "filler-made-by-the-test"
+    with crdtdb.open(store, region="eu") as db:
+        filler.write_bytes(b"\0" * (2 * 1024 * 1024))
+        acknowledged, refusal = _fill(db)
+        assert acknowledged, "the first writes fitted"
+        message = str(refusal)
+        assert "disk is full" in message and "Free space" in message, message
+        assert str(store) in message
+        refused = f"docs/{len(acknowledged)}"
+        assert db.get(refused) is None  # nothing of the refused write was stored
+
+        big = '{"pad": "' + "x" * 64_000 + '"}'  # as large as what the disk refused
+        cli = subprocess.run(
+            [sys.executable, "-m", "crdtdb", "put", str(store), "docs/cli", big],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cli.returncode == 1, cli
+        assert "Traceback" not in cli.stderr
+        lines = [line for line in cli.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:") and "disk is full" in lines[0]
+
+        filler.unlink()  # space again: the same open store writes at once
+        db.put(refused, {"after": True})
+        assert db.get(refused) == {"after": True}
+
+    with crdtdb.open(store) as reopened:
+        for doc_id in acknowledged:
+            assert reopened.get(doc_id) is not None, doc_id
+        assert reopened.get(refused) == {"after": True}
+    with contextlib.closing(sqlite3.connect(store / STORE_FILE)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
