@@ -25,7 +25,7 @@ from typing import Any, TypeAlias, overload
 
 from pycrdt import Array, Map, Text
 
-from .errors import InvalidValueError, TransactionError
+from .errors import SHOWN_CHARS, InvalidValueError, TransactionError, shown
 
 __all__ = [
     "DocArray",
@@ -46,23 +46,34 @@ _INT_MIN, _INT_MAX = -(1 << 63), (1 << 63) - 1
 _FLOAT_INT_MIN, _FLOAT_INT_MAX = -float(1 << 63), float(1 << 63)
 
 
+def _at(path: str) -> str:
+    """Where in a value something is wrong, cut short: keys come from the caller."""
+    return path if len(path) <= SHOWN_CHARS else f"{path[:SHOWN_CHARS]}..."
+
+
 def to_crdt(value: object, path: str = "$") -> Any:
     """Validate a JSON-like value and convert it to what pycrdt stores."""
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, int):
         if not _INT_MIN <= value <= _INT_MAX:
-            raise InvalidValueError(f"integer at {path} does not fit in 64 bits: store it as a str")
+            raise InvalidValueError(
+                f"integer at {_at(path)} does not fit in 64 bits: store it as a str"
+            )
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise InvalidValueError(f"{value} at {path} is not a JSON number: use null or a str")
+            raise InvalidValueError(
+                f"{value} at {_at(path)} is not a JSON number: use null or a str"
+            )
         return value
     if isinstance(value, dict):
         items = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise InvalidValueError(f"key {key!r} at {path} is not a str: JSON keys are text")
+                raise InvalidValueError(
+                    f"key {shown(key)} at {_at(path)} is not a str: JSON keys are text"
+                )
             items[key] = to_crdt(item, f"{path}.{key}")
         return Map(items)
     if isinstance(value, (list, tuple)):
@@ -76,7 +87,7 @@ def to_crdt(value: object, path: str = "$") -> Any:
     if isinstance(value, DocText):
         return Text(str(value))
     raise InvalidValueError(
-        f"{type(value).__name__} at {path} is not JSON-like: use dict, list, str, int, float,"
+        f"{type(value).__name__} at {_at(path)} is not JSON-like: use dict, list, str, int, float,"
         " bool, None or pycrdt.Text"
     )
 
@@ -206,7 +217,7 @@ class DocMap(MutableMapping[str, Any]):
     def __setitem__(self, key: str, value: object) -> None:
         self._guard()
         if not isinstance(key, str):
-            raise InvalidValueError(f"key {key!r} is not a str: JSON keys are text")
+            raise InvalidValueError(f"key {shown(key)} is not a str: JSON keys are text")
         kind = type(value)
         if (
             kind is str
