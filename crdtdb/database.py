@@ -25,11 +25,13 @@ new log records are applied to the cached documents.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import storage
 from .engine import Engine, Listener, Options
+from .errors import UsageError, shown
 from .feed import Subscription
 from .history import History
 from .hlc import Hlc
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Database", "Options", "Subscription", "open"]
 
+OPTION_NAMES = frozenset(field.name for field in fields(Options))
+
 _DocIds = list[str]  # ``Database.list`` hides the builtin inside the class body
 
 
@@ -52,6 +56,12 @@ def open(path: str | Path, region: str | None = None, **options: Any) -> Databas
 
     ``options`` are the fields of :class:`Options`.
     """
+    unknown = sorted(set(options) - OPTION_NAMES)
+    if unknown:
+        raise UsageError(
+            f"unknown option {shown(unknown[0])}: crdtdb.open() takes region and"
+            f" {', '.join(sorted(OPTION_NAMES))}"
+        )
     return Database(path, region, Options(**options))
 
 
