@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import storage
-from .engine import Engine, Listener, Options
+from .engine import Engine, Listener, Options, check_limit, check_seconds
 from .errors import UsageError, shown
 from .feed import Subscription
 from .history import History
@@ -171,6 +171,9 @@ class Database(Replica):
     ) -> _DocIds:
         """Ids of the live documents in ``collection``, sorted; page with ``after``."""
         validate_collection(collection)
+        limit = check_limit(limit)
+        if after is not None and not isinstance(after, str):
+            raise UsageError(f"after is the last doc id of the page before, not {shown(after)}")
         sql = "SELECT doc_id FROM docs WHERE collection = ? AND live AND doc_id > ? ORDER BY doc_id"
         params: tuple[Any, ...] = (collection, after or "")
         if limit is not None:
@@ -235,7 +238,12 @@ class Database(Replica):
         keep working for HLCs inside the window; older ones raise
         ``HistoryCompactedError``.
         """
-        keep = self.options.history_retention_s if retention_s is None else retention_s
+        if retention_s is None:
+            keep = self.options.history_retention_s
+        else:
+            keep = check_seconds(retention_s, "retention_s")
+        if progress is not None and not callable(progress):
+            raise UsageError(f"progress is a function (done, total), not {shown(progress)}")
         horizon_ms = max(0, self.options.clock() - int(keep * 1000))
         with self._engine.lock:
             self._engine.check_no_tx("compact()")

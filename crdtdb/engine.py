@@ -41,10 +41,20 @@ from .errors import (
 )
 from .hlc import DEFAULT_MAX_OFFSET_MS, MAX_WALL_MS, Hlc, WallClock, system_wall_ms
 from .ids import DocId, RegionId, validate_region
-from .records import UpdateRecord
+from .records import MAX_SQLITE_INT, UpdateRecord
 from .shape import ShapeIds
 
-__all__ = ["ChangeSignal", "Engine", "Listener", "Options", "WriteBody", "load_into"]
+__all__ = [
+    "ChangeSignal",
+    "Engine",
+    "Listener",
+    "Options",
+    "WriteBody",
+    "check_count",
+    "check_limit",
+    "check_seconds",
+    "load_into",
+]
 
 log = logging.getLogger("crdtdb")
 
@@ -107,6 +117,32 @@ _OPTION_CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
     "clock": (callable, "a function returning wall-clock milliseconds"),
 }
 """Per field of :class:`Options`: what a value must pass, and what to say if it does not."""
+
+
+def check_count(value: object, what: str) -> int:
+    """A whole number >= 0 the caller passed (a limit, a sequence number), as SQLite can
+    take it: larger ones mean the same as 2**63-1, the largest a store holds."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UsageError(f"{what} must be a whole number >= 0, not {shown(value)}")
+    return min(value, MAX_SQLITE_INT)
+
+
+def check_seconds(value: object, what: str) -> float:
+    """A span of time the caller passed: a finite number of seconds >= 0."""
+    if not _seconds(value):
+        raise UsageError(
+            f"{what}={shown(value)} is not allowed: use a finite number of seconds >= 0"
+        )
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_limit(limit: object, what: str = "limit") -> int | None:
+    """The ``limit`` of a read: None (no limit) or a whole number >= 0."""
+    if limit is None:
+        return None
+    if isinstance(limit, int) and not isinstance(limit, bool) and limit < 0:
+        raise UsageError(f"{what}={limit} is negative: pass a number >= 0, or None for no limit")
+    return check_count(limit, what)
 
 
 class ChangeSignal:

@@ -55,6 +55,10 @@ class Replica:
 
     def diff(self, doc_id: str, state_vector: bytes = b"\x00") -> bytes:
         """The update a replica at ``state_vector`` is missing (all of it by default)."""
+        if not isinstance(state_vector, bytes):
+            raise InvalidUpdateError(
+                f"a state vector is bytes from state_vector(), not {type(state_vector).__name__}"
+            )
         engine = self._engine
         with engine.lock:
             engine.check_no_tx("diff()")

@@ -43,6 +43,8 @@ __all__ = [
 JsonValue: TypeAlias = bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"] | None
 
 _INT_MIN, _INT_MAX = -(1 << 63), (1 << 63) - 1
+MAX_DEPTH = 100
+"""How many levels of dicts and lists one value written may nest."""
 _FLOAT_INT_MIN, _FLOAT_INT_MAX = -float(1 << 63), float(1 << 63)
 
 
@@ -51,7 +53,7 @@ def _at(path: str) -> str:
     return path if len(path) <= SHOWN_CHARS else f"{path[:SHOWN_CHARS]}..."
 
 
-def to_crdt(value: object, path: str = "$") -> Any:
+def to_crdt(value: object, path: str = "$", depth: int = 0) -> Any:
     """Validate a JSON-like value and convert it to what pycrdt stores."""
     if value is None or isinstance(value, (bool, str)):
         return value
@@ -67,6 +69,12 @@ def to_crdt(value: object, path: str = "$") -> Any:
                 f"{value} at {_at(path)} is not a JSON number: use null or a str"
             )
         return value
+    if isinstance(value, dict | list | tuple) and depth >= MAX_DEPTH:
+        # Deeper values (or a dict that contains itself) would overflow Python's stack here,
+        # in pycrdt and in every reader; no JSON document needs them.
+        raise InvalidValueError(
+            f"value at {_at(path)} nests more than {MAX_DEPTH} levels deep: flatten it"
+        )
     if isinstance(value, dict):
         items = {}
         for key, item in value.items():
@@ -74,10 +82,10 @@ def to_crdt(value: object, path: str = "$") -> Any:
                 raise InvalidValueError(
                     f"key {shown(key)} at {_at(path)} is not a str: JSON keys are text"
                 )
-            items[key] = to_crdt(item, f"{path}.{key}")
+            items[key] = to_crdt(item, f"{path}.{key}", depth + 1)
         return Map(items)
     if isinstance(value, (list, tuple)):
-        return Array([to_crdt(item, f"{path}[{i}]") for i, item in enumerate(value)])
+        return Array([to_crdt(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)])
     if isinstance(value, Text):
         if value.is_integrated:
             return Text(str(value))

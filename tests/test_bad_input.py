@@ -11,15 +11,17 @@ from typing import Any
 import pytest
 
 import crdtdb
-from crdtdb.errors import UsageError
+from crdtdb.errors import InvalidHlcError, InvalidValueError, UsageError
 
 HUGE = "x" * 10_000
 
 
-def refused(call: Callable[[], Any], error: type[crdtdb.CrdtdbError] = UsageError) -> str:
-    """The message of the error ``call`` raises, which must be an ``error``."""
+def refused(
+    call: Callable[..., Any], *args: Any, error: type[Exception] = UsageError, **kwargs: Any
+) -> str:
+    """The message of the error ``call(*args, **kwargs)`` raises, which must be an ``error``."""
     with pytest.raises(error) as caught:
-        call()
+        call(*args, **kwargs)
     return str(caught.value)
 
 
@@ -110,3 +112,96 @@ def test_good_options_still_open(tmp_path: Path) -> None:
         assert db.get("users/a") == {"a": 1}
     with crdtdb.open(tmp_path / "eu", history_retention_s=1.5) as db:
         assert db.options.history_retention_s == 1.5
+
+
+# -- the API's entry points -------------------------------------------------------------------
+
+
+def test_cuts_beyond_the_largest_stored_hlc_read_the_present(db: crdtdb.Database) -> None:
+    """An HLC is 64 bits but SQLite stores at most 2**63-1: later cuts once overflowed."""
+    db.put("users/a", {"a": 1})
+    for cut in (2**63 - 1, 2**63, 2**64 - 1):
+        assert db.as_of(cut).get("users/a") == {"a": 1}
+        assert db.as_of(cut).list("users") == ["users/a"]
+        assert list(db.changes(cut)) == []
+    refused(db.as_of, 2**64, error=InvalidHlcError)
+    refused(db.as_of, "garbage", error=InvalidHlcError)
+
+
+def test_limits_are_whole_numbers_and_never_negative(db: crdtdb.Database) -> None:
+    db.put("users/a", {"a": 1})
+    for bad in (-1, "x", 1.5, True):
+        refused(db.list, "users", limit=bad)  # -1 once listed everything
+        refused(db.changes, limit=bad)  # -1 once listed nothing
+    assert "negative" in refused(lambda: db.list("users", limit=-1))
+    assert db.list("users", limit=2**70) == ["users/a"] == db.list("users", limit=None)
+    assert len(list(db.changes(limit=2**70))) == 1
+    assert db.list("users", limit=0) == [] and list(db.changes(limit=0)) == []
+    refused(lambda: db.list("users", after=5))
+    for since in (-1, "x", 2**70, 1.5):
+        refused(db.changes, since)
+
+
+def test_replication_surface_refuses_bad_arguments(db: crdtdb.Database) -> None:
+    db.put("users/a", {"a": 1})
+    assert len(db.records_from("eu", 0)) == 1 and db.records_from("eu", 2**70) == []
+    for origin, after, limit in (("eu", "x", 10), ("eu", -1, 10), (5, 0, 10), ("eu", 0, -1)):
+        refused(db.records_from, origin, after, limit)
+    for node in (2**70, -1, "x", True):
+        refused(db.merkle_node, node)
+        refused(db.merkle_nodes, [0, node])
+        refused(db.leaf_docs, node)
+    refused(lambda: db.merkle_nodes("x"))
+    refused(lambda: db.leaf_docs(65536))
+    assert db.merkle_node(0) == db.merkle_root()
+    with pytest.raises(crdtdb.errors.InvalidRecordError):
+        db.apply_remote("junk")  # once an AttributeError
+    with pytest.raises(crdtdb.errors.InvalidRecordError):
+        db.apply_remote_many("junk")
+    with pytest.raises(crdtdb.errors.InvalidUpdateError):
+        db.apply_diff("users/a", "not bytes")
+    with pytest.raises(crdtdb.errors.InvalidUpdateError):
+        db.diff("users/a", "not bytes")
+    assert db.get("users/a") == {"a": 1} and len(list(db.changes())) == 1
+
+
+def test_subscribe_takes_a_function(db: crdtdb.Database) -> None:
+    not_a_function: Any = 5
+    refused(lambda: db.subscribe(not_a_function))  # once accepted, then failed every commit
+    seen: list[str] = []
+    with db.subscribe(lambda record: seen.append(record.doc_id)):
+        db.put("users/a", {})
+    assert seen == ["users/a"]
+
+
+def test_compact_checks_its_retention_and_progress(db: crdtdb.Database) -> None:
+    db.put("users/a", {"a": 1})
+    for retention in (float("nan"), float("inf"), -1, "x"):
+        message = refused(db.compact, retention_s=retention)
+        assert "retention_s" in message
+    not_a_function: Any = 5
+    refused(lambda: db.compact(progress=not_a_function))
+    assert db.compact(retention_s=0) == 0
+
+
+def nested(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = {"a": value} if levels % 2 else [value]
+    return value
+
+
+def test_values_nest_at_most_100_levels(db: crdtdb.Database) -> None:
+    for levels in (100, 99):
+        db.put("users/a", {"v": nested(levels)})
+        assert db.get("users/a") == {"v": nested(levels)}
+    for levels in (101, 102, 5000):  # 5000 once raised RecursionError
+        message = refused(db.put, "users/b", {"v": nested(levels)}, error=InvalidValueError)
+        assert "nests more than 100 levels" in message
+    loop: dict[str, Any] = {}
+    loop["self"] = loop
+    refused(db.put, "users/b", loop, error=InvalidValueError)
+    with db.transaction() as tx:
+        refused(lambda: tx.put("users/b", {"v": nested(500)}))
+        refused(lambda: tx.doc("users/a").__setitem__("w", nested(500)))
+    assert db.get("users/b") is None
