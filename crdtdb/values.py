@@ -182,22 +182,29 @@ class DocText:
     __hash__ = None  # type: ignore[assignment]
 
     def insert(self, index: int, value: str) -> None:
+        """Insert ``value`` before position ``index`` (clamped to the text, as ``list.insert``)."""
         self._guard()
-        self.text.insert(index, value)
+        self.text.insert(_insert_at(index, len(self.text)), _str(value))
 
     def __iadd__(self, value: str) -> DocText:
         self._guard()
-        self.text += value
+        self.text += _str(value)
         self._appended = True
         return self
 
     def __delitem__(self, index: int | slice) -> None:
         self._guard()
-        del self.text[index]
+        start, stop, _ = _span(index, len(self.text), "text", steps=False)
+        if stop > start:
+            del self.text[start:stop]
 
     def __setitem__(self, index: int | slice, value: str) -> None:
         self._guard()
-        self.text[index] = value
+        value = _str(value)
+        if not isinstance(index, slice) and len(value) != 1:
+            raise InvalidValueError("text[i] = s takes one character: replace a slice instead")
+        start, stop, _ = _span(index, len(self.text), "text", steps=False)
+        self.text[start:stop] = value
 
     def to_py(self) -> str:
         return str(self)
@@ -220,6 +227,8 @@ class DocMap(MutableMapping[str, Any]):
 
     def __getitem__(self, key: str) -> Any:
         self._guard()
+        if not isinstance(key, str):  # not there, as in a dict: doc.get(5) is None
+            raise KeyError(key)
         return from_crdt(self._map[key], self._guard, self, key)
 
     def __setitem__(self, key: str, value: object) -> None:
@@ -241,6 +250,8 @@ class DocMap(MutableMapping[str, Any]):
 
     def __delitem__(self, key: str) -> None:
         self._guard()
+        if not isinstance(key, str):
+            raise KeyError(key)
         del self._map[key]
 
     def __iter__(self) -> Iterator[str]:
@@ -283,21 +294,33 @@ class DocArray(MutableSequence[Any]):
     def __getitem__(self, index: slice) -> list[Any]: ...
     def __getitem__(self, index: int | slice) -> Any:
         self._guard()
-        if isinstance(index, slice):
-            return [from_crdt(item, self._guard) for item in self._array[index]]
-        return from_crdt(self._array[index], self._guard, self, index)
+        start, stop, step = _span(index, len(self._array), "array")
+        if not isinstance(index, slice):
+            return from_crdt(self._array[start], self._guard, self, index)
+        if step == 1:
+            items = self._array[start:stop] if stop > start else []
+        else:
+            items = [self._array[i] for i in range(start, stop, step)]
+        return [from_crdt(item, self._guard) for item in items]
 
     def __setitem__(self, index: Any, value: Any) -> None:
         self._guard()
         if isinstance(index, slice):
             raise InvalidValueError("slice assignment is not supported: delete then insert")
+        position = _span(index, len(self._array), "array")[0]
         if is_same_slot(value, self, index):
             return
-        self._array[index] = to_crdt(value, f"$[{index}]")
+        self._array[position] = to_crdt(value, f"$[{position}]")
 
     def __delitem__(self, index: int | slice) -> None:
         self._guard()
-        del self._array[index]
+        start, stop, step = _span(index, len(self._array), "array")
+        if step == 1:
+            if stop > start:
+                del self._array[start:stop]
+            return
+        for position in sorted(range(start, stop, step), reverse=True):
+            del self._array[position]
 
     def __len__(self) -> int:
         self._guard()
@@ -305,10 +328,8 @@ class DocArray(MutableSequence[Any]):
 
     def insert(self, index: int, value: object) -> None:
         self._guard()
-        length = len(self._array)
-        if index < 0:
-            index = max(0, length + index)
-        self._array.insert(min(index, length), to_crdt(value, f"$[{index}]"))
+        position = _insert_at(index, len(self._array))
+        self._array.insert(position, to_crdt(value, f"$[{position}]"))
 
     def append(self, value: object) -> None:
         self._guard()
@@ -328,3 +349,47 @@ class DocArray(MutableSequence[Any]):
             return f"DocArray({self.to_py()!r})"
         except TransactionError:
             return "DocArray(<transaction ended>)"
+
+
+# Positions in live views, checked as Python's own sequences check them: a bad type is an
+# InvalidValueError (a TypeError), a position outside is an IndexError (what iteration and
+# the Sequence protocol rely on), never a panic of the Rust library below.
+
+
+def _position(index: object, what: str, kinds: str = "ints or slices") -> int:
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise InvalidValueError(f"{what} positions are {kinds}, not {shown(index)}")
+    return index
+
+
+def _insert_at(index: object, length: int) -> int:
+    position = _position(index, "insert", "ints")
+    return max(0, length + position) if position < 0 else min(position, length)
+
+
+def _span(index: object, length: int, what: str, *, steps: bool = True) -> tuple[int, int, int]:
+    """(start, stop, step) of ``index``, a position (one item) or a slice, within ``length``."""
+    if isinstance(index, slice):
+        if not steps and index.step not in (None, 1):
+            raise InvalidValueError(f"{what} slices take no step")
+        for bound in (index.start, index.stop, index.step):
+            if bound is not None:
+                _position(bound, what)
+        if index.step == 0:
+            raise InvalidValueError(f"{what} slices take a step other than 0")
+        start, stop, step = index.indices(length)
+        return start, stop, step
+    position = _position(index, what)
+    if position < 0:
+        position += length
+    if not 0 <= position < length:
+        raise IndexError(f"{what} index out of range")
+    return position, position + 1, 1
+
+
+def _str(value: object) -> str:
+    if isinstance(value, DocText):
+        return str(value)
+    if not isinstance(value, str):
+        raise InvalidValueError(f"a text takes str, not {type(value).__name__}")
+    return value

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pycrdt import Text
 
 import crdtdb
 from crdtdb.errors import InvalidHlcError, InvalidValueError, UsageError
@@ -205,3 +206,47 @@ def test_values_nest_at_most_100_levels(db: crdtdb.Database) -> None:
         refused(lambda: tx.put("users/b", {"v": nested(500)}))
         refused(lambda: tx.doc("users/a").__setitem__("w", nested(500)))
     assert db.get("users/b") is None
+
+
+# -- live views inside a transaction: Python's sequence rules, never a Rust panic -----------
+
+
+def test_live_views_check_positions_and_types(db: crdtdb.Database) -> None:
+    db.put("users/a", {"arr": [1, 2, 3], "text": Text("hello"), "map": {"k": 1}})
+    with db.transaction() as tx:
+        doc = tx.doc("users/a")
+        text, arr, mapping = doc["text"], doc["arr"], doc["map"]
+        for index in (5, 100, -6, 2**70):  # 100 once panicked in yrs (a BaseException)
+            with pytest.raises(IndexError):
+                del text[index]
+            with pytest.raises(IndexError):
+                text[index] = "x"
+        for index in (3, -4, 2**70, -(2**70)):
+            with pytest.raises(IndexError):
+                arr[index]
+            with pytest.raises(IndexError):
+                del arr[index]
+            with pytest.raises(IndexError):
+                arr[index] = 0
+        for index in ("x", 1.5, True, None):
+            refused(text.insert, index, "y", error=InvalidValueError)
+            refused(text.__delitem__, index, error=InvalidValueError)
+            refused(arr.__getitem__, index, error=InvalidValueError)
+            refused(arr.__delitem__, index, error=InvalidValueError)
+            refused(arr.insert, index, 0, error=InvalidValueError)
+        refused(text.insert, 0, 5, error=InvalidValueError)
+        refused(text.__iadd__, 5, error=InvalidValueError)
+        refused(text.__setitem__, 0, "two", error=InvalidValueError)
+        refused(text.__delitem__, slice(0, 3, 2), error=InvalidValueError)
+        refused(arr.__getitem__, slice(None, None, 0), error=InvalidValueError)
+        assert mapping.get(5) is None  # once a RuntimeError from pycrdt
+        with pytest.raises(KeyError):
+            del mapping[5]
+        # In range, the usual Python meanings, slices clamped as lists clamp them.
+        assert arr[0 : 2**70] == [1, 2, 3] and arr[::-1] == [3, 2, 1] and arr[::2] == [1, 3]
+        del text[0:100]
+        text.insert(2**70, "hi")
+        text.insert(-(2**70), ">")
+        del arr[::2]
+        arr.insert(2**70, 4)
+    assert db.get("users/a") == {"arr": [2, 4], "text": ">hi", "map": {"k": 1}}
