@@ -209,6 +209,8 @@ class Database(Replica):
         self, *, from_start: bool = False, poll_interval: float = 0.005
     ) -> AsyncIterator[UpdateRecord]:
         """Follow the log as it grows, whoever writes it (this process or another)."""
+        if check_seconds(poll_interval, "poll_interval") == 0:
+            raise UsageError("poll_interval must be above 0 seconds, e.g. 0.005")
         return self._feed.watch(from_start=from_start, poll_interval=poll_interval)
 
     # --------------------------------------------------------------- history

@@ -250,3 +250,22 @@ def test_live_views_check_positions_and_types(db: crdtdb.Database) -> None:
         del arr[::2]
         arr.insert(2**70, 4)
     assert db.get("users/a") == {"arr": [2, 4], "text": ">hi", "map": {"k": 1}}
+
+
+def test_upkeep_and_frontier_calls_check_their_arguments(db: crdtdb.Database) -> None:
+    for limit in ("x", -1, None):
+        refused(db.refresh_digests, limit)
+        refused(db.stale_digests, limit)
+    refused(db.expect_regions, "us")  # once taken as the regions "u" and "s"
+    for entries, clocks in (
+        ("junk", []),
+        ([("us", "x", 1)], []),
+        ([("us", 1, 2**63)], []),  # once an OverflowError
+        ([("us", 1)], []),
+        ([], [("us", -1)]),
+        ([], [(5, 1)]),
+    ):
+        refused(db.note_frontier, entries, clocks, error=crdtdb.CrdtdbError)
+    db.note_frontier([("us", 0, 5)], [("us", 5)])
+    for interval in (0, -1, float("nan"), "x"):
+        refused(db.watch, poll_interval=interval)
