@@ -28,6 +28,7 @@ __all__ = [
     "InvalidRegionError",
     "InvalidUpdateError",
     "InvalidValueError",
+    "NoStoreError",
     "NotAStoreError",
     "RegionMismatchError",
     "RemoteDataError",
@@ -134,6 +135,12 @@ class StoreError(CrdtdbError):
 
 class NotAStoreError(StoreError):
     code = "not_a_store"
+
+
+class NoStoreError(StoreError):
+    """The directory holds no store yet, and no region was named to create one."""
+
+    code = "no_store"
 
 
 class SchemaVersionError(StoreError):

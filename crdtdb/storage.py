@@ -59,7 +59,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from .errors import NotAStoreError, SchemaVersionError, StoreError
+from .errors import NoStoreError, NotAStoreError, SchemaVersionError, StoreError
 from .merkle import xor_bytes
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "STORE_FILE", "checkpoint", "connect", "wal_path"]
@@ -182,7 +182,7 @@ def connect(directory: Path, *, region: str | None, synchronous: str) -> sqlite3
         )
     path = directory / STORE_FILE
     if region is None and not path.exists():
-        raise StoreError(
+        raise NoStoreError(
             f"there is no crdtdb store in {directory}: to create one, name its region,"
             " e.g. crdtdb.open(path, region='eu')"
         )
@@ -353,7 +353,7 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
 
 def _create(conn: sqlite3.Connection, path: Path, region: str | None) -> None:
     if region is None:
-        raise StoreError(f"{path} holds no crdtdb store yet: name its region to create one")
+        raise NoStoreError(f"{path} holds no crdtdb store yet: name its region to create one")
     conn.execute("BEGIN IMMEDIATE")
     try:
         # Another process may have created it while we waited for the lock.
