@@ -14,14 +14,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from . import __version__
 from .database import Database
 from .database import open as open_db
-from .errors import CrdtdbError, UsageError
+from .errors import CrdtdbError, NoStoreError, UsageError, shown
 from .hlc import Hlc
 
 __all__ = ["main"]
@@ -35,7 +37,52 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _open(args: argparse.Namespace) -> Database:
-    return open_db(args.dir, region=getattr(args, "region", None))
+    try:
+        return open_db(args.dir, region=getattr(args, "region", None))
+    except NoStoreError:  # the API's hint is Python: give the command line's instead
+        raise NoStoreError(_no_store_hint(args)) from None
+
+
+def _no_store_hint(args: argparse.Namespace) -> str:
+    where = f"there is no crdtdb store in {shown(args.dir)}"
+    if "region" in args:
+        return f"{where}: to create one, name its region with --region NAME, e.g. --region eu"
+    return (
+        f"{where}: check the path, or create the store by writing to it:"
+        " crdtdb put DIR DOC_ID JSON --region NAME"
+    )
+
+
+def _count(text: str) -> int:
+    """argparse type of --limit: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative: leave --limit out for no limit")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """argparse type of --retention: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"{shown(text)} is not allowed: give seconds >= 0, e.g. 86400"
+        )
+    return value
+
+
+def _document_text(argument: str) -> tuple[str, str]:
+    """The JSON text of ``put`` (the argument, or stdin for ``-``) and what to say if it
+    does not parse."""
+    if argument == "-":
+        return sys.stdin.read(), "JSON on standard input does not parse ({}): send one object"
+    return argument, "JSON argument does not parse ({}): quote it"
 
 
 def _print(value: Any) -> None:
@@ -43,12 +90,11 @@ def _print(value: Any) -> None:
 
 
 def cmd_put(args: argparse.Namespace) -> int:
+    text, problem = _document_text(args.json)
     try:
-        value = json.loads(args.json)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UsageError(
-            f"JSON argument does not parse ({exc}): quote it, e.g. '{{\"a\": 1}}'"
-        ) from None
+        raise UsageError(problem.format(exc) + """, e.g. '{"a": 1}'""") from None
     with _open(args) as db:
         hlc = db.update(args.doc_id, value) if args.merge else db.put(args.doc_id, value)
         _print({"doc_id": args.doc_id, "hlc": str(hlc), "hlc_int": int(hlc)})
@@ -61,7 +107,7 @@ def cmd_get(args: argparse.Namespace) -> int:
             db.as_of(Hlc.parse(args.as_of)).get(args.doc_id) if args.as_of else db.get(args.doc_id)
         )
     if value is None:
-        print(f"error: {args.doc_id} does not exist", file=sys.stderr)
+        print(f"error: {shown(args.doc_id)} does not exist", file=sys.stderr)
         return 1
     _print(value)
     return 0
@@ -135,7 +181,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return code
 
 
+def _not_a_file(path: str, wanted: str) -> None:
+    if Path(path).is_file():
+        raise UsageError(f"{shown(path)} is a file: pass {wanted}")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    if not args.target.endswith(".toml"):
+        _not_a_file(args.target, "the region's data directory or its .toml config")
     code: int = _sync("status").show_status(args.target, as_json=args.json)
     return code
 
@@ -197,7 +250,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="crdtdb", description=__doc__.split("\n")[0])
+    parser = _Parser(
+        prog="crdtdb",
+        description="crdtdb, a geo-replicated CRDT document database: the command line."
+        " Output is JSON; errors are one line on stderr.",
+    )
+    parser.add_argument("--version", action="version", version=f"crdtdb {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(
@@ -213,7 +271,9 @@ def _parser() -> argparse.ArgumentParser:
     p = add(
         "put", cmd_put, "write a document (replaces it; --merge sets only the given keys)", doc=True
     )
-    p.add_argument("json", metavar="JSON", help="the document, a JSON object")
+    p.add_argument(
+        "json", metavar="JSON", help="the document, a JSON object; - reads it from stdin"
+    )
     p.add_argument("--merge", action="store_true", help="set only the given top-level keys")
     p.add_argument("--region", help="region name, needed only to create a new store")
     p = add("get", cmd_get, "print a document as JSON", doc=True)
@@ -221,15 +281,15 @@ def _parser() -> argparse.ArgumentParser:
     add("delete", cmd_delete, "delete a whole document", doc=True)
     p = add("list", cmd_list, "list the live document ids of a collection")
     p.add_argument("collection")
-    p.add_argument("--limit", type=int)
+    p.add_argument("--limit", type=_count, help="at most this many ids")
     p = add("log", cmd_log, "print update records in HLC order, one JSON object per line")
     p.add_argument("--since", metavar="HLC", help="only records after this HLC")
-    p.add_argument("--limit", type=int)
+    p.add_argument("--limit", type=_count, help="at most this many records")
     add("info", cmd_info, "print counts, clocks and origins of a store")
     p = add("compact", cmd_compact, "fold history older than the retention window")
     p.add_argument(
         "--retention",
-        type=float,
+        type=_seconds,
         metavar="SECONDS",
         help="keep this much history (default: the store's option, 7 days)",
     )

@@ -25,11 +25,13 @@ new log records are applied to the cached documents.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import storage
-from .engine import Engine, Listener, Options
+from .engine import Engine, Listener, Options, check_limit, check_seconds
+from .errors import UsageError, shown
 from .feed import Subscription
 from .history import History
 from .hlc import Hlc
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Database", "Options", "Subscription", "open"]
 
+OPTION_NAMES = frozenset(field.name for field in fields(Options))
+
 _DocIds = list[str]  # ``Database.list`` hides the builtin inside the class body
 
 
@@ -52,6 +56,12 @@ def open(path: str | Path, region: str | None = None, **options: Any) -> Databas
 
     ``options`` are the fields of :class:`Options`.
     """
+    unknown = sorted(set(options) - OPTION_NAMES)
+    if unknown:
+        raise UsageError(
+            f"unknown option {shown(unknown[0])}: crdtdb.open() takes region and"
+            f" {', '.join(sorted(OPTION_NAMES))}"
+        )
     return Database(path, region, Options(**options))
 
 
@@ -161,6 +171,9 @@ class Database(Replica):
     ) -> _DocIds:
         """Ids of the live documents in ``collection``, sorted; page with ``after``."""
         validate_collection(collection)
+        limit = check_limit(limit)
+        if after is not None and not isinstance(after, str):
+            raise UsageError(f"after is the last doc id of the page before, not {shown(after)}")
         sql = "SELECT doc_id FROM docs WHERE collection = ? AND live AND doc_id > ? ORDER BY doc_id"
         params: tuple[Any, ...] = (collection, after or "")
         if limit is not None:
@@ -196,6 +209,8 @@ class Database(Replica):
         self, *, from_start: bool = False, poll_interval: float = 0.005
     ) -> AsyncGenerator[UpdateRecord, None]:
         """Follow the log as it grows, whoever writes it (this process or another)."""
+        if check_seconds(poll_interval, "poll_interval") == 0:
+            raise UsageError("poll_interval must be above 0 seconds, e.g. 0.005")
         return self._feed.watch(from_start=from_start, poll_interval=poll_interval)
 
     # --------------------------------------------------------------- history
@@ -225,7 +240,12 @@ class Database(Replica):
         keep working for HLCs inside the window; older ones raise
         ``HistoryCompactedError``.
         """
-        keep = self.options.history_retention_s if retention_s is None else retention_s
+        if retention_s is None:
+            keep = self.options.history_retention_s
+        else:
+            keep = check_seconds(retention_s, "retention_s")
+        if progress is not None and not callable(progress):
+            raise UsageError(f"progress is a function (done, total), not {shown(progress)}")
         horizon_ms = max(0, self.options.clock() - int(keep * 1000))
         with self._engine.lock:
             self._engine.check_no_tx("compact()")

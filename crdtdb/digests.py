@@ -26,6 +26,7 @@ from enum import IntEnum
 from . import merkle
 from ._cache import DocHandle
 from .engine import Engine
+from .errors import UsageError, shown
 from .records import UpdateRecord
 
 __all__ = ["EAGER_DIGESTS", "DigestState", "Digests"]
@@ -80,6 +81,7 @@ class Digests:
     ) -> list[bytes]:
         """The hashes of many Merkle nodes at once, in order, up to date (``flush=False``:
         as the tree stands, stale digests left for :meth:`refresh`)."""
+        _check_nodes(nodes, what)
         engine = self._engine
         with engine.lock:
             engine.check_no_tx(what)
@@ -99,6 +101,10 @@ class Digests:
     def leaf_docs(self, leaf: int, *, flush: bool = True) -> list[tuple[str, bytes]]:
         """(doc_id, digest) of every document in one Merkle leaf, digests up to date
         (``flush=False``: as stored, stale ones too, zeros where none is yet)."""
+        if isinstance(leaf, bool) or not isinstance(leaf, int) or not 0 <= leaf < LEAVES:
+            raise UsageError(
+                f"leaf_docs(): a leaf is a whole number 0..{LEAVES - 1}, not {shown(leaf)}"
+            )
         engine = self._engine
         with engine.lock:
             engine.check_no_tx("leaf_docs()")
@@ -240,6 +246,24 @@ class Digests:
             stale[doc_id] = None
         while len(stale) > 4 * self._engine.cache.capacity:  # the rest is found by their mark
             del stale[next(iter(stale))]
+
+
+LEAVES = merkle.FANOUT**merkle.DEPTH
+
+
+def _check_nodes(nodes: object, what: str) -> None:
+    if not isinstance(nodes, list | tuple):
+        raise UsageError(f"{what}: pass a list of Merkle node numbers, not {shown(nodes)}")
+    for node in nodes:
+        if (
+            isinstance(node, bool)
+            or not isinstance(node, int)
+            or not 0 <= node < 1 << 32
+            or not merkle.valid_node(node)
+        ):
+            raise UsageError(
+                f"{what}: {shown(node)} is not a node of the Merkle tree: use merkle.node_id()"
+            )
 
 
 def add_delta(deltas: dict[int, int], doc_id: str, digest: bytes, old: bytes | None) -> None:

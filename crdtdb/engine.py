@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -37,13 +38,24 @@ from .errors import (
     RegionMismatchError,
     TransactionError,
     UsageError,
+    shown,
 )
-from .hlc import DEFAULT_MAX_OFFSET_MS, Hlc, WallClock, system_wall_ms
+from .hlc import DEFAULT_MAX_OFFSET_MS, MAX_WALL_MS, Hlc, WallClock, system_wall_ms
 from .ids import DocId, RegionId, validate_region
-from .records import UpdateRecord
+from .records import MAX_SQLITE_INT, UpdateRecord
 from .shape import ShapeIds
 
-__all__ = ["ChangeSignal", "Engine", "Listener", "Options", "WriteBody", "load_into"]
+__all__ = [
+    "ChangeSignal",
+    "Engine",
+    "Listener",
+    "Options",
+    "WriteBody",
+    "check_count",
+    "check_limit",
+    "check_seconds",
+    "load_into",
+]
 
 log = logging.getLogger("crdtdb")
 
@@ -54,7 +66,8 @@ WriteBody = Callable[[], tuple[Any, list[UpdateRecord]]]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Options:
-    """How a store is opened. Every field has a default suited to production."""
+    """How a store is opened. Every field has a default suited to production, and is
+    checked when the options are made (a bad value raises UsageError saying what is allowed)."""
 
     cache_size: int = 10_000
     """Documents kept loaded in memory (least recently used are dropped)."""
@@ -72,6 +85,65 @@ class Options:
     :meth:`Database.checkpoint` itself, from a worker thread (the sync daemon does)."""
     clock: WallClock = system_wall_ms
     """Wall-clock milliseconds; injectable for tests."""
+
+    def __post_init__(self) -> None:
+        # Checked here, before a store is opened or created: a typo such as
+        # durability="FULL" must not silently run without fsync.
+        for name, (allowed, wanted) in _OPTION_CHECKS.items():
+            value = getattr(self, name)
+            if not allowed(value):
+                raise UsageError(f"option {name}={shown(value)} is not allowed: use {wanted}")
+
+
+def _whole(low: int, high: int) -> Callable[[object], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+def _seconds(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
+_OPTION_CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "cache_size": (_whole(1, 2**63 - 1), "a whole number of documents >= 1"),
+    "durability": (lambda v: v in ("normal", "full"), "'normal' or 'full'"),
+    "max_clock_offset_ms": (_whole(0, MAX_WALL_MS), "a whole number of milliseconds >= 0"),
+    "history_retention_s": (_seconds, "a finite number of seconds >= 0"),
+    "snapshot_min_bytes": (_whole(0, 2**63 - 1), "a whole number of bytes >= 0"),
+    "wal_autocheckpoint": (_whole(0, 2**31 - 1), "a whole number of WAL pages >= 0"),
+    "clock": (callable, "a function returning wall-clock milliseconds"),
+}
+"""Per field of :class:`Options`: what a value must pass, and what to say if it does not."""
+
+
+def check_count(value: object, what: str) -> int:
+    """A whole number >= 0 the caller passed (a limit, a sequence number), as SQLite can
+    take it: larger ones mean the same as 2**63-1, the largest a store holds."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UsageError(f"{what} must be a whole number >= 0, not {shown(value)}")
+    return min(value, MAX_SQLITE_INT)
+
+
+def check_seconds(value: object, what: str) -> float:
+    """A span of time the caller passed: a finite number of seconds >= 0."""
+    if not _seconds(value):
+        raise UsageError(
+            f"{what}={shown(value)} is not allowed: use a finite number of seconds >= 0"
+        )
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_limit(limit: object, what: str = "limit") -> int | None:
+    """The ``limit`` of a read: None (no limit) or a whole number >= 0."""
+    if limit is None:
+        return None
+    if isinstance(limit, int) and not isinstance(limit, bool) and limit < 0:
+        raise UsageError(f"{what}={limit} is negative: pass a number >= 0, or None for no limit")
+    return check_count(limit, what)
 
 
 class ChangeSignal:
@@ -127,17 +199,16 @@ class Engine:
     """
 
     def __init__(self, path: str | Path, region: str | None, options: Options) -> None:
+        if not isinstance(options, Options):
+            raise UsageError(f"options must be a crdtdb.Options, not {type(options).__name__}")
+        if not isinstance(path, str | os.PathLike):
+            raise UsageError(f"a store's path is a str or a Path, not {type(path).__name__}")
         self.options = options
         self.path = Path(path)
         wanted = validate_region(region) if region is not None else None
         synchronous = "FULL" if options.durability == "full" else "NORMAL"
-        checkpoint = options.wal_autocheckpoint
-        if isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or checkpoint < 0:
-            raise UsageError(
-                f"wal_autocheckpoint must be a number of pages >= 0, not {checkpoint!r}"
-            )
         self.conn = storage.connect(self.path, region=wanted, synchronous=synchronous)
-        self.conn.execute(f"PRAGMA wal_autocheckpoint = {checkpoint}")
+        self.conn.execute(f"PRAGMA wal_autocheckpoint = {options.wal_autocheckpoint}")
         stored = self.meta("region")
         if wanted is not None and stored != wanted:
             self.conn.close()

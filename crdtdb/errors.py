@@ -14,6 +14,8 @@ can report it without parsing messages, and every message says what to do.
 
 from __future__ import annotations
 
+import reprlib
+
 __all__ = [
     "ClientIdCollisionError",
     "ClockSkewError",
@@ -26,6 +28,7 @@ __all__ = [
     "InvalidRegionError",
     "InvalidUpdateError",
     "InvalidValueError",
+    "NoStoreError",
     "NotAStoreError",
     "RegionMismatchError",
     "RemoteDataError",
@@ -36,7 +39,29 @@ __all__ = [
     "StoreReadOnlyError",
     "TransactionError",
     "UsageError",
+    "shown",
 ]
+
+SHOWN_CHARS = 100
+"""How much of a caller's input an error message echoes at most (about)."""
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` for an error message, cut to about :data:`SHOWN_CHARS` characters.
+
+    A message quotes what was wrong so that the caller can find it, but a
+    10 MB string passed by mistake must not come back as a 10 MB message.
+    """
+    if isinstance(value, str | bytes) and len(value) > SHOWN_CHARS:
+        unit = "characters" if isinstance(value, str) else "bytes"
+        return f"{value[:SHOWN_CHARS]!r}... ({len(value)} {unit})"
+    text = _SHORT.repr(value)  # bounded work too: a few items, a few levels deep
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}..."
+
+
+_SHORT = reprlib.Repr()  # keyword arguments only from Python 3.12
+_SHORT.maxlevel = 3
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = SHOWN_CHARS
 
 
 class CrdtdbError(Exception):
@@ -113,6 +138,12 @@ class StoreError(CrdtdbError):
 
 class NotAStoreError(StoreError):
     code = "not_a_store"
+
+
+class NoStoreError(StoreError):
+    """The directory holds no store yet, and no region was named to create one."""
+
+    code = "no_store"
 
 
 class SchemaVersionError(StoreError):

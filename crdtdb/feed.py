@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Iterator
 
-from .engine import Engine, Listener
+from .engine import Engine, Listener, check_count, check_limit
+from .errors import UsageError, shown
 from .hlc import Hlc
 from .ids import validate_region
-from .records import UpdateRecord
+from .records import MAX_SQLITE_INT, UpdateRecord
 
 __all__ = ["ChangeFeed", "Subscription"]
 
@@ -57,6 +58,7 @@ class ChangeFeed:
         only = "" if origin is None else " AND origin = ?"
         extra: tuple[str, ...] = () if origin is None else (validate_region(origin),)
         floor = Hlc(since or 0)
+        limit = check_limit(limit)
         with engine.lock:
             engine.check()
             engine.check_history(floor, "changes(since=...)")
@@ -69,7 +71,8 @@ class ChangeFeed:
         remaining = limit
         # Keyset pagination: (hlc, origin, seq) strictly after the cursor; "\uffff" sorts
         # after every region name, so the first page starts just above ``floor``.
-        cursor: tuple[int, str, int] = (int(floor), "\uffff", 0)
+        # No stored HLC is above 2**63-1 (a signed SQLite INTEGER): nothing is after a later one.
+        cursor: tuple[int, str, int] = (min(int(floor), MAX_SQLITE_INT), "\uffff", 0)
         while remaining is None or remaining > 0:
             page = 1000 if remaining is None else min(1000, remaining)
             with engine.lock:
@@ -90,11 +93,16 @@ class ChangeFeed:
     def records_from(self, origin: str, after_seq: int, limit: int = 1000) -> list[UpdateRecord]:
         """Records of ``origin`` held here with seq above ``after_seq``, in seq order."""
         engine = self._engine
+        checked = (
+            validate_region(origin),
+            check_count(after_seq, "after_seq"),
+            check_count(limit, "limit"),
+        )
         with engine.lock:
             engine.check()
             rows = engine.conn.execute(
                 f"SELECT {_LOG_COLUMNS} FROM log WHERE origin = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (origin, after_seq, limit),
+                checked,
             ).fetchall()
         return [_record(row) for row in rows]
 
@@ -107,6 +115,10 @@ class ChangeFeed:
 
     def subscribe(self, callback: Listener) -> Subscription:
         """Call ``callback(record)`` after each commit this store object sees."""
+        if not callable(callback):
+            raise UsageError(
+                f"subscribe() takes a function called with each UpdateRecord, not {shown(callback)}"
+            )
         self._engine.check()
         listeners = self._engine.signal.listeners
         listeners.append(callback)

@@ -13,12 +13,38 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
-from .engine import Engine
+from .engine import Engine, check_count
+from .errors import CrdtdbError, InvalidHlcError, UsageError, shown
 from .hlc import Hlc, tick
 from .ids import validate_region
-from .records import UpdateRecord
+from .records import MAX_SQLITE_INT, UpdateRecord
 
 __all__ = ["Frontier", "frontier_clocks", "frontier_entries"]
+
+
+def _checked_report(
+    entries: list[tuple[str, int, int]], clocks: list[tuple[str, int]]
+) -> tuple[list[tuple[str, int, int]], list[tuple[str, int]]]:
+    """A frontier report as :meth:`Frontier.note` takes it, every field checked."""
+    try:
+        checked: list[tuple[str, int, int]] = [
+            (validate_region(origin), check_count(seq, "seq"), _stored_hlc(hlc))
+            for origin, seq, hlc in entries
+        ]
+        return checked, [(validate_region(other), _stored_hlc(hlc)) for other, hlc in clocks]
+    except (TypeError, ValueError) as exc:  # not lists of tuples of the right size
+        if isinstance(exc, CrdtdbError):
+            raise
+        raise UsageError(
+            "a frontier report is entries [(origin, seq, hlc)] and clocks [(region, hlc)]"
+        ) from None
+
+
+def _stored_hlc(value: int) -> int:
+    hlc = Hlc(value)
+    if hlc > MAX_SQLITE_INT:
+        raise InvalidHlcError(f"a frontier HLC is at most 2**63-1, not {hlc}")
+    return int(hlc)
 
 
 class Frontier:
@@ -65,6 +91,7 @@ class Frontier:
         origin made none after s with an HLC at or below h. Once we hold 1..s
         too, we hold everything of that origin up to h.
         """
+        entries, clocks = _checked_report(entries, clocks)
         engine = self._engine
         with engine.lock:
             engine.check_no_tx("note_frontier()")
@@ -113,6 +140,8 @@ class Frontier:
         engine = self._engine
         with engine.lock:
             engine.check_no_tx("expect_regions()")
+            if isinstance(regions, str):
+                raise UsageError(f"expect_regions() takes a list of regions, not {shown(regions)}")
             rows = [(validate_region(r),) for r in regions if r != engine.region]
             engine.write(
                 lambda: (

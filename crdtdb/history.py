@@ -22,7 +22,7 @@ from ._cache import DocHandle
 from .engine import Engine
 from .hlc import Hlc
 from .ids import validate_collection, validate_doc_id
-from .records import UpdateRecord
+from .records import MAX_SQLITE_INT, UpdateRecord
 
 if TYPE_CHECKING:
     from .snapshot import Snapshot
@@ -75,6 +75,9 @@ class AsOf:
     def __init__(self, engine: Engine, hlc: Hlc) -> None:
         self._engine = engine
         self.hlc = hlc
+        # What SQLite compares with: no stored HLC is above 2**63-1 (a signed INTEGER),
+        # so a later cut (beyond the year 6429) reads the same as that one.
+        self._cut = min(int(hlc), MAX_SQLITE_INT)
 
     def __repr__(self) -> str:
         return f"<crdtdb.AsOf {self.hlc}>"
@@ -97,7 +100,7 @@ class AsOf:
                 handle.apply(row[0])
             for (payload,) in conn.execute(
                 "SELECT payload FROM log WHERE doc_id = ? AND hlc <= ? ORDER BY id",
-                (doc_id, int(self.hlc)),
+                (doc_id, self._cut),
             ):
                 handle.apply(payload)
             return handle
@@ -116,7 +119,7 @@ class AsOf:
         with db.lock:
             db.check()
             rows = db.conn.execute(
-                "SELECT DISTINCT doc_id FROM log WHERE hlc > ?", (int(self.hlc),)
+                "SELECT DISTINCT doc_id FROM log WHERE hlc > ?", (self._cut,)
             ).fetchall()
         return [row[0] for row in rows]
 
@@ -127,7 +130,7 @@ class AsOf:
             "SELECT doc_id FROM log WHERE doc_id IN ({marks}) GROUP BY doc_id"
             " HAVING min(hlc) > ? AND doc_id NOT IN (SELECT doc_id FROM bases)",
             doc_ids,
-            int(self.hlc),
+            self._cut,
         )
 
     def _matching(self, sql: str, doc_ids: list[str], *params: int) -> set[str]:
@@ -156,7 +159,7 @@ class AsOf:
             "SELECT DISTINCT doc_id FROM log WHERE doc_id IN ({marks}) AND id > ? AND hlc <= ?",
             doc_ids,
             position,
-            int(self.hlc),
+            self._cut,
         )
         return set(doc_ids) - unsettled
 
@@ -175,7 +178,7 @@ class AsOf:
             row = db.conn.execute(
                 "SELECT hlc, origin FROM log WHERE doc_id = ? AND hlc <= ?"
                 " ORDER BY hlc DESC, origin DESC LIMIT 1",
-                (doc_id, int(self.hlc)),
+                (doc_id, self._cut),
             ).fetchone()
             floor = db.compacted_hlc()
         if row is None and not handle.live:

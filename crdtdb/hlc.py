@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from .errors import ClockSkewError, InvalidHlcError
+from .errors import ClockSkewError, InvalidHlcError, shown
 
 __all__ = ["DEFAULT_MAX_OFFSET_MS", "Hlc", "WallClock", "observe", "system_wall_ms", "tick"]
 
@@ -51,9 +51,11 @@ class Hlc(int):
         if isinstance(value, str):
             return cls.parse(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidHlcError(f"an HLC is a non-negative int or its text form, not {value!r}")
+            raise InvalidHlcError(
+                f"an HLC is a non-negative int or its text form, not {shown(value)}"
+            )
         if not 0 <= value < 1 << 64:
-            raise InvalidHlcError(f"HLC {value} is outside 0..2**64-1")
+            raise InvalidHlcError(f"HLC {shown(value)} is outside 0..2**64-1")
         return super().__new__(cls, value)
 
     @classmethod
@@ -72,14 +74,14 @@ class Hlc(int):
         match = _TEXT.fullmatch(text)
         if match is None:
             raise InvalidHlcError(
-                f"cannot read {text!r} as an HLC: write it as 2026-01-31T12:00:00.000Z#0"
+                f"cannot read {shown(text)} as an HLC: write it as 2026-01-31T12:00:00.000Z#0"
                 " or as its integer value"
             )
         seconds_text, _, millis_text = match[1].partition(".")
         try:
             stamp = datetime.strptime(seconds_text, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
         except ValueError as exc:  # well-shaped but impossible, e.g. February 30
-            raise InvalidHlcError(f"cannot read {text!r} as an HLC: {exc}") from None
+            raise InvalidHlcError(f"cannot read {shown(text)} as an HLC: {exc}") from None
         wall_ms = int(stamp.timestamp()) * 1000 + int(millis_text.ljust(3, "0") or 0)
         return cls.from_parts(wall_ms, int(match[2] or 0))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import NewType
 
-from .errors import InvalidDocIdError, InvalidRegionError
+from .errors import InvalidDocIdError, InvalidRegionError, shown
 
 __all__ = [
     "DocId",
@@ -33,7 +33,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (e.g. U+0085 NE
 def validate_collection(name: object) -> str:
     if not isinstance(name, str) or not _COLLECTION.fullmatch(name):
         raise InvalidDocIdError(
-            f"invalid collection {name!r}: use 1-64 characters of letters, digits, '_', '.'"
+            f"invalid collection {shown(name)}: use 1-64 characters of letters, digits, '_', '.'"
             " or '-', not starting with '.' or '-'"
         )
     return name
@@ -48,18 +48,18 @@ def validate_doc_id(doc_id: object) -> DocId:
     collection, sep, key = doc_id.partition("/")
     if not sep or not key:
         raise InvalidDocIdError(
-            f"invalid document id {doc_id!r}: write it as 'collection/key', e.g. 'users/alice'"
+            f"invalid document id {shown(doc_id)}: write it as 'collection/key', e.g. 'users/alice'"
         )
     validate_collection(collection)
     if _CONTROL.search(key) or len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
         raise InvalidDocIdError(
-            f"invalid key in document id {doc_id!r}: at most {MAX_KEY_BYTES} bytes of UTF-8"
+            f"invalid key in document id {shown(doc_id)}: at most {MAX_KEY_BYTES} bytes of UTF-8"
             " with no control characters"
         )
     try:
         key.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidDocIdError(f"document id {doc_id!r} is not valid Unicode text") from None
+        raise InvalidDocIdError(f"document id {shown(doc_id)} is not valid Unicode text") from None
     return DocId(doc_id)
 
 
@@ -70,7 +70,7 @@ def collection_of(doc_id: str) -> str:
 def validate_region(region: object) -> RegionId:
     if not isinstance(region, str) or not _REGION.fullmatch(region):
         raise InvalidRegionError(
-            f"invalid region name {region!r}: use 1-32 lowercase letters, digits, '_' or '-',"
+            f"invalid region name {shown(region)}: use 1-32 lowercase letters, digits, '_' or '-',"
             " starting with a letter or digit (e.g. 'eu', 'us-east')"
         )
     return RegionId(region)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import InvalidRecordError
+from .errors import InvalidRecordError, shown
 from .hlc import Hlc
 from .ids import validate_doc_id, validate_region
 
@@ -63,19 +63,19 @@ class UpdateRecord:
             or not (0 < self.seq <= MAX_SQLITE_INT)
         ):
             raise InvalidRecordError(
-                f"refused record: seq must be a positive int, got {self.seq!r}"
+                f"refused record: seq must be a positive int, got {shown(self.seq)}"
             )
         if (
             isinstance(self.hlc, bool)
             or not isinstance(self.hlc, int)
             or not (0 < self.hlc <= MAX_SQLITE_INT)
         ):
-            raise InvalidRecordError(f"refused record: hlc out of range: {self.hlc!r}")
+            raise InvalidRecordError(f"refused record: hlc out of range: {shown(self.hlc)}")
         if not isinstance(self.update, bytes) or not self.update:
             raise InvalidRecordError("refused record: update must be non-empty bytes")
         if self.kind not in KINDS or isinstance(self.kind, bool):
             raise InvalidRecordError(
-                f"refused record: unknown record kind {self.kind!r}"
+                f"refused record: unknown record kind {shown(self.kind)}"
                 " (0 write, 1 repair, 2 unchecked)"
             )
         object.__setattr__(self, "_checked", True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from . import merkle, storage
 from .digests import Digests
-from .engine import ChangeSignal, Engine
+from .engine import ChangeSignal, Engine, check_count
 from .errors import InvalidUpdateError
 from .feed import ChangeFeed
 from .frontier import Frontier
@@ -55,6 +55,10 @@ class Replica:
 
     def diff(self, doc_id: str, state_vector: bytes = b"\x00") -> bytes:
         """The update a replica at ``state_vector`` is missing (all of it by default)."""
+        if not isinstance(state_vector, bytes):
+            raise InvalidUpdateError(
+                f"a state vector is bytes from state_vector(), not {type(state_vector).__name__}"
+            )
         engine = self._engine
         with engine.lock:
             engine.check_no_tx("diff()")
@@ -148,11 +152,11 @@ class Replica:
     def refresh_digests(self, limit: int = 100) -> int:
         """Bring up to ``limit`` stale digests and their Merkle paths up to date; return how
         many (see :meth:`crdtdb.digests.Digests.refresh`: for a daemon's background work)."""
-        return self._digests.refresh(limit)
+        return self._digests.refresh(check_count(limit, "limit"))
 
     def stale_digests(self, limit: int = 100) -> int:
         """How many documents' digests are stale, counting up to ``limit`` (a quick look)."""
-        return self._digests.stale_count(limit)
+        return self._digests.stale_count(check_count(limit, "limit"))
 
     # -------------------------------------------------------------- frontier
 

@@ -60,6 +60,7 @@ import time
 from pathlib import Path
 
 from .errors import (
+    NoStoreError,
     NotAStoreError,
     SchemaVersionError,
     StoreError,
@@ -189,7 +190,7 @@ def connect(directory: Path, *, region: str | None, synchronous: str) -> sqlite3
         )
     path = directory / STORE_FILE
     if region is None and not path.exists():
-        raise StoreError(
+        raise NoStoreError(
             f"there is no crdtdb store in {directory}: to create one, name its region,"
             " e.g. crdtdb.open(path, region='eu')"
         )
@@ -389,7 +390,7 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
 
 def _create(conn: sqlite3.Connection, path: Path, region: str | None) -> None:
     if region is None:
-        raise StoreError(f"{path} holds no crdtdb store yet: name its region to create one")
+        raise NoStoreError(f"{path} holds no crdtdb store yet: name its region to create one")
     conn.execute("BEGIN IMMEDIATE")
     try:
         # Another process may have created it while we waited for the lock.

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pycrdt import Text
 
 from ._cache import DocHandle
-from .errors import InvalidValueError, TransactionError, UsageError
+from .errors import InvalidValueError, TransactionError, UsageError, shown
 from .hlc import Hlc
 from .ids import validate_doc_id
 from .records import UpdateRecord
@@ -131,13 +131,13 @@ class Transaction:
 
     def _field(self, doc_id: str, field: str, kind: str) -> Any:
         if not isinstance(field, str) or not field:
-            raise InvalidValueError(f"a field name is a non-empty str, not {field!r:.100}")
+            raise InvalidValueError(f"a field name is a non-empty str, not {shown(field)}")
         handle = self._handle(doc_id)
         marked = handle.fields().get(field)
         if marked is not None and marked != kind:
             raise UsageError(
-                f"field {field!r} of {doc_id} is a merged {marked}, not a {kind}: use"
-                f" tx.{marked}({doc_id!r}, {field!r})"
+                f"field {shown(field)} of {shown(doc_id)} is a merged {marked}, not a {kind}: use"
+                f" tx.{marked}({shown(doc_id)}, {shown(field)})"
             )
         if marked is None:
             handle.mark_field(field, kind)
@@ -272,11 +272,11 @@ def assign_field(handle: DocHandle, name: str, kind: str, value: object) -> None
         shared.clear()
     elif kind == "text":
         if not isinstance(value, (str, Text, DocText)):
-            raise InvalidValueError(f"field {name!r} is a merged text: give it a str")
+            raise InvalidValueError(f"field {shown(name)} is a merged text: give it a str")
         _replace_text(shared, (value.to_py() or "") if isinstance(value, Text) else str(value))
     elif kind == "array":
         if not isinstance(value, (list, tuple, DocArray)):
-            raise InvalidValueError(f"field {name!r} is a merged array: give it a list")
+            raise InvalidValueError(f"field {shown(name)} is a merged array: give it a list")
         items = value.to_py() if isinstance(value, DocArray) else list(value)
         if read_json(shared) != items:
             converted = [to_crdt(item, f"$.{name}[{i}]") for i, item in enumerate(items)]
@@ -284,7 +284,7 @@ def assign_field(handle: DocHandle, name: str, kind: str, value: object) -> None
             shared.extend(converted)
     else:
         if not isinstance(value, (Mapping, DocMap)):
-            raise InvalidValueError(f"field {name!r} is a merged map: give it a dict")
+            raise InvalidValueError(f"field {shown(name)} is a merged map: give it a dict")
         entries = dict(value.items())
         current = read_json(shared)
         for key in [k for k in current if k not in entries]:
@@ -318,7 +318,7 @@ def to_crdt_items(value: Mapping[str, Any]) -> list[tuple[str, Any]]:
     items = []
     for key, item in value.items():
         if not isinstance(key, str):
-            raise InvalidValueError(f"key {key!r} is not a str: JSON keys are text")
+            raise InvalidValueError(f"key {shown(key)} is not a str: JSON keys are text")
         items.append((key, item))
     return items
 

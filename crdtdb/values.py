@@ -25,7 +25,7 @@ from typing import Any, TypeAlias, overload
 
 from pycrdt import Array, Map, Text
 
-from .errors import InvalidValueError, TransactionError
+from .errors import SHOWN_CHARS, InvalidValueError, TransactionError, shown
 
 __all__ = [
     "DocArray",
@@ -43,30 +43,49 @@ __all__ = [
 JsonValue: TypeAlias = bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"] | None
 
 _INT_MIN, _INT_MAX = -(1 << 63), (1 << 63) - 1
+MAX_DEPTH = 100
+"""How many levels of dicts and lists one value written may nest."""
 _FLOAT_INT_MIN, _FLOAT_INT_MAX = -float(1 << 63), float(1 << 63)
 
 
-def to_crdt(value: object, path: str = "$") -> Any:
+def _at(path: str) -> str:
+    """Where in a value something is wrong, cut short: keys come from the caller."""
+    return path if len(path) <= SHOWN_CHARS else f"{path[:SHOWN_CHARS]}..."
+
+
+def to_crdt(value: object, path: str = "$", depth: int = 0) -> Any:
     """Validate a JSON-like value and convert it to what pycrdt stores."""
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, int):
         if not _INT_MIN <= value <= _INT_MAX:
-            raise InvalidValueError(f"integer at {path} does not fit in 64 bits: store it as a str")
+            raise InvalidValueError(
+                f"integer at {_at(path)} does not fit in 64 bits: store it as a str"
+            )
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise InvalidValueError(f"{value} at {path} is not a JSON number: use null or a str")
+            raise InvalidValueError(
+                f"{value} at {_at(path)} is not a JSON number: use null or a str"
+            )
         return value
+    if isinstance(value, dict | list | tuple) and depth >= MAX_DEPTH:
+        # Deeper values (or a dict that contains itself) would overflow Python's stack here,
+        # in pycrdt and in every reader; no JSON document needs them.
+        raise InvalidValueError(
+            f"value at {_at(path)} nests more than {MAX_DEPTH} levels deep: flatten it"
+        )
     if isinstance(value, dict):
         items = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise InvalidValueError(f"key {key!r} at {path} is not a str: JSON keys are text")
-            items[key] = to_crdt(item, f"{path}.{key}")
+                raise InvalidValueError(
+                    f"key {shown(key)} at {_at(path)} is not a str: JSON keys are text"
+                )
+            items[key] = to_crdt(item, f"{path}.{key}", depth + 1)
         return Map(items)
     if isinstance(value, (list, tuple)):
-        return Array([to_crdt(item, f"{path}[{i}]") for i, item in enumerate(value)])
+        return Array([to_crdt(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)])
     if isinstance(value, Text):
         if value.is_integrated:
             return Text(str(value))
@@ -76,7 +95,7 @@ def to_crdt(value: object, path: str = "$") -> Any:
     if isinstance(value, DocText):
         return Text(str(value))
     raise InvalidValueError(
-        f"{type(value).__name__} at {path} is not JSON-like: use dict, list, str, int, float,"
+        f"{type(value).__name__} at {_at(path)} is not JSON-like: use dict, list, str, int, float,"
         " bool, None or pycrdt.Text"
     )
 
@@ -163,22 +182,29 @@ class DocText:
     __hash__ = None  # type: ignore[assignment]
 
     def insert(self, index: int, value: str) -> None:
+        """Insert ``value`` before position ``index`` (clamped to the text, as ``list.insert``)."""
         self._guard()
-        self.text.insert(index, value)
+        self.text.insert(_insert_at(index, len(self.text)), _str(value))
 
     def __iadd__(self, value: str) -> DocText:
         self._guard()
-        self.text += value
+        self.text += _str(value)
         self._appended = True
         return self
 
     def __delitem__(self, index: int | slice) -> None:
         self._guard()
-        del self.text[index]
+        start, stop, _ = _span(index, len(self.text), "text", steps=False)
+        if stop > start:
+            del self.text[start:stop]
 
     def __setitem__(self, index: int | slice, value: str) -> None:
         self._guard()
-        self.text[index] = value
+        value = _str(value)
+        if not isinstance(index, slice) and len(value) != 1:
+            raise InvalidValueError("text[i] = s takes one character: replace a slice instead")
+        start, stop, _ = _span(index, len(self.text), "text", steps=False)
+        self.text[start:stop] = value
 
     def to_py(self) -> str:
         return str(self)
@@ -201,12 +227,14 @@ class DocMap(MutableMapping[str, Any]):
 
     def __getitem__(self, key: str) -> Any:
         self._guard()
+        if not isinstance(key, str):  # not there, as in a dict: doc.get(5) is None
+            raise KeyError(key)
         return from_crdt(self._map[key], self._guard, self, key)
 
     def __setitem__(self, key: str, value: object) -> None:
         self._guard()
         if not isinstance(key, str):
-            raise InvalidValueError(f"key {key!r} is not a str: JSON keys are text")
+            raise InvalidValueError(f"key {shown(key)} is not a str: JSON keys are text")
         kind = type(value)
         if (
             kind is str
@@ -222,6 +250,8 @@ class DocMap(MutableMapping[str, Any]):
 
     def __delitem__(self, key: str) -> None:
         self._guard()
+        if not isinstance(key, str):
+            raise KeyError(key)
         del self._map[key]
 
     def __iter__(self) -> Iterator[str]:
@@ -264,21 +294,33 @@ class DocArray(MutableSequence[Any]):
     def __getitem__(self, index: slice) -> list[Any]: ...
     def __getitem__(self, index: int | slice) -> Any:
         self._guard()
-        if isinstance(index, slice):
-            return [from_crdt(item, self._guard) for item in self._array[index]]
-        return from_crdt(self._array[index], self._guard, self, index)
+        start, stop, step = _span(index, len(self._array), "array")
+        if not isinstance(index, slice):
+            return from_crdt(self._array[start], self._guard, self, index)
+        if step == 1:
+            items = self._array[start:stop] if stop > start else []
+        else:
+            items = [self._array[i] for i in range(start, stop, step)]
+        return [from_crdt(item, self._guard) for item in items]
 
     def __setitem__(self, index: Any, value: Any) -> None:
         self._guard()
         if isinstance(index, slice):
             raise InvalidValueError("slice assignment is not supported: delete then insert")
+        position = _span(index, len(self._array), "array")[0]
         if is_same_slot(value, self, index):
             return
-        self._array[index] = to_crdt(value, f"$[{index}]")
+        self._array[position] = to_crdt(value, f"$[{position}]")
 
     def __delitem__(self, index: int | slice) -> None:
         self._guard()
-        del self._array[index]
+        start, stop, step = _span(index, len(self._array), "array")
+        if step == 1:
+            if stop > start:
+                del self._array[start:stop]
+            return
+        for position in sorted(range(start, stop, step), reverse=True):
+            del self._array[position]
 
     def __len__(self) -> int:
         self._guard()
@@ -286,10 +328,8 @@ class DocArray(MutableSequence[Any]):
 
     def insert(self, index: int, value: object) -> None:
         self._guard()
-        length = len(self._array)
-        if index < 0:
-            index = max(0, length + index)
-        self._array.insert(min(index, length), to_crdt(value, f"$[{index}]"))
+        position = _insert_at(index, len(self._array))
+        self._array.insert(position, to_crdt(value, f"$[{position}]"))
 
     def append(self, value: object) -> None:
         self._guard()
@@ -309,3 +349,47 @@ class DocArray(MutableSequence[Any]):
             return f"DocArray({self.to_py()!r})"
         except TransactionError:
             return "DocArray(<transaction ended>)"
+
+
+# Positions in live views, checked as Python's own sequences check them: a bad type is an
+# InvalidValueError (a TypeError), a position outside is an IndexError (what iteration and
+# the Sequence protocol rely on), never a panic of the Rust library below.
+
+
+def _position(index: object, what: str, kinds: str = "ints or slices") -> int:
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise InvalidValueError(f"{what} positions are {kinds}, not {shown(index)}")
+    return index
+
+
+def _insert_at(index: object, length: int) -> int:
+    position = _position(index, "insert", "ints")
+    return max(0, length + position) if position < 0 else min(position, length)
+
+
+def _span(index: object, length: int, what: str, *, steps: bool = True) -> tuple[int, int, int]:
+    """(start, stop, step) of ``index``, a position (one item) or a slice, within ``length``."""
+    if isinstance(index, slice):
+        if not steps and index.step not in (None, 1):
+            raise InvalidValueError(f"{what} slices take no step")
+        for bound in (index.start, index.stop, index.step):
+            if bound is not None:
+                _position(bound, what)
+        if index.step == 0:
+            raise InvalidValueError(f"{what} slices take a step other than 0")
+        start, stop, step = index.indices(length)
+        return start, stop, step
+    position = _position(index, what)
+    if position < 0:
+        position += length
+    if not 0 <= position < length:
+        raise IndexError(f"{what} index out of range")
+    return position, position + 1, 1
+
+
+def _str(value: object) -> str:
+    if isinstance(value, DocText):
+        return str(value)
+    if not isinstance(value, str):
+        raise InvalidValueError(f"a text takes str, not {type(value).__name__}")
+    return value

@@ -19,7 +19,7 @@ from . import merkle
 from ._cache import DocHandle
 from .digests import Digests, DigestState
 from .engine import Engine
-from .errors import ClientIdCollisionError, InvalidRecordError, InvalidUpdateError
+from .errors import ClientIdCollisionError, InvalidRecordError, InvalidUpdateError, shown
 from .frontier import Frontier
 from .hlc import Hlc, observe, tick
 from .ids import collection_of
@@ -160,7 +160,14 @@ class Writer:
 
     def apply_remote_many(self, records: list[UpdateRecord]) -> int:
         """Apply a batch of remote records in one transaction; return how many were new."""
+        if not isinstance(records, list | tuple):
+            raise InvalidRecordError(f"pass a list of UpdateRecord, not {shown(records)}")
         for record in records:
+            if not isinstance(record, UpdateRecord):
+                raise InvalidRecordError(
+                    f"refused record: an UpdateRecord (from changes() or records_from() of"
+                    f" a replica) is expected, not {type(record).__name__}"
+                )
             record.validated()
         engine = self._engine
         with engine.lock:

@@ -9,6 +9,7 @@ the process stops, even by SIGKILL.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from crdtdb.database import open as open_db
 
-from .config import load_config
+from .config import ConfigError, RegionConfig, load_config
 from .node import Replicator
 
 __all__ = ["serve"]
@@ -24,6 +25,7 @@ __all__ = ["serve"]
 
 async def _serve(config_path: Path) -> int:
     config = load_config(config_path)
+    _check_tls_files(config, config_path)  # before the data directory is created
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_quiet_abandoned_handshakes)
@@ -36,9 +38,27 @@ async def _serve(config_path: Path) -> int:
         wal_autocheckpoint=0,  # the replicator checkpoints from a worker thread
     ) as db:
         replicator = Replicator(db, config, manage_gc=True)
-        await replicator.run(stop)
+        try:
+            await replicator.run(stop)
+        except OSError as exc:
+            if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+                raise
+            raise ConfigError(
+                f"cannot listen on {config.host}:{config.port} ({exc.strerror}): stop what"
+                f" uses it, or change listen in {config_path}"
+            ) from None
     logging.getLogger("crdtdb.sync").info("%s: stopped", config.region)
     return 0
+
+
+def _check_tls_files(config: RegionConfig, config_path: Path) -> None:
+    for name in ("ca", "cert", "key"):
+        path: Path = getattr(config.tls, name)
+        if not path.is_file():
+            raise ConfigError(
+                f"[tls] {name}: no file at {path}: fix the path in {config_path}, or make it"
+                " with `crdtdb certs init` / `crdtdb certs issue`"
+            )
 
 
 def _quiet_abandoned_handshakes(
