@@ -108,9 +108,11 @@ def test_bad_retention_and_far_cuts(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_status_and_demo_given_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     a_file = tmp_path / "notes.txt"
     a_file.write_text("keep me")
-    for command in ("status", "demo"):
-        code, _, err = run(capsys, command, a_file)
-        assert code == 2 and one_error(err) and "is a file" in err, err
+    code, _, err = run(capsys, "status", a_file)
+    assert code == 2 and one_error(err) and "is a file" in err, err
+    for demo in (["demo", "--keep"], ["demo", "--embedded", "--keep"]):  # the demo takes no DIR
+        code, _, err = run(capsys, *demo, a_file)
+        assert code == 2 and one_error(err) and "is not a directory" in err, err
     assert a_file.read_text() == "keep me"
 
 
