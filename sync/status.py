@@ -139,24 +139,24 @@ def show_status(
     return 0 if down is None else 1
 
 
-_COLUMNS = (
-    "peer",
-    "state",
-    "last contact",
-    "in",
-    "out",
-    "records in",
-    "it lacks",
-    "lag",
-    "we lack",
-    "rounds",
-    "repairs",
-    "last error",
-)
+_COLUMNS = ("peer", "state", "heard", "bytes in", "bytes out", "it lacks", "lag", "we lack",
+            "rounds", "repairs")  # fmt: skip
+"""The ``--watch`` table: "heard" is the last contact (seconds ago); "it lacks" the records
+the peer lacks, "lag" the age of the oldest of them; "we lack" what it has that we lack;
+anti-entropy rounds and the documents they repaired here. Last errors follow the table."""
+
+
+def _short(count: float) -> str:
+    """1234567 -> '1.2M': numbers that fit a narrow column."""
+    for unit in ("", "k", "M", "G"):
+        if abs(count) < 1000:
+            return f"{count:.0f}{unit}" if unit == "" else f"{count:.1f}{unit}"
+        count /= 1000
+    return f"{count:.1f}T"
 
 
 def _table(path: Path) -> Any:
-    """The per-peer table of ``--watch`` (a rich renderable)."""
+    """What ``--watch`` draws: the headline, the clocks, the per-peer table, last errors."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -168,28 +168,29 @@ def _table(path: Path) -> Any:
         return Text(f"{exc}  (watching; Ctrl-C to stop)", style="yellow")
     down = down_reason(status, now)
     head = Text(_headline(status, now, down), style="bold" if down is None else "bold red")
-    table = Table(box=None, header_style="bold")
+    table = Table(box=None, header_style="bold", padding=(0, 1, 0, 0), pad_edge=False)
     for column in _COLUMNS:
         table.add_column(column, justify="left" if column in ("peer", "state") else "right")
+    errors = []
     for peer in status["peers"]:
         lag = peer.get("lag_records")
         connected = peer["connected"] and down is None
         table.add_row(
             peer["region"],
-            Text("connected" if connected else "DOWN", style="green" if connected else "red"),
-            _ago(peer["last_contact"], now),
-            f"{peer['bytes_in']:,} B",
-            f"{peer['bytes_out']:,} B",
-            f"{peer.get('records_in', 0):,}",
-            "?" if lag is None else f"{sum(lag.values()):,}",
+            Text("up" if connected else "DOWN", style="green" if connected else "red"),
+            _ago(peer["last_contact"], now).removesuffix(" ago"),
+            _short(peer["bytes_in"]),
+            _short(peer["bytes_out"]),
+            "?" if lag is None else _short(sum(lag.values())),
             "?" if lag is None else f"{peer.get('lag_seconds', 0.0):.1f}s",
-            f"{peer.get('behind_records', 0):,}",
-            str(peer["rounds"]),
-            str(peer["repairs"]),
-            Text(peer.get("last_error") or "", overflow="fold"),
+            _short(peer.get("behind_records", 0)),
+            _short(peer["rounds"]),
+            _short(peer["repairs"]),
         )
+        if peer.get("last_error"):
+            errors.append(Text(f"{peer['region']}: last error: {peer['last_error']}", "yellow"))
     clocks = Text(f"hlc {status['hlc']}  frontier {status.get('frontier', '?')}", style="dim")
-    return Group(head, clocks, table)
+    return Group(head, clocks, table, *errors)
 
 
 def _watch(path: Path, interval: float) -> int:

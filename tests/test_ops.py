@@ -358,3 +358,37 @@ def test_a_store_that_refuses_writes_is_unhealthy(tmp_path: Path, certs: Path) -
 
     asyncio.run(scenario())
 
+
+
+def test_watch_draws_the_per_peer_table(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from crdtdb.sync.status import _table
+
+    peer = {"region": "us", "connected": True, "last_contact": time.time() - 0.5,
+            "bytes_in": 1234, "bytes_out": 5678, "records_in": 40, "rounds": 3, "repairs": 1,
+            "lag_records": {"eu": 2}, "lag_seconds": 0.25, "behind_records": 0,
+            "last_error": None}
+    status = {"region": "eu", "state": "running", "listen": "127.0.0.1:7401",
+              "pid": os.getpid(), "time": time.time(), "hlc": "h", "frontier": "f",
+              "peers": [peer]}
+    (tmp_path / STATUS_FILE).write_text(json.dumps(status))
+    console = Console(record=True, width=160)
+    console.print(_table(tmp_path / STATUS_FILE))
+    text = console.export_text()
+    assert text.startswith("region eu listening on 127.0.0.1:7401")
+    header = next(line for line in text.splitlines() if line.lstrip().startswith("peer"))
+    assert header.split()[:4] == ["peer", "state", "heard", "bytes"] and "repairs" in header
+    row = next(line for line in text.splitlines() if line.lstrip().startswith("us "))
+    assert row.split() == ["us", "up", "0.5s", "1.2k", "5.7k", "2", "0.2s", "0", "3", "1"]
+    (tmp_path / STATUS_FILE).write_text(json.dumps({**status, "state": "stopped"}))
+    console = Console(record=True, width=160)
+    console.print(_table(tmp_path / STATUS_FILE))
+    text = console.export_text()
+    assert "NOT RUNNING: stopped cleanly" in text and " DOWN " in text
+
+
+def test_watch_refuses_a_useless_interval(tmp_path: Path) -> None:
+    from crdtdb import cli
+
+    assert cli.main(["status", str(tmp_path), "--watch", "--interval", "0"]) == 2
