@@ -26,9 +26,14 @@ The metrics (``peer`` is the peer region's name):
 ``crdtdb_anti_entropy_repaired_documents_total`` counter  documents repaired here by those rounds
 ``crdtdb_peer_up``                             gauge      1 while a session with ``peer`` is up
 ``crdtdb_frontier_age_seconds``                gauge      now minus the global frontier
-                                                          (``db.frontier()``)
-``crdtdb_refused_total``                       counter    peers' messages or connections refused,
-                                                          by ``reason`` (the error code)
+                                                          (``db.frontier()``); since 1970 until
+                                                          every region's clock was gossiped
+``crdtdb_refused_total``                       counter    sessions closed on an error, by
+                                                          ``reason``: the error code
+                                                          (``bad_frame``, ``peer_auth``,
+                                                          ``bad_region``...), or
+                                                          ``tls_handshake`` for a dial whose
+                                                          TLS handshake failed
 ``crdtdb_wal_bytes``                           gauge      size of the store's write-ahead log
 =============================================  =========  ======================================
 
