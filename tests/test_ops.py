@@ -326,8 +326,8 @@ def test_healthz_fails_while_the_event_loop_does_not_answer(
         with crdtdb.open(tmp_path / "eu", region="eu") as db:
             health.loop = loop
             health.replicator = Replicator(db, region_config(tmp_path, certs, "eu", []))
-            assert health() is None
-            loop.call_soon_threadsafe(time.sleep, 1.0)  # the loop is stuck for a second
+            wait_until(lambda: health() is None, 10, "the loop to answer")
+            loop.call_soon_threadsafe(time.sleep, 2.0)  # the loop is stuck for two seconds
             assert health() == "the event loop did not answer within 0.2 s"
             wait_until(lambda: health() is None, 10, "the loop to answer again")
     finally:
