@@ -177,7 +177,16 @@ def _sync(module: str) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    code: int = _sync("daemon").serve(Path(args.config), verbose=args.verbose)
+    daemon = _sync("daemon")
+    if args.check:
+        checked: int = daemon.check_config(Path(args.config))
+        return checked
+    code: int = daemon.serve(
+        Path(args.config),
+        log_level=args.log_level,
+        log_format=args.log_format,
+        verbose=args.verbose,
+    )
     return code
 
 
@@ -189,7 +198,9 @@ def _not_a_file(path: str, wanted: str) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     if not args.target.endswith(".toml"):
         _not_a_file(args.target, "the region's data directory or its .toml config")
-    code: int = _sync("status").show_status(args.target, as_json=args.json)
+    code: int = _sync("status").show_status(
+        args.target, as_json=args.json, watch=args.watch, interval=args.interval
+    )
     return code
 
 
@@ -300,7 +311,7 @@ def _parser() -> argparse.ArgumentParser:
         description="run the sync daemon of one region",
     )
     p.add_argument("--config", required=True, help="the region's TOML config file")
-    p.add_argument("--verbose", action="store_true")
+    _add_serve_options(p)
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser(
         "status",
@@ -309,6 +320,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("target", metavar="DIR|CONFIG", help="data directory or config file")
     p.add_argument("--json", action="store_true", help="print the raw status JSON")
+    p.add_argument(
+        "--watch", action="store_true", help="show the per-peer table, refreshed in place"
+    )
+    p.add_argument(
+        "--interval", type=float, default=1.0, metavar="SECONDS", help="--watch refresh period"
+    )
     p.set_defaults(func=cmd_status)
     _add_certs(sub)
     for name, summary in (
@@ -349,6 +366,27 @@ def _add_demo(sub: Any) -> None:
         help="instead: the two-store walkthrough in one process (merge, delete, time travel)",
     )
     p.set_defaults(func=cmd_demo)
+
+
+def _add_serve_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="check the config, its certificates, data directory and ports; then exit",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="least severe log lines shown (default: info; debug also shows aioquic's)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines for people (text, default) or one JSON object per line",
+    )
+    p.add_argument("--verbose", action="store_true", help="the same as --log-level debug")
 
 
 def _add_certs(sub: Any) -> None:

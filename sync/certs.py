@@ -8,6 +8,10 @@ What this module owns:
   SubjectAlternativeName ``REGION.crdtdb`` (plus loopback names, or whatever
   hosts the operator gives), usable for both TLS server and client auth;
 - the peer proof (``sign_challenge`` / ``verify_peer``);
+- the check a daemon makes of its own files before it serves
+  (``check_own_files``: readable, CA, certificate, key and region agreeing),
+  so that a misconfiguration is refused at start, with its cause, rather
+  than seen by the peers as "bad signature" forever;
 - what ``crdtdb certs`` (in :mod:`crdtdb.cli`) reports about the files it
   wrote (``summary``).
 
@@ -71,6 +75,8 @@ __all__ = [
     "CertStoreError",
     "CertificateExistsError",
     "PeerAuthError",
+    "TlsFilesError",
+    "check_own_files",
     "init_ca",
     "issue",
     "new_nonce",
@@ -114,6 +120,12 @@ class CertificateExistsError(CertStoreError):
     """A key or certificate is already there; nothing was overwritten."""
 
     code = "cert_exists"
+
+
+class TlsFilesError(UsageError):
+    """A region's own CA, certificate or key does not fit its config (checked at start)."""
+
+    code = "tls_files"
 
 
 # -- time, names and files ---------------------------------------------------------------------
@@ -611,3 +623,100 @@ def verify_peer(
         raise PeerAuthError(f"certificate is for region {region!r} but the peer claims {claimed!r}")
     _check_policy(cert, cas, when)
     _check_signature(cert, signature, _transcript(server, claimed, server_nonce, client_nonce))
+
+
+# -- a daemon's own files, checked before it serves --------------------------------------------
+
+
+def _read_pem(path: Path, key: str, region: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise TlsFilesError(
+            f"[tls] {key}: no file at {path} (the cluster CA and each region's certificate"
+            f" and key are made by `crdtdb certs init DIR` and `crdtdb certs issue DIR {region}`)"
+        ) from None
+    except OSError as exc:
+        raise TlsFilesError(f"[tls] {key}: cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _own_cert(pem: bytes, path: Path) -> x509.Certificate:
+    try:
+        return _load_peer_cert(pem)
+    except PeerAuthError:
+        raise TlsFilesError(f"[tls] cert: {path} is not a PEM certificate") from None
+
+
+def _own_key(pem: bytes, path: Path, cert: x509.Certificate, cert_path: Path) -> None:
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise TlsFilesError(f"[tls] key: {path} is not an unencrypted PEM private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise TlsFilesError(
+            f"[tls] key: {path} is not an ECDSA key: issue one with `crdtdb certs issue`"
+        )
+    if key.public_key() != cert.public_key():
+        raise TlsFilesError(
+            f"[tls] key: {path} is not the key of the certificate {cert_path}: point cert and"
+            " key at the two files one `crdtdb certs issue` made"
+        )
+
+
+def _own_identity(cert: x509.Certificate, cert_path: Path, region: str) -> None:
+    try:
+        found = _region_of(cert)
+    except PeerAuthError as exc:
+        raise TlsFilesError(f"[tls] cert: {cert_path}: {exc}") from None
+    if found != region:
+        raise TlsFilesError(
+            f"[tls] cert: {cert_path} is for region {found!r}, but this config's region is"
+            f" {region!r}: point cert and key at {region}'s files (`crdtdb certs issue DIR"
+            f" {region}` makes them)"
+        )
+
+
+def check_own_files(
+    *, region: str, ca: Path, cert: Path, key: Path, now: datetime | None = None
+) -> dict[str, str]:
+    """Check a region's own TLS files before its daemon serves; raise ``TlsFilesError``.
+
+    Each file must be readable; ``ca`` must hold CA certificates; ``cert`` must be
+    a region certificate signed by one of them, valid now, for ``region``, and
+    ``key`` its key. Returns what was found (region, issuer, expiry), for humans.
+    """
+    when = _utc(now)
+    ca_pem, cert_pem, key_pem = (
+        _read_pem(path, name, region) for name, path in (("ca", ca), ("cert", cert), ("key", key))
+    )
+    try:
+        cas = _load_cas(ca_pem)
+    except PeerAuthError as exc:
+        raise TlsFilesError(f"[tls] ca: {ca}: {exc}") from None
+    certificate = _own_cert(cert_pem, cert)
+    _own_key(key_pem, key, certificate, cert)
+    if _is_ca(certificate):
+        raise TlsFilesError(f"[tls] cert: {cert} is a CA certificate, not a region's")
+    try:
+        issuer = _check_issuer(certificate, cas)
+    except PeerAuthError:
+        raise TlsFilesError(
+            f"[tls] cert: {cert} (issued by {certificate.issuer.rfc4514_string()}) is not"
+            f" signed by the CA in {ca}: the peers would refuse it; issue it from the"
+            " cluster's CA, or point ca at the CA the other regions use"
+        ) from None
+    try:
+        _check_dates(issuer, f"the cluster CA {ca}", when, "create a new CA and reissue")
+        _check_dates(certificate, f"the certificate {cert}", when, "issue it anew")
+    except PeerAuthError as exc:
+        raise TlsFilesError(f"[tls] {exc}") from None
+    _own_identity(certificate, cert, region)
+    try:
+        _check_policy(certificate, cas, when)
+    except PeerAuthError as exc:
+        raise TlsFilesError(f"[tls] cert: {cert}: {exc}") from None
+    return {
+        "region": region,
+        "issuer": issuer.subject.rfc4514_string(),
+        "not_valid_after": certificate.not_valid_after_utc.isoformat(),
+    }

@@ -3,6 +3,15 @@
 Every key, its default, and what it means is documented in the README; paths
 are relative to the config file. Unknown keys are refused (a typo would
 otherwise silently fall back to a default), and so are missing required ones.
+
+The ``[metrics]`` table (optional; without it nothing is served):
+
+- ``listen = "127.0.0.1:9464"``: HOST:PORT of the daemon's HTTP endpoint:
+  ``/metrics`` (Prometheus text format: commits, records and bytes per peer,
+  replication lag, anti-entropy, peer up/down, frontier age, refusals, WAL
+  size) and ``/healthz`` (200 while the store is writable and the daemon's
+  event loop answers, else 503 with the reason). It has no authentication:
+  bind it to loopback or a private interface.
 """
 
 from __future__ import annotations
@@ -59,10 +68,12 @@ class RegionConfig:
     reconnect_min: float = 0.2
     reconnect_max: float = 10.0
     poll_interval: float = 0.005
+    metrics_listen: tuple[str, int] | None = None
+    """``[metrics] listen``: where ``/metrics`` and ``/healthz`` are served (None: not)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-_TOP = {"region", "data_dir", "listen", "tls", "peers", "sync"}
+_TOP = {"region", "data_dir", "listen", "tls", "peers", "sync", "metrics"}
 _SYNC = {
     "anti_entropy_interval": float,
     "max_clock_offset_ms": int,
@@ -132,6 +143,16 @@ def _sync_options(table: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _metrics_listen(value: object) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    table = _table(value, "[metrics]")
+    _unknown(table, {"listen"}, "[metrics]")
+    if "listen" not in table:
+        raise ConfigError("[metrics]: the key 'listen' is required, e.g. '127.0.0.1:9464'")
+    return parse_address(table["listen"], "[metrics] listen")
+
+
 def _peers(value: object, region: str) -> tuple[PeerConfig, ...]:
     if not isinstance(value, list):
         raise ConfigError("peers must be an array of tables: write each peer as [[peers]]")
@@ -187,5 +208,6 @@ def load_config(path: Path) -> RegionConfig:
         port=port,
         tls=tls,
         peers=_peers(raw.get("peers", []), region),
+        metrics_listen=_metrics_listen(raw.get("metrics")),
         **_sync_options(_table(raw.get("sync", {}), "[sync]")),
     )

@@ -14,6 +14,11 @@ that close with a number (a QUIC application error code: 0 stays "no error").
 They also slot into the core tree: a remote error is a
 :class:`crdtdb.errors.RemoteDataError`, a local one a
 :class:`crdtdb.errors.UsageError`, so ``except CrdtdbError`` catches them too.
+
+:class:`StartupError` is the odd one out: not a message but the machine. A
+daemon cannot start as configured (its data directory is already served by
+another daemon, its port is taken); nothing was changed, and the message says
+what to do.
 """
 
 from __future__ import annotations
@@ -24,7 +29,13 @@ from typing import Final
 
 from crdtdb.errors import CrdtdbError, RemoteDataError, UsageError
 
-__all__ = ["ERROR_CODES", "LocalProtocolError", "ProtocolError", "RemoteProtocolError"]
+__all__ = [
+    "ERROR_CODES",
+    "LocalProtocolError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "StartupError",
+]
 
 ERROR_CODES: Final[Mapping[str, int]] = MappingProxyType(
     {
@@ -69,3 +80,9 @@ class RemoteProtocolError(ProtocolError, RemoteDataError):
 
 class LocalProtocolError(ProtocolError, UsageError):
     """We were asked to build or send an invalid message; nothing was sent."""
+
+
+class StartupError(CrdtdbError):
+    """The daemon cannot start here and now (data directory in use, port taken)."""
+
+    code = "startup"

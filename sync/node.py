@@ -33,7 +33,16 @@ may run it in its own process too.
   every few seconds.
 - Status (per peer: connected, last contact, bytes, rounds, repairs, lag) is
   written atomically to ``DATA_DIR/sync-status.json`` every second for
-  ``crdtdb status``.
+  ``crdtdb status``; "last contact" is when the peer was last heard from,
+  heartbeats included. What happens is also reported, as it happens, to an
+  :class:`~.observe.Observer` (the daemon's metrics).
+- What an operator must act on is logged once, at WARNING, where it is seen:
+  a dial the peer's TLS refused says why (say, its certificate is for another
+  region than the config names), repeated only when the reason changes or
+  once a minute; a peer that should dial us and has not for a while is named,
+  with what to check, instead of being waited for silently.
+- A store write that fails (the heartbeat, every ``heartbeat_interval``) is
+  logged and kept in :meth:`Replicator.store_health` for ``/healthz``.
 """
 
 from __future__ import annotations
@@ -54,10 +63,14 @@ from crdtdb.database import Database
 from crdtdb.errors import CrdtdbError
 from crdtdb.follow import LogWatcher
 from crdtdb.hlc import Hlc
+from crdtdb.storage import wal_path
 
 from . import wire
 from .certs import sign_challenge, verify_peer
 from .config import RegionConfig
+from .logs import Repeats
+from .observe import Observer
+from .preflight import bind_error
 from .session import (
     AntiEntropyDone,
     Closed,
@@ -68,8 +81,8 @@ from .session import (
     SyncSession,
 )
 from .status import STATUS_FILE
-from .store import Intent, Outcome
-from .transport import SessionProtocol, dial, listen
+from .store import ApplyRecords, Intent, Outcome
+from .transport import HandshakeRefused, SessionProtocol, dial, listen
 from .writer import StoreWriter
 
 __all__ = ["STATUS_FILE", "PeerStatus", "Replicator"]
@@ -92,6 +105,12 @@ GC_QUIET = 1.0
 """Seconds without log growth after which a daemon runs a full garbage collection."""
 GC_LONGEST = 60.0
 """Longest time between two full garbage collections of a daemon, however busy."""
+NOT_DIALED_AFTER = 5.0
+"""Seconds (at least; else twice ``reconnect_max``) that a peer which dials us may stay
+away before we say so: it may not list us as its peer, and would never dial."""
+STORE_STALL = 5.0
+"""Seconds (at least; else five heartbeats) without a successful store write after which
+the store counts as not writable."""
 
 
 @dataclass(slots=True)
@@ -113,11 +132,29 @@ class PeerStatus:
 class Replicator:
     """Keeps one region's store in sync with its peers until stopped."""
 
-    def __init__(self, db: Database, config: RegionConfig, *, manage_gc: bool = False) -> None:
+    def __init__(
+        self,
+        db: Database,
+        config: RegionConfig,
+        *,
+        manage_gc: bool = False,
+        observer: Observer | None = None,
+    ) -> None:
         """``manage_gc``: this process is ours (the daemon), so schedule Python's full
         garbage collections (see :meth:`_collect_garbage_loop`); leave it False when
-        running inside an application."""
+        running inside an application. ``observer`` hears what happens (metrics)."""
         self.db = db
+        self.observer = observer or Observer()
+        self._timing = type(self.observer) is not Observer  # record lags cost a little
+        self._counted: dict[SessionProtocol, tuple[int, int, int]] = {}
+        """Per session, the (bytes in, bytes out, records out) reported to the observer."""
+        self._dial_repeats = Repeats()
+        self._catching_up: set[str] = set()
+        self._own_seq = 0
+        self.store_ok_at = time.monotonic()
+        """When (monotonic) a store write last succeeded."""
+        self.store_problem: str | None = None
+        """Why the last store write failed (None: it did not)."""
         self.manage_gc = manage_gc
         self.full_collections = 0
         self.checkpoints = 0
@@ -195,44 +232,105 @@ class Replicator:
         )
         status = self.peers.setdefault(name, PeerStatus(name)) if name else None
         if status is not None:
-            status.last_contact = time.time()
+            status.last_contact = _wall(session.last_heard)
             status.bytes_in, status.bytes_out = session.bytes_in, session.bytes_out
         if isinstance(event, Established):
-            self._replace_protocol(protocol, event.peer)
             assert status is not None
-            status.connected = True
-            status.last_error = None
-            log.info("%s: connected to %s", self.region, who)
+            self._established(protocol, status, who)
         elif isinstance(event, RecordsReceived) and status is not None:
             status.records_in += event.received
+            self.observer.records_received(event.peer, event.received, event.applied)
             self._log_progress(session, event.peer)
         elif isinstance(event, AntiEntropyDone) and status is not None:
-            status.rounds += 1
-            status.repairs += event.repaired_docs
-            if event.repaired_docs:
-                log.info(
-                    "%s: anti-entropy with %s repaired %d documents",
-                    self.region,
-                    who,
-                    event.repaired_docs,
-                )
+            self._round_done(event, status, who)
         elif isinstance(event, Closed):
-            if protocol in self.protocols:
-                self.protocols.discard(protocol)
-                if status is not None:
-                    status.peer_holds = session.peer_holds()
-                    status.connected = any(
-                        p.session and p.session.peer == name for p in self.protocols
-                    )
-                    status.last_error = event.reason if event.error is not None else None
-            level = logging.INFO if event.error is None and trusted else logging.WARNING
-            log.log(level, "%s: session with %s closed: %s", self.region, who, event.reason)
+            self._closed(protocol, event, status, who)
+
+    def _established(self, protocol: SessionProtocol, status: PeerStatus, who: str) -> None:
+        peer = status.region
+        self._replace_protocol(protocol, peer)
+        status.connected = True
+        status.last_error = None
+        self._account(protocol)
+        self.observer.peer_up(peer, True)
+        self._dial_repeats.clear(peer)
+        unlisted = "" if any(p.region == peer for p in self.config.peers) else " (not in our peers)"
+        log.info(
+            "%s: connected to %s%s",
+            self.region,
+            who,
+            unlisted,
+            extra={"event": "peer_connected", "peer": peer},
+        )
+
+    def _round_done(self, event: AntiEntropyDone, status: PeerStatus, who: str) -> None:
+        status.rounds += 1
+        status.repairs += event.repaired_docs
+        self.observer.round_done(event.peer, event.repaired_docs)
+        log.log(
+            logging.INFO if event.repaired_docs else logging.DEBUG,  # a clean round is routine
+            "%s: anti-entropy with %s repaired %d documents (%d messages)",
+            self.region,
+            who,
+            event.repaired_docs,
+            event.messages,
+            extra={"event": "repair_round", "peer": event.peer, "repaired": event.repaired_docs},
+        )
+
+    def _closed(
+        self, protocol: SessionProtocol, event: Closed, status: PeerStatus | None, who: str
+    ) -> None:
+        session = protocol.session
+        assert session is not None
+        trusted = protocol in self.protocols
+        if trusted:
+            self._account(protocol)
+            self.protocols.discard(protocol)
+            if status is not None:
+                status.peer_holds = session.peer_holds()
+                status.connected = any(
+                    p.session and p.session.peer == status.region for p in self.protocols
+                )
+                status.last_error = event.reason if event.error is not None else None
+                self.observer.peer_up(status.region, status.connected)
+        self._counted.pop(protocol, None)
+        if event.error is not None:
+            self.observer.refused(event.error.code)
+        kind = "peer_refused" if event.error is not None else "peer_lost" if trusted else None
+        level = logging.INFO if event.error is None and trusted else logging.WARNING
+        log.log(
+            level,
+            "%s: session with %s closed: %s",
+            self.region,
+            who,
+            event.reason,
+            extra={
+                "event": kind or "handshake_failed",
+                "peer": status.region if status else None,
+            },
+        )
+
+    def _account(self, protocol: SessionProtocol) -> None:
+        """Report to the observer the session's traffic since the last report."""
+        session = protocol.session
+        if session is None or session.peer is None:
+            return
+        counts = (session.bytes_in, session.bytes_out, session.records_out)
+        before = self._counted.get(protocol, (0, 0, 0))
+        if counts != before:
+            self._counted[protocol] = counts
+            bytes_in, bytes_out, records_out = (a - b for a, b in zip(counts, before, strict=True))
+            self.observer.traffic(session.peer, bytes_in, bytes_out, records_out)
 
     def _performed(self, protocol: SessionProtocol, intent: Intent, outcome: Outcome) -> None:
         """Hand a write's outcome back to its session (on the loop), and send what follows."""
         session = protocol.session
         if session is None or session.state == "closed":
             return
+        if self._timing and isinstance(intent, ApplyRecords) and outcome.error is None:
+            now_ms = time.time() * 1000
+            lags = [(now_ms - record.hlc.wall_ms) / 1000 for record in intent.records]
+            self.observer.record_lags(session.peer or "?", lags)
         session.performed(intent, outcome, asyncio.get_running_loop().time())
         protocol.flush()
 
@@ -254,37 +352,72 @@ class Replicator:
         )
 
     def _log_progress(self, session: SyncSession, name: str) -> None:
+        """A line every 2 s while a peer has records we lack (a bootstrap, a backlog)."""
         now = time.monotonic()
         if now - self._last_progress_log < 2.0:
             return
         self._last_progress_log = now
         behind = self._behind(session)
         if behind:
+            self._catching_up.add(name)
             log.info(
                 "%s: catching up from %s: %d records received, %d behind",
                 self.region,
                 name,
                 self.peers[name].records_in,
                 behind,
+                extra={"event": "bootstrap_progress", "peer": name, "behind": behind},
+            )
+
+    def _log_caught_up(self) -> None:
+        """The line that ends a catch-up's progress lines."""
+        for protocol in list(self.protocols):
+            session = protocol.session
+            name = session.peer if session is not None else None
+            if session is None or name not in self._catching_up or self._behind(session):
+                continue
+            self._catching_up.discard(name)
+            log.info(
+                "%s: caught up with %s: %d records received",
+                self.region,
+                name,
+                self.peers[name].records_in,
+                extra={"event": "caught_up", "peer": name},
             )
 
     # --------------------------------------------------------------- tasks
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set; then close every connection."""
-        server = await listen(
-            self.config.host,
-            self.config.port,
-            self.config.tls,
-            lambda dialer: self._session(dialer),
-            self._on_event,
-        )
+        try:
+            server = await listen(
+                self.config.host,
+                self.config.port,
+                self.config.tls,
+                lambda dialer: self._session(dialer),
+                self._on_event,
+            )
+        except OSError as exc:  # the port is taken, say: one line, not a traceback
+            raise bind_error("listen for peers", self.config.host, self.config.port, exc) from None
         self.port = server._transport.get_extra_info("sockname")[1]  # type: ignore[union-attr]
-        log.info("%s: listening on %s:%s", self.region, self.config.host, self.port)
+        log.info(
+            "%s: listening on %s:%s",
+            self.region,
+            self.config.host,
+            self.port,
+            extra={"event": "listening"},
+        )
+        self.store_ok_at = time.monotonic()
+        self._own_seq = self._commits()
+        for peer in self.config.peers:
+            self.observer.peer_up(peer.region, False)
         tasks = [
-            asyncio.create_task(self._dial_loop(peer.region, peer.host, peer.port))
+            asyncio.create_task(
+                self._dial_loop(peer.region, peer.host, peer.port)
+                if self.region < peer.region
+                else self._await_dial_loop(peer.region)
+            )
             for peer in self.config.peers
-            if self.region < peer.region
         ]
         self.db.expect_regions([peer.region for peer in self.config.peers])
         tasks.append(asyncio.create_task(self.writer.run()))
@@ -328,12 +461,59 @@ class Replicator:
             except (OSError, TimeoutError, ConnectionError, CrdtdbError) as exc:
                 if isinstance(exc, TimeoutError) and not str(exc):
                     exc = TimeoutError("no QUIC handshake within 10 s")
-                self.peers[peer].last_error = f"{type(exc).__name__}: {exc}"
-                log.info("%s: cannot reach %s at %s:%s (%s)", self.region, peer, host, port, exc)
+                if isinstance(exc, HandshakeRefused):
+                    self.observer.refused("tls_handshake")
+                self._dial_failed(peer, f"{host}:{port}", exc)
             if time.monotonic() - started > 5 * self.config.reconnect_min:
                 delay = self.config.reconnect_min  # it was up for a while: start over
             await asyncio.sleep(random.uniform(0, delay))
             delay = min(self.config.reconnect_max, delay * 2)
+
+    def _dial_failed(self, peer: str, address: str, exc: BaseException) -> None:
+        """Say why a dial failed: at WARNING when the reason is new, then once a minute."""
+        reason = str(exc) or type(exc).__name__
+        self.peers[peer].last_error = f"{type(exc).__name__}: {reason}"
+        repeats = self._dial_repeats.due(peer, reason, time.monotonic())
+        extra = {"event": "dial_failed", "peer": peer}
+        if repeats is None:
+            log.debug("%s: cannot reach %s at %s: %s", self.region, peer, address, reason)
+            return
+        again = f" ({repeats} more failed attempts since the last line)" if repeats else ""
+        log.warning(
+            "%s: cannot reach %s at %s: %s%s",
+            self.region,
+            peer,
+            address,
+            reason,
+            again,
+            extra=extra,
+        )
+
+    async def _await_dial_loop(self, peer: str) -> None:
+        """A peer whose name sorts first dials us: if it has not for a while, say so.
+
+        A peer that does not list this region never dials, and both sides would
+        otherwise wait in silence; the warning names what to check.
+        """
+        loop = asyncio.get_running_loop()
+        patience = max(NOT_DIALED_AFTER, 2 * self.config.reconnect_max)
+        status = self.peers[peer]
+        since, warned = loop.time(), False
+        while True:
+            await asyncio.sleep(min(1.0, patience / 4))
+            if status.connected:
+                since, warned = loop.time(), False
+                continue
+            if warned or loop.time() - since < patience:
+                continue
+            warned = True
+            text = (
+                f"{peer} has not connected for {patience:g} s; it dials us (its name sorts"
+                f" first): check that it runs, and that its config lists {self.region} as a"
+                f" peer at {self.config.host}:{self.port}"
+            )
+            status.last_error = status.last_error or text
+            log.warning("%s: %s", self.region, text, extra={"event": "not_dialed", "peer": peer})
 
     async def _watch_log(self) -> None:
         """Wake every session when the log grows, whichever process wrote: this one's
@@ -466,15 +646,64 @@ class Replicator:
             gc.set_threshold(*thresholds)
 
     async def _heartbeat_loop(self) -> None:
-        """Keep an idle region's clock moving so that the global frontier advances."""
+        """Keep an idle region's clock moving so that the global frontier advances; and
+        so, find out that the store is no longer writable (see :meth:`store_health`)."""
         while True:
             await asyncio.sleep(self.config.heartbeat_interval)
-            await self.writer.call(self.db.heartbeat)
+            try:
+                await self.writer.call(self.db.heartbeat)
+            except Exception as exc:  # whatever it is, the store refused a write
+                if self.store_problem is None:
+                    log.warning(
+                        "%s: cannot write to the store: %s",
+                        self.region,
+                        exc,
+                        extra={"event": "store_unwritable"},
+                    )
+                self.store_problem = f"cannot write to the store: {exc}"
+                continue
+            if self.store_problem is not None:
+                log.info("%s: the store is writable again", self.region)
+            self.store_problem = None
+            self.store_ok_at = time.monotonic()
+
+    def store_health(self) -> str | None:
+        """None while the store takes writes; else why not (any thread may ask)."""
+        if self.store_problem is not None:
+            return self.store_problem
+        stalled = time.monotonic() - self.store_ok_at
+        if stalled > max(STORE_STALL, 5 * self.config.heartbeat_interval):
+            return f"no store write succeeded for {stalled:.0f} s"
+        return None
 
     async def _write_status_loop(self) -> None:
         while True:
             self._write_status()
+            self._observe()
             await asyncio.sleep(1.0)
+
+    def _commits(self) -> int:
+        """This region's commits in its log: its last sequence number."""
+        return self.db.progress().get(self.region, (0, 0, Hlc(0)))[1]
+
+    def _observe(self) -> None:
+        """Once a second: traffic, commits and gauges to the observer; caught-up lines."""
+        try:
+            for protocol in list(self.protocols):
+                self._account(protocol)
+            commits = self._commits()
+            if commits > self._own_seq:
+                self.observer.commits(commits - self._own_seq)
+            self._own_seq = commits
+            try:
+                wal_bytes = wal_path(self.config.data_dir).stat().st_size
+            except OSError:
+                wal_bytes = 0
+            frontier_age = time.time() - self.db.frontier().wall_ms / 1000
+            self.observer.gauges(frontier_age=max(0.0, frontier_age), wal_bytes=wal_bytes)
+            self._log_caught_up()
+        except CrdtdbError as exc:
+            log.warning("%s: cannot read the store for metrics: %s", self.region, exc)
 
     def _lag_seconds(
         self, progress: dict[str, tuple[int, int, Hlc]], holds: dict[str, int], now_ms: int
@@ -492,7 +721,8 @@ class Replicator:
         )
         return max(0, now_ms - oldest) / 1000
 
-    def status(self) -> dict[str, Any]:
+    def status(self, *, stopped: bool = False) -> dict[str, Any]:
+        """What ``crdtdb status`` shows; ``stopped``: the daemon is stopping cleanly."""
         progress = self.db.progress()
         now_ms = int(time.time() * 1000)
         peers = []
@@ -504,6 +734,7 @@ class Replicator:
                 if session is not None and session.peer == status.region:
                     holds = entry["peer_holds"] = session.peer_holds()
                     entry["behind_records"] = self._behind(session)
+                    entry["last_contact"] = _wall(session.last_heard)
             if holds is not None:
                 entry["lag_records"] = {
                     origin: max(0, held[1] - holds.get(origin, 0))
@@ -513,6 +744,7 @@ class Replicator:
             peers.append(entry)
         return {
             "region": self.region,
+            "state": "stopped" if stopped else "running",
             "listen": f"{self.config.host}:{self.port}",
             "pid": os.getpid(),
             "time": time.time(),
@@ -525,11 +757,25 @@ class Replicator:
             "peers": peers,
         }
 
-    def _write_status(self) -> None:
+    def mark_stopped(self) -> None:
+        """Write the status a last time, saying the daemon stopped (``crdtdb status`` then
+        says "not running" at once, rather than after the report goes stale)."""
+        self._write_status(stopped=True)
+
+    def _write_status(self, *, stopped: bool = False) -> None:
         path = self.config.data_dir / STATUS_FILE
         temporary = path.with_suffix(".tmp")
         try:
-            temporary.write_text(json.dumps(self.status(), indent=2, sort_keys=True))
+            temporary.write_text(json.dumps(self.status(stopped=stopped), indent=2, sort_keys=True))
             temporary.replace(path)
         except (OSError, CrdtdbError) as exc:
             log.warning("%s: cannot write %s: %s", self.region, path, exc)
+
+
+def _wall(loop_time: float) -> float:
+    """A moment of the running loop's clock as wall-clock time (for people)."""
+    try:
+        now = asyncio.get_running_loop().time()
+    except RuntimeError:  # no loop: the moment is as good as now
+        now = loop_time
+    return time.time() - (now - loop_time)

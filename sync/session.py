@@ -166,6 +166,9 @@ class SyncSession:
         self.state = "hello"
         self.bytes_in = 0
         self.bytes_out = 0
+        self.records_out = 0
+        """Records sent to the peer (each once per send; a resend after a reconnect is
+        another session's)."""
         self._prove = prove
         self._authenticate = authenticate
         self._nonce = nonce if nonce is not None else os.urandom(32)
@@ -315,6 +318,12 @@ class SyncSession:
     @property
     def established(self) -> bool:
         return self.state == "open"
+
+    @property
+    def last_heard(self) -> float:
+        """When (``now`` as passed in) bytes last came from the peer: its heartbeats
+        count, so on a live session this is at most a gossip interval old."""
+        return self._last_heard
 
     @property
     def rounds(self) -> int:
@@ -473,6 +482,7 @@ class SyncSession:
 
     def _send_records(self, records: list[UpdateRecord]) -> None:
         """Records in messages of about CHUNK_BYTES; a large one alone on a bulk lane."""
+        self.records_out += len(records)
         batch: list[UpdateRecord] = []
         size = 0
         for record in records:

@@ -27,7 +27,15 @@ from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataRecei
 from .config import TlsFiles  # re-exported: its home was here
 from .session import Event, SyncSession
 
-__all__ = ["ALPN", "SessionProtocol", "TlsFiles", "dial", "listen", "server_name"]
+__all__ = [
+    "ALPN",
+    "HandshakeRefused",
+    "SessionProtocol",
+    "TlsFiles",
+    "dial",
+    "listen",
+    "server_name",
+]
 
 log = logging.getLogger("crdtdb.sync.transport")
 ALPN = "crdtdb/1"
@@ -36,6 +44,15 @@ ALPN = "crdtdb/1"
 def server_name(region: str) -> str:
     """The TLS name a region's certificate carries."""
     return f"{region}.crdtdb"
+
+
+class HandshakeRefused(ConnectionError):
+    """The QUIC/TLS handshake was closed by either side, with this reason (a TLS alert's
+    text, say: the peer's certificate does not match the region we expect)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 SessionFactory = Callable[[bool], SyncSession]
@@ -58,6 +75,8 @@ class SessionProtocol(QuicConnectionProtocol):
         """The peer's streams other than the main one, numbered 1, 2, ... as they appear."""
         self._session_timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
+        self.terminated: str | None = None
+        """Why QUIC closed the connection (its reason phrase or error code), once it did."""
 
     def start(self, session: SyncSession, on_event: EventSink, *, dialer: bool) -> None:
         self.session = session
@@ -91,6 +110,7 @@ class SessionProtocol(QuicConnectionProtocol):
             self.session.close(f"the peer reset stream {event.stream_id}")
             self.flush()
         elif isinstance(event, ConnectionTerminated):
+            self.terminated = event.reason_phrase or f"QUIC error code {event.error_code:#x}"
             if self.session is not None and self.session.state != "closed":
                 self.session.close(
                     f"connection terminated: {event.reason_phrase or event.error_code}"
@@ -204,17 +224,39 @@ async def dial(
     *,
     timeout: float = 10.0,
 ) -> None:
-    """Connect to ``peer`` and run the session until the connection ends."""
+    """Connect to ``peer`` and run the session until the connection ends.
+
+    A handshake that either side closes raises :class:`HandshakeRefused` with the
+    reason (aioquic's own ``ConnectionError`` says nothing), so the dialing side
+    logs why, e.g. that the peer's certificate is not for the region we expect.
+    """
     configuration = _configuration(tls, is_client=True, peer=peer)
-    async with asyncio.timeout(timeout):
-        manager = connect(
-            host,
-            port,
-            configuration=configuration,
-            create_protocol=SessionProtocol,
-            wait_connected=True,
-        )
-        protocol: SessionProtocol = await manager.__aenter__()  # type: ignore[assignment]
+    made: list[SessionProtocol] = []
+
+    def create_protocol(*args: Any, **kwargs: Any) -> SessionProtocol:
+        made.append(SessionProtocol(*args, **kwargs))
+        return made[-1]
+
+    try:
+        async with asyncio.timeout(timeout):
+            manager = connect(
+                host,
+                port,
+                configuration=configuration,
+                create_protocol=create_protocol,
+                wait_connected=True,
+            )
+            protocol: SessionProtocol = await manager.__aenter__()  # type: ignore[assignment]
+    except ConnectionError:
+        reason = made[-1].terminated if made else None
+        if reason is None:
+            raise
+        if f"'{server_name(peer)}' doesn't match" in reason:  # aioquic's words for it
+            reason += (
+                f" (the server at {host}:{port} is not region {peer!r}: check this peer's"
+                " region and address in the config)"
+            )
+        raise HandshakeRefused(f"the QUIC/TLS handshake failed: {reason}") from None
     try:
         protocol.start(make_session(True), on_event, dialer=True)
         await protocol.closed.wait()

@@ -146,15 +146,17 @@ def test_status_of_a_stopped_daemon_by_dir_and_by_config(
     from crdtdb import cli
 
     write_status(tmp_path / "data" / "eu", age=60)
-    assert cli.main(["status", str(tmp_path / "data" / "eu")]) == 0
+    # The daemon is down: status says so, and exits 1 so that a script can tell.
+    assert cli.main(["status", str(tmp_path / "data" / "eu")]) == 1
     out = capsys.readouterr().out
-    assert out.startswith("region eu listening on 127.0.0.1:7401 pid 4242")
-    assert "(STALE: the daemon may be down)" in out
+    assert out.startswith("region eu NOT RUNNING: ")
+    assert out.splitlines()[0].endswith("(last report: pid 4242 on 127.0.0.1:7401, 60.0s ago)")
     assert "us         DISCONNECTED" in out and "last error: peer went away" in out
-    assert cli.main(["status", str(write_config(tmp_path))]) == 0
+    assert cli.main(["status", str(write_config(tmp_path))]) == 1
     assert capsys.readouterr().out.splitlines()[0] == out.splitlines()[0]
-    assert cli.main(["status", str(tmp_path / "data" / "eu"), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["pid"] == 4242
+    assert cli.main(["status", str(tmp_path / "data" / "eu"), "--json"]) == 1
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["pid"] == 4242 and shown["running"] is False
 
 
 def test_status_without_a_daemon_or_with_a_bad_config_is_one_line(
@@ -214,7 +216,7 @@ def test_status_loads_neither_aioquic_nor_cryptography_nor_the_daemon(tmp_path: 
     write_status(tmp_path / "data" / "eu", age=60)
     for target in (tmp_path / "data" / "eu", write_config(tmp_path)):
         done, modules = loaded_modules("status", target)
-        assert done.returncode == 0 and "STALE" in done.stdout, done.stderr
+        assert done.returncode == 1 and "NOT RUNNING" in done.stdout, done.stderr
         assert "crdtdb.sync.status" in modules  # it did run the status command
         assert not HEAVY & modules and "cryptography" not in modules, sorted(HEAVY & modules)
     done, modules = loaded_modules("status", tmp_path / "nothing-here")
