@@ -12,11 +12,12 @@ exit status 2 for bad input, 130 for Ctrl-C and 1 for everything else.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -25,6 +26,7 @@ from .database import Database
 from .database import open as open_db
 from .errors import CrdtdbError, NoStoreError, UsageError, shown
 from .hlc import Hlc
+from .records import UpdateRecord
 
 __all__ = ["main"]
 
@@ -136,18 +138,38 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_log(args: argparse.Namespace) -> int:
     since = Hlc.parse(args.since) if args.since else None
     with _open(args) as db:
+        position = db.log_position()  # --follow goes on from here: nothing falls between
+        printed: set[tuple[str, int]] = set()
         for record in db.changes(since, limit=args.limit):
-            _print(
-                {
-                    "hlc": str(record.hlc),
-                    "hlc_int": int(record.hlc),
-                    "origin": record.origin,
-                    "seq": record.seq,
-                    "doc_id": record.doc_id,
-                    "bytes": len(record.update),
-                }
-            )
+            _print_record(record)
+            if args.follow:
+                printed.add((record.origin, record.seq))
+        if args.follow:
+            import asyncio
+
+            asyncio.run(_follow(db, position, printed))
     return 0
+
+
+async def _follow(db: Database, position: int, printed: set[tuple[str, int]]) -> None:
+    """Print each record the log gains after ``position`` (in arrival order) until Ctrl-C."""
+    async for record in db.watch(after=position):
+        if (record.origin, record.seq) not in printed:
+            _print_record(record)
+
+
+def _print_record(record: UpdateRecord) -> None:
+    _print(
+        {
+            "hlc": str(record.hlc),
+            "hlc_int": int(record.hlc),
+            "origin": record.origin,
+            "seq": record.seq,
+            "doc_id": record.doc_id,
+            "bytes": len(record.update),
+        }
+    )
+    sys.stdout.flush()  # a follower reads each line as it comes
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -157,14 +179,25 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    with _open(args) as db:
-
-        def progress(done: int, total: int) -> None:
-            print(f"compacting: {done}/{total} documents", file=sys.stderr)
-
+    with _open(args) as db, _progress_bar("compacting", "documents") as progress:
         removed = db.compact(retention_s=args.retention, progress=progress)
         _print({"records_removed": removed, "compacted_hlc": str(db.compacted_hlc)})
     return 0
+
+
+@contextlib.contextmanager
+def _progress_bar(what: str, unit: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich progress bar on stderr while a long operation runs, when stderr is a
+    terminal; nothing otherwise (scripts and logs get only the result)."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(f"{what} {unit}", *columns, transient=True) as bar:
+        task = bar.add_task(what, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def _sync(module: str) -> Any:
@@ -296,6 +329,9 @@ def _parser() -> argparse.ArgumentParser:
     p = add("log", cmd_log, "print update records in HLC order, one JSON object per line")
     p.add_argument("--since", metavar="HLC", help="only records after this HLC")
     p.add_argument("--limit", type=_count, help="at most this many records")
+    p.add_argument(
+        "--follow", action="store_true", help="then print new records as they come, until Ctrl-C"
+    )
     add("info", cmd_info, "print counts, clocks and origins of a store")
     p = add("compact", cmd_compact, "fold history older than the retention window")
     p.add_argument(

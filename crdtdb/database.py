@@ -206,12 +206,19 @@ class Database(Replica):
         return self._feed.subscribe(callback)
 
     def watch(
-        self, *, from_start: bool = False, poll_interval: float = 0.005
+        self, *, from_start: bool = False, poll_interval: float = 0.005, after: int | None = None
     ) -> AsyncGenerator[UpdateRecord, None]:
-        """Follow the log as it grows, whoever writes it (this process or another)."""
+        """Follow the log as it grows, whoever writes it (this process or another).
+
+        From now on by default; from the start of the log with ``from_start``; or
+        from just after log position ``after`` (a :meth:`log_position`), in the
+        order records arrived here.
+        """
         if check_seconds(poll_interval, "poll_interval") == 0:
             raise UsageError("poll_interval must be above 0 seconds, e.g. 0.005")
-        return self._feed.watch(from_start=from_start, poll_interval=poll_interval)
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
+            raise UsageError(f"after must be a log position from log_position(), not {after!r:.40}")
+        return self._feed.watch(from_start=from_start, poll_interval=poll_interval, after=after)
 
     # --------------------------------------------------------------- history
 

@@ -125,7 +125,7 @@ class ChangeFeed:
         return Subscription(listeners, callback)
 
     async def watch(
-        self, *, from_start: bool = False, poll_interval: float = 0.005
+        self, *, from_start: bool = False, poll_interval: float = 0.005, after: int | None = None
     ) -> AsyncGenerator[UpdateRecord, None]:
         """Follow the log as it grows, whoever writes it (this process or another).
 
@@ -139,7 +139,7 @@ class ChangeFeed:
         engine = self._engine
         with engine.lock:
             engine.check()
-            cursor = 0 if from_start else engine.max_log_id()
+            cursor = 0 if from_start else engine.max_log_id() if after is None else after
         probe = follow.open_probe(engine.path, poll_interval, engine.signal)
         watcher = follow.LogWatcher(self._position, probe, poll_interval, follow.CONFIRM_INTERVAL)
         try:
