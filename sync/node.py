@@ -19,18 +19,11 @@ may run it in its own process too.
   while the last batch ran; the outcomes (what to acknowledge, what was
   repaired) go back to the sessions on the event loop. The same thread does
   the heartbeats.
-- Merkle digests of changed documents are refreshed in the background, a
-  few at a time on the event loop while writes go on and on the writer
-  thread after each burst, so that an anti-entropy round finds the tree
-  fresh; a round that finds it stale asks the writer thread to finish the
-  job first, and never flushes a backlog of them on the event loop.
-- A store opened with ``wal_autocheckpoint=0`` (the daemon's) has its WAL
-  copied into the database file every second from a worker thread, so that
-  no commit on the event loop pays for a checkpoint and its fsync.
-- In the daemon (``manage_gc=True``), Python's full garbage collections run
-  when the log is quiet rather than whenever the heap grew by a quarter,
-  which under a stream of new documents meant a pause of the event loop
-  every few seconds.
+- Its background upkeep of the store runs beside the sessions, owned by a
+  :class:`~.housekeeping.Housekeeping`: Merkle digests refreshed in the
+  background, WAL checkpoints from a worker thread (``wal_autocheckpoint=0``,
+  the daemon's), full garbage collections when the log is quiet (in the
+  daemon, ``manage_gc=True``), and the heartbeats (see :mod:`.housekeeping`).
 - Status (per peer: connected, last contact, bytes, rounds, repairs, lag) is
   written atomically to ``DATA_DIR/sync-status.json`` every second for
   ``crdtdb status``; "last contact" is when the peer was last heard from,
@@ -49,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -68,6 +60,15 @@ from crdtdb.storage import wal_path
 from . import wire
 from .certs import sign_challenge, verify_peer
 from .config import RegionConfig
+from .housekeeping import CHECKPOINT_INTERVAL as CHECKPOINT_INTERVAL
+from .housekeeping import DIGEST_CHUNK as DIGEST_CHUNK
+from .housekeeping import DIGEST_CHUNK_BUSY as DIGEST_CHUNK_BUSY
+from .housekeeping import DIGEST_PAUSE as DIGEST_PAUSE
+from .housekeeping import DIGEST_QUIET as DIGEST_QUIET
+from .housekeeping import GC_LONGEST as GC_LONGEST
+from .housekeeping import GC_QUIET as GC_QUIET
+from .housekeeping import STORE_STALL as STORE_STALL
+from .housekeeping import Housekeeping
 from .logs import Repeats
 from .observe import Observer
 from .preflight import bind_error
@@ -88,29 +89,9 @@ from .writer import StoreWriter
 __all__ = ["STATUS_FILE", "PeerStatus", "Replicator"]
 
 log = logging.getLogger("crdtdb.sync")
-DIGEST_QUIET = 0.1
-"""Seconds without log growth after which stale Merkle digests are refreshed."""
-DIGEST_CHUNK = 100
-"""Digests refreshed per lock hold once the log is quiet (about 6 ms for documents not
-in the cache)."""
-DIGEST_CHUNK_BUSY = 16
-"""Digests refreshed at a time, on the event loop, while the log keeps growing (about
-1 ms for new documents; several for changed ones no longer loaded)."""
-DIGEST_PAUSE = 0.01
-"""Seconds at least between two such chunks: up to 1,600 digests a second, a tenth of a
-core."""
-CHECKPOINT_INTERVAL = 1.0
-"""Seconds between WAL checkpoints, when the store leaves them to us."""
-GC_QUIET = 1.0
-"""Seconds without log growth after which a daemon runs a full garbage collection."""
-GC_LONGEST = 60.0
-"""Longest time between two full garbage collections of a daemon, however busy."""
 NOT_DIALED_AFTER = 5.0
 """Seconds (at least; else twice ``reconnect_max``) that a peer which dials us may stay
 away before we say so: it may not list us as its peer, and would never dial."""
-STORE_STALL = 5.0
-"""Seconds (at least; else five heartbeats) without a successful store write after which
-the store counts as not writable."""
 
 
 @dataclass(slots=True)
@@ -141,7 +122,7 @@ class Replicator:
         observer: Observer | None = None,
     ) -> None:
         """``manage_gc``: this process is ours (the daemon), so schedule Python's full
-        garbage collections (see :meth:`_collect_garbage_loop`); leave it False when
+        garbage collections (see :meth:`.Housekeeping.collect_garbage_loop`); leave it False when
         running inside an application. ``observer`` hears what happens (metrics)."""
         self.db = db
         self.observer = observer or Observer()
@@ -151,13 +132,7 @@ class Replicator:
         self._dial_repeats = Repeats()
         self._catching_up: set[str] = set()
         self._own_seq = 0
-        self.store_ok_at = time.monotonic()
-        """When (monotonic) a store write last succeeded."""
-        self.store_problem: str | None = None
-        """Why the last store write failed (None: it did not)."""
         self.manage_gc = manage_gc
-        self.full_collections = 0
-        self.checkpoints = 0
         self.config = config
         self.region = db.region
         self.options = SessionOptions(
@@ -174,10 +149,9 @@ class Replicator:
         self._key = config.tls.key.read_bytes()
         self.port: int | None = None
         self._last_progress_log = 0.0
-        self._last_growth = 0.0
-        self._digests_stale = asyncio.Event()
         self.watcher: LogWatcher | None = None
         self.writer: StoreWriter[SessionProtocol] = StoreWriter(db, self._performed)
+        self.housekeeping = Housekeeping(db, config, self.writer)
 
     # ------------------------------------------------------------ sessions
 
@@ -407,7 +381,7 @@ class Replicator:
             self.port,
             extra={"event": "listening"},
         )
-        self.store_ok_at = time.monotonic()
+        self.housekeeping.store_ok_at = time.monotonic()
         self._own_seq = self._commits()
         for peer in self.config.peers:
             self.observer.peer_up(peer.region, False)
@@ -422,12 +396,12 @@ class Replicator:
         self.db.expect_regions([peer.region for peer in self.config.peers])
         tasks.append(asyncio.create_task(self.writer.run()))
         tasks.append(asyncio.create_task(self._watch_log()))
-        tasks.append(asyncio.create_task(self._refresh_digests_loop()))
-        tasks.append(asyncio.create_task(self._heartbeat_loop()))
+        tasks.append(asyncio.create_task(self.housekeeping.refresh_digests_loop()))
+        tasks.append(asyncio.create_task(self.housekeeping.heartbeat_loop()))
         if self.manage_gc:
-            tasks.append(asyncio.create_task(self._collect_garbage_loop()))
+            tasks.append(asyncio.create_task(self.housekeeping.collect_garbage_loop()))
         if self.db.options.wal_autocheckpoint == 0:
-            tasks.append(asyncio.create_task(self._checkpoint_loop()))
+            tasks.append(asyncio.create_task(self.housekeeping.checkpoint_loop()))
         tasks.append(asyncio.create_task(self._write_status_loop()))
         try:
             await stop.wait()
@@ -528,8 +502,7 @@ class Replicator:
         self.watcher = watcher
         try:
             async for _ in watcher.changes():
-                self._last_growth = asyncio.get_running_loop().time()
-                self._digests_stale.set()
+                self.housekeeping.log_grew(asyncio.get_running_loop().time())
                 for protocol in list(self.protocols):
                     if protocol.session is not None:
                         protocol.session.local_changed()
@@ -537,144 +510,33 @@ class Replicator:
         finally:
             watcher.close()
 
-    async def _refresh_digests_loop(self) -> None:
-        """Keep the Merkle tree fresh in the background, so rounds do not flush a backlog.
-
-        Digests of changed documents are computed lazily (about 60 µs a
-        document): a round that finds them stale waits for the writer thread
-        to flush them all, which after a burst delays the round. Here they are
-        flushed in the background: at full speed (``DIGEST_CHUNK`` documents
-        per lock hold) once the log has been quiet for a moment; while it keeps growing,
-        ``DIGEST_CHUNK_BUSY`` at a time at most every ``DIGEST_PAUSE``, and
-        only once that many are stale or the oldest waited half an
-        anti-entropy interval. So no backlog builds up for a round to flush,
-        and a document rewritten a thousand times a second is hashed about
-        twice a second, not a hundred times.
-
-        The busy chunks run on the event loop itself, between its other work
-        (small and paced: the one digest work the loop does; a session never
-        flushes). In a worker thread, a chunk held the store lock for as long
-        as the thread waited for the interpreter, which the busy loop kept:
-        about 1 ms of work took 4-5 ms, and every record the loop wanted to
-        send or apply meanwhile waited for it (lag p99 at 1,000 writes/s, six
-        runs each: median 22 ms in a thread, 14 ms on the loop; measured when
-        the loop still applied the records itself). Full chunks run on the
-        writer thread, between its batches. New documents are hashed by
-        whoever creates them, so a busy chunk is mostly XORing paths into the
-        tree (see :mod:`crdtdb.digests`).
-        """
-        loop = asyncio.get_running_loop()
-        quiet = min(DIGEST_QUIET, self.config.anti_entropy_interval / 4)
-        longest = self.config.anti_entropy_interval / 2
-        last = -float("inf")
-        while True:
-            await self._digests_stale.wait()
-            self._digests_stale.clear()
-            since = loop.time()  # when the oldest digest still stale (at most) went stale
-            try:
-                while True:
-                    now = loop.time()
-                    busy = now - self._last_growth < quiet
-                    if busy and (
-                        now < last + DIGEST_PAUSE
-                        or (
-                            now < since + longest
-                            and self.db.stale_digests(DIGEST_CHUNK_BUSY) < DIGEST_CHUNK_BUSY
-                        )
-                    ):  # look again in a moment, or as soon as the log is quiet
-                        await asyncio.sleep(min(DIGEST_PAUSE, self._last_growth + quiet - now))
-                        continue
-                    last = loop.time()
-                    if busy:  # here, between the loop's other work: see above
-                        refreshed = self.db.refresh_digests(DIGEST_CHUNK_BUSY)
-                    else:
-                        refreshed = await self.writer.call(self.db.refresh_digests, DIGEST_CHUNK)
-                    if not refreshed:
-                        break
-                    since = loop.time()
-            except CrdtdbError as exc:
-                log.warning("%s: cannot refresh Merkle digests: %s", self.region, exc)
-
-    async def _checkpoint_loop(self) -> None:
-        """Copy the WAL into the database file from a worker thread, every second.
-
-        SQLite otherwise checkpoints inside whichever commit takes the WAL past
-        ``wal_autocheckpoint`` pages: for the daemon that was a commit on the
-        event loop, every hundred or so records, with an fsync of the database
-        file that sometimes took a hundred milliseconds or more, while every
-        record in flight waited (lag p99 at 1,000 writes/s: about 35 ms with
-        them, 21 ms without). Other processes on the same store keep their
-        own automatic checkpoints.
-        """
-        while True:
-            await asyncio.sleep(CHECKPOINT_INTERVAL)
-            try:
-                pages, _ = await asyncio.to_thread(self.db.checkpoint)
-            except CrdtdbError as exc:
-                log.warning("%s: WAL checkpoint failed: %s", self.region, exc)
-                continue
-            self.checkpoints += pages > 0
-
-    async def _collect_garbage_loop(self) -> None:
-        """Run Python's full (generation 2) garbage collections when the log is quiet.
-
-        A full collection walks every tracked object: with the thousands of
-        documents a daemon caches it took 40-90 ms, and Python starts one each
-        time the heap has grown by a quarter, which under a stream of new
-        documents was every 2-3 s, each a pause of the event loop that every
-        record in flight waited out (lag p99 at 1,000 writes/s: about 90 ms
-        with them, 21 ms without). So automatic full collections are off while
-        this runs; it collects once the log has been quiet for ``GC_QUIET`` s
-        after growing, and at least every ``GC_LONGEST`` s however busy.
-        Young generations are still collected automatically (cheap), so most
-        garbage goes as before.
-        """
-        loop = asyncio.get_running_loop()
-        thresholds = gc.get_threshold()
-        gc.set_threshold(thresholds[0], thresholds[1], 1 << 30)
-        last = loop.time()
-        try:
-            while True:
-                await asyncio.sleep(GC_QUIET / 2)
-                now = loop.time()
-                quiet_after_growth = last < self._last_growth <= now - GC_QUIET
-                if quiet_after_growth or now - last >= GC_LONGEST:
-                    gc.collect()
-                    self.full_collections += 1
-                    last = loop.time()
-        finally:
-            gc.set_threshold(*thresholds)
-
     async def _heartbeat_loop(self) -> None:
-        """Keep an idle region's clock moving so that the global frontier advances; and
-        so, find out that the store is no longer writable (see :meth:`store_health`)."""
-        while True:
-            await asyncio.sleep(self.config.heartbeat_interval)
-            try:
-                await self.writer.call(self.db.heartbeat)
-            except Exception as exc:  # whatever it is, the store refused a write
-                if self.store_problem is None:
-                    log.warning(
-                        "%s: cannot write to the store: %s",
-                        self.region,
-                        exc,
-                        extra={"event": "store_unwritable"},
-                    )
-                self.store_problem = f"cannot write to the store: {exc}"
-                continue
-            if self.store_problem is not None:
-                log.info("%s: the store is writable again", self.region)
-            self.store_problem = None
-            self.store_ok_at = time.monotonic()
+        """The heartbeats (see :meth:`.Housekeeping.heartbeat_loop`)."""
+        await self.housekeeping.heartbeat_loop()
 
     def store_health(self) -> str | None:
         """None while the store takes writes; else why not (any thread may ask)."""
-        if self.store_problem is not None:
-            return self.store_problem
-        stalled = time.monotonic() - self.store_ok_at
-        if stalled > max(STORE_STALL, 5 * self.config.heartbeat_interval):
-            return f"no store write succeeded for {stalled:.0f} s"
-        return None
+        return self.housekeeping.store_health()
+
+    @property
+    def store_ok_at(self) -> float:
+        """When (monotonic) a store write last succeeded."""
+        return self.housekeeping.store_ok_at
+
+    @property
+    def store_problem(self) -> str | None:
+        """Why the last store write failed (None: it did not)."""
+        return self.housekeeping.store_problem
+
+    @property
+    def full_collections(self) -> int:
+        """Full garbage collections run by the housekeeping (``manage_gc``)."""
+        return self.housekeeping.full_collections
+
+    @property
+    def checkpoints(self) -> int:
+        """WAL checkpoints that copied pages, run by the housekeeping."""
+        return self.housekeeping.checkpoints
 
     async def _write_status_loop(self) -> None:
         while True:

@@ -177,7 +177,7 @@ def test_stale_digests_are_refreshed_a_few_at_a_time_while_the_log_grows(
     import threading
     import time
 
-    from crdtdb.sync import node
+    from crdtdb.sync import housekeeping
 
     async def scenario() -> None:
         stop = asyncio.Event()
@@ -223,14 +223,14 @@ def test_stale_digests_are_refreshed_a_few_at_a_time_while_the_log_grows(
             db.close()
         busy = [(when, chunk) for when, chunk, during in calls if during == "many"]
         assert len(busy) > 10, calls  # the refresh kept up while the writes went on
-        assert {chunk for _, chunk in busy[1:]} == {node.DIGEST_CHUNK_BUSY}
+        assert {chunk for _, chunk in busy[1:]} == {housekeeping.DIGEST_CHUNK_BUSY}
         # busy chunks run on the event loop (in a thread they held the store lock while
         # the thread waited for the interpreter); full ones in a worker thread
         chunks = [(chunk, here) for (_, chunk, _), here in zip(calls, on_loop, strict=True)]
-        assert all(here for chunk, here in chunks if chunk == node.DIGEST_CHUNK_BUSY)
-        assert not any(here for chunk, here in chunks if chunk == node.DIGEST_CHUNK)
+        assert all(here for chunk, here in chunks if chunk == housekeeping.DIGEST_CHUNK_BUSY)
+        assert not any(here for chunk, here in chunks if chunk == housekeeping.DIGEST_CHUNK)
         gaps = [b[0] - a[0] for a, b in itertools.pairwise(busy)]
-        assert min(gaps) >= node.DIGEST_PAUSE * 0.9
+        assert min(gaps) >= housekeeping.DIGEST_PAUSE * 0.9
         # one document rewritten 100 times a second: hashed about once a second meanwhile
         assert len([c for c in calls if c[2] == "hot"]) <= 4, calls
 

@@ -18,7 +18,7 @@ import pytest
 
 from crdtdb import Database
 from crdtdb.digests import Digests
-from crdtdb.sync import node, wire
+from crdtdb.sync import housekeeping, wire
 from crdtdb.sync import session as session_module
 from crdtdb.sync.session import Closed, SyncSession
 from crdtdb.sync.store import (
@@ -314,6 +314,6 @@ def test_the_node_writes_on_its_writer_thread_and_never_flushes_on_the_loop(
         assert "_ensure_digests" not in calls  # no read flushed the tree
         refreshes = calls["refresh_digests"]
         assert any(t.startswith("crdtdb-writer") for t, _ in refreshes)
-        assert all(args == (node.DIGEST_CHUNK_BUSY,) for t, args in refreshes if t == loop)
+        assert all(args == (housekeeping.DIGEST_CHUNK_BUSY,) for t, args in refreshes if t == loop)
 
     asyncio.run(scenario())
