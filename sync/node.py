@@ -44,10 +44,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
 import time
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from crdtdb import follow
@@ -72,6 +70,7 @@ from .housekeeping import Housekeeping
 from .logs import Repeats
 from .observe import Observer
 from .preflight import bind_error
+from .report import PeerStatus, records_behind, status_report, wall_time
 from .session import (
     AntiEntropyDone,
     Closed,
@@ -92,22 +91,6 @@ log = logging.getLogger("crdtdb.sync")
 NOT_DIALED_AFTER = 5.0
 """Seconds (at least; else twice ``reconnect_max``) that a peer which dials us may stay
 away before we say so: it may not list us as its peer, and would never dial."""
-
-
-@dataclass(slots=True)
-class PeerStatus:
-    region: str
-    address: str | None = None
-    connected: bool = False
-    last_contact: float | None = None
-    bytes_in: int = 0
-    bytes_out: int = 0
-    records_in: int = 0
-    rounds: int = 0
-    repairs: int = 0
-    peer_holds: dict[str, int] | None = None
-    """Per origin, the contiguous seq the peer holds (last known while disconnected)."""
-    last_error: str | None = None
 
 
 class Replicator:
@@ -206,7 +189,7 @@ class Replicator:
         )
         status = self.peers.setdefault(name, PeerStatus(name)) if name else None
         if status is not None:
-            status.last_contact = _wall(session.last_heard)
+            status.last_contact = wall_time(session.last_heard)
             status.bytes_in, status.bytes_out = session.bytes_in, session.bytes_out
         if isinstance(event, Established):
             assert status is not None
@@ -317,21 +300,13 @@ class Replicator:
                 old.flush()
         self.protocols.add(protocol)
 
-    def _behind(self, session: SyncSession) -> int:
-        """Records the peer reported holding that we do not hold yet."""
-        progress = self.db.progress()
-        return sum(
-            max(0, seq - progress.get(origin, (0, 0))[1])
-            for origin, seq in session.peer_reports.items()
-        )
-
     def _log_progress(self, session: SyncSession, name: str) -> None:
         """A line every 2 s while a peer has records we lack (a bootstrap, a backlog)."""
         now = time.monotonic()
         if now - self._last_progress_log < 2.0:
             return
         self._last_progress_log = now
-        behind = self._behind(session)
+        behind = records_behind(self.db, session)
         if behind:
             self._catching_up.add(name)
             log.info(
@@ -348,7 +323,7 @@ class Replicator:
         for protocol in list(self.protocols):
             session = protocol.session
             name = session.peer if session is not None else None
-            if session is None or name not in self._catching_up or self._behind(session):
+            if session is None or name not in self._catching_up or records_behind(self.db, session):
                 continue
             self._catching_up.discard(name)
             log.info(
@@ -567,57 +542,16 @@ class Replicator:
         except CrdtdbError as exc:
             log.warning("%s: cannot read the store for metrics: %s", self.region, exc)
 
-    def _lag_seconds(
-        self, progress: dict[str, tuple[int, int, Hlc]], holds: dict[str, int], now_ms: int
-    ) -> float:
-        """Age of the oldest record we hold and the peer lacks (0.0: it lacks nothing)."""
-        oldest = min(
-            (
-                records[0].hlc.wall_ms
-                for origin, (_, contiguous, _) in progress.items()
-                if contiguous > holds.get(origin, 0)
-                for records in [self.db.records_from(origin, holds.get(origin, 0), 1)]
-                if records
-            ),
-            default=now_ms,
-        )
-        return max(0, now_ms - oldest) / 1000
-
     def status(self, *, stopped: bool = False) -> dict[str, Any]:
         """What ``crdtdb status`` shows; ``stopped``: the daemon is stopping cleanly."""
-        progress = self.db.progress()
-        now_ms = int(time.time() * 1000)
-        peers = []
-        for status in self.peers.values():
-            entry = asdict(status)
-            holds = status.peer_holds
-            for protocol in self.protocols:
-                session = protocol.session
-                if session is not None and session.peer == status.region:
-                    holds = entry["peer_holds"] = session.peer_holds()
-                    entry["behind_records"] = self._behind(session)
-                    entry["last_contact"] = _wall(session.last_heard)
-            if holds is not None:
-                entry["lag_records"] = {
-                    origin: max(0, held[1] - holds.get(origin, 0))
-                    for origin, held in progress.items()
-                }
-                entry["lag_seconds"] = self._lag_seconds(progress, holds, now_ms)
-            peers.append(entry)
-        return {
-            "region": self.region,
-            "state": "stopped" if stopped else "running",
-            "listen": f"{self.config.host}:{self.port}",
-            "pid": os.getpid(),
-            "time": time.time(),
-            "hlc": str(self.db.hlc),
-            "frontier": str(self.db.frontier()),
-            "origins": {
-                o: {"contiguous_seq": p[1], "contiguous_hlc": str(p[2])}
-                for o, p in progress.items()
-            },
-            "peers": peers,
-        }
+        return status_report(
+            self.db,
+            self.config,
+            self.port,
+            self.peers.values(),
+            self.protocols,
+            stopped=stopped,
+        )
 
     def mark_stopped(self) -> None:
         """Write the status a last time, saying the daemon stopped (``crdtdb status`` then
@@ -632,12 +566,3 @@ class Replicator:
             temporary.replace(path)
         except (OSError, CrdtdbError) as exc:
             log.warning("%s: cannot write %s: %s", self.region, path, exc)
-
-
-def _wall(loop_time: float) -> float:
-    """A moment of the running loop's clock as wall-clock time (for people)."""
-    try:
-        now = asyncio.get_running_loop().time()
-    except RuntimeError:  # no loop: the moment is as good as now
-        now = loop_time
-    return time.time() - (now - loop_time)
