@@ -174,17 +174,23 @@ class DocText:
 
     def __len__(self) -> int:
         self._guard()
-        return len(self.text)
+        return len(str(self.text))
 
     def __eq__(self, other: object) -> bool:
         return str(self) == (str(other) if isinstance(other, DocText) else other)
 
     __hash__ = None  # type: ignore[assignment]
 
+    # Positions are characters (code points), as in Python's str. pycrdt 0.14 counts
+    # UTF-8 bytes, and a byte offset inside a multi-byte character silently put the
+    # insert at the end of the text ("héllo".insert(2, "x") gave "héllox").
+
     def insert(self, index: int, value: str) -> None:
         """Insert ``value`` before position ``index`` (clamped to the text, as ``list.insert``)."""
         self._guard()
-        self.text.insert(_insert_at(index, len(self.text)), _str(value))
+        value = _str(value)
+        chars = str(self.text)
+        self.text.insert(_utf8_offset(chars, _insert_at(index, len(chars))), value)
 
     def __iadd__(self, value: str) -> DocText:
         self._guard()
@@ -194,17 +200,19 @@ class DocText:
 
     def __delitem__(self, index: int | slice) -> None:
         self._guard()
-        start, stop, _ = _span(index, len(self.text), "text", steps=False)
+        chars = str(self.text)
+        start, stop, _ = _span(index, len(chars), "text", steps=False)
         if stop > start:
-            del self.text[start:stop]
+            del self.text[_utf8_offset(chars, start) : _utf8_offset(chars, stop)]
 
     def __setitem__(self, index: int | slice, value: str) -> None:
         self._guard()
         value = _str(value)
         if not isinstance(index, slice) and len(value) != 1:
             raise InvalidValueError("text[i] = s takes one character: replace a slice instead")
-        start, stop, _ = _span(index, len(self.text), "text", steps=False)
-        self.text[start:stop] = value
+        chars = str(self.text)
+        start, stop, _ = _span(index, len(chars), "text", steps=False)
+        self.text[_utf8_offset(chars, start) : _utf8_offset(chars, stop)] = value
 
     def to_py(self) -> str:
         return str(self)
@@ -385,6 +393,11 @@ def _span(index: object, length: int, what: str, *, steps: bool = True) -> tuple
     if not 0 <= position < length:
         raise IndexError(f"{what} index out of range")
     return position, position + 1, 1
+
+
+def _utf8_offset(chars: str, position: int) -> int:
+    """The UTF-8 byte offset pycrdt's Text takes for character ``position`` of ``chars``."""
+    return len(chars[:position].encode("utf-8"))
 
 
 def _str(value: object) -> str:
