@@ -92,3 +92,66 @@ def test_a_full_disk_refuses_with_a_typed_error_and_loses_nothing(small_fs: Path
         assert reopened.get(refused) == {"after": True}
     with contextlib.closing(sqlite3.connect(store / STORE_FILE)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_a_daemon_on_a_full_disk_resumes_by_itself_once_space_is_freed(
+    small_fs: Path, tmp_path: Path
+) -> None:
+    """us's store fills up while eu streams to it; once space is freed, every record of
+    eu's arrives without a restart."""
+    from .harness.config import make_certs, write_region_config
+    from .harness.daemon import start_daemon
+    from .harness.ports import free_ports
+    from .harness.wait import wait_until
+
+    certs = make_certs(tmp_path / "certs", ["eu", "us"])
+    eu_port, us_port = free_ports(2)
+    eu_dir, us_dir = tmp_path / "data" / "eu", small_fs / "us"
+    quick = {"heartbeat_interval": 0.2, "anti_entropy_interval": 1.0, "reconnect_max": 1.0}
+    eu_config = write_region_config(
+        tmp_path / "eu.toml",
+        region="eu",
+        data_dir=eu_dir,
+        port=eu_port,
+        certs=certs,
+        peers={"us": f"127.0.0.1:{us_port}"},
+        sync=quick,
+    )
+    us_config = write_region_config(
+        tmp_path / "us.toml",
+        region="us",
+        data_dir=us_dir,
+        port=us_port,
+        certs=certs,
+        peers={"eu": f"127.0.0.1:{eu_port}"},
+        sync=quick,
+    )
+    filler = small_fs / "filler-made-by-the-test"
+    with (
+        start_daemon(eu_config, log=tmp_path / "eu.log") as eu_daemon,
+        start_daemon(us_config, log=tmp_path / "us.log") as us_daemon,
+    ):
+        with crdtdb.open(eu_dir, region="eu") as eu:
+            eu.put("docs/first", {"i": -1})
+
+            def us_holds(doc_ids: list[str]) -> bool:
+                if not (us_dir / STORE_FILE).exists():
+                    return False
+                try:
+                    with crdtdb.open(us_dir) as us:
+                        return all(us.get(doc_id) is not None for doc_id in doc_ids)
+                except crdtdb.CrdtdbError:  # a reader on a full disk may be refused too
+                    return False
+
+            wait_until(lambda: us_holds(["docs/first"]), timeout=60)
+            free = os.statvfs(small_fs).f_bavail * os.statvfs(small_fs).f_frsize
+            filler.write_bytes(b"\0" * max(0, free - 150_000))
+            written = []
+            for i in range(60):  # about 1 MB: far more than is left on us's disk
+                eu.put(f"docs/{i}", {"i": i, "pad": os.urandom(8_000).hex()})
+                written.append(f"docs/{i}")
+            wait_until(lambda: "disk is full" in (tmp_path / "us.log").read_text(), timeout=30)
+            assert not us_holds(written), "the disk was meant to be full"
+            filler.unlink()
+            wait_until(lambda: us_holds(written), timeout=90)
+        assert eu_daemon.running and us_daemon.running  # neither was restarted
