@@ -40,6 +40,7 @@ from .errors import (
     UsageError,
     shown,
 )
+from .fence import FENCE_KEY, ClockFence, decode_fence, encode_fence
 from .hlc import DEFAULT_MAX_OFFSET_MS, MAX_WALL_MS, Hlc, WallClock, system_wall_ms
 from .ids import DocId, RegionId, validate_region
 from .records import MAX_SQLITE_INT, UpdateRecord
@@ -233,6 +234,8 @@ class Engine:
         # (last HLC, local max seq) as of our last look; valid while no other process
         # has committed (PRAGMA data_version unchanged), so commits need not read them.
         self.counters: tuple[Hlc, int] | None = None
+        self.fence: ClockFence | None = None
+        """The clock fence as of the last read of the counters (see :mod:`crdtdb.fence`)."""
         self.epoch = int(self.meta("compaction_epoch") or 0)
         self.seen_id = self.max_log_id()
         """The newest log id this process has seen (and its cached documents hold)."""
@@ -399,11 +402,34 @@ class Engine:
     def read_counters(self) -> tuple[Hlc, int]:
         """The last HLC and the local max seq; call inside the write transaction."""
         if self.counters is None:
-            row = self.conn.execute(
-                "SELECT max_seq FROM origins WHERE origin = ?", (self.region,)
+            # The clock fence rides on this read: a commit pays no statement for it.
+            seq, stored, fence = self.conn.execute(
+                "SELECT (SELECT max_seq FROM origins WHERE origin = ?),"
+                " (SELECT value FROM meta WHERE key = 'last_hlc'),"
+                " (SELECT value FROM meta WHERE key = ?)",
+                (self.region, FENCE_KEY),
             ).fetchone()
-            self.counters = (max(self.last_hlc, self.stored_hlc()), row[0] if row else 0)
+            self.fence = decode_fence(fence) if fence is not None else None
+            self.counters = (max(self.last_hlc, Hlc(int(stored or 0))), seq or 0)
         return self.counters
+
+    def check_fence(self, now_ms: int) -> None:
+        """Refuse a local write while the clock fence holds; after :meth:`read_counters`."""
+        if self.fence is not None:
+            refusal = self.fence.refusal(now_ms)
+            if refusal is not None:
+                raise refusal
+
+    def set_fence(self, fence: ClockFence | None) -> None:
+        """Write (or, with None, lift) the clock fence; inside a write transaction."""
+        if fence is None:
+            self.conn.execute("DELETE FROM meta WHERE key = ?", (FENCE_KEY,))
+        else:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                (FENCE_KEY, encode_fence(fence)),
+            )
+        self.fence = fence
 
     def set_last_hlc(self, hlc: Hlc) -> None:
         self.conn.execute("UPDATE meta SET value = ? WHERE key = 'last_hlc'", (int(hlc),))

@@ -14,6 +14,7 @@ from .digests import Digests
 from .engine import ChangeSignal, Engine, check_count
 from .errors import InvalidUpdateError
 from .feed import ChangeFeed
+from .fence import FENCE_KEY, ClockFence, decode_fence
 from .frontier import Frontier
 from .hlc import Hlc
 from .ids import RegionId, validate_doc_id
@@ -200,6 +201,28 @@ class Replica:
     def expect_regions(self, regions: list[str]) -> None:
         """Name regions that must report before the frontier can move (e.g. configured peers)."""
         self._frontier.expect_regions(regions)
+
+    # ----------------------------------------------------------- clock fence
+
+    def set_clock_fence(self, fence: ClockFence | None) -> None:
+        """Refuse (or, with None, allow again) local writes of every process on this store
+        while ``fence`` holds (see :mod:`crdtdb.fence`; the sync daemon sets it)."""
+        engine = self._engine
+        with engine.lock:
+            engine.check_no_tx("set_clock_fence()")
+
+            def body() -> tuple[None, list[UpdateRecord]]:
+                engine.set_fence(fence)
+                return None, []
+
+            engine.write(body)
+
+    def clock_fence(self) -> ClockFence | None:
+        """The clock fence the store holds (expired or not), or None."""
+        engine = self._engine
+        with engine.lock:
+            engine.check()
+            return decode_fence(engine.meta(FENCE_KEY))
 
     # ---------------------------------------------------------------- upkeep
 

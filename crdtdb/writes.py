@@ -142,7 +142,10 @@ class Writer:
     ) -> tuple[Hlc, list[UpdateRecord]]:
         engine = self._engine
         last, seq = engine.read_counters()
-        hlc = tick(last, engine.options.clock())
+        now = engine.options.clock()
+        if kind == WRITE:  # an application's write; repairs re-record what peers wrote
+            engine.check_fence(now)
+        hlc = tick(last, now)
         if kind == WRITE:
             engine.clients.bind_own(int(hlc))
         engine.set_last_hlc(hlc)

@@ -16,6 +16,8 @@ the sessions.
 - The heartbeats (on the writer thread) keep an idle region's clock moving; a
   store write that fails (the heartbeat, every ``heartbeat_interval``) is
   logged and kept in :meth:`Housekeeping.store_health` for ``/healthz``.
+  After each (and once at start) the clock fence is decided again
+  (:mod:`.clockkeeper`).
 
 The :class:`Housekeeping` is the replicator's own: it starts the loops
 in its ``run`` and tells it when the log grew (:meth:`Housekeeping.log_grew`).
@@ -32,6 +34,7 @@ from typing import Any
 from crdtdb.database import Database
 from crdtdb.errors import CrdtdbError
 
+from .clockkeeper import ClockKeeper
 from .config import RegionConfig
 from .writer import StoreWriter
 
@@ -73,8 +76,16 @@ the store counts as not writable."""
 class Housekeeping:
     """The background loops that keep one region's store in shape while it replicates."""
 
-    def __init__(self, db: Database, config: RegionConfig, writer: StoreWriter[Any]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        config: RegionConfig,
+        writer: StoreWriter[Any],
+        clock: ClockKeeper | None = None,
+    ) -> None:
         self.db = db
+        self.clock = clock
+        """Decides the clock fence after each heartbeat (None: no fence)."""
         self.config = config
         self.region = db.region
         self.writer = writer
@@ -204,6 +215,8 @@ class Housekeeping:
     async def heartbeat_loop(self) -> None:
         """Keep an idle region's clock moving so that the global frontier advances; and
         so, find out that the store is no longer writable (see :meth:`store_health`)."""
+        if self.clock is not None:  # a fence due to a stored HLC ahead: before serving
+            await self.clock.update()
         while True:
             await asyncio.sleep(self.config.heartbeat_interval)
             try:
@@ -222,6 +235,8 @@ class Housekeeping:
                 log.info("%s: the store is writable again", self.region)
             self.store_problem = None
             self.store_ok_at = time.monotonic()
+            if self.clock is not None:
+                await self.clock.update()
 
     def store_health(self) -> str | None:
         """None while the store takes writes; else why not (any thread may ask)."""

@@ -101,6 +101,17 @@ class Metrics(Observer):
         self.wal_bytes = Gauge(
             "crdtdb_wal_bytes", "Size of the store's write-ahead log", registry=self.registry
         )
+        self.clock_offset = Gauge(
+            "crdtdb_clock_offset_seconds",
+            "The peer's wall clock minus ours, estimated from its HLC or its clock_skew refusal",
+            peer,
+            registry=self.registry,
+        )
+        self.clock_fenced = Gauge(
+            "crdtdb_clock_fenced",
+            "1 while local writes are refused because this region's clock is off",
+            registry=self.registry,
+        )
 
     def known_peers(self, peers: Iterable[str]) -> None:
         """Make every configured peer's series exist (at 0) before anything happens."""
@@ -151,6 +162,11 @@ class Metrics(Observer):
     def gauges(self, *, frontier_age: float, wal_bytes: int) -> None:
         self.frontier_age.set(frontier_age)
         self.wal_bytes.set(wal_bytes)
+
+    def clock(self, fenced: bool, offsets: dict[str, float]) -> None:
+        self.clock_fenced.set(1 if fenced else 0)
+        for peer, offset in offsets.items():
+            self.clock_offset.labels(peer).set(offset)
 
 
 Health = Callable[[], str | None]

@@ -57,6 +57,7 @@ from crdtdb.storage import wal_path
 
 from . import wire
 from .certs import sign_challenge, verify_peer
+from .clockkeeper import ClockKeeper
 from .config import RegionConfig
 from .housekeeping import CHECKPOINT_INTERVAL as CHECKPOINT_INTERVAL
 from .housekeeping import DIGEST_CHUNK as DIGEST_CHUNK
@@ -81,7 +82,7 @@ from .session import (
     SyncSession,
 )
 from .status import STATUS_FILE
-from .store import ApplyRecords, Intent, Outcome
+from .store import ApplyRecords, Intent, NoteFrontier, Outcome
 from .transport import HandshakeRefused, SessionProtocol, dial, listen
 from .writer import StoreWriter
 
@@ -134,7 +135,8 @@ class Replicator:
         self._last_progress_log = 0.0
         self.watcher: LogWatcher | None = None
         self.writer: StoreWriter[SessionProtocol] = StoreWriter(db, self._performed)
-        self.housekeeping = Housekeeping(db, config, self.writer)
+        self.clock = ClockKeeper(db, config, self.writer, self.observer)
+        self.housekeeping = Housekeeping(db, config, self.writer, self.clock)
 
     # ------------------------------------------------------------ sessions
 
@@ -171,11 +173,13 @@ class Replicator:
         )
 
     def _on_event(self, protocol: SessionProtocol, event: Event) -> None:
-        if isinstance(event, Intent):
-            self.writer.submit(protocol, event)
-            return
         session = protocol.session
         assert session is not None
+        if isinstance(event, Intent):
+            if isinstance(event, NoteFrontier) and session.peer:  # only once established
+                self.clock.note_frontier(session.peer, event.entries)
+            self.writer.submit(protocol, event)
+            return
         # Until the handshake is done the region name is only a claim: it must not
         # touch the real peer's status (or create one) nor be logged as if true.
         trusted = protocol in self.protocols or isinstance(event, Established)
@@ -251,6 +255,8 @@ class Replicator:
                 status.last_error = event.reason if event.error is not None else None
                 self.observer.peer_up(status.region, status.connected)
         self._counted.pop(protocol, None)
+        if trusted and status is not None:
+            self.clock.note_closed(status.region, event.reason)
         if event.error is not None:
             self.observer.refused(event.error.code)
         kind = "peer_refused" if event.error is not None else "peer_lost" if trusted else None
@@ -551,6 +557,7 @@ class Replicator:
             self.peers.values(),
             self.protocols,
             stopped=stopped,
+            clock=self.clock.report(),
         )
 
     def mark_stopped(self) -> None:

@@ -39,3 +39,7 @@ class Observer:
 
     def gauges(self, *, frontier_age: float, wal_bytes: int) -> None:
         """Current values, about once a second."""
+
+    def clock(self, fenced: bool, offsets: dict[str, float]) -> None:
+        """Each heartbeat: whether the clock fence holds, and per peer heard from recently
+        its clock minus ours in seconds (see :mod:`.clockwatch`)."""

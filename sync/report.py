@@ -77,8 +77,10 @@ def status_report(
     protocols: Collection[SessionProtocol],
     *,
     stopped: bool = False,
+    clock: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What ``crdtdb status`` shows; ``stopped``: the daemon is stopping cleanly."""
+    """What ``crdtdb status`` shows; ``stopped``: the daemon is stopping cleanly; ``clock``:
+    the clock fence's report (:meth:`.clockkeeper.ClockKeeper.report`)."""
     progress = db.progress()
     now_ms = int(time.time() * 1000)
     entries = []
@@ -109,6 +111,7 @@ def status_report(
             o: {"contiguous_seq": p[1], "contiguous_hlc": str(p[2])} for o, p in progress.items()
         },
         "peers": entries,
+        "clock": clock,
     }
 
 

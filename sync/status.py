@@ -23,7 +23,14 @@ from typing import Any
 
 from crdtdb.errors import UsageError
 
-__all__ = ["STALE_AFTER", "STATUS_FILE", "down_reason", "show_status"]
+__all__ = [
+    "CLOCK_TOLERANCE",
+    "STALE_AFTER",
+    "STATUS_FILE",
+    "clock_text",
+    "down_reason",
+    "show_status",
+]
 
 STATUS_FILE = "sync-status.json"
 """The status file's name inside the region's data directory."""
@@ -72,7 +79,7 @@ def down_reason(status: dict[str, Any], now: float) -> str | None:
     """None if the daemon that wrote ``status`` is running; else why we think it is not."""
     age = now - float(status.get("time", 0))
     if status.get("state") == "stopped":
-        return f"stopped cleanly {age:.1f}s ago"
+        return f"stopped cleanly {_ago(float(status.get('time', 0)), now)}"
     if _pid_gone(status.get("pid")):
         return f"its process (pid {status.get('pid')}) is gone: crashed or killed"
     if age > STALE_AFTER:
@@ -80,8 +87,38 @@ def down_reason(status: dict[str, Any], now: float) -> str | None:
     return None
 
 
+CLOCK_TOLERANCE = 1.0
+"""Seconds a moment the daemon reported may lie ahead of this process's clock before
+``status`` says that a clock looks off (it never shows a negative age)."""
+
+
 def _ago(moment: float | None, now: float) -> str:
-    return "never" if moment is None else f"{max(0.0, now - moment):.1f}s ago"
+    """How long ago ``moment`` was, never negative: a moment ahead of ``now`` means the
+    daemon's clock reads ahead of ours, and says so."""
+    if moment is None:
+        return "never"
+    age = now - moment
+    if age < -CLOCK_TOLERANCE:
+        return f"0.0s ago (stamped {-age:.1f}s ahead of this host's clock: a clock looks off)"
+    return f"{max(0.0, age):.1f}s ago"
+
+
+def clock_text(clock: dict[str, Any] | None) -> str | None:
+    """The status line about the clock fence (None: the daemon did not report one)."""
+    if not clock:
+        return None
+    if clock.get("fenced"):
+        return f"clock FENCED, local writes refused: {clock.get('message')}"
+    offsets = ", ".join(
+        f"{name} {peer['offset_ms'] / 1000:+.1f}s" for name, peer in clock.get("peers", {}).items()
+    )
+    heard = f" (peers' clocks minus ours: {offsets})" if offsets else " (no peer heard yet)"
+    if clock.get("behind_ms"):
+        return (
+            f"clock looks {clock['behind_ms'] / 1000:.1f}s BEHIND most peers{heard}: fix this"
+            " host's clock (NTP); it refuses their records until then"
+        )
+    return f"clock agrees with the peers{heard}"
 
 
 def _lag_text(peer: dict[str, Any]) -> str:
@@ -92,21 +129,24 @@ def _lag_text(peer: dict[str, Any]) -> str:
 
 
 def _headline(status: dict[str, Any], now: float, down: str | None) -> str:
-    age = now - status["time"]
+    age = _ago(status["time"], now)
     if down is None:
         return (
             f"region {status['region']} listening on {status['listen']} pid {status['pid']},"
-            f" reported {age:.1f}s ago"
+            f" reported {age}"
         )
     return (
         f"region {status['region']} NOT RUNNING: {down}"
-        f" (last report: pid {status['pid']} on {status['listen']}, {age:.1f}s ago)"
+        f" (last report: pid {status['pid']} on {status['listen']}, {age})"
     )
 
 
 def _print_text(status: dict[str, Any], now: float, down: str | None) -> None:
     print(_headline(status, now, down))
     print(f"hlc {status['hlc']}  frontier {status.get('frontier', '?')}")
+    clock = clock_text(status.get("clock"))
+    if clock is not None:
+        print(clock)
     for peer in status["peers"]:
         state = "connected" if peer["connected"] else "DISCONNECTED"
         if down is not None and peer["connected"]:
@@ -190,6 +230,10 @@ def _table(path: Path) -> Any:
         if peer.get("last_error"):
             errors.append(Text(f"{peer['region']}: last error: {peer['last_error']}", "yellow"))
     clocks = Text(f"hlc {status['hlc']}  frontier {status.get('frontier', '?')}", style="dim")
+    fence = clock_text(status.get("clock"))
+    if fence is not None:
+        style = "bold red" if status["clock"].get("fenced") else "dim"
+        clocks = Group(clocks, Text(fence, style=style))  # type: ignore[assignment]
     return Group(head, clocks, table, *errors)
 
 
