@@ -135,8 +135,10 @@ def test_a_region_whose_clock_runs_ahead_fences_itself_and_rejoins_once_fixed(
             cluster.db("eu").put("eu/while-ap-skewed", {"v": 1})
             cluster.db("us").put("us/while-ap-skewed", {"v": 2})
             wait_until(
-                lambda: cluster.db("us").get("eu/while-ap-skewed") is not None
-                and cluster.db("eu").get("us/while-ap-skewed") is not None,
+                lambda: (
+                    cluster.db("us").get("eu/while-ap-skewed") is not None
+                    and cluster.db("eu").get("us/while-ap-skewed") is not None
+                ),
                 30.0,
                 "eu and us to exchange their writes while ap is fenced",
             )
@@ -160,7 +162,9 @@ def test_a_region_whose_clock_runs_ahead_fences_itself_and_rejoins_once_fixed(
         try:
             first = next(messages(fixed, 60.0))
             assert first["ev"] == "refused" and first["code"] == "clock_skew", first
-            assert "stored HLC" in first["message"] and "resume by themselves at" in first["message"]
+            assert (
+                "stored HLC" in first["message"] and "resume by themselves at" in first["message"]
+            )
             lift = Hlc.parse(re.search(r"resume by themselves at (\S+)", first["message"])[1])  # type: ignore[index]
             assert lift.wall_ms / 1000 - time.time() < SKEW_S + 5, first
             for message in messages(fixed, SKEW_S + 60.0):
