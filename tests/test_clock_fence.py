@@ -235,10 +235,12 @@ def test_a_fence_expires_by_itself_and_refuses_only_local_writes(tmp_path: Path)
     db = crdtdb.open(tmp_path / "eu", region="eu", clock=lambda: now[0])
     db.set_clock_fence(ClockFence(message="off", ahead_ms=1, expires_ms=WALL + 10_000))
     assert db.clock_fence() is not None
-    with pytest.raises(ClockSkewError, match="refused local write: off"):
-        with db.transaction() as tx:
-            tx.put("c/a", {"v": 1})
-            tx.put("c/b", {"v": 2})
+    with (
+        pytest.raises(ClockSkewError, match="refused local write: off"),
+        db.transaction() as tx,
+    ):
+        tx.put("c/a", {"v": 1})
+        tx.put("c/b", {"v": 2})
     assert db.get("c/a") is None and db.get("c/b") is None and "eu" not in db.progress()
     db.heartbeat()  # the daemon's own clock keeps moving
     other = crdtdb.open(tmp_path / "us", region="us", clock=lambda: now[0])
@@ -292,7 +294,7 @@ def test_status_never_shows_a_negative_age_and_says_the_clock_looks_off(
                 "rounds": 0,
                 "repairs": 0,
             },
-        ],  # fmt: skip
+        ],
         "clock": {
             "fenced": True,
             "message": "this region's clock is 299.6 s ahead of most of its peers",

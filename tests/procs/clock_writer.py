@@ -34,7 +34,12 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.05)
     args = parser.parse_args()
     stop = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+
+    def wait_for_eof() -> None:
+        sys.stdin.read()
+        stop.set()
+
+    threading.Thread(target=wait_for_eof, daemon=True).start()
     db = crdtdb.open(args.dir, region=args.region)
     n = 0
     while not stop.wait(args.interval):
