@@ -28,9 +28,13 @@ from .config import RegionConfig
 from .observe import Observer
 from .writer import StoreWriter
 
-__all__ = ["ClockKeeper"]
+__all__ = ["GOSSIP_SLACK_MS", "ClockKeeper"]
 
 log = logging.getLogger("crdtdb.sync")
+
+GOSSIP_SLACK_MS = 5_000
+"""How stale a peer's gossiped clock may be, at least: beyond the offset, a lead shown by
+gossip alone must exceed this to count (a refusal counts exactly)."""
 
 
 class ClockKeeper:
@@ -45,8 +49,9 @@ class ClockKeeper:
         self.observer = observer
         self.watch = ClockWatch(
             max_offset_ms=config.max_clock_offset_ms,
-            # a peer ticks its clock each heartbeat and gossips it each heartbeat
-            slack_ms=int(2000 * config.heartbeat_interval) + 100,
+            # a peer ticks its clock each heartbeat and gossips it each heartbeat; its
+            # writer thread may be held up a while (see clockwatch)
+            slack_ms=max(GOSSIP_SLACK_MS, int(2000 * config.heartbeat_interval) + 100),
             # a peer that refuses us closes the session: the next one may be a backoff away
             window_s=max(30.0, 3 * config.reconnect_max),
         )

@@ -8,16 +8,20 @@ fence). What it learns from, and what each proves:
   ``Frontier``, every ``heartbeat_interval``). An HLC is never behind its
   region's wall clock, so a peer HLC far *behind* our wall clock proves that
   our clock is ahead of the peer's, by at least the difference less how stale
-  the HLC may be: the peer ticks it each heartbeat and gossips it each
-  heartbeat, so it can lag the peer's wall by up to about two heartbeats
-  (``slack_ms``). A peer HLC far *ahead* of our wall proves nothing about
+  the HLC may be (``slack_ms``): the peer ticks it each heartbeat and gossips
+  it each heartbeat, so it lags the peer's wall by up to about two heartbeats,
+  and by longer while the peer's writer thread is held up (a long batch, a
+  slow disk), so the daemon allows at least 5 s: a peer that stalls must not
+  fence us. A peer HLC far *ahead* of our wall proves nothing about
   our clock: the peer's HLC may have been dragged ahead of its own wall (by
   up to the maximum offset at each hop) by a third region whose clock runs ahead.
 - **A peer's refusal of our records for clock skew** (``Error`` with code
   ``clock_skew``: "remote HLC H is N ms ahead of local wall time"). The peer
   read its wall clock as exactly ``H - N``: that is its wall at about the
   moment we hear it, so the offset is known to within the transit time.
-  Whose record it was does not matter.
+  Whose record it was does not matter. So a clock ahead by more than the
+  offset but less than the gossip's slack is caught by the first refusal of
+  one of its records (and fenced for ``window_s`` after the last one).
 
 Why only "ahead" fences: a region's records are refused by a peer exactly
 when their HLC is more than the maximum offset ahead of that peer's wall
@@ -125,7 +129,8 @@ class ClockWatch:
     def __init__(self, *, max_offset_ms: int, slack_ms: int, window_s: float) -> None:
         self.max_offset_ms = max_offset_ms
         self.slack_ms = slack_ms
-        """How stale a peer's gossiped HLC may be (about two of its heartbeats)."""
+        """How stale a peer's gossiped HLC may be (two of its heartbeats; the daemon allows
+        at least 5 s)."""
         self.window_s = window_s
         """Samples older than this are forgotten."""
         self._peers: dict[str, _Peer] = {}
