@@ -92,15 +92,17 @@ CLOCK_TOLERANCE = 1.0
 ``status`` says that a clock looks off (it never shows a negative age)."""
 
 
-def _ago(moment: float | None, now: float) -> str:
+def _ago(moment: float | None, now: float, *, short: bool = False) -> str:
     """How long ago ``moment`` was, never negative: a moment ahead of ``now`` means the
-    daemon's clock reads ahead of ours, and says so."""
+    daemon's clock reads ahead of ours, and says so (``short``: for a table column)."""
     if moment is None:
         return "never"
     age = now - moment
     if age < -CLOCK_TOLERANCE:
+        if short:
+            return "0.0s (clock off?)"
         return f"0.0s ago (stamped {-age:.1f}s ahead of this host's clock: a clock looks off)"
-    return f"{max(0.0, age):.1f}s ago"
+    return f"{max(0.0, age):.1f}s" + ("" if short else " ago")
 
 
 def clock_text(clock: dict[str, Any] | None) -> str | None:
@@ -218,7 +220,7 @@ def _table(path: Path) -> Any:
         table.add_row(
             peer["region"],
             Text("up" if connected else "DOWN", style="green" if connected else "red"),
-            _ago(peer["last_contact"], now).removesuffix(" ago"),
+            _ago(peer["last_contact"], now, short=True),
             _short(peer["bytes_in"]),
             _short(peer["bytes_out"]),
             "?" if lag is None else _short(sum(lag.values())),

@@ -8,6 +8,7 @@ opened the same directory (as an application beside its daemon does).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from rich.console import Console
 
 import crdtdb
 from crdtdb.errors import ClockSkewError
@@ -23,7 +25,7 @@ from crdtdb.fence import FENCE_KEY, ClockFence, decode_fence, encode_fence
 from crdtdb.hlc import Hlc, observe
 from crdtdb.sync.clockwatch import ClockWatch, majority_value, parse_refusal
 from crdtdb.sync.metrics import Metrics
-from crdtdb.sync.status import clock_text, show_status
+from crdtdb.sync.status import _table, clock_text, show_status
 
 from .harness.process import Child, program
 from .hlc_strategies import BASE_MS, PROPERTY
@@ -308,6 +310,11 @@ def test_status_never_shows_a_negative_age_and_says_the_clock_looks_off(
     assert "reported 0.0s ago (stamped 299.6s ahead of this host's clock" in out
     assert "last contact 0.0s ago (stamped" in out
     assert "clock FENCED, local writes refused: this region's clock is 299.6 s ahead" in out
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(_table(tmp_path / "sync-status.json"))  # what --watch draws
+    table = console.export_text()
+    assert "clock FENCED, local writes refused" in table and "0.0s (clock off?)" in table
+    assert "-" not in table.split("\n")[0], table
 
 
 def test_clock_text_reports_agreement_and_a_clock_behind() -> None:
