@@ -57,6 +57,8 @@ class ClockKeeper:
         )
         self.verdict = Verdict(False)
         self._fence_stored: bool | None = None  # None: not looked yet
+        self._updating = asyncio.Lock()
+        self._poked: asyncio.Task[None] | None = None
 
     def _now(self) -> tuple[int, float]:
         return self.db.options.clock(), asyncio.get_running_loop().time()
@@ -67,6 +69,7 @@ class ClockKeeper:
             if origin == peer and hlc:
                 wall_ms, now = self._now()
                 self.watch.note_gossip(peer, Hlc(hlc), wall_ms, now)
+                self._poke()
 
     def note_closed(self, peer: str, reason: str) -> None:
         """A session with ``peer`` closed for ``reason``: learn from a clock_skew refusal."""
@@ -76,9 +79,27 @@ class ClockKeeper:
         if found is not None:
             wall_ms, now = self._now()
             self.watch.note_refusal(peer, found[0], found[1], wall_ms, now)
+            self._poke()
+
+    def _poke(self) -> None:
+        """Decide now rather than at the next heartbeat while not fenced: a write
+        acknowledged meanwhile would be refused by the peers that just told us."""
+        if self.verdict.fenced or (self._poked is not None and not self._poked.done()):
+            return  # fenced: the heartbeats keep it; or a decision is on its way
+        self._poked = asyncio.get_running_loop().create_task(self._poked_update())
+
+    async def _poked_update(self) -> None:
+        try:
+            await self.update()
+        except Exception as exc:  # the daemon is stopping (its writer thread is gone)
+            log.debug("%s: clock fence not updated: %s", self.region, exc)
 
     async def update(self) -> None:
         """Decide again, and write, refresh or lift the fence in the store."""
+        async with self._updating:
+            await self._update()
+
+    async def _update(self) -> None:
         wall_ms, now = self._now()
         try:
             if self._fence_stored is None:
@@ -115,10 +136,15 @@ class ClockKeeper:
                 extra={"event": "clock_fenced", "ahead_ms": after.ahead_ms},
             )
         elif before.fenced and not after.fenced:
+            why = (
+                "the stored HLC is within the offset of the wall clock"
+                if before.reason == "stored"
+                else "the clock agrees with most peers"
+            )
             log.info(
-                "%s: clock fence lifted: the clock agrees with the peers again, local writes"
-                " are accepted",
+                "%s: clock fence lifted: %s again, local writes are accepted",
                 self.region,
+                why,
                 extra={"event": "clock_fence_lifted"},
             )
         if after.behind_ms and not before.behind_ms:
