@@ -35,7 +35,7 @@ from .errors import UsageError, shown
 from .feed import Subscription
 from .history import History
 from .hlc import Hlc
-from .ids import validate_collection, validate_doc_id
+from .ids import RESERVED_COLLECTION, validate_collection, validate_doc_id
 from .records import UpdateRecord
 from .replica import Replica
 from .transaction import Transaction
@@ -107,10 +107,13 @@ class Database(Replica):
 
     # ------------------------------------------------------------- documents
 
-    def transaction(self) -> Transaction:
-        """An atomic transaction across documents: ``with db.transaction() as tx: ...``."""
+    def transaction(self, *, _reserved: bool = False) -> Transaction:
+        """An atomic transaction across documents: ``with db.transaction() as tx: ...``.
+
+        (``_reserved``: for :mod:`crdtdb.membership` only, which edits the reserved
+        collection ``_cluster``.)"""
         self._engine.check()
-        return Transaction(self._engine, self._writer)
+        return Transaction(self._engine, self._writer, reserved=_reserved)
 
     def put(self, doc_id: str, value: Mapping[str, Any]) -> Hlc:
         """Make document ``doc_id`` equal to ``value``; return the HLC it holds that value at."""
@@ -162,7 +165,9 @@ class Database(Replica):
         with engine.lock:
             engine.check()
             rows = engine.conn.execute(
-                "SELECT DISTINCT collection FROM docs WHERE live ORDER BY collection"
+                "SELECT DISTINCT collection FROM docs WHERE live AND collection != ?"
+                " ORDER BY collection",
+                (RESERVED_COLLECTION,),
             )
             return [row[0] for row in rows]
 

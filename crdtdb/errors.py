@@ -32,6 +32,7 @@ __all__ = [
     "NotAStoreError",
     "RegionMismatchError",
     "RemoteDataError",
+    "ReservedCollectionError",
     "SchemaVersionError",
     "StoreError",
     "StoreFullError",
@@ -78,6 +79,12 @@ class UsageError(CrdtdbError, ValueError):
 
 class InvalidDocIdError(UsageError):
     code = "invalid_doc_id"
+
+
+class ReservedCollectionError(InvalidDocIdError):
+    """A write to a reserved collection (``_cluster``) through the ordinary API."""
+
+    code = "reserved_collection"
 
 
 class InvalidRegionError(UsageError):

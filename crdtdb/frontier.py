@@ -6,6 +6,33 @@ reports. From these: ``C`` of this region (it holds every update with an HLC
 at or below it), gossiped as ``frontiers`` rows, and the global frontier ``F``
 (the least ``C`` of every region), below which every region answers
 ``as_of`` alike and compaction may fold.
+
+Which regions count is the cluster's membership (:mod:`crdtdb.membership`),
+once the store holds one (a store that never joined a cluster, say two
+embedded stores exchanging records by hand, counts every region it has heard
+of, as before):
+
+- ``F`` waits for the members that are not removed (``joining``, ``active``,
+  ``leaving``), each counted from the moment the membership names it, even
+  before it has reported anything (then as 0). A region that was never
+  added, or was removed, holds nobody back: neither its own ``C`` (from
+  ``frontiers``) nor its records (in ``origins``) count.
+- **Removal.** When a region R is removed at HLC t, the region that removes
+  it records ``final_seq``: R's records it holds contiguously (1..n). Those
+  records are final: the remover holds them, so they reach every remaining
+  region, and a region's ``C`` still waits for R until it holds 1..final_seq.
+  From then on the frontier no longer includes R's clock: past t it moves
+  with the remaining regions alone, so every update of R at or below ``F`` is
+  in every remaining region and ``as_of(F)`` answers the same everywhere
+  across the removal. (Concurrent removals by several regions take the
+  highest ``final_seq``, which one of them holds.) R is refused from the
+  moment a region learns of its removal; records R made past ``final_seq``
+  and handed to a region that had not learnt of it yet are not lost (they
+  were acknowledged writes): they replicate like any record, but may reach a
+  region after its frontier passed their HLC, and then change the answer of
+  ``as_of`` for those cuts there. Decommission a region once it is stopped
+  (or cut off) to leave no such window.
+- The own region always counts, whatever its state.
 """
 
 from __future__ import annotations
@@ -17,9 +44,10 @@ from .engine import Engine, check_count
 from .errors import CrdtdbError, InvalidHlcError, UsageError, shown
 from .hlc import Hlc, tick
 from .ids import validate_region
+from .membership import read_conn
 from .records import MAX_SQLITE_INT, UpdateRecord
 
-__all__ = ["Frontier", "frontier_clocks", "frontier_entries"]
+__all__ = ["Frontier", "frontier_clocks", "frontier_entries", "local_clock"]
 
 
 def _checked_report(
@@ -81,8 +109,12 @@ class Frontier:
             return frontier_entries(engine.conn, engine.region, engine.last_hlc)
 
     def local(self) -> Hlc:
-        """``C`` of this region: it holds every update (of any origin) with HLC at or below it."""
-        return min(hlc for _, _, hlc in self.entries())
+        """``C`` of this region: it holds every update (of the origins that count, see the
+        module docstring) with HLC at or below it."""
+        engine = self._engine
+        with engine.lock:
+            engine.check()
+            return local_clock(engine.conn, engine.region, engine.last_hlc)
 
     def note(self, entries: list[tuple[str, int, int]], clocks: list[tuple[str, int]]) -> None:
         """Take a peer's frontier report: per origin (seq, hlc), and C of other regions.
@@ -231,8 +263,32 @@ def frontier_entries(
     return [*entries, (region, own[0] if own else 0, clock)]
 
 
+def local_clock(conn: sqlite3.Connection, region: str, floor: int = 0) -> Hlc:
+    """``C`` of this region read through ``conn``: the least complete-through HLC of the
+    origins that count (all of them without a membership; see the module docstring)."""
+    entries = frontier_entries(conn, region, floor)
+    members = read_conn(conn)
+    if members is None:
+        return min(hlc for _, _, hlc in entries)
+    waited, final = members.waited() | {region}, members.removed()
+    counted = [
+        hlc
+        for origin, seq, hlc in entries
+        if origin in waited or (origin in final and seq < final[origin])
+    ]
+    held = {origin for origin, _, _ in entries}
+    counted += [Hlc(0) for origin in waited - held]  # named, not heard from yet
+    return min(counted)
+
+
 def frontier_clocks(conn: sqlite3.Connection, region: str, floor: int = 0) -> list[tuple[str, Hlc]]:
-    """:meth:`Database.frontier_clocks` read through ``conn``."""
-    own = min(hlc for _, _, hlc in frontier_entries(conn, region, floor))
-    rows = conn.execute("SELECT region, hlc FROM frontiers").fetchall()
-    return [*((row[0], Hlc(row[1])) for row in rows), (region, own)]
+    """:meth:`Database.frontier_clocks` read through ``conn``: ``C`` per region that counts
+    (see the module docstring), this one computed now."""
+    own = local_clock(conn, region, floor)
+    rows = [(row[0], Hlc(row[1])) for row in conn.execute("SELECT region, hlc FROM frontiers")]
+    members = read_conn(conn)
+    if members is not None:
+        waited = members.waited() - {region}
+        rows = [(other, hlc) for other, hlc in rows if other in waited]
+        rows += [(other, Hlc(0)) for other in sorted(waited - {other for other, _ in rows})]
+    return [*rows, (region, own)]

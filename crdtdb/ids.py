@@ -13,6 +13,7 @@ from typing import NewType
 from .errors import InvalidDocIdError, InvalidRegionError, shown
 
 __all__ = [
+    "RESERVED_COLLECTION",
     "DocId",
     "RegionId",
     "collection_of",
@@ -25,6 +26,8 @@ DocId = NewType("DocId", str)
 RegionId = NewType("RegionId", str)
 
 MAX_KEY_BYTES = 512
+RESERVED_COLLECTION = "_cluster"
+"""The collection of the cluster's membership (:mod:`crdtdb.membership`): not user data."""
 _COLLECTION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
 _REGION = re.compile(r"[a-z0-9][a-z0-9_\-]{0,31}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (e.g. U+0085 NEL)

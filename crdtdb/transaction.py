@@ -16,9 +16,15 @@ from typing import TYPE_CHECKING, Any
 from pycrdt import Text
 
 from ._cache import DocHandle
-from .errors import InvalidValueError, TransactionError, UsageError, shown
+from .errors import (
+    InvalidValueError,
+    ReservedCollectionError,
+    TransactionError,
+    UsageError,
+    shown,
+)
 from .hlc import Hlc
-from .ids import validate_doc_id
+from .ids import RESERVED_COLLECTION, collection_of, validate_doc_id
 from .records import UpdateRecord
 from .values import (
     DocArray,
@@ -41,8 +47,9 @@ __all__ = ["Transaction"]
 class Transaction:
     """A unit of work across documents; use it as a context manager."""
 
-    def __init__(self, engine: Engine, writer: Writer) -> None:
+    def __init__(self, engine: Engine, writer: Writer, *, reserved: bool = False) -> None:
         self._engine = engine
+        self._reserved = reserved
         self._writer = writer
         self._handles: dict[str, DocHandle] = {}
         self._views: dict[str, DocMap] = {}
@@ -89,7 +96,14 @@ class Transaction:
         self._guard()
         handle = self._handles.get(doc_id)
         if handle is None:
-            handle = self._engine.handle(validate_doc_id(doc_id))
+            validate_doc_id(doc_id)
+            if not self._reserved and collection_of(doc_id) == RESERVED_COLLECTION:
+                raise ReservedCollectionError(
+                    f"{shown(doc_id)} is in the reserved collection {RESERVED_COLLECTION!r}"
+                    " (the cluster's membership): change it with `crdtdb cluster add/remove`"
+                    " or crdtdb.membership, not with ordinary writes"
+                )
+            handle = self._engine.handle(doc_id)
             handle.begin()
             self._handles[doc_id] = handle
         return handle

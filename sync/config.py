@@ -4,6 +4,11 @@ Every key, its default, and what it means is documented in the README; paths
 are relative to the config file. Unknown keys are refused (a typo would
 otherwise silently fall back to a default), and so are missing required ones.
 
+The ``[cluster]`` table (optional): ``auto_join`` (admit any region with a
+CA-signed certificate as a joining member; for test clusters) and
+``advertise`` (the HOST:PORT other regions reach this one at, recorded in
+the membership; default: ``listen``). See :mod:`.cluster`.
+
 The ``[metrics]`` table (optional; without it nothing is served):
 
 - ``listen = "127.0.0.1:9464"``: HOST:PORT of the daemon's HTTP endpoint:
@@ -70,10 +75,14 @@ class RegionConfig:
     poll_interval: float = 0.005
     metrics_listen: tuple[str, int] | None = None
     """``[metrics] listen``: where ``/metrics`` and ``/healthz`` are served (None: not)."""
+    auto_join: bool = False
+    """``[cluster] auto_join``: admit any CA-signed region that connects (test clusters)."""
+    advertise: str | None = None
+    """``[cluster] advertise``: the HOST:PORT peers reach us at (default: ``listen``)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-_TOP = {"region", "data_dir", "listen", "tls", "peers", "sync", "metrics"}
+_TOP = {"region", "data_dir", "listen", "tls", "peers", "sync", "metrics", "cluster"}
 _SYNC = {
     "anti_entropy_interval": float,
     "max_clock_offset_ms": int,
@@ -153,6 +162,23 @@ def _metrics_listen(value: object) -> tuple[str, int] | None:
     return parse_address(table["listen"], "[metrics] listen")
 
 
+def _cluster_options(value: object) -> dict[str, Any]:
+    """``[cluster]``: ``auto_join = true|false``, ``advertise = "HOST:PORT"``."""
+    table = _table(value, "[cluster]")
+    _unknown(table, {"auto_join", "advertise"}, "[cluster]")
+    options: dict[str, Any] = {}
+    if "auto_join" in table:
+        if not isinstance(table["auto_join"], bool):
+            raise ConfigError(
+                f"[cluster] auto_join must be true or false, not {table['auto_join']!r}"
+            )
+        options["auto_join"] = table["auto_join"]
+    if "advertise" in table:
+        host, port = parse_address(table["advertise"], "[cluster] advertise")
+        options["advertise"] = f"{host}:{port}"
+    return options
+
+
 def _peers(value: object, region: str) -> tuple[PeerConfig, ...]:
     if not isinstance(value, list):
         raise ConfigError("peers must be an array of tables: write each peer as [[peers]]")
@@ -209,5 +235,6 @@ def load_config(path: Path) -> RegionConfig:
         tls=tls,
         peers=_peers(raw.get("peers", []), region),
         metrics_listen=_metrics_listen(raw.get("metrics")),
+        **_cluster_options(raw.get("cluster", {})),
         **_sync_options(_table(raw.get("sync", {}), "[sync]")),
     )

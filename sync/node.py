@@ -58,6 +58,7 @@ from crdtdb.storage import wal_path
 from . import wire
 from .certs import sign_challenge, verify_peer
 from .clockkeeper import ClockKeeper
+from .cluster import Admission, ClusterView, fingerprint
 from .config import RegionConfig
 from .housekeeping import CHECKPOINT_INTERVAL as CHECKPOINT_INTERVAL
 from .housekeeping import DIGEST_CHUNK as DIGEST_CHUNK
@@ -137,6 +138,9 @@ class Replicator:
         self.writer: StoreWriter[SessionProtocol] = StoreWriter(db, self._performed)
         self.clock = ClockKeeper(db, config, self.writer, self.observer)
         self.housekeeping = Housekeeping(db, config, self.writer, self.clock)
+        self.cluster = ClusterView(db, config, fingerprint(self._cert))
+        self._dialers: dict[str, tuple[tuple[str, int], asyncio.Task[None]]] = {}
+        """Per peer we dial (or wait for): its address and the task doing it."""
 
     # ------------------------------------------------------------ sessions
 
@@ -160,17 +164,37 @@ class Replicator:
             client_nonce=client_nonce,
             server_region=self.region,
         )
+        self._admitted(self.cluster.admit(auth.region, auth.certificate))
+
+    def _admitted(self, admission: Admission) -> None:
+        """Record what admitting a peer changes in the membership, on the writer thread."""
+        if admission.state is None and admission.fingerprint is None:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self.writer.call(self.cluster.record, admission)
+        )
+        task.add_done_callback(self._membership_written)
+
+    def _membership_written(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("%s: cannot update the membership: %s", self.region, task.exception())
 
     def _session(self, dialer: bool, expected: str | None = None) -> SyncSession:
-        return SyncSession(
+        def prove(server_nonce: bytes, client_nonce: bytes, server_region: str) -> wire.Auth:
+            # TLS proved the server's certificate; the membership decides whether we talk.
+            self._admitted(self.cluster.admit(server_region, session.peer_certificate))
+            return self._prove(server_nonce, client_nonce, server_region)
+
+        session = SyncSession(
             self.db,
             dialer=dialer,
             now=asyncio.get_running_loop().time(),
             expected_peer=expected,
-            prove=self._prove,
+            prove=prove,
             authenticate=self._authenticate,
             options=self.options,
         )
+        return session
 
     def _on_event(self, protocol: SessionProtocol, event: Event) -> None:
         session = protocol.session
@@ -225,6 +249,11 @@ class Replicator:
         )
 
     def _round_done(self, event: AntiEntropyDone, status: PeerStatus, who: str) -> None:
+        if event.repaired_docs == 0:
+            # Nothing to repair: a joining region (this one, or the peer) holds a complete copy.
+            for region in (self.region, event.peer):
+                if self.cluster.state(region) == "joining":
+                    self._admitted(Admission(region, "active"))
         status.rounds += 1
         status.repairs += event.repaired_docs
         self.observer.round_done(event.peer, event.repaired_docs)
@@ -366,16 +395,10 @@ class Replicator:
         self._own_seq = self._commits()
         for peer in self.config.peers:
             self.observer.peer_up(peer.region, False)
-        tasks = [
-            asyncio.create_task(
-                self._dial_loop(peer.region, peer.host, peer.port)
-                if self.region < peer.region
-                else self._await_dial_loop(peer.region)
-            )
-            for peer in self.config.peers
-        ]
+        self.cluster.start(self.port)
+        self._reconcile_peers()
         self.db.expect_regions([peer.region for peer in self.config.peers])
-        tasks.append(asyncio.create_task(self.writer.run()))
+        tasks = [asyncio.create_task(self.writer.run())]
         tasks.append(asyncio.create_task(self._watch_log()))
         tasks.append(asyncio.create_task(self.housekeeping.refresh_digests_loop()))
         tasks.append(asyncio.create_task(self.housekeeping.heartbeat_loop()))
@@ -391,6 +414,7 @@ class Replicator:
                 if protocol.session is not None:
                     protocol.session.close("shutting down")
                     protocol.flush()
+            tasks += [task for _, task in self._dialers.values()]
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -399,6 +423,31 @@ class Replicator:
             await self.writer.close()
             server.close()
             self._write_status()
+
+    def _reconcile_peers(self) -> None:
+        """Dial (or wait for) every region the membership and config name, at its newest
+        address; stop dialling removed ones and close their sessions."""
+        targets = self.cluster.dial_targets()
+        for peer, (address, task) in list(self._dialers.items()):
+            if targets.get(peer) != address:
+                task.cancel()
+                del self._dialers[peer]
+        for peer, address in targets.items():
+            if peer in self._dialers:
+                continue
+            self.peers.setdefault(peer, PeerStatus(peer))
+            self.peers[peer].address = f"{address[0]}:{address[1]}"
+            loop = (
+                self._dial_loop(peer, *address)
+                if self.region < peer
+                else self._await_dial_loop(peer)
+            )
+            self._dialers[peer] = (address, asyncio.get_running_loop().create_task(loop))
+        for protocol in list(self.protocols):
+            session = protocol.session
+            if session is not None and session.peer and self.cluster.removed(session.peer):
+                session.close(f"{session.peer} was removed from the cluster")
+                protocol.flush()
 
     async def _dial_loop(self, peer: str, host: str, port: int) -> None:
         delay = self.config.reconnect_min
@@ -521,6 +570,11 @@ class Replicator:
 
     async def _write_status_loop(self) -> None:
         while True:
+            try:
+                self.cluster.refresh()
+                self._reconcile_peers()
+            except CrdtdbError as exc:
+                log.warning("%s: cannot read the membership: %s", self.region, exc)
             self._write_status()
             self._observe()
             await asyncio.sleep(1.0)
@@ -550,7 +604,7 @@ class Replicator:
 
     def status(self, *, stopped: bool = False) -> dict[str, Any]:
         """What ``crdtdb status`` shows; ``stopped``: the daemon is stopping cleanly."""
-        return status_report(
+        report = status_report(
             self.db,
             self.config,
             self.port,
@@ -559,6 +613,8 @@ class Replicator:
             stopped=stopped,
             clock=self.clock.report(),
         )
+        report["members"] = self.cluster.report()
+        return report
 
     def mark_stopped(self) -> None:
         """Write the status a last time, saying the daemon stopped (``crdtdb status`` then

@@ -163,6 +163,8 @@ class SyncSession:
         self.options = options or SessionOptions()
         self.expected_peer = expected_peer
         self.peer: str | None = None
+        self.peer_certificate: bytes | None = None
+        """The peer's TLS certificate (DER), when the transport knows it (the dialing side)."""
         self.state = "hello"
         self.bytes_in = 0
         self.bytes_out = 0

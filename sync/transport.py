@@ -83,7 +83,19 @@ class SessionProtocol(QuicConnectionProtocol):
         self.on_event = on_event
         if dialer:
             self._stream_id = self._quic.get_next_available_stream_id()
+            session.peer_certificate = self.peer_certificate()
         self.flush()
+
+    def peer_certificate(self) -> bytes | None:
+        """The certificate (DER) the peer's TLS handshake presented, if it presented one."""
+        tls = getattr(self._quic, "tls", None)  # aioquic keeps no public accessor
+        cert = getattr(tls, "_peer_certificate", None)
+        if cert is None:
+            return None
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        der: bytes = cert.public_bytes(Encoding.DER)
+        return der
 
     @property
     def remote(self) -> str:

@@ -1,0 +1,198 @@
+"""The daemon's side of the cluster membership (:mod:`crdtdb.membership`).
+
+What the membership document means for a running region:
+
+- **Static clusters.** At start the daemon makes itself and its configured
+  peers ``active`` members (recording its own address and certificate
+  fingerprint), so a config with ``[[peers]]`` works as it always did; but
+  it never brings back a region the membership says is removed (removed
+  wins), and says so in its log.
+- **Admission.** A peer with a CA-signed certificate that is not a member is
+  refused at the handshake (``not_a_member``: the message, in both logs,
+  names the command that adds it), unless ``[cluster] auto_join = true``:
+  then it is added as ``joining``, and turns ``active`` after the first
+  anti-entropy round with it that finds nothing to repair.
+- **Decommission.** A removed region is refused (``removed``), by name,
+  and not dialled any more; so is any certificate the membership records as
+  replaced by a newer one for the same region (``retired_certificate``):
+  presenting a new certificate for the same name records it as the current
+  one (rotation), and the old one is refused cluster-wide from then on.
+- **Who dials.** Members the document gives an address for are dialled like
+  configured peers (the name that sorts first dials).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+from crdtdb import membership
+from crdtdb.database import Database
+from crdtdb.membership import Membership
+
+from .config import RegionConfig
+from .errors import RemoteProtocolError
+
+__all__ = ["Admission", "ClusterView", "fingerprint"]
+
+log = logging.getLogger("crdtdb.sync")
+
+
+def fingerprint(certificate: bytes) -> str:
+    """SHA-256 of a certificate's DER bytes, in hex (``certificate``: PEM or DER)."""
+    if certificate.lstrip().startswith(b"-----BEGIN"):
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        certificate = x509.load_pem_x509_certificate(certificate).public_bytes(Encoding.DER)
+    return hashlib.sha256(certificate).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A peer let in, and what the membership must record about it (on the writer)."""
+
+    region: str
+    state: str | None = None
+    """Make it at least this (``joining`` for an auto-join), or None."""
+    fingerprint: str | None = None
+    """Record this certificate as its current one, or None (already recorded)."""
+
+
+class ClusterView:
+    """The membership as this daemon last read it, and the decisions built on it."""
+
+    def __init__(self, db: Database, config: RegionConfig, own_fingerprint: str) -> None:
+        self.db = db
+        self.config = config
+        self.own_fingerprint = own_fingerprint
+        self.view: Membership | None = None
+        self.mesh = False
+        """Dial every member the membership gives an address for (set with seeds)."""
+
+    def start(self, port: int) -> None:
+        """Make this region (listening on ``port``) and its configured peers members (never
+        a removed one)."""
+        region = self.db.region
+        address = self.config.advertise or f"{self.config.host}:{port}"
+        if not membership.ensure(
+            self.db, region, "active", address=address, fingerprint=self.own_fingerprint
+        ):
+            log.error(
+                "%s: this region was removed from the cluster: its peers refuse it; to bring"
+                " this machine back, give it a new region name, certificate and data directory",
+                region,
+                extra={"event": "removed_self"},
+            )
+        for peer in self.config.peers:
+            if not membership.ensure(self.db, peer.region, "active"):
+                log.warning(
+                    "%s: the config lists %s as a peer, but it was removed from the cluster:"
+                    " it is not dialled nor let in; take it out of the config",
+                    region,
+                    peer.region,
+                    extra={"event": "config_lists_removed", "peer": peer.region},
+                )
+        self.refresh()
+
+    def refresh(self) -> Membership | None:
+        self.view = membership.read(self.db)
+        return self.view
+
+    # ------------------------------------------------------------- admission
+
+    def admit(self, region: str, certificate: bytes | None) -> Admission:
+        """Let ``region`` (authenticated by ``certificate``) in, or raise why not."""
+        view = self.refresh()
+        member = view.members.get(region) if view else None
+        print_ = fingerprint(certificate) if certificate else None
+        if member is not None and member.state == "removed":
+            since = member.since
+            raise RemoteProtocolError(
+                f"region {region} was removed from the cluster"
+                + (f" by {since.by} at {since.hlc}" if since else "")
+                + ": it is refused for good; to bring that machine back, give it a new region"
+                " name, certificate and empty data directory, and add it with"
+                " `crdtdb cluster add DIR NAME` on a member",
+                code="removed",
+            )
+        if print_ is not None and view is not None:
+            owner = view.retired_fingerprint(print_)
+            if owner is not None:
+                current = (view.members[owner].fingerprint or "?")[:16]
+                raise RemoteProtocolError(
+                    f"this certificate of region {owner} (sha256 {print_[:16]}...) was replaced"
+                    f" by a newer one (sha256 {current}...): it is refused cluster-wide; use"
+                    " the region's current certificate",
+                    code="retired_certificate",
+                )
+        new_print = print_ if print_ and (member is None or print_ != member.fingerprint) else None
+        if member is not None and member.state is not None:
+            return Admission(region, None, new_print)
+        if self.config.auto_join:
+            log.info(
+                "%s: admitting %s as joining (auto_join = true)",
+                self.db.region,
+                region,
+                extra={"event": "auto_join", "peer": region},
+            )
+            return Admission(region, "joining", print_)
+        raise RemoteProtocolError(
+            f"region {region} is not a member of this cluster: on any member, run"
+            f" `crdtdb cluster add DIR {region} --address HOST:PORT` (DIR: that member's data"
+            " directory), or set auto_join = true in [cluster] (test clusters)",
+            code="not_a_member",
+        )
+
+    def record(self, admission: Admission) -> None:
+        """Write what ``admission`` says (on the writer thread: it is a store write)."""
+        if admission.state is not None:
+            membership.ensure(
+                self.db, admission.region, admission.state, fingerprint=admission.fingerprint
+            )
+        elif admission.fingerprint is not None:
+            membership.record_fingerprint(self.db, admission.region, admission.fingerprint)
+            log.info(
+                "%s: %s presents a new certificate (sha256 %s...): recorded as its current one;"
+                " the one before is refused from now on",
+                self.db.region,
+                admission.region,
+                admission.fingerprint[:16],
+                extra={"event": "certificate_rotated", "peer": admission.region},
+            )
+        self.refresh()
+
+    # ----------------------------------------------------------------- peers
+
+    def state(self, region: str) -> str | None:
+        return self.view.state(region) if self.view else None
+
+    def removed(self, region: str) -> bool:
+        return self.state(region) == "removed"
+
+    def dial_targets(self) -> dict[str, tuple[str, int]]:
+        """Regions to keep a connection with, and where: configured peers, then (a region
+        that joined through seeds) members with an address; never a removed one nor this
+        one. A static config (``[[peers]]`` only) keeps the topology it names."""
+        from .config import parse_address
+
+        targets = {p.region: (p.host, p.port) for p in self.config.peers}
+        view = self.view
+        if view is not None and self.mesh:
+            for region, member in view.members.items():
+                if region in targets or member.state not in membership.WAITED_STATES:
+                    continue
+                if member.address:
+                    try:
+                        targets[region] = parse_address(member.address, "address")
+                    except ValueError:
+                        continue
+            for region in view.removed():
+                targets.pop(region, None)
+        targets.pop(self.db.region, None)
+        return targets
+
+    def report(self) -> list[dict[str, object]]:
+        """The members for the status file."""
+        return self.view.to_json() if self.view else []
