@@ -364,6 +364,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_status)
     _add_certs(sub)
+    _add_cluster(sub)
     for name, summary in (
         ("sql", "query a region with SQL (DuckDB): a console, or -c SQL"),
         ("export", "export collections as Parquet or Apache Iceberg tables"),
@@ -456,6 +457,19 @@ def _add_certs(sub: Any) -> None:
     )
     p.add_argument("--force", action="store_true", help="replace an existing certificate")
     p.set_defaults(func=cmd_certs_issue)
+
+
+def _add_cluster(sub: Any) -> None:
+    """``crdtdb cluster list|add|remove`` (in :mod:`crdtdb.cluster_cli`)."""
+    from . import cluster_cli
+
+    def run(
+        args: argparse.Namespace, command: Callable[[argparse.Namespace, Database], int]
+    ) -> int:
+        with _open(args) as db:
+            return command(args, db)
+
+    cluster_cli.add_parser(sub, run)
 
 
 def _query(command: str, rest: list[str]) -> int:

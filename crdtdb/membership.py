@@ -20,10 +20,13 @@ two regions adding the same region concurrently both keep their keys), with
   any delivery order;
 - ``"address"``: where it listens (HOST:PORT; last writer wins, as it
   should: the newest address);
-- ``"cert:<sha256>"`` for each certificate fingerprint seen for it, value
-  ``{"hlc": "<int>", "by": region}``: the current certificate is the one
-  recorded last (highest HLC, then fingerprint); any other one recorded is
-  *retired* and refused cluster-wide (rotation and revocation without a CRL).
+- ``"cert:<sha256>"`` for each certificate fingerprint the region recorded
+  for itself (a daemon does at start), value ``{"hlc": "<int>", "by":
+  region}``: the current certificate is the one recorded last (highest HLC,
+  then fingerprint); any other one recorded is *retired* and refused
+  cluster-wide (rotation and revocation without a CRL). Entries another
+  region wrote are ignored: one that saw an old certificate late must not
+  make it current again.
 
 HLCs are stored as decimal strings: document numbers read back as floats,
 which cannot hold 64 bits.
@@ -186,7 +189,8 @@ def _member(region: str, fields: dict[str, Any]) -> Member:
     for key, value in fields.items():
         entry = value if isinstance(value, dict) else {}
         if key.startswith(_CERT):
-            prints.append((key[len(_CERT) :], _hlc(entry.get("hlc")), str(entry.get("by", ""))))
+            if entry.get("by") == region:
+                prints.append((key[len(_CERT) :], _hlc(entry.get("hlc")), region))
             continue
         state, sep, by = key.partition("@")
         if sep and state in STATES:
@@ -298,9 +302,11 @@ def ensure(
         values[key] = value
     if address is not None and (member is None or member.address != address):
         values["address"] = address
+    if fingerprint is not None and region != db.region:
+        raise UsageError("a region records only its own certificate's fingerprint")
     if fingerprint is not None and (
         member is None or fingerprint not in {fp for fp, _, _ in member.fingerprints}
-    ):
+    ):  # set once: a retired certificate never becomes current again
         values[_CERT + fingerprint] = {"hlc": _now(db), "by": db.region}
     if values:
         _write(db, region, values)
@@ -347,10 +353,10 @@ def remove(db: Database, region: str) -> Member:
     return found.members[region]
 
 
-def record_fingerprint(db: Database, region: str, fingerprint: str) -> None:
-    """Record ``fingerprint`` as ``region``'s current certificate (if it is new)."""
-    ensure_fp = read(db)
-    member = ensure_fp.members.get(region) if ensure_fp else None
+def record_fingerprint(db: Database, fingerprint: str) -> None:
+    """Record ``fingerprint`` as this region's current certificate (if it is new)."""
+    found = read(db)
+    member = found.members.get(db.region) if found else None
     if member is not None and fingerprint in {fp for fp, _, _ in member.fingerprints}:
-        return
-    _write(db, region, {_CERT + fingerprint: {"hlc": _now(db), "by": db.region}})
+        return  # current, or retired: never current again
+    _write(db, db.region, {_CERT + fingerprint: {"hlc": _now(db), "by": db.region}})

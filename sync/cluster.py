@@ -13,10 +13,13 @@ What the membership document means for a running region:
   then it is added as ``joining``, and turns ``active`` after the first
   anti-entropy round with it that finds nothing to repair.
 - **Decommission.** A removed region is refused (``removed``), by name,
-  and not dialled any more; so is any certificate the membership records as
-  replaced by a newer one for the same region (``retired_certificate``):
-  presenting a new certificate for the same name records it as the current
-  one (rotation), and the old one is refused cluster-wide from then on.
+  and not dialled any more.
+- **Certificates.** Each daemon records its own certificate's fingerprint at
+  start (only a region itself does: another region that saw an old
+  certificate first must not make it current again). A certificate the
+  membership records as replaced by a newer one of the same region is
+  refused cluster-wide (``retired_certificate``): restarting a region with a
+  new key and certificate rotates it, and revokes the old one without a CRL.
 - **Who dials.** Members the document gives an address for are dialled like
   configured peers (the name that sorts first dials).
 """
@@ -51,13 +54,11 @@ def fingerprint(certificate: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """A peer let in, and what the membership must record about it (on the writer)."""
+    """A peer let in, and the state the membership must give it (on the writer)."""
 
     region: str
     state: str | None = None
-    """Make it at least this (``joining`` for an auto-join), or None."""
-    fingerprint: str | None = None
-    """Record this certificate as its current one, or None (already recorded)."""
+    """Make it at least this (``joining`` for an auto-join), or None: nothing to write."""
 
 
 class ClusterView:
@@ -84,6 +85,15 @@ class ClusterView:
                 " this machine back, give it a new region name, certificate and data directory",
                 region,
                 extra={"event": "removed_self"},
+            )
+        view = membership.read(self.db)
+        if view is not None and self.own_fingerprint in view.members[region].retired:
+            log.error(
+                "%s: this region's certificate (sha256 %s...) was replaced by a newer one: its"
+                " peers refuse it; configure the region's current certificate and key",
+                region,
+                self.own_fingerprint[:16],
+                extra={"event": "retired_certificate"},
             )
         for peer in self.config.peers:
             if not membership.ensure(self.db, peer.region, "active"):
@@ -127,9 +137,8 @@ class ClusterView:
                     " the region's current certificate",
                     code="retired_certificate",
                 )
-        new_print = print_ if print_ and (member is None or print_ != member.fingerprint) else None
         if member is not None and member.state is not None:
-            return Admission(region, None, new_print)
+            return Admission(region)
         if self.config.auto_join:
             log.info(
                 "%s: admitting %s as joining (auto_join = true)",
@@ -137,7 +146,7 @@ class ClusterView:
                 region,
                 extra={"event": "auto_join", "peer": region},
             )
-            return Admission(region, "joining", print_)
+            return Admission(region, "joining")
         raise RemoteProtocolError(
             f"region {region} is not a member of this cluster: on any member, run"
             f" `crdtdb cluster add DIR {region} --address HOST:PORT` (DIR: that member's data"
@@ -148,19 +157,7 @@ class ClusterView:
     def record(self, admission: Admission) -> None:
         """Write what ``admission`` says (on the writer thread: it is a store write)."""
         if admission.state is not None:
-            membership.ensure(
-                self.db, admission.region, admission.state, fingerprint=admission.fingerprint
-            )
-        elif admission.fingerprint is not None:
-            membership.record_fingerprint(self.db, admission.region, admission.fingerprint)
-            log.info(
-                "%s: %s presents a new certificate (sha256 %s...): recorded as its current one;"
-                " the one before is refused from now on",
-                self.db.region,
-                admission.region,
-                admission.fingerprint[:16],
-                extra={"event": "certificate_rotated", "peer": admission.region},
-            )
+            membership.ensure(self.db, admission.region, admission.state)
         self.refresh()
 
     # ----------------------------------------------------------------- peers

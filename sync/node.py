@@ -168,7 +168,7 @@ class Replicator:
 
     def _admitted(self, admission: Admission) -> None:
         """Record what admitting a peer changes in the membership, on the writer thread."""
-        if admission.state is None and admission.fingerprint is None:
+        if admission.state is None:
             return
         task = asyncio.get_running_loop().create_task(
             self.writer.call(self.cluster.record, admission)

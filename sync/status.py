@@ -161,6 +161,9 @@ def _print_text(status: dict[str, Any], now: float, down: str | None) -> None:
         )
         if peer.get("last_error"):
             print(f"             last error: {peer['last_error']}")
+    members = status.get("members") or []
+    if members:
+        print("members: " + ", ".join(f"{m['region']} {m['state'] or '?'}" for m in members))
 
 
 def show_status(

@@ -63,6 +63,8 @@ class Region:
     port: int
     root: Path
     peers: list[str] = field(default_factory=list)
+    tables: dict[str, dict[str, object]] = field(default_factory=dict)
+    """More config tables, e.g. ``{"cluster": {"auto_join": True}}``."""
     child: Child | None = None
     starts: int = 0
 
@@ -168,6 +170,7 @@ class Cluster:
             certs="certs",
             peers={peer: self._peer_address(name, peer) for peer in region.peers},
             sync=self.sync,
+            tables=region.tables,
         )
 
     # ------------------------------------------------------------ processes

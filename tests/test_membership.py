@@ -119,14 +119,23 @@ def test_concurrent_add_and_remove_converge_to_removed(three: dict[str, crdtdb.D
 
 
 def test_a_new_certificate_retires_the_old_one(tmp_path: Path) -> None:
-    db = crdtdb.open(tmp_path / "eu", region="eu")
-    membership.ensure(db, "us", "active", fingerprint="aa" * 32)
-    assert _found(db).retired_fingerprint("aa" * 32) is None
-    membership.record_fingerprint(db, "us", "bb" * 32)
-    found = _found(db)
+    us = crdtdb.open(tmp_path / "us", region="us")
+    eu = crdtdb.open(tmp_path / "eu", region="eu")
+    membership.ensure(us, "us", "active", fingerprint="aa" * 32)
+    exchange([us, eu])
+    assert _found(eu).retired_fingerprint("aa" * 32) is None
+    membership.record_fingerprint(us, "bb" * 32)  # us restarts with a new key and certificate
+    exchange([us, eu])
+    found = _found(eu)
     assert found.members["us"].fingerprint == "bb" * 32
     assert found.retired_fingerprint("aa" * 32) == "us"
     assert found.retired_fingerprint("bb" * 32) is None
+    # Only a region records its own certificate: eu cannot make the old one current again.
+    with pytest.raises(UsageError, match="only its own"):
+        membership.ensure(eu, "us", "active", fingerprint="aa" * 32)
+    with eu.transaction(_reserved=True) as tx:
+        tx.map(membership.MEMBERS_DOC, "us")["cert:" + "cc" * 32] = {"hlc": "9" * 18, "by": "eu"}
+    assert _found(eu).members["us"].fingerprint == "bb" * 32
 
 
 # ------------------------------------------------------------------ the frontier
@@ -207,10 +216,14 @@ def test_removal_keeps_as_of_frontier_the_same_everywhere(
     assert eu.get("docs/b") == {"v": 3}
     after = min(eu.frontier(), us.frontier())
     assert after > ap.hlc  # the frontier moved past ap's last clock without it
-    assert as_of_all(eu, after, ids) == as_of_all(us, after, ids) == {
-        "docs/a": {"v": 2},
-        "docs/b": {"v": 3},
-    }
+    assert (
+        as_of_all(eu, after, ids)
+        == as_of_all(us, after, ids)
+        == {
+            "docs/a": {"v": 2},
+            "docs/b": {"v": 3},
+        }
+    )
     assert as_of_all(eu, before, ids) == as_of_all(us, before, ids) == answer  # unchanged
 
 

@@ -67,12 +67,14 @@ def write_region_config(
     certs: Path | str,
     peers: Mapping[str, str],
     sync: Mapping[str, float] | None = None,
+    tables: Mapping[str, Mapping[str, object]] | None = None,
 ) -> Path:
     """Write a region config listening on 127.0.0.1:``port`` to ``path``; returns ``path``.
 
     ``peers`` maps region -> HOST:PORT. Relative paths are relative to the
     config file's folder; ``sync`` sets the ``[sync]`` options (none: the
-    defaults an operator gets).
+    defaults an operator gets); ``tables`` adds more tables (values as JSON, which
+    TOML reads alike for booleans, numbers, strings and lists of them).
     """
     certs = Path(certs)
     lines = [
@@ -89,6 +91,9 @@ def write_region_config(
     if sync:
         lines.append("[sync]")
         lines += [f"{key} = {value}" for key, value in sync.items()]
+    for table, values in (tables or {}).items():  # e.g. {"cluster": {"auto_join": True}}
+        lines.append(f"[{table}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -1,0 +1,306 @@
+"""Membership end to end: real daemons on loopback, changed with the ``crdtdb cluster`` command.
+
+- A region with a CA-signed certificate that no member added is refused in
+  both logs, none of its data gets in, and the frontier keeps moving (the
+  finding: it used to freeze for ever once such a region had connected).
+- With ``auto_join`` it is admitted (joining, then active); while it is away
+  the frontier waits for it, and removing it lets the frontier move again.
+- Decommission under load: a region is removed while the others write;
+  their frontier passes it, compaction runs, ``as_of(frontier)`` answers the
+  same in every remaining region, and the removed region is refused when it
+  comes back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crdtdb import Hlc, membership
+
+from .cluster import Cluster, Lab, lab
+from .harness.wait import wait_until
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT = 60.0
+MEMBERS = ("ap", "eu", "us")
+LINKS = [("ap", "eu"), ("ap", "us"), ("eu", "us")]
+
+
+@pytest.fixture
+def cluster_lab(tmp_path: Path) -> Iterator[Lab]:
+    with lab(tmp_path) as made:
+        yield made
+
+
+def crdtdb_cli(*args: str) -> dict[str, Any]:
+    """Run the ``crdtdb`` command; its one JSON line of output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "crdtdb", *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def logged(cluster: Cluster, region: str, text: str) -> bool:
+    return text in cluster.regions[region].log.read_text(errors="replace")
+
+
+def state_in(cluster: Cluster, region: str, of: str) -> str | None:
+    found = membership.read(cluster.db(region))
+    return found.state(of) if found else None
+
+
+def with_outsider(cluster_lab: Lab, **cluster_table: object) -> Cluster:
+    """eu, us and ap peer with each other; af lists them all, but none lists af."""
+    cluster = cluster_lab.cluster((*MEMBERS, "af"), links=LINKS)
+    cluster.regions["af"].peers = list(MEMBERS)
+    if cluster_table:
+        for name in cluster.regions:
+            cluster.regions[name].tables = {"cluster": dict(cluster_table)}
+    return cluster
+
+
+def frontiers_pass(cluster: Cluster, names: tuple[str, ...], hlc: Hlc) -> bool:
+    return all(cluster.db(name).frontier() > hlc for name in names)
+
+
+def test_a_region_that_is_not_a_member_is_refused_and_holds_nobody_back(
+    cluster_lab: Lab,
+) -> None:
+    with with_outsider(cluster_lab) as cluster:
+        cluster.start(*MEMBERS)
+        cluster.wait_ready(*MEMBERS, timeout=TIMEOUT)
+        cluster.db("af").put("notes/af", {"text": "from a region nobody added"})
+        cluster.close_db("af")
+        cluster.start("af")
+        # Refused in both logs, with the command that would admit it.
+        wait_until(
+            lambda: all(logged(cluster, r, "not_a_member") for r in ("af", *MEMBERS)),
+            TIMEOUT,
+            "af and every member to log the not_a_member refusal",
+        )
+        assert logged(cluster, "af", "crdtdb cluster add DIR af")
+        cluster.terminate("af")
+        af_clock = cluster.db("af").hlc
+        wait_until(
+            lambda: frontiers_pass(cluster, MEMBERS, af_clock),
+            TIMEOUT,
+            "the frontier to move past the moment af left",
+        )
+        for name in MEMBERS:
+            db = cluster.db(name)
+            assert db.get("notes/af") is None  # nothing of af got in
+            assert "af" not in db.progress()
+            assert state_in(cluster, name, "af") is None
+        # And after restarting the whole cluster, too.
+        for name in MEMBERS:
+            cluster.restart(name)
+        cluster.wait_ready(*MEMBERS, timeout=TIMEOUT)
+        now = max(cluster.db(name).hlc for name in MEMBERS)
+        wait_until(lambda: frontiers_pass(cluster, MEMBERS, now), TIMEOUT, "the frontier to move")
+
+
+def test_auto_join_admits_a_region_and_removing_it_frees_the_frontier(cluster_lab: Lab) -> None:
+    with with_outsider(cluster_lab, auto_join=True) as cluster:
+        cluster.start(*MEMBERS)
+        cluster.wait_ready(*MEMBERS, timeout=TIMEOUT)
+        cluster.db("af").put("notes/af", {"text": "from af"})
+        cluster.close_db("af")
+        cluster.start("af")
+        cluster.wait_ready("af", timeout=TIMEOUT)
+        wait_until(
+            lambda: all(state_in(cluster, r, "af") == "active" for r in MEMBERS),
+            TIMEOUT,
+            "af to be an active member everywhere",
+        )
+        assert logged(cluster, "eu", "admitting af as joining") or logged(
+            cluster, "us", "admitting af as joining"
+        )
+        wait_until(
+            lambda: all(cluster.db(r).get("notes/af") is not None for r in MEMBERS),
+            TIMEOUT,
+            "af's document everywhere",
+        )
+        cluster.terminate("af")
+        af_clock = cluster.db("af").hlc
+        cluster.close_db("af")
+        # af is a member: while it is away, the frontier waits for it...
+        wait_until(
+            lambda: all(cluster.db(r).hlc.wall_ms > af_clock.wall_ms + 2000 for r in MEMBERS),
+            TIMEOUT,
+            "the members' clocks to move on",
+        )
+        assert all(cluster.db(r).frontier() <= af_clock for r in MEMBERS)
+        # ...until it is removed.
+        removed = crdtdb_cli("cluster", "remove", str(cluster.regions["us"].data_dir), "af")
+        assert removed["state"] == "removed"
+        wait_until(
+            lambda: frontiers_pass(cluster, MEMBERS, af_clock),
+            TIMEOUT,
+            "the frontier to move past af once removed",
+        )
+        # af comes back: refused, in its log and the members'.
+        cluster.start("af")
+        wait_until(
+            lambda: (
+                logged(cluster, "af", "peer closed: removed")
+                and any(
+                    logged(cluster, r, "closed: removed: region af was removed") for r in MEMBERS
+                )
+            ),
+            TIMEOUT,
+            "af to be refused as removed",
+        )
+
+
+def test_decommission_under_load(cluster_lab: Lab) -> None:
+    """ap is stopped and removed while eu and us write; ap is refused when it returns."""
+    remaining = ("eu", "us")
+    with cluster_lab.cluster(MEMBERS) as cluster:
+        cluster.start()
+        cluster.wait_ready(timeout=TIMEOUT)
+        ids: list[str] = []
+        for name in MEMBERS:
+            for i in range(5):
+                cluster.db(name).put(f"docs/{name}-{i}", {"n": i, "by": name})
+                ids.append(f"docs/{name}-{i}")
+        cluster.wait_converged(ids, timeout=TIMEOUT)
+        cluster.terminate("ap")
+        counter = itertools.count()
+
+        def write() -> None:
+            n = next(counter)
+            for name in remaining:
+                doc_id = f"load/{name}-{n % 7}"
+                cluster.db(name).update(doc_id, {name: n})
+                if doc_id not in ids:
+                    ids.append(doc_id)
+
+        for _ in range(20):
+            write()
+        removed = crdtdb_cli("cluster", "remove", str(cluster.regions["eu"].data_dir), "ap")
+        at = Hlc.parse(removed["hlc"])
+
+        def passed() -> bool:
+            write()  # the others keep writing while we wait
+            return frontiers_pass(cluster, remaining, at)
+
+        wait_until(passed, TIMEOUT, "the remaining regions' frontier to pass the removal")
+        wait_until(
+            lambda: cluster.db("eu").merkle_root() == cluster.db("us").merkle_root(),
+            TIMEOUT,
+            "eu and us to converge",
+        )
+        folded = {name: cluster.db(name).compact(retention_s=0) for name in remaining}
+        assert all(count > 0 for count in folded.values()), folded
+        horizon = max(cluster.db(name).compacted_hlc for name in remaining)
+        wait_until(
+            lambda: min(cluster.db(n).frontier() for n in remaining) >= horizon,
+            TIMEOUT,
+            "a frontier at or past both compaction horizons",
+        )
+        cut = min(cluster.db(name).frontier() for name in remaining)
+        answers = [
+            {doc_id: cluster.db(name).as_of(cut).get(doc_id) for doc_id in ids}
+            for name in remaining
+        ]
+        assert answers[0] == answers[1]
+        assert answers[0]["docs/ap-4"] == {"n": 4, "by": "ap"}  # ap's records are kept
+        # ap comes back: it dials eu and us (its name sorts first); both refuse it.
+        cluster.start("ap")
+        wait_until(
+            lambda: (
+                logged(cluster, "ap", "peer closed: removed")
+                and all(logged(cluster, r, "region ap was removed") for r in remaining)
+            ),
+            TIMEOUT,
+            "ap to be refused as removed",
+        )
+        assert state_in(cluster, "eu", "ap") == state_in(cluster, "us", "ap") == "removed"
+
+
+def test_cluster_list_shows_members_and_last_contact(cluster_lab: Lab) -> None:
+    with cluster_lab.cluster(("eu", "us")) as cluster:
+        cluster.start()
+        cluster.wait_ready(timeout=TIMEOUT)
+        data_dir = str(cluster.regions["eu"].data_dir)
+
+        def listed() -> list[dict[str, Any]]:
+            done = subprocess.run(
+                [sys.executable, "-m", "crdtdb", "cluster", "list", data_dir, "--json"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, done.stderr
+            rows: list[dict[str, Any]] = json.loads(done.stdout)
+            return rows
+
+        wait_until(
+            lambda: {r["region"]: r["state"] for r in listed()} == {"eu": "active", "us": "active"},
+            TIMEOUT,
+            "both regions listed as active",
+        )
+        rows = {r["region"]: r for r in listed()}
+        assert rows["us"]["address"] == f"127.0.0.1:{cluster.regions['us'].port}"
+        assert rows["us"]["last_contact"] is not None
+        assert rows["us"]["fingerprint"] and len(rows["us"]["fingerprint"]) == 64
+        status = cluster.regions["eu"].status()
+        assert status is not None
+        assert {m["region"] for m in status["members"]} == {"eu", "us"}
+
+
+def test_a_rotated_certificate_retires_the_old_one(cluster_lab: Lab) -> None:
+    """us restarts with a new key and certificate; its old ones are refused from then on."""
+    from crdtdb.sync.cluster import fingerprint
+
+    def fingerprint_at(region: str, of: str) -> str | None:
+        found = membership.read(cluster.db(region))
+        member = found.members.get(of) if found else None
+        return member.fingerprint if member else None
+
+    with cluster_lab.cluster(("eu", "us")) as cluster:
+        cluster.start()
+        cluster.wait_ready(timeout=TIMEOUT)
+        certs = cluster.root / "certs"
+        old = {name: (certs / name).read_bytes() for name in ("us.pem", "us.key")}
+        wait_until(
+            lambda: fingerprint_at("eu", "us") == fingerprint(old["us.pem"]),
+            TIMEOUT,
+            "eu to learn us's certificate",
+        )
+        cluster.terminate("us")
+        done = subprocess.run(
+            [sys.executable, "-m", "crdtdb", "certs", "issue", str(certs), "us", "--force"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        new = fingerprint((certs / "us.pem").read_bytes())
+        cluster.start("us")
+        cluster.wait_ready(timeout=TIMEOUT)  # no downtime beyond the restart
+        wait_until(lambda: fingerprint_at("eu", "us") == new, TIMEOUT, "eu to learn the new one")
+        cluster.terminate("us")
+        for name, data in old.items():  # the old key and certificate come back
+            (certs / name).write_bytes(data)
+        cluster.start("us")
+        wait_until(
+            lambda: (
+                logged(cluster, "eu", "closed: retired_certificate")
+                and logged(cluster, "us", "peer closed: retired_certificate")
+            ),
+            TIMEOUT,
+            "the old certificate to be refused in both logs",
+        )
+        assert logged(cluster, "us", "was replaced by a newer one")
