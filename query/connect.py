@@ -37,6 +37,7 @@ import pyarrow as pa
 import crdtdb
 from crdtdb.errors import InvalidHlcError, StoreError, UsageError
 from crdtdb.hlc import MAX_LOGICAL, Hlc
+from crdtdb.ids import RESERVED_COLLECTION
 
 from .area import Area, Manifest
 from .materialize import dead_relation, refresh, typed_select
@@ -233,6 +234,8 @@ def _create_views(
         else _EMPTY_DOCS
     )
     docs = f"SELECT f.* EXCLUDE (file_row_number) FROM ({base}) f{_live(dead)}"
+    # The membership (crdtdb.membership) is not user data: only collections."_cluster" shows it.
+    docs = f"SELECT * FROM ({docs}) WHERE collection != '{RESERVED_COLLECTION}'"
     if cut is not None:
         docs = (
             f"SELECT * FROM ({docs}) WHERE id NOT IN (SELECT id FROM _asof_ids)"
@@ -249,7 +252,7 @@ def _create_views(
     for collection, state in sorted(manifest.collections.items()):
         select = _collection_select(area, collection, state, dead, cut is not None)
         con.execute(f"CREATE VIEW collections.{quote(collection)} AS {select}")
-        if collection.lower() not in main_views:
+        if collection.lower() not in main_views and collection != RESERVED_COLLECTION:
             main_views.add(collection.lower())
             con.execute(f"CREATE OR REPLACE VIEW main.{quote(collection)} AS {select}")
 

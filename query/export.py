@@ -60,7 +60,7 @@ import duckdb
 import crdtdb
 from crdtdb.errors import CrdtdbError, HistoryCompactedError, StoreError, UsageError
 from crdtdb.hlc import Hlc
-from crdtdb.ids import validate_collection
+from crdtdb.ids import RESERVED_COLLECTION, validate_collection
 
 from .area import Manifest, read_manifest
 from .connect import AsOfSpec, connect, manifest_json, open_store, refresh_connection
@@ -245,8 +245,8 @@ def _cut(db: crdtdb.Database, manifest: Manifest, cut: Hlc | None) -> _Cut:
 
 def _chosen(manifest: Manifest, wanted: list[str] | None) -> list[str]:
     held = sorted(manifest.collections)
-    if wanted is None:
-        return held
+    if wanted is None:  # every collection of user data: the membership only when named
+        return [name for name in held if name != RESERVED_COLLECTION]
     if not wanted:
         raise UsageError("no collection named: give at least one, or leave the list out for all")
     for name in wanted:

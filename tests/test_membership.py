@@ -108,10 +108,10 @@ def test_concurrent_add_and_remove_converge_to_removed(three: dict[str, crdtdb.D
         membership.ensure(db, "eu", "active")
         membership.ensure(db, "us", "active")
     exchange([eu, us])
-    # At once, not knowing of each other: eu adds af, us removes it.
+    # At once, not knowing of each other: us removes af, eu (later by the clock) adds it.
+    membership.remove(us, "af")
     membership.add(eu, "af", address="127.0.0.1:9")
     membership.ensure(eu, "af", "active")
-    membership.remove(us, "af")
     exchange([eu, us])
     assert _found(eu).state("af") == _found(us).state("af") == "removed"
     assert members_json(eu) == members_json(us)
@@ -247,6 +247,11 @@ def test_removed_region_waited_for_until_its_final_records_arrive(
     assert _found(eu).state("ap") == "removed"
     for db in (eu, us):
         db.heartbeat()
+    for _ in range(2):  # and the frontier reports, both ways
+        for a, b in ((us, eu), (eu, us)):
+            entries = [(o, s, int(h)) for o, s, h in a.frontier_entries()]
+            b.note_frontier(entries, [(r, int(h)) for r, h in a.frontier_clocks()])
+    assert us.frontier() < late  # us hears eu is not there yet
     assert eu.frontier() < late  # eu lacks ap's final record: it still waits
     exchange([eu, us])
     assert eu.frontier() > late
@@ -346,3 +351,26 @@ TestMembershipMachine.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+def test_the_membership_is_not_in_the_query_views_unless_named(tmp_path: Path) -> None:
+    from crdtdb import query
+
+    db = crdtdb.open(tmp_path / "eu", region="eu")
+    membership.ensure(db, "eu", "active", address="127.0.0.1:7401")
+    db.put("users/alice", {"name": "Alice"})
+    con = query.connect(db)
+    assert con.execute("SELECT collection, count(*) FROM docs GROUP BY 1").fetchall() == [
+        ("users", 1)
+    ]
+    main_views = {
+        row[0]
+        for row in con.execute(
+            "SELECT view_name FROM duckdb_views() WHERE schema_name = 'main' AND NOT internal"
+        ).fetchall()
+    }
+    assert "_cluster" not in main_views and "users" in main_views
+    named = con.execute('SELECT id FROM collections."_cluster"').fetchall()
+    assert named == [("_cluster/members",)]
+    con.close()
+    db.close()
