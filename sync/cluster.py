@@ -20,8 +20,16 @@ What the membership document means for a running region:
   membership records as replaced by a newer one of the same region is
   refused cluster-wide (``retired_certificate``): restarting a region with a
   new key and certificate rotates it, and revokes the old one without a CRL.
-- **Who dials.** Members the document gives an address for are dialled like
-  configured peers (the name that sorts first dials).
+- **Joining through seeds.** With ``[cluster] seeds``, the daemon dials
+  each seed address until it is connected to the region found there (with
+  ``auto_join`` on the seed, or after ``crdtdb cluster add`` there, it is
+  admitted), makes itself ``joining`` (``active`` after its first clean
+  anti-entropy round), and records its address in the membership. It then
+  dials every member the membership gives an address for, like configured
+  peers: the name that sorts first dials, so each pair ends up with one
+  connection. A seed dial is only a way in: it is made only while no
+  session with the seed's region is up, so it never competes with that
+  pair's own connection for long (the newer one replaces the older).
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from crdtdb.membership import Membership
 from .config import RegionConfig
 from .errors import RemoteProtocolError
 
-__all__ = ["Admission", "ClusterView", "fingerprint"]
+__all__ = ["Admission", "ClusterView", "check_seed_region", "fingerprint"]
 
 log = logging.getLogger("crdtdb.sync")
 
@@ -50,6 +58,24 @@ def fingerprint(certificate: bytes) -> str:
 
         certificate = x509.load_pem_x509_certificate(certificate).public_bytes(Encoding.DER)
     return hashlib.sha256(certificate).hexdigest()
+
+
+def check_seed_region(certificate: bytes | None, region: str) -> None:
+    """A seed was dialled by address: its TLS certificate must be for the region it names."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from .cert_verify import region_of
+
+    if certificate is None:
+        raise RemoteProtocolError("the seed presented no certificate", code="bad_region")
+    pem = x509.load_der_x509_certificate(certificate).public_bytes(Encoding.PEM)
+    named = region_of(pem)
+    if named != region:
+        raise RemoteProtocolError(
+            f"the seed says it is region {region!r} but its certificate is for {named!r}",
+            code="bad_region",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +103,11 @@ class ClusterView:
         a removed one)."""
         region = self.db.region
         address = self.config.advertise or f"{self.config.host}:{port}"
+        self.mesh = bool(self.config.seeds)
+        # Joining through seeds: active once a round with a peer finds nothing to repair.
+        state = "joining" if self.config.seeds else "active"
         if not membership.ensure(
-            self.db, region, "active", address=address, fingerprint=self.own_fingerprint
+            self.db, region, state, address=address, fingerprint=self.own_fingerprint
         ):
             log.error(
                 "%s: this region was removed from the cluster: its peers refuse it; to bring"
@@ -112,8 +141,12 @@ class ClusterView:
 
     # ------------------------------------------------------------- admission
 
-    def admit(self, region: str, certificate: bytes | None) -> Admission:
-        """Let ``region`` (authenticated by ``certificate``) in, or raise why not."""
+    def admit(self, region: str, certificate: bytes | None, *, dialing: bool = False) -> Admission:
+        """Let ``region`` (authenticated by ``certificate``) in, or raise why not.
+
+        ``dialing``: we dialled it (a configured peer, a member, or a seed we join
+        through): only a removed region or a retired certificate is refused then.
+        """
         view = self.refresh()
         member = view.members.get(region) if view else None
         print_ = fingerprint(certificate) if certificate else None
@@ -137,7 +170,7 @@ class ClusterView:
                     " the region's current certificate",
                     code="retired_certificate",
                 )
-        if member is not None and member.state is not None:
+        if (member is not None and member.state is not None) or dialing:
             return Admission(region)
         if self.config.auto_join:
             log.info(

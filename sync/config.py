@@ -5,9 +5,10 @@ are relative to the config file. Unknown keys are refused (a typo would
 otherwise silently fall back to a default), and so are missing required ones.
 
 The ``[cluster]`` table (optional): ``auto_join`` (admit any region with a
-CA-signed certificate as a joining member; for test clusters) and
+CA-signed certificate as a joining member; for test clusters),
 ``advertise`` (the HOST:PORT other regions reach this one at, recorded in
-the membership; default: ``listen``). See :mod:`.cluster`.
+the membership; default: ``listen``) and ``seeds`` (HOST:PORT of members to
+join through, instead of or beside ``[[peers]]``). See :mod:`.cluster`.
 
 The ``[metrics]`` table (optional; without it nothing is served):
 
@@ -79,6 +80,9 @@ class RegionConfig:
     """``[cluster] auto_join``: admit any CA-signed region that connects (test clusters)."""
     advertise: str | None = None
     """``[cluster] advertise``: the HOST:PORT peers reach us at (default: ``listen``)."""
+    seeds: tuple[tuple[str, int], ...] = ()
+    """``[cluster] seeds``: HOST:PORT of members to join through; the other members'
+    addresses then come from the membership (every pair connects)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -165,7 +169,7 @@ def _metrics_listen(value: object) -> tuple[str, int] | None:
 def _cluster_options(value: object) -> dict[str, Any]:
     """``[cluster]``: ``auto_join = true|false``, ``advertise = "HOST:PORT"``."""
     table = _table(value, "[cluster]")
-    _unknown(table, {"auto_join", "advertise"}, "[cluster]")
+    _unknown(table, {"auto_join", "advertise", "seeds"}, "[cluster]")
     options: dict[str, Any] = {}
     if "auto_join" in table:
         if not isinstance(table["auto_join"], bool):
@@ -173,6 +177,13 @@ def _cluster_options(value: object) -> dict[str, Any]:
                 f"[cluster] auto_join must be true or false, not {table['auto_join']!r}"
             )
         options["auto_join"] = table["auto_join"]
+    if "seeds" in table:
+        seeds = table["seeds"]
+        if not isinstance(seeds, list):
+            raise ConfigError('[cluster] seeds is a list of addresses, e.g. ["10.0.0.7:7401"]')
+        options["seeds"] = tuple(
+            parse_address(seed, f"[cluster] seeds #{i + 1}") for i, seed in enumerate(seeds)
+        )
     if "advertise" in table:
         host, port = parse_address(table["advertise"], "[cluster] advertise")
         options["advertise"] = f"{host}:{port}"

@@ -57,8 +57,9 @@ from crdtdb.storage import wal_path
 
 from . import wire
 from .certs import sign_challenge, verify_peer
+from .chores import MembershipChores
 from .clockkeeper import ClockKeeper
-from .cluster import Admission, ClusterView, fingerprint
+from .cluster import Admission, ClusterView, check_seed_region, fingerprint
 from .config import RegionConfig
 from .housekeeping import CHECKPOINT_INTERVAL as CHECKPOINT_INTERVAL
 from .housekeeping import DIGEST_CHUNK as DIGEST_CHUNK
@@ -95,7 +96,7 @@ NOT_DIALED_AFTER = 5.0
 away before we say so: it may not list us as its peer, and would never dial."""
 
 
-class Replicator:
+class Replicator(MembershipChores):
     """Keeps one region's store in sync with its peers until stopped."""
 
     def __init__(
@@ -166,23 +167,14 @@ class Replicator:
         )
         self._admitted(self.cluster.admit(auth.region, auth.certificate))
 
-    def _admitted(self, admission: Admission) -> None:
-        """Record what admitting a peer changes in the membership, on the writer thread."""
-        if admission.state is None:
-            return
-        task = asyncio.get_running_loop().create_task(
-            self.writer.call(self.cluster.record, admission)
-        )
-        task.add_done_callback(self._membership_written)
-
-    def _membership_written(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("%s: cannot update the membership: %s", self.region, task.exception())
-
     def _session(self, dialer: bool, expected: str | None = None) -> SyncSession:
         def prove(server_nonce: bytes, client_nonce: bytes, server_region: str) -> wire.Auth:
-            # TLS proved the server's certificate; the membership decides whether we talk.
-            self._admitted(self.cluster.admit(server_region, session.peer_certificate))
+            # TLS proved the server's certificate (for the name we expected, if any); the
+            # membership decides whether we talk.
+            certificate = session.peer_certificate
+            if expected is None:  # a seed: whoever it is, its certificate must say so
+                check_seed_region(certificate, server_region)
+            self._admitted(self.cluster.admit(server_region, certificate, dialing=True))
             return self._prove(server_nonce, client_nonce, server_region)
 
         session = SyncSession(
@@ -392,13 +384,14 @@ class Replicator:
             extra={"event": "listening"},
         )
         self.housekeeping.store_ok_at = time.monotonic()
+        self.cluster.start(self.port)  # before counting commits: its own are not news
         self._own_seq = self._commits()
         for peer in self.config.peers:
             self.observer.peer_up(peer.region, False)
-        self.cluster.start(self.port)
         self._reconcile_peers()
         self.db.expect_regions([peer.region for peer in self.config.peers])
         tasks = [asyncio.create_task(self.writer.run())]
+        tasks += [asyncio.create_task(self._seed_loop(*seed)) for seed in self.config.seeds]
         tasks.append(asyncio.create_task(self._watch_log()))
         tasks.append(asyncio.create_task(self.housekeeping.refresh_digests_loop()))
         tasks.append(asyncio.create_task(self.housekeeping.heartbeat_loop()))
@@ -423,31 +416,6 @@ class Replicator:
             await self.writer.close()
             server.close()
             self._write_status()
-
-    def _reconcile_peers(self) -> None:
-        """Dial (or wait for) every region the membership and config name, at its newest
-        address; stop dialling removed ones and close their sessions."""
-        targets = self.cluster.dial_targets()
-        for peer, (address, task) in list(self._dialers.items()):
-            if targets.get(peer) != address:
-                task.cancel()
-                del self._dialers[peer]
-        for peer, address in targets.items():
-            if peer in self._dialers:
-                continue
-            self.peers.setdefault(peer, PeerStatus(peer))
-            self.peers[peer].address = f"{address[0]}:{address[1]}"
-            loop = (
-                self._dial_loop(peer, *address)
-                if self.region < peer
-                else self._await_dial_loop(peer)
-            )
-            self._dialers[peer] = (address, asyncio.get_running_loop().create_task(loop))
-        for protocol in list(self.protocols):
-            session = protocol.session
-            if session is not None and session.peer and self.cluster.removed(session.peer):
-                session.close(f"{session.peer} was removed from the cluster")
-                protocol.flush()
 
     async def _dial_loop(self, peer: str, host: str, port: int) -> None:
         delay = self.config.reconnect_min

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import crdtdb
+from crdtdb import membership
 from crdtdb.records import UpdateRecord
 from crdtdb.sync import wire
 from crdtdb.sync.certs import sign_challenge
@@ -68,6 +69,7 @@ def snapshot(db: crdtdb.Database) -> dict[str, Any]:
 @contextlib.asynccontextmanager
 async def running_us(tmp_path: Path, certs: Path) -> AsyncIterator[Us]:
     db = crdtdb.open(tmp_path / "us", region="us")
+    membership.ensure(db, "eu", "active")  # eu belongs to the cluster (its impostors do not)
     stop = asyncio.Event()
     replicator = Replicator(db, region_config(tmp_path, certs, "us", []))
     task = asyncio.create_task(replicator.run(stop))

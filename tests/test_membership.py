@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ def as_of_all(db: crdtdb.Database, cut: Hlc, ids: list[str]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def three(tmp_path: Path) -> dict[str, crdtdb.Database]:
+def three(tmp_path: Path) -> Iterator[dict[str, crdtdb.Database]]:
     dbs = {r: crdtdb.open(tmp_path / r, region=r) for r in ("ap", "eu", "us")}
     yield dbs
     for db in dbs.values():

@@ -304,3 +304,56 @@ def test_a_rotated_certificate_retires_the_old_one(cluster_lab: Lab) -> None:
             "the old certificate to be refused in both logs",
         )
         assert logged(cluster, "us", "was replaced by a newer one")
+
+
+def test_regions_joining_through_one_seed_each_connect_every_pair(cluster_lab: Lab) -> None:
+    """No [[peers]] at all: ap names eu as its seed, eu names us, us names ap; af joins
+    later through us. Every pair ends up connected, and everything converges."""
+    seed_of = {"ap": "eu", "eu": "us", "us": "ap", "af": "us"}
+    with cluster_lab.cluster((*MEMBERS, "af"), links=[]) as cluster:
+        for name, seed in seed_of.items():
+            address = f"127.0.0.1:{cluster.regions[seed].port}"
+            cluster.regions[name].tables = {"cluster": {"auto_join": True, "seeds": [address]}}
+
+        def connected(names: tuple[str, ...]) -> bool:
+            return all(
+                cluster.ready(name, [other for other in names if other != name]) for name in names
+            )
+
+        def converged(names: tuple[str, ...]) -> bool:
+            return len({cluster.db(name).merkle_root() for name in names}) == 1
+
+        cluster.start(*MEMBERS)
+        wait_until(lambda: connected(MEMBERS), TIMEOUT, "every pair of ap, eu, us connected")
+        for name in MEMBERS:
+            cluster.db(name).put(f"notes/{name}", {"from": name})
+        wait_until(lambda: converged(MEMBERS), TIMEOUT, "ap, eu and us to converge")
+        wait_until(
+            lambda: all(state_in(cluster, n, m) == "active" for n in MEMBERS for m in MEMBERS),
+            TIMEOUT,
+            "ap, eu and us active everywhere",
+        )
+        cluster.start("af")
+        everyone = (*MEMBERS, "af")
+        wait_until(lambda: connected(everyone), TIMEOUT, "af connected to every region")
+        wait_until(lambda: converged(everyone), TIMEOUT, "af to catch up")
+        assert cluster.db("af").get("notes/ap") == {"from": "ap"}
+        wait_until(
+            lambda: all(state_in(cluster, n, "af") == "active" for n in everyone),
+            TIMEOUT,
+            "af active everywhere",
+        )
+
+        # One connection per pair: once settled, no seed dial keeps replacing it.
+        def connects(name: str) -> int:
+            return cluster.regions[name].log.read_text(errors="replace").count("connected to")
+
+        before = {name: connects(name) for name in everyone}
+        start = max(cluster.db(name).hlc for name in everyone)
+        wait_until(
+            lambda: all(cluster.db(n).hlc.wall_ms > start.wall_ms + 3000 for n in everyone),
+            TIMEOUT,
+            "three seconds of the cluster's clocks",
+        )
+        assert {name: connects(name) for name in everyone} == before
+        assert connected(everyone)

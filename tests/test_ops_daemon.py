@@ -32,6 +32,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import crdtdb
+from crdtdb import membership
 from crdtdb.sync.certs import init_ca, issue
 
 from .harness.config import make_certs
@@ -355,6 +356,13 @@ def test_status_says_whether_the_daemon_runs_and_when_the_peer_was_heard(
 # ---------------------------------------------------------------- metrics and logs
 
 
+def membership_records(data_dir: Path) -> int:
+    """Records of the region's own on the membership document."""
+    with crdtdb.open(data_dir) as db:
+        own = db.records_from(db.region, 0, 100_000)
+        return sum(record.doc_id == membership.MEMBERS_DOC for record in own)
+
+
 def test_metrics_count_what_replication_did_and_status_and_logs_tell_a_peer_stopped(
     tmp_path: Path, group: Group
 ) -> None:
@@ -377,9 +385,12 @@ def test_metrics_count_what_replication_did_and_status_and_logs_tell_a_peer_stop
             db.put(f"items/us{i}", {"i": i})
 
     def counted() -> bool:
+        # Each daemon also committed its membership records at start (see crdtdb.membership).
+        from_eu = 40 + membership_records(tmp_path / "data" / "eu")
+        from_us = 5 + membership_records(tmp_path / "data" / "us")
         return (
-            metric(us_metrics, "crdtdb_remote_records_applied_total", peer="eu") == 40
-            and metric(eu_metrics, "crdtdb_remote_records_applied_total", peer="us") == 5
+            metric(us_metrics, "crdtdb_remote_records_applied_total", peer="eu") == from_eu
+            and metric(eu_metrics, "crdtdb_remote_records_applied_total", peer="us") == from_us
             and metric(eu_metrics, "crdtdb_commits_seen_total") == 40
             and metric(us_metrics, "crdtdb_commits_seen_total") == 5
         )
