@@ -49,6 +49,9 @@ ERROR_CODES: Final[Mapping[str, int]] = MappingProxyType(
         "bad_region": 8,  # a region that is not the one expected here
         "auth_failed": 9,  # the peer's proof of identity was refused
         "too_many_streams": 10,  # more bulk lanes (QUIC streams) than the protocol allows
+        "not_a_member": 11,  # a CA-signed region that no member added (crdtdb.membership)
+        "removed": 12,  # a region removed from the cluster
+        "retired_certificate": 13,  # a certificate a newer one of its region replaced
     }
 )
 """Stable numbers of the protocol error codes. Never renumber; only append."""

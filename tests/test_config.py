@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -207,3 +208,31 @@ def test_parse_address(text: str, address: tuple[str, int]) -> None:
 def test_parse_address_refuses_and_says_where(text: object) -> None:
     with pytest.raises(ConfigError, match=r"^\[\[peers\]\] #3 address: "):
         parse_address(text, "[[peers]] #3 address")
+
+
+def test_the_cluster_table(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    assert (config.auto_join, config.advertise, config.seeds) == (False, None, ())
+    text = MINIMAL + (
+        '[cluster]\nauto_join = true\nadvertise = "10.0.0.1:7401"\n'
+        'seeds = ["10.0.0.2:7402", "[::1]:7403"]\n'
+    )
+    config = load_config(write(tmp_path, text))
+    assert config.auto_join is True
+    assert config.advertise == "10.0.0.1:7401"
+    assert config.seeds == (("10.0.0.2", 7402), ("::1", 7403))
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('auto_join = "yes"', "auto_join must be true or false"),
+        ('seeds = "10.0.0.2:7402"', "seeds is a list of addresses"),
+        ('seeds = ["10.0.0.2"]', "seeds #1"),
+        ('advertise = "nowhere"', "advertise"),
+        ("auto_joins = true", "unknown key(s) ['auto_joins'] in [cluster]"),
+    ],
+)
+def test_a_bad_cluster_table_is_refused(tmp_path: Path, table: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(write(tmp_path, MINIMAL + "[cluster]\n" + table + "\n"))
