@@ -32,7 +32,12 @@ of, as before):
   region after its frontier passed their HLC, and then change the answer of
   ``as_of`` for those cuts there. Decommission a region once it is stopped
   (or cut off) to leave no such window.
-- The own region always counts, whatever its state.
+- The own region always counts, whatever its state; so does a region whose
+  records we hold but that the membership does not name at all (a member
+  whose addition has not reached us yet, whose records came first through
+  a relay; or a store that took records before it had a membership: remove
+  such a region explicitly once it is gone). A region that only connected
+  or reported, and whose records were refused, never counts.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from .engine import Engine, check_count
 from .errors import CrdtdbError, InvalidHlcError, UsageError, shown
 from .hlc import Hlc, tick
 from .ids import validate_region
-from .membership import read_conn
+from .membership import Membership, read_conn
 from .records import MAX_SQLITE_INT, UpdateRecord
 
 __all__ = ["Frontier", "frontier_clocks", "frontier_entries", "local_clock"]
@@ -270,7 +275,7 @@ def local_clock(conn: sqlite3.Connection, region: str, floor: int = 0) -> Hlc:
     members = read_conn(conn)
     if members is None:
         return min(hlc for _, _, hlc in entries)
-    waited, final = members.waited() | {region}, members.removed()
+    waited, final = _waited(conn, region, members), members.removed()
     counted = [
         hlc
         for origin, seq, hlc in entries
@@ -281,6 +286,14 @@ def local_clock(conn: sqlite3.Connection, region: str, floor: int = 0) -> Hlc:
     return min(counted)
 
 
+def _waited(conn: sqlite3.Connection, region: str, members: Membership) -> set[str]:
+    """The regions whose clock counts: members not removed, this one, and any region we
+    hold records of that the membership does not name at all (yet: a member we have
+    not heard is one, say, or a store from before membership)."""
+    held = {row[0] for row in conn.execute("SELECT origin FROM origins WHERE max_seq > 0")}
+    return set(members.waited()) | {region} | (held - set(members.members))
+
+
 def frontier_clocks(conn: sqlite3.Connection, region: str, floor: int = 0) -> list[tuple[str, Hlc]]:
     """:meth:`Database.frontier_clocks` read through ``conn``: ``C`` per region that counts
     (see the module docstring), this one computed now."""
@@ -288,7 +301,7 @@ def frontier_clocks(conn: sqlite3.Connection, region: str, floor: int = 0) -> li
     rows = [(row[0], Hlc(row[1])) for row in conn.execute("SELECT region, hlc FROM frontiers")]
     members = read_conn(conn)
     if members is not None:
-        waited = members.waited() - {region}
+        waited = _waited(conn, region, members) - {region}
         rows = [(other, hlc) for other, hlc in rows if other in waited]
         rows += [(other, Hlc(0)) for other in sorted(waited - {other for other, _ in rows})]
     return [*rows, (region, own)]

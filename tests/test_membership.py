@@ -375,3 +375,28 @@ def test_the_membership_is_not_in_the_query_views_unless_named(tmp_path: Path) -
     assert named == [("_cluster/members",)]
     con.close()
     db.close()
+
+
+def test_records_of_a_region_the_membership_does_not_name_hold_the_frontier(
+    tmp_path: Path, three: dict[str, crdtdb.Database]
+) -> None:
+    """Say sa's addition has not reached us yet, but some of its records have (by relay):
+    until the membership names it (or removes it), the frontier waits for it."""
+    eu, us = three["eu"], three["us"]
+    sa = crdtdb.open(tmp_path / "sa", region="sa")
+    for db in (eu, us):
+        membership.ensure(db, "eu", "active")
+        membership.ensure(db, "us", "active")
+    sa.put("docs/first", {"v": 1})
+    sa.put("docs/second", {"v": 2})
+    eu.apply_remote_many(sa.records_from("sa", 1, 10))  # the second only: a gap before it
+    for db in (eu, us):
+        db.heartbeat()
+    exchange([eu, us])
+    assert eu.frontier() == us.frontier() == Hlc(0)
+    membership.remove(eu, "sa")  # gone for good: what eu holds of it (nothing contiguous)
+    for db in (eu, us):
+        db.heartbeat()
+    exchange([eu, us])
+    assert eu.frontier() > Hlc(0) and eu.frontier() == us.frontier()
+    sa.close()
