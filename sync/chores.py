@@ -76,6 +76,8 @@ class MembershipChores:
             if targets.get(peer) != address:
                 task.cancel()
                 del self._dialers[peer]
+            if peer not in targets and self.cluster.removed(peer):
+                self.peers.pop(peer, None)  # the members list says it is removed
         for peer, address in targets.items():
             if peer in self._dialers:
                 continue
