@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 from crdtdb import membership
 from crdtdb.database import Database
+from crdtdb.errors import CrdtdbError
 from crdtdb.membership import Membership
 
 from .config import RegionConfig
@@ -97,10 +98,36 @@ class ClusterView:
         self.view: Membership | None = None
         self.mesh = False
         """Dial every member the membership gives an address for (set with seeds)."""
+        self._pending_port: int | None = None
+        """The port to record this region at, while the store refused to (see start)."""
 
     def start(self, port: int) -> None:
         """Make this region (listening on ``port``) and its configured peers members (never
-        a removed one)."""
+        a removed one). A store that refuses the write (say, the clock fence holds) is
+        tried again by :meth:`retry_start`, every second."""
+        try:
+            self._start(port)
+        except CrdtdbError as exc:
+            self._pending_port = port
+            log.warning(
+                "%s: cannot record this region in the membership yet (trying again every"
+                " second): %s",
+                self.db.region,
+                exc,
+                extra={"event": "membership_pending"},
+            )
+        self.refresh()
+
+    def retry_start(self) -> None:
+        """Record this region in the membership, if :meth:`start` could not."""
+        port, self._pending_port = self._pending_port, None
+        if port is not None:
+            try:
+                self._start(port)
+            except CrdtdbError:
+                self._pending_port = port
+
+    def _start(self, port: int) -> None:
         region = self.db.region
         address = self.config.advertise or f"{self.config.host}:{port}"
         self.mesh = bool(self.config.seeds)
@@ -133,7 +160,6 @@ class ClusterView:
                     peer.region,
                     extra={"event": "config_lists_removed", "peer": peer.region},
                 )
-        self.refresh()
 
     def refresh(self) -> Membership | None:
         self.view = membership.read(self.db)
@@ -218,8 +244,8 @@ class ClusterView:
                         targets[region] = parse_address(member.address, "address")
                     except ValueError:
                         continue
-            for region in view.removed():
-                targets.pop(region, None)
+        for region in view.removed() if view is not None else ():
+            targets.pop(region, None)
         targets.pop(self.db.region, None)
         return targets
 

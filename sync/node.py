@@ -539,6 +539,7 @@ class Replicator(MembershipChores):
     async def _write_status_loop(self) -> None:
         while True:
             try:
+                self.cluster.retry_start()
                 self.cluster.refresh()
                 self._reconcile_peers()
             except CrdtdbError as exc:
