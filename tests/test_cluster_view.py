@@ -62,3 +62,30 @@ def test_admission_refuses_non_members_removed_regions_and_retired_certificates(
     auto.refresh()
     assert auto.admit("af", None).state == "joining"
     assert auto.view is not None and auto.view.retired_fingerprint("ee" * 32) == "eu"
+
+
+def test_status_lists_the_members(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+    import os
+    import time
+
+    from crdtdb.sync.status import show_status
+
+    status = {
+        "region": "eu",
+        "state": "running",
+        "listen": "127.0.0.1:7401",
+        "pid": os.getpid(),
+        "time": time.time(),
+        "hlc": "x",
+        "frontier": "y",
+        "peers": [],
+        "members": [
+            {"region": "af", "state": "removed"},
+            {"region": "eu", "state": "active"},
+            {"region": "sa", "state": "joining"},
+        ],
+    }
+    (tmp_path / "sync-status.json").write_text(json.dumps(status))
+    assert show_status(str(tmp_path)) == 0
+    assert "members: af removed, eu active, sa joining" in capsys.readouterr().out
