@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
@@ -130,6 +130,16 @@ class Membership:
     """The cluster's members, as read from the membership document."""
 
     members: dict[str, Member]
+    _waited: frozenset[str] = field(init=False, repr=False, compare=False)
+    _removed: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Read on every frontier computation: worked out once per distinct document.
+        states = {r: m.state for r, m in self.members.items()}
+        waited = frozenset(r for r, state in states.items() if state in WAITED_STATES)
+        removed = {r: self.members[r].final_seq for r, s in states.items() if s == "removed"}
+        object.__setattr__(self, "_waited", waited)
+        object.__setattr__(self, "_removed", removed)
 
     def state(self, region: str) -> str | None:
         member = self.members.get(region)
@@ -137,11 +147,11 @@ class Membership:
 
     def waited(self) -> frozenset[str]:
         """Regions the frontier waits for: members that are not removed."""
-        return frozenset(r for r, m in self.members.items() if m.state in WAITED_STATES)
+        return self._waited
 
     def removed(self) -> dict[str, int]:
         """Removed regions, each with its final sequence number."""
-        return {r: m.final_seq for r, m in self.members.items() if m.state == "removed"}
+        return dict(self._removed)
 
     def retired_fingerprint(self, fingerprint: str) -> str | None:
         """The region whose retired certificate this is (None: not a retired one)."""
