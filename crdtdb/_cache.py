@@ -36,7 +36,7 @@ from pycrdt import Array, Doc, Map, Subscription, Text, Transaction, Transaction
 
 from .merkle import state_vector_clocks
 from .shape import shape_text
-from .values import plain, read_json
+from .values import load_json, plain, read_json
 from .yjs import shape
 
 __all__ = ["DATA_ROOT", "FIELD_KINDS", "META_ROOT", "ApplyStats", "DocCache", "DocHandle"]
@@ -179,7 +179,7 @@ class DocHandle:
         if not self.live:
             return None
         if len(self.meta) <= (LIVE_KEY in self.meta):  # no merged field: Yrs encodes it
-            value = json.loads(str(self.root))
+            value = load_json(str(self.root))
         else:
             value = self.json()
         return canonical(value), shape_text(value)

@@ -14,18 +14,32 @@ that fits in a signed 64-bit integer is returned as ``int`` (as Yrs' own JSON
 encoder does), so that ``{"age": 31}`` reads back as written. Integers must
 fit in a signed 64-bit integer. Whole documents are read through Yrs' JSON
 encoder (:func:`read_json`), which is ~50x faster than walking them from Python.
+
+A document that arrives nesting deeper than :data:`MAX_READ_DEPTH` (writes here
+stop at :data:`MAX_DEPTH`; a peer or pycrdt used directly need not) is refused
+with :class:`~crdtdb.errors.DocumentTooDeepError` before it is parsed: every
+reader below (``normalize``, shapes, canonical JSON) is recursive, and
+Python's recursion limit would otherwise surface as a RecursionError.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Iterator, MutableMapping, MutableSequence
+from itertools import accumulate
 from typing import Any, TypeAlias, overload
 
 from pycrdt import Array, Map, Text
 
-from .errors import SHOWN_CHARS, InvalidValueError, TransactionError, shown
+from .errors import (
+    SHOWN_CHARS,
+    DocumentTooDeepError,
+    InvalidValueError,
+    TransactionError,
+    shown,
+)
 
 __all__ = [
     "DocArray",
@@ -34,6 +48,7 @@ __all__ = [
     "JsonValue",
     "from_crdt",
     "is_same_slot",
+    "load_json",
     "normalize",
     "plain",
     "read_json",
@@ -45,6 +60,12 @@ JsonValue: TypeAlias = bool | int | float | str | list["JsonValue"] | dict[str, 
 _INT_MIN, _INT_MAX = -(1 << 63), (1 << 63) - 1
 MAX_DEPTH = 100
 """How many levels of dicts and lists one value written may nest."""
+MAX_READ_DEPTH = 2 * MAX_DEPTH
+"""How many levels a stored document's JSON may nest to be read (with room above what a
+write allows: a document map around the values, and older writers' live views)."""
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 _FLOAT_INT_MIN, _FLOAT_INT_MAX = -float(1 << 63), float(1 << 63)
 
 
@@ -115,7 +136,25 @@ def normalize(value: Any) -> Any:
 
 def read_json(shared: Map[Any] | Array[Any]) -> Any:
     """A shared map or array as plain JSON values, encoded by Yrs itself."""
-    return json.loads(str(shared))
+    return load_json(str(shared))
+
+
+def load_json(text: str) -> Any:
+    """JSON text Yrs wrote for a document (or part), parsed; refuses one nesting deeper
+    than :data:`MAX_READ_DEPTH` (:class:`DocumentTooDeepError`)."""
+    if text.count("[") + text.count("{") > MAX_READ_DEPTH and _nesting(text) > MAX_READ_DEPTH:
+        raise DocumentTooDeepError(
+            f"a document nests more than {MAX_READ_DEPTH} levels deep, so it cannot be read"
+            " as JSON (crdtdb writes stop at 100; it was made elsewhere): flatten or delete"
+            " its deepest field in a db.transaction(), through tx.doc(doc_id)"
+        )
+    return json.loads(text)
+
+
+def _nesting(text: str) -> int:
+    """How deep the arrays and objects of JSON ``text`` nest (without recursion)."""
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
 
 
 def plain(value: Any) -> Any:

@@ -1,0 +1,129 @@
+"""Operator-facing loose ends: documents nested too deeply to read.
+
+Writes through crdtdb stop at 100 levels, but a document can arrive deeper (a
+peer's writer, pycrdt used directly). Applying it must work (a refusal would
+stall replication for good) and reading it must give a typed error: never a
+RecursionError from deep inside.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pycrdt import Doc, Map
+
+import crdtdb
+from crdtdb import cli
+from crdtdb.errors import DocumentTooDeepError
+from crdtdb.hlc import Hlc
+from crdtdb.records import UpdateRecord
+from crdtdb.values import _nesting, load_json
+
+
+def deep_records(tmp_path: Path, levels: int) -> list[UpdateRecord]:
+    """Two records of region us for ``users/deep``: a put, then an update made with pycrdt
+    directly that nests ``levels`` maps under the field ``v``."""
+    with crdtdb.open(tmp_path / "us", region="us") as us:
+        us.put("users/deep", {"v": 1, "name": "deep"})
+        (first,) = us.changes()
+    doc: Doc[Any] = Doc(client_id=secrets.randbits(53))
+    doc.apply_update(first.update)
+    state = doc.get_state()
+    level: Map[Any] = doc.get("data", type=Map)
+    for _ in range(levels):  # one map at a time: no recursion on our side either
+        inner: Map[Any] = Map()
+        level["v"] = inner
+        level = inner
+    level["v"] = 1
+    update = doc.get_update(state)
+    return [first, UpdateRecord("users/deep", Hlc(first.hlc + 1), "us", first.seq + 1, update)]
+
+
+@pytest.mark.parametrize("levels", [1000, 5000])  # 1000 failed applying, 5000 reading
+def test_a_document_arriving_too_deep_is_stored_and_refused_typed_on_read(
+    db: crdtdb.Database, tmp_path: Path, capsys: pytest.CaptureFixture[str], levels: int
+) -> None:
+    db.put("users/plain", {"a": 1})
+    for record in deep_records(tmp_path, levels):
+        assert db.apply_remote(record)  # once a RecursionError, and replication stalled
+
+    def in_transaction() -> object:
+        with db.transaction() as tx:
+            return tx.get("users/deep")
+
+    for read in (
+        lambda: db.get("users/deep"),
+        lambda: db.as_of(db.hlc).get("users/deep"),
+        in_transaction,
+    ):
+        with pytest.raises(DocumentTooDeepError, match="more than 200 levels") as caught:
+            read()
+        assert "\n" not in str(caught.value) and isinstance(caught.value, crdtdb.CrdtdbError)
+    assert db.list("users") == ["users/deep", "users/plain"]
+    assert db.get("users/plain") == {"a": 1}
+
+    db.close()
+    code = cli.main(["get", str(db.path), "users/deep"])
+    out, err = capsys.readouterr()
+    assert code == 1 and out == "" and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "levels" in err and "Traceback" not in err
+
+    with crdtdb.open(db.path) as again:  # what the message says to do works
+        with again.transaction() as tx:
+            del tx.doc("users/deep")["v"]
+        assert again.get("users/deep") == {"name": "deep"}
+
+
+def test_a_document_just_inside_the_read_limit_reads(db: crdtdb.Database, tmp_path: Path) -> None:
+    for record in deep_records(tmp_path, 190):
+        db.apply_remote(record)
+    value: Any = db.get("users/deep")
+    for _ in range(190):
+        value = value["v"]
+    assert value == {"v": 1}
+
+
+@pytest.mark.integration
+def test_the_query_layer_reads_a_too_deep_document_as_nulls(
+    db: crdtdb.Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from crdtdb import query
+
+    db.put("users/plain", {"name": "plain"})
+    for record in deep_records(tmp_path, 1000):
+        db.apply_remote(record)
+    with caplog.at_level(logging.WARNING, logger="crdtdb"):
+        con = query.connect(db)
+    rows = con.sql("SELECT id, name FROM users ORDER BY id").fetchall()
+    assert rows == [("users/deep", None), ("users/plain", "plain")]
+    warned = [r.getMessage() for r in caplog.records]
+    assert any("users/deep" in line and "levels" in line for line in warned), warned
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\ab'),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text('[]{}"\\k'), inner),
+    max_leaves=20,
+)
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    return 0
+
+
+@given(_JSON)
+def test_nesting_is_counted_outside_strings_only(value: object) -> None:
+    text = json.dumps(value, ensure_ascii=False)
+    assert _nesting(text) == _depth(value)
+    assert load_json(text) == value
