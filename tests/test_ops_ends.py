@@ -1,4 +1,4 @@
-"""Operator-facing loose ends: documents nested too deeply to read.
+"""Operator-facing loose ends: documents nested too deeply to read, Ctrl-C at start.
 
 Writes through crdtdb stop at 100 levels, but a document can arrive deeper (a
 peer's writer, pycrdt used directly). Applying it must work (a refusal would
@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +132,38 @@ def test_nesting_is_counted_outside_strings_only(value: object) -> None:
     text = json.dumps(value, ensure_ascii=False)
     assert _nesting(text) == _depth(value)
     assert load_json(text) == value
+
+
+@pytest.mark.integration
+def test_ctrl_c_while_the_command_loads_exits_130_without_a_traceback(tmp_path: Path) -> None:
+    """SIGINT in the middle of importing crdtdb, found without a hook of ours: Python's
+    import-time report (PYTHONPROFILEIMPORTTIME) names each module as it finishes
+    loading, so the first crdtdb module's line means the package is still loading."""
+    command = Path(sys.executable).with_name("crdtdb")  # the console script pip made
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    child = subprocess.Popen(
+        [str(command), "get", str(tmp_path / "none"), "users/a"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert child.stderr is not None
+        loaded: list[str] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = child.stderr.readline()
+            assert line, f"the command ended before loading crdtdb: {loaded[-5:]}"
+            loaded.append(line)
+            if line.rstrip().endswith(" crdtdb.errors"):  # one of the first of the package
+                break
+        child.send_signal(signal.SIGINT)
+        rest = child.stderr.read()
+        code = child.wait(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert "no crdtdb store" not in rest, "the signal came after the command ran"
+    assert code == 130, rest
+    assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
