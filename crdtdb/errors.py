@@ -69,6 +69,8 @@ class CrdtdbError(Exception):
     """Base of every error crdtdb raises on purpose."""
 
     code: str = "error"
+    reported: bool = False
+    """Already shown to the user (as a JSON log line, say): the CLI prints nothing more."""
 
 
 class UsageError(CrdtdbError, ValueError):

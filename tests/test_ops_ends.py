@@ -167,3 +167,24 @@ def test_ctrl_c_while_the_command_loads_exits_130_without_a_traceback(tmp_path: 
     assert "no crdtdb store" not in rest, "the signal came after the command ran"
     assert code == 130, rest
     assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
+
+
+@pytest.mark.integration
+def test_with_json_logs_an_error_that_stops_serve_is_a_json_line(tmp_path: Path) -> None:
+    bad = tmp_path / "eu.toml"
+    bad.write_text('region = "eu"\nbogus =\n')
+
+    def serve(*options: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "crdtdb", "serve", "--config", str(bad), *options]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+    plain = serve()
+    assert plain.returncode == 2 and plain.stderr.startswith("error: ") and "TOML" in plain.stderr
+    as_json = serve("--log-format", "json")
+    assert as_json.returncode == 2, as_json
+    (line,) = as_json.stderr.splitlines()  # one line, and no plain `error:` after it
+    record = json.loads(line)
+    assert record["level"] == "error" and record["event"] == "fatal", record
+    assert record["code"] == "config" and "TOML" in record["message"], record
+    usage = serve("--log-format", "json", "--no-such-option")  # before logging is set up
+    assert usage.returncode == 2 and usage.stderr.startswith("error: "), usage
