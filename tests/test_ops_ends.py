@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -30,6 +31,8 @@ from crdtdb.errors import DocumentTooDeepError
 from crdtdb.hlc import Hlc
 from crdtdb.records import UpdateRecord
 from crdtdb.values import _nesting, load_json
+
+from .harness.wait import wait_until
 
 
 def deep_records(tmp_path: Path, levels: int) -> list[UpdateRecord]:
@@ -188,3 +191,35 @@ def test_with_json_logs_an_error_that_stops_serve_is_a_json_line(tmp_path: Path)
     assert record["code"] == "config" and "TOML" in record["message"], record
     usage = serve("--log-format", "json", "--no-such-option")  # before logging is set up
     assert usage.returncode == 2 and usage.stderr.startswith("error: "), usage
+
+
+_PROGRESS = re.compile(r"us: catching up from eu: (\d+) records received, (\d+) behind")
+_CAUGHT_UP = re.compile(r"us: caught up with eu: (\d+) records received")
+
+
+@pytest.mark.integration
+def test_a_region_catching_up_a_backlog_logs_its_progress_with_counts(tmp_path: Path) -> None:
+    """us starts after eu wrote a backlog: it logs progress lines with counts while it
+    catches up, then one line when it has caught up."""
+    from .cluster import Cluster
+
+    backlog = 6_000
+    with Cluster(tmp_path, ["eu", "us"]) as cluster:
+        eu = cluster.db("eu")
+        for start in range(0, backlog, 500):
+            with eu.transaction() as tx:
+                for i in range(start, start + 500):
+                    tx.put(f"docs/{i}", {"i": i})
+        cluster.close_db("eu")
+        cluster.start()
+        cluster.wait_converged(timeout=120)
+        wait_until(lambda: _CAUGHT_UP.search(cluster.regions["us"].log.read_text()), timeout=30)
+        log = cluster.regions["us"].log.read_text()
+    progress = [(int(a), int(b)) for a, b in _PROGRESS.findall(log)]
+    assert progress, log[-2000:]
+    received, behind = progress[0]
+    assert 0 < behind <= backlog and received < backlog, progress
+    assert received + behind >= backlog, progress  # what it has plus what it lacks
+    assert all(b <= backlog for _, b in progress), progress
+    (done,) = _CAUGHT_UP.findall(log)
+    assert int(done) >= backlog, done
