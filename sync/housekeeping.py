@@ -36,6 +36,7 @@ from crdtdb.errors import CrdtdbError
 
 from .clockkeeper import ClockKeeper
 from .config import RegionConfig
+from .logs import Repeats
 from .writer import StoreWriter
 
 __all__ = [
@@ -95,6 +96,7 @@ class Housekeeping:
         """Why the last store write failed (None: it did not, or the store recovered)."""
         self._sync_failed = False
         """Whether a sync write (not only a heartbeat) failed in the current episode."""
+        self._other_failures = Repeats()
         self.full_collections = 0
         self.checkpoints = 0
         self.last_growth = 0.0
@@ -180,8 +182,9 @@ class Housekeeping:
             try:
                 pages, _ = await asyncio.to_thread(self.db.checkpoint)
             except CrdtdbError as exc:
-                log.warning("%s: WAL checkpoint failed: %s", self.region, exc)
+                self.other_write_failed("checkpoint", f"WAL checkpoint failed: {exc}")
                 continue
+            self.other_write_ok("checkpoint")
             self.checkpoints += pages > 0
 
     async def collect_garbage_loop(self) -> None:
@@ -246,6 +249,20 @@ class Housekeeping:
             )
         self.store_problem = f"cannot write to the store: {problem}"
         self._sync_failed = self._sync_failed or sync
+
+    def other_write_failed(self, key: str, problem: str) -> None:
+        """A write beside the store's transactions failed (``key``: the WAL checkpoint, the
+        status file): a line as it starts or changes and once a minute while it lasts, and
+        none during an episode of :meth:`store_failed`, whose line says it all."""
+        if self.store_problem is not None or (
+            self._other_failures.due(key, problem, time.monotonic()) is None
+        ):
+            log.debug("%s: %s", self.region, problem)
+            return
+        log.warning("%s: %s", self.region, problem)
+
+    def other_write_ok(self, key: str) -> None:
+        self._other_failures.clear(key)
 
     def store_ok(self, *, sync: bool) -> None:
         """A store write succeeded. That ends an episode unless sync writes failed in it and

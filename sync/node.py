@@ -578,5 +578,7 @@ class Replicator:
         try:
             temporary.write_text(json.dumps(self.status(stopped=stopped), indent=2, sort_keys=True))
             temporary.replace(path)
-        except (OSError, CrdtdbError) as exc:
-            log.warning("%s: cannot write %s: %s", self.region, path, exc)
+        except (OSError, CrdtdbError) as exc:  # a line as it starts, not one a second
+            self.housekeeping.other_write_failed("status", f"cannot write {path}: {exc}")
+            return
+        self.housekeeping.other_write_ok("status")

@@ -12,6 +12,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -213,6 +214,8 @@ def test_a_full_disk_episode_is_logged_once_and_counted_as_our_own_fault(
         for i, doc_id in enumerate(written):  # about 1 MB: far more than is left
             eu.put(doc_id, {"i": i, "pad": os.urandom(8_000).hex()})
         wait_until(lambda: failures() >= 3, timeout=60)  # three sessions refused, at least
+        status = us_dir / "sync-status.json"  # rewritten every second, unless the disk refuses
+        wait_until(lambda: time.time() - status.stat().st_mtime > 3.5, timeout=60)
         filler.unlink()
         wait_until(lambda: set(written) <= _held(us_dir), timeout=90)
         wait_until(lambda: "writable again" in us_log.read_text(), timeout=30)
@@ -223,6 +226,8 @@ def test_a_full_disk_episode_is_logged_once_and_counted_as_our_own_fault(
     recovered = [line for line in lines if "writable again" in line]
     assert len(recovered) == 1 and " INFO " in recovered[0], recovered
     assert not [line for line in lines if "closed: store_full" in line]  # DEBUG, not per session
+    for other in ("WAL checkpoint failed", "sync-status.json"):  # once a second, they were
+        assert len([line for line in lines if other in line]) <= 1, lines
     refusals = {
         dict(labels)["reason"]
         for (name, labels), _ in samples.items()
