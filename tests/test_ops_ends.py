@@ -25,7 +25,7 @@ from pycrdt import Doc, Map
 
 import crdtdb
 from crdtdb import cli
-from crdtdb.errors import DocumentTooDeepError
+from crdtdb.errors import DocumentTooDeepError, InvalidValueError
 from crdtdb.hlc import Hlc
 from crdtdb.records import UpdateRecord
 
@@ -84,6 +84,30 @@ def test_a_document_arriving_too_deep_is_stored_and_refused_typed_on_read(
         with again.transaction() as tx:
             del tx.doc("users/deep")["v"]
         assert again.get("users/deep") == {"name": "deep"}
+
+
+def test_live_views_count_the_levels_above_them(db: crdtdb.Database) -> None:
+    """Nesting through live views once bypassed the 100-level limit of writes: each
+    assignment counted from 0 again, so a loop of them built any depth."""
+    value: Any = {}
+    for _ in range(98):
+        value = {"v": value}
+    db.put("users/a", {"v": value})  # levels 1 to 99 (the innermost map is empty)
+    with db.transaction() as tx:
+        inner = tx.doc("users/a")
+        for _ in range(99):
+            inner = inner["v"]
+        inner["v"] = {}  # level 100: allowed, as in a put
+        with pytest.raises(InvalidValueError, match="more than 100 levels"):
+            inner["w"] = {"deeper": {}}
+        inner["list"] = []
+        with pytest.raises(InvalidValueError, match="more than 100 levels"):
+            inner["list"].append([])  # the list is level 100: nothing more inside
+        inner["list"].append(1)
+    depth, doc = 0, db.get("users/a")
+    while isinstance(doc, dict) and "v" in doc:
+        depth, doc = depth + 1, doc["v"]
+    assert depth == 100 and doc == {}
 
 
 @pytest.mark.parametrize("levels", [190, 500])  # 500: parsed, but too deep for its shape
