@@ -168,7 +168,7 @@ def test_a_full_disk_episode_is_logged_once_and_counted_as_our_own_fault(
     from .harness.daemon import start_daemon
     from .harness.ports import free_ports
     from .harness.wait import wait_until
-    from .test_ops_daemon import scrape
+    from .test_ops_daemon import healthz, scrape
 
     certs = make_certs(tmp_path / "certs", ["eu", "us"])
     eu_port, us_port, us_metrics = free_ports(3)
@@ -216,9 +216,12 @@ def test_a_full_disk_episode_is_logged_once_and_counted_as_our_own_fault(
         wait_until(lambda: failures() >= 3, timeout=60)  # three sessions refused, at least
         status = us_dir / "sync-status.json"  # rewritten every second, unless the disk refuses
         wait_until(lambda: time.time() - status.stat().st_mtime > 3.5, timeout=60)
+        code, reason = healthz(us_metrics)
+        assert code == 503 and "disk is full" in reason, reason
         filler.unlink()
         wait_until(lambda: set(written) <= _held(us_dir), timeout=90)
         wait_until(lambda: "writable again" in us_log.read_text(), timeout=30)
+        assert healthz(us_metrics) == (200, "ok\n")
         samples = scrape(us_metrics)
     lines = us_log.read_text().splitlines()
     warned = [line for line in lines if "cannot write to the store" in line]
