@@ -115,8 +115,15 @@ def _ensure_env(extras: set[str]) -> None:
     STAMP.write_text(json.dumps({"pyproject": digest, "extras": sorted(extras)}))
 
 
-LINTED = ("crdtdb", "sync", "query", "tests", "bench", "dev.py")
-TYPED = ("crdtdb", ".mypy-layout/crdtdb/sync", ".mypy-layout/crdtdb/query", "tests", "bench")
+LINTED = ("crdtdb", "_crdtdb_entry.py", "sync", "query", "tests", "bench", "dev.py")
+TYPED = (
+    "crdtdb",
+    "_crdtdb_entry.py",
+    ".mypy-layout/crdtdb/sync",
+    ".mypy-layout/crdtdb/query",
+    "tests",
+    "bench",
+)
 
 
 def lint() -> int:

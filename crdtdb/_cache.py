@@ -36,7 +36,7 @@ from pycrdt import Array, Doc, Map, Subscription, Text, Transaction, Transaction
 
 from .merkle import state_vector_clocks
 from .shape import shape_text
-from .values import plain, read_json
+from .values import load_json, plain, read_json, too_deep
 from .yjs import shape
 
 __all__ = ["DATA_ROOT", "FIELD_KINDS", "META_ROOT", "ApplyStats", "DocCache", "DocHandle"]
@@ -179,10 +179,13 @@ class DocHandle:
         if not self.live:
             return None
         if len(self.meta) <= (LIVE_KEY in self.meta):  # no merged field: Yrs encodes it
-            value = json.loads(str(self.root))
+            value = load_json(str(self.root))
         else:
             value = self.json()
-        return canonical(value), shape_text(value)
+        try:
+            return canonical(value), shape_text(value)
+        except RecursionError:  # parsed, but too deep to walk (see crdtdb.values)
+            raise too_deep() from None
 
     def json(self) -> dict[str, Any]:
         """The document as plain JSON: ``DATA_ROOT``'s keys, the merged fields shown over them."""

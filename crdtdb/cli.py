@@ -494,12 +494,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(words)
         result: int = args.func(args)
         return result
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except CrdtdbError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        if not exc.reported:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError) else 1
     except BrokenPipeError:
         return 0
     except OSError as exc:  # the system refused (no such directory, permission...): say what

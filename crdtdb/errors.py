@@ -21,6 +21,7 @@ __all__ = [
     "ClockSkewError",
     "CrdtdbError",
     "DatabaseClosedError",
+    "DocumentTooDeepError",
     "HistoryCompactedError",
     "InvalidDocIdError",
     "InvalidHlcError",
@@ -69,6 +70,8 @@ class CrdtdbError(Exception):
     """Base of every error crdtdb raises on purpose."""
 
     code: str = "error"
+    reported: bool = False
+    """Already shown to the user (as a JSON log line, say): the CLI prints nothing more."""
 
 
 class UsageError(CrdtdbError, ValueError):
@@ -135,6 +138,14 @@ class ClientIdCollisionError(RemoteDataError):
     code = "client_id_collision"
     details: tuple[int, str, str, int, str] = (0, "", "", 0, "")
     """(client id, origin of the refused record, origin the id is bound to, seq, doc id)."""
+
+
+class DocumentTooDeepError(CrdtdbError):
+    """A stored document nests too deeply to be read as JSON. Writes through crdtdb stop at
+    100 levels; a deeper one was made elsewhere (pycrdt directly, another region's writer).
+    It is kept and replicated as it is: only reading it whole is refused."""
+
+    code = "too_deep"
 
 
 class StoreError(CrdtdbError):

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._cache import DocHandle
 from .engine import Engine
+from .errors import InvalidHlcError
 from .hlc import Hlc
 from .ids import validate_collection, validate_doc_id
 from .records import MAX_SQLITE_INT, UpdateRecord
@@ -27,10 +28,21 @@ from .records import MAX_SQLITE_INT, UpdateRecord
 if TYPE_CHECKING:
     from .snapshot import Snapshot
 
-__all__ = ["AsOf", "History"]
+__all__ = ["AsOf", "History", "checked_cut"]
 
 log = logging.getLogger("crdtdb.history")
 BATCH_DOCS = 500
+
+
+def checked_cut(hlc: Hlc | int | str) -> Hlc:
+    """``hlc`` as a time-travel cut; refuses one no store can reach (InvalidHlcError)."""
+    cut = Hlc(hlc)
+    if cut > MAX_SQLITE_INT:  # SQLite's INTEGER holds no later HLC: surely a mistake
+        raise InvalidHlcError(
+            f"as-of cut {int(cut)} is beyond the last HLC a store holds (2**63-1, in the year"
+            " 6429): pass a cut of the past, e.g. the frontier or an HLC from a record"
+        )
+    return cut
 
 
 class History:
@@ -51,7 +63,7 @@ class History:
 
     def as_of(self, hlc: Hlc | int | str) -> AsOf:
         """A read-only view of the database at the consistent cut ``hlc``."""
-        cut = Hlc(hlc) if not isinstance(hlc, Hlc) else hlc
+        cut = checked_cut(hlc)
         with self._engine.lock:
             self._engine.check()
             self._engine.check_history(cut, "as_of()")
@@ -75,9 +87,7 @@ class AsOf:
     def __init__(self, engine: Engine, hlc: Hlc) -> None:
         self._engine = engine
         self.hlc = hlc
-        # What SQLite compares with: no stored HLC is above 2**63-1 (a signed INTEGER),
-        # so a later cut (beyond the year 6429) reads the same as that one.
-        self._cut = min(int(hlc), MAX_SQLITE_INT)
+        self._cut = int(hlc)  # what SQLite compares with: at most 2**63-1 (History.as_of)
 
     def __repr__(self) -> str:
         return f"<crdtdb.AsOf {self.hlc}>"

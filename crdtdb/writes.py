@@ -19,7 +19,13 @@ from . import merkle
 from ._cache import DocHandle
 from .digests import Digests, DigestState
 from .engine import Engine
-from .errors import ClientIdCollisionError, InvalidRecordError, InvalidUpdateError, shown
+from .errors import (
+    ClientIdCollisionError,
+    DocumentTooDeepError,
+    InvalidRecordError,
+    InvalidUpdateError,
+    shown,
+)
 from .frontier import Frontier
 from .hlc import Hlc, observe, tick
 from .ids import collection_of
@@ -373,7 +379,10 @@ class Writer:
         """The document's JSON and shape number, while it is small enough to write."""
         if before.snapshot_bytes + before.pending + change.size > BODY_MAX_BYTES:
             return None, None
-        found = change.handle.body_and_shape()
+        try:
+            found = change.handle.body_and_shape()
+        except DocumentTooDeepError:  # made elsewhere: store it, readers are refused
+            return None, None
         return (found[0], self._engine.shapes.id_of(found[1])) if found else (None, None)
 
     def _snapshot_due(self, handle: DocHandle, pending: int, snapshot_bytes: int) -> bool:

@@ -36,6 +36,7 @@ import pyarrow as pa
 
 import crdtdb
 from crdtdb.errors import InvalidHlcError, StoreError, UsageError
+from crdtdb.history import checked_cut
 from crdtdb.hlc import MAX_LOGICAL, Hlc
 from crdtdb.ids import RESERVED_COLLECTION
 
@@ -195,7 +196,7 @@ def resolve_cut(db: crdtdb.Database, as_of: AsOfSpec) -> Hlc | None:
             ) from None
         return _from_datetime(moment)
     if isinstance(as_of, (int, str)):
-        return Hlc(as_of)
+        return checked_cut(as_of)
     raise InvalidHlcError(f"as_of cannot be a {type(as_of).__name__}")
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from crdtdb.database import open as open_db
+from crdtdb.errors import CrdtdbError
 
 from . import logs
 from .config import RegionConfig, load_config
@@ -131,6 +132,16 @@ def serve(
 ) -> int:
     """Run the region's daemon until SIGTERM or SIGINT; refuse at once what cannot work."""
     handler = logs.setup("debug" if verbose else log_level, log_format)
+    try:
+        return _serve_config(config_path, handler)
+    except CrdtdbError as exc:
+        if log_format == "json":  # the log is JSON lines: so is the error that ends it
+            log.error("%s", exc, extra={"event": "fatal", "code": exc.code})
+            exc.reported = True
+        raise
+
+
+def _serve_config(config_path: Path, handler: logging.Handler) -> int:
     config = load_config(config_path)
     logs.set_region(handler, config.region)
     check_tls(config)  # before the data directory is created: nothing to clean up after

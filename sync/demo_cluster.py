@@ -41,7 +41,7 @@ from crdtdb.errors import CrdtdbError
 
 from .status import STATUS_FILE
 
-__all__ = ["STOP_TIMEOUT", "DemoCluster", "DemoError", "DemoRegion"]
+__all__ = ["STOP_TIMEOUT", "DemoCluster", "DemoError", "DemoRegion", "RegionLayout"]
 
 STOP_TIMEOUT = 10.0
 """Seconds a daemon gets to stop after SIGTERM before it is killed."""
@@ -62,18 +62,13 @@ class DemoError(CrdtdbError):
 
 
 @dataclass(slots=True)
-class DemoRegion:
-    """One region of the demo cluster: its files, port and daemon."""
+class RegionLayout:
+    """Where one region of a cluster under ``root`` keeps its files (the module docstring's
+    layout; the test suite's clusters use it too)."""
 
     name: str
     port: int
     root: Path
-    process: subprocess.Popen[bytes] | None = None
-    pids: list[int] = field(default_factory=list)
-    """Every daemon process started for this region (a healed region has had two)."""
-    cut: bool = False
-    stopped: bool = False
-    """Its daemon was stopped by the demo (not exited on its own)."""
 
     @property
     def config(self) -> Path:
@@ -88,13 +83,29 @@ class DemoRegion:
         return self.root / "logs" / f"{self.name}.log"
 
     @property
+    def status_file(self) -> Path:
+        return self.data_dir / STATUS_FILE
+
+
+@dataclass(slots=True)
+class DemoRegion(RegionLayout):
+    """One region of the demo cluster: its files, port and daemon."""
+
+    process: subprocess.Popen[bytes] | None = None
+    pids: list[int] = field(default_factory=list)
+    """Every daemon process started for this region (a healed region has had two)."""
+    cut: bool = False
+    stopped: bool = False
+    """Its daemon was stopped by the demo (not exited on its own)."""
+
+    @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def status(self) -> dict[str, Any] | None:
         """The running daemon's last status report, or None if it has not written one."""
         try:
-            status: dict[str, Any] = json.loads((self.data_dir / STATUS_FILE).read_text())
+            status: dict[str, Any] = json.loads(self.status_file.read_text())
         except (OSError, ValueError):
             return None
         if self.process is None or status.get("pid") != self.process.pid:

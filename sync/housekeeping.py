@@ -36,6 +36,7 @@ from crdtdb.errors import CrdtdbError
 
 from .clockkeeper import ClockKeeper
 from .config import RegionConfig
+from .logs import Repeats
 from .writer import StoreWriter
 
 __all__ = [
@@ -92,7 +93,10 @@ class Housekeeping:
         self.store_ok_at = time.monotonic()
         """When (monotonic) a store write last succeeded."""
         self.store_problem: str | None = None
-        """Why the last store write failed (None: it did not)."""
+        """Why the last store write failed (None: it did not, or the store recovered)."""
+        self._sync_failed = False
+        """Whether a sync write (not only a heartbeat) failed in the current episode."""
+        self._other_failures = Repeats()
         self.full_collections = 0
         self.checkpoints = 0
         self.last_growth = 0.0
@@ -178,8 +182,9 @@ class Housekeeping:
             try:
                 pages, _ = await asyncio.to_thread(self.db.checkpoint)
             except CrdtdbError as exc:
-                log.warning("%s: WAL checkpoint failed: %s", self.region, exc)
+                self.other_write_failed("checkpoint", f"WAL checkpoint failed: {exc}")
                 continue
+            self.other_write_ok("checkpoint")
             self.checkpoints += pages > 0
 
     async def collect_garbage_loop(self) -> None:
@@ -222,21 +227,52 @@ class Housekeeping:
             try:
                 await self.writer.call(self.db.heartbeat)
             except Exception as exc:  # whatever it is, the store refused a write
-                if self.store_problem is None:
-                    log.warning(
-                        "%s: cannot write to the store: %s",
-                        self.region,
-                        exc,
-                        extra={"event": "store_unwritable"},
-                    )
-                self.store_problem = f"cannot write to the store: {exc}"
+                self.store_failed(str(exc), sync=False)
                 continue
-            if self.store_problem is not None:
-                log.info("%s: the store is writable again", self.region)
-            self.store_problem = None
-            self.store_ok_at = time.monotonic()
+            self.store_ok(sync=False)
             if self.clock is not None:
                 await self.clock.update()
+
+    def store_failed(self, problem: str, *, sync: bool) -> None:
+        """A store write failed (``sync``: one of the sync sessions', else a heartbeat).
+
+        One episode of a store that takes no writes is logged once, however many
+        writes it refuses (a session refused per reconnect, a heartbeat a second):
+        a WARNING as it starts, an INFO once it is over (:meth:`store_ok`).
+        """
+        if self.store_problem is None:
+            log.warning(
+                "%s: cannot write to the store: %s",
+                self.region,
+                problem,
+                extra={"event": "store_unwritable"},
+            )
+        self.store_problem = f"cannot write to the store: {problem}"
+        self._sync_failed = self._sync_failed or sync
+
+    def other_write_failed(self, key: str, problem: str) -> None:
+        """A write beside the store's transactions failed (``key``: the WAL checkpoint, the
+        status file): a line as it starts or changes and once a minute while it lasts, and
+        none during an episode of :meth:`store_failed`, whose line says it all."""
+        if self.store_problem is not None or (
+            self._other_failures.due(key, problem, time.monotonic()) is None
+        ):
+            log.debug("%s: %s", self.region, problem)
+            return
+        log.warning("%s: %s", self.region, problem)
+
+    def other_write_ok(self, key: str) -> None:
+        self._other_failures.clear(key)
+
+    def store_ok(self, *, sync: bool) -> None:
+        """A store write succeeded. That ends an episode unless sync writes failed in it and
+        this is a heartbeat: a tiny heartbeat may fit on a disk that a batch does not."""
+        self.store_ok_at = time.monotonic()
+        if self.store_problem is None or (self._sync_failed and not sync):
+            return
+        log.info("%s: the store is writable again", self.region, extra={"event": "store_writable"})
+        self.store_problem = None
+        self._sync_failed = False
 
     def store_health(self) -> str | None:
         """None while the store takes writes; else why not (any thread may ask)."""

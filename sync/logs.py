@@ -8,8 +8,12 @@
   the lines an operator acts on with ``event`` (``listening``,
   ``peer_connected``, ``peer_lost``, ``peer_refused``, ``dial_failed``,
   ``not_dialed``, ``repair_round``, ``bootstrap_progress``, ``caught_up``,
-  ``stopped``) and ``peer``, so that ``jq 'select(.event == "peer_lost")'``
-  finds them.
+  ``store_unwritable``, ``store_writable``, ``stopped``, ``fatal``) and
+  ``peer``, so that ``jq 'select(.event == "peer_lost")'`` finds them.
+- An error that stops ``crdtdb serve`` (a bad config, a port in use) is one
+  line ``error: ...`` on stderr, as from every command; with ``--log-format
+  json`` it is a JSON line instead (``event`` ``fatal``, its ``code``). Only
+  a bad command line, found before logging is set up, stays plain text.
 - aioquic logs every connection's handshake at INFO (logger ``quic``); that
   is kept at WARNING unless ``--log-level debug`` asks for everything. Its
   warning for a connection closed on an error ("[cid] Error: 298, reason:

@@ -33,7 +33,13 @@ The metrics (``peer`` is the peer region's name):
                                                           (``bad_frame``, ``peer_auth``,
                                                           ``bad_region``...), or
                                                           ``tls_handshake`` for a dial whose
-                                                          TLS handshake failed
+                                                          TLS handshake failed; peers'
+                                                          faults only
+``crdtdb_store_write_failures_total``          counter    sync sessions closed because our own
+                                                          store refused their write, by
+                                                          ``reason`` (``store_full``,
+                                                          ``store_read_only``, ``store_io``,
+                                                          ``store``)
 ``crdtdb_wal_bytes``                           gauge      size of the store's write-ahead log
 =============================================  =========  ======================================
 
@@ -98,6 +104,11 @@ class Metrics(Observer):
         self.refusals = counter(
             "crdtdb_refused", "Peer messages or connections refused, by reason", ("reason",)
         )
+        self.store_failures = counter(
+            "crdtdb_store_write_failures",
+            "Sync sessions closed because this region's store refused a write, by reason",
+            ("reason",),
+        )
         self.wal_bytes = Gauge(
             "crdtdb_wal_bytes", "Size of the store's write-ahead log", registry=self.registry
         )
@@ -155,6 +166,9 @@ class Metrics(Observer):
 
     def refused(self, reason: str) -> None:
         self.refusals.labels(reason).inc()
+
+    def store_write_failed(self, code: str) -> None:
+        self.store_failures.labels(code).inc()
 
     def commits(self, count: int) -> None:
         self.commits_seen.inc(count)

@@ -50,7 +50,7 @@ from typing import Any
 
 from crdtdb import follow
 from crdtdb.database import Database
-from crdtdb.errors import CrdtdbError
+from crdtdb.errors import CrdtdbError, StoreError
 from crdtdb.follow import LogWatcher
 from crdtdb.hlc import Hlc
 from crdtdb.storage import wal_path
@@ -278,10 +278,15 @@ class Replicator(MembershipChores):
         self._counted.pop(protocol, None)
         if trusted and status is not None:
             self.clock.note_closed(status.region, event.reason)
-        if event.error is not None:
+        own = isinstance(event.error, StoreError)  # our store failed: the peer did nothing wrong
+        if isinstance(event.error, StoreError):
+            self.housekeeping.store_failed(event.reason, sync=True)  # logs once an episode
+            self.observer.store_write_failed(event.error.code)
+        elif event.error is not None:
             self.observer.refused(event.error.code)
         kind = "peer_refused" if event.error is not None else "peer_lost" if trusted else None
         level = logging.INFO if event.error is None and trusted else logging.WARNING
+        level = logging.DEBUG if own else level
         log.log(
             level,
             "%s: session with %s closed: %s",
@@ -315,6 +320,8 @@ class Replicator(MembershipChores):
             now_ms = time.time() * 1000
             lags = [(now_ms - record.hlc.wall_ms) / 1000 for record in intent.records]
             self.observer.record_lags(session.peer or "?", lags)
+        if outcome.error is None and isinstance(intent, ApplyRecords):
+            self.housekeeping.store_ok(sync=True)
         session.performed(intent, outcome, asyncio.get_running_loop().time())
         protocol.flush()
 
@@ -596,5 +603,7 @@ class Replicator(MembershipChores):
         try:
             temporary.write_text(json.dumps(self.status(stopped=stopped), indent=2, sort_keys=True))
             temporary.replace(path)
-        except (OSError, CrdtdbError) as exc:
-            log.warning("%s: cannot write %s: %s", self.region, path, exc)
+        except (OSError, CrdtdbError) as exc:  # a line as it starts, not one a second
+            self.housekeeping.other_write_failed("status", f"cannot write {path}: {exc}")
+            return
+        self.housekeeping.other_write_ok("status")

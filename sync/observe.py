@@ -34,6 +34,10 @@ class Observer:
     def refused(self, reason: str) -> None:
         """A peer (or would-be peer) was refused: ``reason`` is the error code."""
 
+    def store_write_failed(self, code: str) -> None:
+        """A sync session's write to our own store failed (``code``: say ``store_full``);
+        the session was closed. Our fault, not the peer's: not a refusal."""
+
     def commits(self, count: int) -> None:
         """``count`` more commits of this region appeared in its log (any process's)."""
 

@@ -33,6 +33,7 @@ from types import TracebackType
 from typing import Any
 
 import crdtdb
+from crdtdb.sync.demo_cluster import RegionLayout
 
 from .harness.config import make_certs, write_region_config
 from .harness.daemon import daemon_status, start_daemon
@@ -56,33 +57,15 @@ LOG_TAIL = 30
 
 
 @dataclass(slots=True)
-class Region:
-    """One region of the cluster: its files and its running daemon (if any)."""
+class Region(RegionLayout):
+    """One region of the cluster: its files (laid out as the demo's) and its running daemon
+    (if any)."""
 
-    name: str
-    port: int
-    root: Path
     peers: list[str] = field(default_factory=list)
     tables: dict[str, dict[str, object]] = field(default_factory=dict)
     """More config tables, e.g. ``{"cluster": {"auto_join": True}}``."""
     child: Child | None = None
     starts: int = 0
-
-    @property
-    def config(self) -> Path:
-        return self.root / f"{self.name}.toml"
-
-    @property
-    def data_dir(self) -> Path:
-        return self.root / "data" / self.name
-
-    @property
-    def log(self) -> Path:
-        return self.root / "logs" / f"{self.name}.log"
-
-    @property
-    def status_file(self) -> Path:
-        return self.data_dir / "sync-status.json"
 
     def running(self) -> bool:
         return self.child is not None and self.child.running

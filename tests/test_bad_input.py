@@ -13,6 +13,7 @@ from pycrdt import Text
 
 import crdtdb
 from crdtdb.errors import InvalidHlcError, InvalidValueError, UsageError
+from crdtdb.hlc import Hlc
 
 HUGE = "x" * 10_000
 
@@ -118,15 +119,19 @@ def test_good_options_still_open(tmp_path: Path) -> None:
 # -- the API's entry points -------------------------------------------------------------------
 
 
-def test_cuts_beyond_the_largest_stored_hlc_read_the_present(db: crdtdb.Database) -> None:
-    """An HLC is 64 bits but SQLite stores at most 2**63-1: later cuts once overflowed."""
+def test_cuts_beyond_the_largest_stored_hlc_are_refused(db: crdtdb.Database) -> None:
+    """An HLC is 64 bits but SQLite stores at most 2**63-1: later cuts once overflowed, then
+    were silently read as 2**63-1; a cut no store can reach is a mistake, refused in one line."""
     db.put("users/a", {"a": 1})
-    for cut in (2**63 - 1, 2**63, 2**64 - 1):
-        assert db.as_of(cut).get("users/a") == {"a": 1}
-        assert db.as_of(cut).list("users") == ["users/a"]
-        assert list(db.changes(cut)) == []
-    refused(db.as_of, 2**64, error=InvalidHlcError)
-    refused(db.as_of, "garbage", error=InvalidHlcError)
+    assert db.as_of(2**63 - 1).get("users/a") == {"a": 1}
+    assert db.as_of(2**63 - 1).list("users") == ["users/a"]
+    for cut in (2**63, 2**64 - 1, str(2**63), Hlc(2**63)):
+        message = refused(db.as_of, cut, error=InvalidHlcError)
+        assert "2**63-1" in message and "\n" not in message, message
+    for cut in (2**63, 2**64 - 1):
+        assert list(db.changes(cut)) == []  # a floor: nothing is after it
+    for cut in (2**64, -1, "-1", "garbage"):
+        refused(db.as_of, cut, error=InvalidHlcError)
 
 
 def test_limits_are_whole_numbers_and_never_negative(db: crdtdb.Database) -> None:

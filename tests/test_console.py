@@ -149,6 +149,8 @@ def test_unknown_table_is_one_line(store: crdtdb.Database) -> None:
 def test_bad_as_of_is_a_usage_error(store: crdtdb.Database) -> None:
     result = run_sql(store.path, "-c", "SELECT 1", "--as-of", "yesterday-ish")
     assert "yesterday-ish" in assert_one_line_error(result, 2)
+    far = run_sql(store.path, "-c", "SELECT 1", "--as-of", str(2**63))  # once silently clamped
+    assert "2**63-1" in assert_one_line_error(far, 2)
 
 
 def test_as_of_flag_reads_the_past(store: crdtdb.Database) -> None:

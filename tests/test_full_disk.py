@@ -12,6 +12,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,3 +156,95 @@ def test_a_daemon_on_a_full_disk_resumes_by_itself_once_space_is_freed(
             filler.unlink()
             wait_until(lambda: us_holds(written), timeout=90)
         assert eu_daemon.running and us_daemon.running  # neither was restarted
+
+
+def test_a_full_disk_episode_is_logged_once_and_counted_as_our_own_fault(
+    small_fs: Path, tmp_path: Path
+) -> None:
+    """us's disk refuses eu's records over several sessions: one WARNING as it starts, one
+    INFO once it is over; counted in crdtdb_store_write_failures_total, never as a refusal
+    of the peer (crdtdb_refused_total)."""
+    from .harness.config import make_certs, write_region_config
+    from .harness.daemon import start_daemon
+    from .harness.ports import free_ports
+    from .harness.wait import wait_until
+    from .test_ops_daemon import healthz, scrape
+
+    certs = make_certs(tmp_path / "certs", ["eu", "us"])
+    eu_port, us_port, us_metrics = free_ports(3)
+    eu_dir, us_dir = tmp_path / "data" / "eu", small_fs / "us"
+    quick = {"heartbeat_interval": 0.2, "anti_entropy_interval": 1.0, "reconnect_max": 0.5}
+    eu_config = write_region_config(
+        tmp_path / "eu.toml",
+        region="eu",
+        data_dir=eu_dir,
+        port=eu_port,
+        certs=certs,
+        peers={"us": f"127.0.0.1:{us_port}"},
+        sync=quick,
+    )
+    us_config = write_region_config(
+        tmp_path / "us.toml",
+        region="us",
+        data_dir=us_dir,
+        port=us_port,
+        certs=certs,
+        peers={"eu": f"127.0.0.1:{eu_port}"},
+        sync=quick,
+    )
+    with us_config.open("a") as config:
+        config.write(f'[metrics]\nlisten = "127.0.0.1:{us_metrics}"\n')
+    us_log = tmp_path / "us.log"
+
+    def failures() -> float:
+        key = ("crdtdb_store_write_failures_total", frozenset({("reason", "store_full")}))
+        return scrape(us_metrics).get(key, 0.0)
+
+    filler = small_fs / "filler-made-by-the-test"
+    with (
+        start_daemon(eu_config, log=tmp_path / "eu.log"),
+        start_daemon(us_config, log=us_log),
+        crdtdb.open(eu_dir, region="eu") as eu,
+    ):
+        eu.put("docs/first", {"i": -1})
+        wait_until(lambda: "docs/first" in _held(us_dir), timeout=60)
+        free = os.statvfs(small_fs).f_bavail * os.statvfs(small_fs).f_frsize
+        filler.write_bytes(b"\0" * max(0, free - 150_000))
+        written = [f"docs/{i}" for i in range(60)]
+        for i, doc_id in enumerate(written):  # about 1 MB: far more than is left
+            eu.put(doc_id, {"i": i, "pad": os.urandom(8_000).hex()})
+        wait_until(lambda: failures() >= 3, timeout=60)  # three sessions refused, at least
+        status = us_dir / "sync-status.json"  # rewritten every second, unless the disk refuses
+        wait_until(lambda: time.time() - status.stat().st_mtime > 3.5, timeout=60)
+        code, reason = healthz(us_metrics)
+        assert code == 503 and "disk is full" in reason, reason
+        filler.unlink()
+        wait_until(lambda: set(written) <= _held(us_dir), timeout=90)
+        wait_until(lambda: "writable again" in us_log.read_text(), timeout=30)
+        assert healthz(us_metrics) == (200, "ok\n")
+        samples = scrape(us_metrics)
+    lines = us_log.read_text().splitlines()
+    warned = [line for line in lines if "cannot write to the store" in line]
+    assert len(warned) == 1 and " WARNING " in warned[0] and "disk is full" in warned[0], warned
+    recovered = [line for line in lines if "writable again" in line]
+    assert len(recovered) == 1 and " INFO " in recovered[0], recovered
+    assert not [line for line in lines if "closed: store_full" in line]  # DEBUG, not per session
+    for other in ("WAL checkpoint failed", "sync-status.json"):  # once a second, they were
+        assert len([line for line in lines if other in line]) <= 1, lines
+    refusals = {
+        dict(labels)["reason"]
+        for (name, labels), _ in samples.items()
+        if name == "crdtdb_refused_total"
+    }
+    assert not {"store_full", "store"} & refusals, refusals
+
+
+def _held(store: Path) -> set[str]:
+    """The ids of the documents ``store`` holds (empty while it cannot be read)."""
+    if not (store / STORE_FILE).exists():
+        return set()
+    try:
+        with crdtdb.open(store) as db:
+            return set(db.list("docs"))
+    except crdtdb.CrdtdbError:  # a reader on a full disk may be refused too
+        return set()

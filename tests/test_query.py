@@ -523,6 +523,9 @@ def test_as_of_a_timestamp_and_bad_cuts(db: crdtdb.Database, tmp_path: Path) -> 
             query.connect(ap, as_of=stamp.replace("+00:00", ""))
         with pytest.raises(InvalidHlcError):
             query.connect(ap, as_of="yesterday")
+        for far in (2**63, str(2**64 - 1), -1):  # 2**63 and above were silently clamped
+            with pytest.raises(InvalidHlcError, match=r"2\*\*63-1|outside"):
+                query.connect(ap, as_of=far)
         clock.advance(10_000)
         ap.heartbeat()
         ap.compact(retention_s=1)
