@@ -123,11 +123,21 @@ def _refresh(
     readers = arrow_read.child_readers(area.store, snap, base.position, area.root) if bulk else None
     with duckdb.connect() as con:
         staged = _stage(con, snap, readers, (batches, total, base.position), manifest, progress)
-        documents, records, counts = staged
-        if documents:
-            _write_segment(area, con, manifest, counts)
-        if records:
-            _copy_changes(area, con, manifest, records)
+        documents, records, counts, log_rows = staged
+        # The log records' file is written beside the documents' (DuckDB lets go of
+        # the interpreter lock): the two COPYs share the cores instead of taking turns.
+        with ThreadPoolExecutor(1) as worker:
+            changes = None
+            if records:
+                seg = manifest.next_seg
+                manifest.next_seg += 1
+                changes = worker.submit(_copy_changes, area, con.cursor(), seg, log_rows)
+            if documents:
+                _write_segment(area, con, manifest, counts)
+            if changes is not None:
+                manifest.changes = [*manifest.changes, {"path": changes.result(), "rows": records}]
+        if len(manifest.changes) > MERGE_SEGMENTS:
+            _merge_changes(area, con, manifest)
         merged = _should_merge(manifest)
         if merged:
             _merge(area, con, manifest)
@@ -160,11 +170,12 @@ def _stage(
     plan: tuple[Iterable[list[DocRow]], int, int],
     manifest: Manifest,
     progress: Progress | None,
-) -> tuple[int, int, dict[str, int]]:
+) -> tuple[int, int, dict[str, int], pa.Table | None]:
     """Stage the documents and the log records in ``con``, widen the types; then end the
     snapshot. ``plan``: the documents' batches, how many, and the log position whose
     records are already in the materialisation. Returns (documents, records, rows per
-    collection)."""
+    collection, the log records as Arrow if a child read them, else None: they are in
+    the table ``log_rows``)."""
     batches, total, start = plan
     try:
         table = readers.table("documents") if readers is not None else None
@@ -183,12 +194,12 @@ def _stage(
             try:
                 counts = _widen(con, manifest, shapes)
             finally:
-                records = staging.result()
+                records, log_rows = staging.result()
     finally:
         if readers is not None:
             readers.close()
         snap.close()
-    return documents, records, counts
+    return documents, records, counts, log_rows
 
 
 def _successor(
@@ -249,13 +260,14 @@ def _stage_rows(
     batches: Iterable[list[DocRow]],
     total: int = 0,
     progress: Progress | None = None,
+    table: str = "staged",
 ) -> int:
     done = 0
     for batch in batches:
         ids, collections, live, hlcs, origins, _, bodies, shapes = zip(*batch, strict=True)
         _insert(
             con,
-            "staged",
+            table,
             {
                 "id": pa.array(ids, pa.string()),
                 "collection": pa.array(collections, pa.string()),
@@ -279,12 +291,13 @@ def _stage_table(
     total: int,
     progress: Progress | None,
 ) -> int:
-    """Load documents read as Arrow (by a child reader) into ``staged``.
+    """Make ``staged`` a view of documents read as Arrow (by a child reader): DuckDB scans
+    the Arrow memory where it lies, no copy into a table of its own.
 
     The few that their commits did not complete (a body too large to write, a
-    document of a migrated store) are read through the snapshot instead.
+    document of a migrated store) are read through the snapshot instead, into
+    ``staged_rest``.
     """
-    _create_staged(con)
     incomplete = pc.fill_null(
         pc.or_(
             pc.and_(pc.not_equal(table["live"], 0), pc.is_null(table["body"])),
@@ -292,13 +305,20 @@ def _stage_table(
         ),
         True,
     )
-    con.register("_arrow_documents", table.filter(pc.invert(incomplete)))
+    con.register("_arrow_documents", table)
     con.execute(
-        "INSERT INTO staged SELECT id, collection, live <> 0, hlc::UBIGINT, origin, body,"
-        " shape::INTEGER FROM _arrow_documents"
+        "CREATE TEMP TABLE staged_rest (id VARCHAR, collection VARCHAR, live BOOLEAN,"
+        " hlc UBIGINT, origin VARCHAR, body VARCHAR, shape INTEGER)"
     )
-    con.unregister("_arrow_documents")
-    _stage_rows(con, snap.rows(table.filter(incomplete)["id"].to_pylist(), CHUNK))
+    con.execute(
+        "CREATE TEMP VIEW staged AS SELECT id, collection, live <> 0 AS live, hlc::UBIGINT AS hlc,"
+        " origin, body, shape::INTEGER AS shape FROM _arrow_documents"
+        " WHERE origin IS NOT NULL AND (live = 0 OR body IS NOT NULL)"
+        " UNION ALL SELECT * FROM staged_rest"
+    )
+    if pc.any(incomplete).as_py():
+        rest = table.filter(incomplete)["id"].to_pylist()
+        _stage_rows(con, snap.rows(rest, CHUNK), table="staged_rest")
     if progress is not None:
         progress("documents", total, total)
     return int(table.num_rows)
@@ -452,18 +472,17 @@ def _stage_changes(
     snap: Snapshot,
     readers: arrow_read.ChildReaders | None,
     after: int,
-) -> int:
-    """Load the log records after position ``after`` into the table ``log_rows``."""
+) -> tuple[int, pa.Table | None]:
+    """The log records after position ``after``: how many, and the Arrow table a child read
+    them into, or None when they were read through the snapshot into ``log_rows``."""
+    table = readers.table("log") if readers is not None else None
+    if table is not None:
+        log_con.close()
+        return int(table.num_rows), table
     log_con.execute(
         "CREATE TABLE log_rows (log_id BIGINT, id VARCHAR, hlc UBIGINT, origin VARCHAR,"
         " seq BIGINT, bytes BIGINT, kind TINYINT)"
     )
-    table = readers.table("log") if readers is not None else None
-    if table is not None:
-        log_con.register("_arrow_log", table)
-        log_con.execute("INSERT INTO log_rows SELECT * FROM _arrow_log")
-        log_con.close()
-        return int(table.num_rows)
     names = ("log_id", "id", "hlc", "origin", "seq", "bytes", "kind")
     kinds = (pa.int64(), pa.string(), pa.uint64(), pa.string(), pa.int64(), pa.int64(), pa.int8())
     count = 0
@@ -473,28 +492,31 @@ def _stage_changes(
         _insert(log_con, "log_rows", arrays)
         count += len(batch)
     log_con.close()
-    return count
+    return count, None
 
 
 def _copy_changes(
-    area: Area, con: duckdb.DuckDBPyConnection, manifest: Manifest, count: int
-) -> None:
-    """One ``changes`` file of the staged log records."""
-    seg = manifest.next_seg
-    manifest.next_seg += 1
+    area: Area, con: duckdb.DuckDBPyConnection, seg: int, arrow: pa.Table | None
+) -> str:
+    """Write a ``changes`` file (segment number ``seg``) of the staged log records (the
+    table ``log_rows``, or ``arrow``); return its name."""
+    source = "log_rows"
+    if arrow is not None:
+        con.register("_arrow_log", arrow)
+        source = "_arrow_log"
     (area.root / "seg" / str(seg)).mkdir(parents=True, exist_ok=True)
     name = f"seg/{seg}/changes.parquet"
     _copy(
         con,
-        "SELECT log_id, id, split_part(id, '/', 1) AS collection, hlc,"
-        " to_timestamp((hlc >> 16) / 1000) AS updated_at, origin, seq, bytes,"
+        "SELECT log_id::BIGINT AS log_id, id, split_part(id, '/', 1) AS collection,"
+        " hlc::UBIGINT AS hlc, to_timestamp((hlc::UBIGINT >> 16) / 1000) AS updated_at, origin,"
+        " seq::BIGINT AS seq, bytes::BIGINT AS bytes,"
         " CASE kind WHEN 0 THEN 'write' WHEN 1 THEN 'repair' ELSE 'unchecked' END AS kind"
-        " FROM log_rows",
+        f" FROM {source}",
         area.root / name,
     )
-    manifest.changes = [*manifest.changes, {"path": name, "rows": count}]
-    if len(manifest.changes) > MERGE_SEGMENTS:
-        _merge_changes(area, con, manifest)
+    con.close()
+    return name
 
 
 def _should_merge(manifest: Manifest) -> bool:
