@@ -58,6 +58,7 @@ from crdtdb.snapshot import DocRow, Snapshot
 
 from . import arrow_read
 from .area import Area, Manifest, RefreshResult
+from .priority import background, yielding
 from .schema import FieldType, column_names, columns, merge_structure, quote, structure
 
 __all__ = ["Progress", "dead_relation", "refresh", "typed_select"]
@@ -68,6 +69,9 @@ MERGE_DEAD_SHARE = 0.25
 """Merge the segments once superseded rows are this share of the live ones."""
 MERGE_SEGMENTS = 24
 """... or once a collection has this many files."""
+
+THREADS = os.cpu_count() or 1
+"""DuckDB's threads for writing files (its default: one a core)."""
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: called as a long refresh goes."""
@@ -83,7 +87,12 @@ def refresh(
 
     ``full`` rebuilds every document's row and the collections' types from
     scratch (types otherwise only widen). Safe from several processes at once.
+    The work runs in a thread of lower scheduling priority (:func:`yielding`).
     """
+    return yielding(_refresh_now, db, full, progress)
+
+
+def _refresh_now(db: crdtdb.Database, full: bool, progress: Progress | None) -> RefreshResult:
     started = time.perf_counter()
     area = Area(db.path)
     with area.refresh_lock():
@@ -121,9 +130,15 @@ def _refresh(
     manifest = _successor(base, snap, regions, frontier)
     bulk = (old is None or full) and total >= arrow_read.CHILD_READ_MIN
     readers = arrow_read.child_readers(area.store, snap, base.position, area.root) if bulk else None
-    with duckdb.connect() as con:
+    # An incremental refresh stages with DuckDB on this thread alone, then runs the rest
+    # at a lower priority, DuckDB's workers started after it (see .priority). A first
+    # build is waited for, and has every core to itself.
+    with duckdb.connect(config={} if bulk else {"threads": 1}) as con:
         staged = _stage(con, snap, readers, (batches, total, base.position), manifest, progress)
         documents, records, counts, log_rows = staged
+        if not bulk:
+            background()
+            con.execute(f"SET threads = {THREADS}")
         # The log records' file is written beside the documents' (DuckDB lets go of
         # the interpreter lock): the two COPYs share the cores instead of taking turns.
         with ThreadPoolExecutor(1) as worker:
