@@ -46,7 +46,6 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -58,10 +57,21 @@ from crdtdb.snapshot import DocRow, Snapshot
 
 from . import arrow_read
 from .area import Area, Manifest, RefreshResult
+from .files import (
+    CHUNK,
+    copy_changes,
+    copy_to,
+    insert,
+    merge_changes,
+    sql_list,
+    stage_changes,
+    typed_select,
+)
 from .priority import background, yielding
-from .schema import FieldType, column_names, columns, merge_structure, quote, structure
+from .schema import merge_structure
+from .stream_build import COMPLETE, STAGED_COLUMNS, Streamed, discard, stream_collections
 
-__all__ = ["Progress", "dead_relation", "refresh", "typed_select"]
+__all__ = ["Progress", "copy_to", "dead_relation", "refresh", "typed_select"]
 
 log = logging.getLogger("crdtdb.query")
 
@@ -134,8 +144,9 @@ def _refresh(
     # at a lower priority, DuckDB's workers started after it (see .priority). A first
     # build is waited for, and has every core to itself.
     with duckdb.connect(config={} if bulk else {"threads": 1}) as con:
-        staged = _stage(con, snap, readers, (batches, total, base.position), manifest, progress)
-        documents, records, counts, log_rows = staged
+        plan = (batches, total, base.position)
+        staged = _stage(area, con, snap, readers, plan, manifest, progress)
+        documents, records, counts, log_rows, streamed = staged
         if not bulk:
             background()
             con.execute(f"SET threads = {THREADS}")
@@ -146,13 +157,13 @@ def _refresh(
             if records:
                 seg = manifest.next_seg
                 manifest.next_seg += 1
-                changes = worker.submit(_copy_changes, area, con.cursor(), seg, log_rows)
+                changes = worker.submit(copy_changes, area, con.cursor(), seg, log_rows)
             if documents:
-                _write_segment(area, con, manifest, counts)
+                _write_segment(area, con, manifest, counts, streamed)
             if changes is not None:
                 manifest.changes = [*manifest.changes, {"path": changes.result(), "rows": records}]
         if len(manifest.changes) > MERGE_SEGMENTS:
-            _merge_changes(area, con, manifest)
+            merge_changes(area, con, manifest)
         merged = _should_merge(manifest)
         if merged:
             _merge(area, con, manifest)
@@ -179,21 +190,23 @@ def _plan(
 
 
 def _stage(
+    area: Area,
     con: duckdb.DuckDBPyConnection,
     snap: Snapshot,
     readers: arrow_read.ChildReaders | None,
     plan: tuple[Iterable[list[DocRow]], int, int],
     manifest: Manifest,
     progress: Progress | None,
-) -> tuple[int, int, dict[str, int], pa.Table | None]:
+) -> tuple[int, int, dict[str, int], pa.Table | None, dict[str, Streamed]]:
     """Stage the documents and the log records in ``con``, widen the types; then end the
     snapshot. ``plan``: the documents' batches, how many, and the log position whose
     records are already in the materialisation. Returns (documents, records, rows per
     collection, the log records as Arrow if a child read them, else None: they are in
-    the table ``log_rows``)."""
+    the table ``log_rows``; the collection files written as the documents streamed in)."""
     batches, total, start = plan
+    streamed: dict[str, Streamed] = {}
     try:
-        table = readers.table("documents") if readers is not None else None
+        table, streamed = _read_documents(area, con, manifest, readers, snap)
         if table is not None:
             documents = _stage_table(con, table, snap, total, progress)
         else:
@@ -205,16 +218,50 @@ def _stage(
         # its WAL, and every commit of a writer in another process then retries a
         # checkpoint.
         with ThreadPoolExecutor(1) as worker:
-            staging = worker.submit(_stage_changes, con.cursor(), snap, readers, start)
+            staging = worker.submit(stage_changes, con.cursor(), snap, readers, start)
             try:
                 counts = _widen(con, manifest, shapes)
             finally:
                 records, log_rows = staging.result()
+    except BaseException:
+        discard(area, streamed)
+        raise
     finally:
         if readers is not None:
             readers.close()
         snap.close()
-    return documents, records, counts, log_rows
+    # a file streamed with other types than every document's (a document read through
+    # the snapshot widened them) is written again the ordinary way
+    stale = {c for c, s in streamed.items() if manifest.collections[c]["fields"] != s.fields}
+    discard(area, {c: streamed.pop(c) for c in stale})
+    return documents, records, counts, log_rows, streamed
+
+
+def _read_documents(
+    area: Area,
+    con: duckdb.DuckDBPyConnection,
+    manifest: Manifest,
+    readers: arrow_read.ChildReaders | None,
+    snap: Snapshot,
+) -> tuple[pa.Table | None, dict[str, Streamed]]:
+    """The documents a child read (None if it could not: then read through the snapshot),
+    and the collection files written from them as they came (:mod:`.stream_build`)."""
+    if readers is None:
+        return None, {}
+    reader = readers.stream("documents")
+    if reader is None:
+        readers.succeeded("documents")
+        return None, {}
+    try:
+        table, streamed = stream_collections(area, con, manifest, reader, snap)
+    except (pa.ArrowException, duckdb.Error, OSError) as exc:  # the child stopped short
+        log.warning("%s: reading the documents through a child failed (%s)", area.store, exc)
+        readers.succeeded("documents")
+        return None, {}
+    if not readers.succeeded("documents"):
+        discard(area, streamed)
+        return None, {}
+    return table, streamed
 
 
 def _successor(
@@ -248,10 +295,6 @@ def _regions(snap: Snapshot) -> tuple[list[dict[str, Any]], int]:
     return rows, int(snap.frontier())
 
 
-CHUNK = 100_000
-"""Documents handed to DuckDB at a time (bounds the memory a first build takes)."""
-
-
 def _stage_documents(
     con: duckdb.DuckDBPyConnection,
     batches: Iterable[list[DocRow]],
@@ -280,7 +323,7 @@ def _stage_rows(
     done = 0
     for batch in batches:
         ids, collections, live, hlcs, origins, _, bodies, shapes = zip(*batch, strict=True)
-        _insert(
+        insert(
             con,
             table,
             {
@@ -326,10 +369,8 @@ def _stage_table(
         " hlc UBIGINT, origin VARCHAR, body VARCHAR, shape INTEGER)"
     )
     con.execute(
-        "CREATE TEMP VIEW staged AS SELECT id, collection, live <> 0 AS live, hlc::UBIGINT AS hlc,"
-        " origin, body, shape::INTEGER AS shape FROM _arrow_documents"
-        " WHERE origin IS NOT NULL AND (live = 0 OR body IS NOT NULL)"
-        " UNION ALL SELECT * FROM staged_rest"
+        f"CREATE TEMP VIEW staged AS SELECT {STAGED_COLUMNS} FROM _arrow_documents"
+        f" WHERE {COMPLETE} UNION ALL SELECT * FROM staged_rest"
     )
     if pc.any(incomplete).as_py():
         rest = table.filter(incomplete)["id"].to_pylist()
@@ -339,29 +380,47 @@ def _stage_table(
     return int(table.num_rows)
 
 
-def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, Any]) -> None:
-    """Append Arrow columns to a DuckDB table (DuckDB scans the Arrow memory directly)."""
-    con.register("_arrow_chunk", pa.table(columns))
-    con.execute(f"INSERT INTO {table} SELECT * FROM _arrow_chunk")
-    con.unregister("_arrow_chunk")
-
-
 def _write_segment(
-    area: Area, con: duckdb.DuckDBPyConnection, manifest: Manifest, counts: dict[str, int]
+    area: Area,
+    con: duckdb.DuckDBPyConnection,
+    manifest: Manifest,
+    counts: dict[str, int],
+    streamed: dict[str, Streamed],
 ) -> None:
-    """One file per collection of the staged documents, and the rows they supersede."""
+    """One file per collection of the staged documents (written already for those
+    ``streamed``: then one more of those read through the snapshot, if any), and the rows
+    they supersede."""
     folder = f"seg/{manifest.next_seg}"
     (area.root / folder).mkdir(parents=True, exist_ok=True)
     superseded = _supersede(area, con, manifest, folder, list(counts))
+    complete = _complete_counts(con) if streamed else {}
     for collection, rows in sorted(counts.items()):
         state = manifest.collections[collection]
+        source = "staged"
+        if collection in streamed:
+            done = streamed[collection]
+            written = complete.get(collection, 0)
+            entry = _entry(manifest, done.path, done.seg, written, state)
+            state["files"] = [*state["files"], entry]
+            source, rows = "staged_rest", rows - written
+            if not rows:
+                continue
         name = f"{folder}/c_{collection}.parquet"
         number = _new_file(
-            con, typed_select("staged", 0, state["fields"], collection), area, manifest, name
+            con, typed_select(source, 0, state["fields"], collection), area, manifest, name
         )
         state["files"] = [*state["files"], _entry(manifest, name, number, rows, state)]
     manifest.live_rows += sum(counts.values()) - superseded
     manifest.dead_rows += superseded
+
+
+def _complete_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Per collection, the documents of the child's table that the snapshot did not read."""
+    return dict(
+        con.execute(
+            f"SELECT collection, count(*) FROM _arrow_documents WHERE {COMPLETE} GROUP BY ALL"
+        ).fetchall()
+    )
 
 
 def _new_file(
@@ -370,7 +429,7 @@ def _new_file(
     """Write a collection file, its rows numbered ``_seg`` = a number of its own; return it."""
     number = manifest.next_seg
     manifest.next_seg += 1
-    _copy(con, f"SELECT * REPLACE ({number} AS _seg) FROM ({select})", area.root / name)
+    copy_to(con, f"SELECT * REPLACE ({number} AS _seg) FROM ({select})", area.root / name)
     return number
 
 
@@ -437,101 +496,15 @@ def _supersede(
     name = f"{folder}/dead.parquet"
     con.execute(
         "CREATE TEMP TABLE superseded AS SELECT f._seg, f.file_row_number AS row"
-        f" FROM read_parquet({_sql_list(earlier)}, union_by_name = true, file_row_number = true)"
+        f" FROM read_parquet({sql_list(earlier)}, union_by_name = true, file_row_number = true)"
         " f SEMI JOIN staged s ON f.id = s.id"
     )
     count = int(con.execute("SELECT count(*) FROM superseded").fetchone()[0])  # type: ignore[index]
     if count:
-        _copy(con, "SELECT * FROM superseded", area.root / name)
+        copy_to(con, "SELECT * FROM superseded", area.root / name)
         manifest.dead = [*manifest.dead, {"path": name, "rows": count}]
     con.execute("DROP TABLE superseded")
     return count
-
-
-def typed_select(
-    source: str, seg: int | str, fields: dict[str, FieldType], collection: str | None = None
-) -> str:
-    """The rows of ``source`` (columns as in ``staged``) as a collection file holds them.
-
-    ``collection``: only its rows (its name is letters, digits and ``_ . -``).
-    """
-    where = "" if collection is None else f" WHERE collection = '{collection}'"
-    fields = columns(fields)
-    names = column_names(list(fields))
-    typed = ", ".join(f"t.{quote(f)} AS {quote(names[f])}" for f in fields)
-    # json_transform refuses an empty structure: a collection of deleted documents has none
-    shape = structure(fields).replace("'", "''") if fields else None
-    parsed = f", json_transform(body, '{shape}') AS t" if shape else ""
-    return (
-        f"SELECT {seg} AS _seg, id, collection, substr(id, length(collection) + 2) AS key,"
-        " hlc, to_timestamp((hlc >> 16) / 1000) AS updated_at, origin, NOT live AS deleted,"
-        f" body AS _body{', ' + typed if typed else ''}"
-        f" FROM (SELECT *{parsed} FROM {source}{where})"
-    )
-
-
-def _copy(con: duckdb.DuckDBPyConnection, select: str, path: Path) -> None:
-    """``COPY (select) TO path`` as Parquet, flushed to disk before the manifest names it."""
-    target = str(path).replace("'", "''")
-    con.execute(f"COPY ({select}) TO '{target}' (FORMAT parquet)")
-    with open(path, "rb") as written:
-        os.fsync(written.fileno())
-
-
-def _sql_list(paths: list[str]) -> str:
-    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
-
-
-def _stage_changes(
-    log_con: duckdb.DuckDBPyConnection,
-    snap: Snapshot,
-    readers: arrow_read.ChildReaders | None,
-    after: int,
-) -> tuple[int, pa.Table | None]:
-    """The log records after position ``after``: how many, and the Arrow table a child read
-    them into, or None when they were read through the snapshot into ``log_rows``."""
-    table = readers.table("log") if readers is not None else None
-    if table is not None:
-        log_con.close()
-        return int(table.num_rows), table
-    log_con.execute(
-        "CREATE TABLE log_rows (log_id BIGINT, id VARCHAR, hlc UBIGINT, origin VARCHAR,"
-        " seq BIGINT, bytes BIGINT, kind TINYINT)"
-    )
-    names = ("log_id", "id", "hlc", "origin", "seq", "bytes", "kind")
-    kinds = (pa.int64(), pa.string(), pa.uint64(), pa.string(), pa.int64(), pa.int64(), pa.int8())
-    count = 0
-    for batch in snap.log(after, CHUNK):
-        columns = zip(*batch, strict=True)
-        arrays = {n: pa.array(c, k) for n, c, k in zip(names, columns, kinds, strict=True)}
-        _insert(log_con, "log_rows", arrays)
-        count += len(batch)
-    log_con.close()
-    return count, None
-
-
-def _copy_changes(
-    area: Area, con: duckdb.DuckDBPyConnection, seg: int, arrow: pa.Table | None
-) -> str:
-    """Write a ``changes`` file (segment number ``seg``) of the staged log records (the
-    table ``log_rows``, or ``arrow``); return its name."""
-    source = "log_rows"
-    if arrow is not None:
-        con.register("_arrow_log", arrow)
-        source = "_arrow_log"
-    (area.root / "seg" / str(seg)).mkdir(parents=True, exist_ok=True)
-    name = f"seg/{seg}/changes.parquet"
-    _copy(
-        con,
-        "SELECT log_id::BIGINT AS log_id, id, split_part(id, '/', 1) AS collection,"
-        " hlc::UBIGINT AS hlc, to_timestamp((hlc::UBIGINT >> 16) / 1000) AS updated_at, origin,"
-        " seq::BIGINT AS seq, bytes::BIGINT AS bytes,"
-        " CASE kind WHEN 0 THEN 'write' WHEN 1 THEN 'repair' ELSE 'unchecked' END AS kind"
-        f" FROM {source}",
-        area.root / name,
-    )
-    con.close()
-    return name
 
 
 def _should_merge(manifest: Manifest) -> bool:
@@ -547,7 +520,7 @@ def _merge(area: Area, con: duckdb.DuckDBPyConnection, manifest: Manifest) -> No
     dead = dead_relation(area, manifest)
     total = 0
     for collection, state in sorted(manifest.collections.items()):
-        files = _sql_list([str(area.root / f["path"]) for f in state["files"]])
+        files = sql_list([str(area.root / f["path"]) for f in state["files"]])
         con.execute(
             "CREATE OR REPLACE TEMP TABLE current AS SELECT f.id, f.collection,"
             " NOT f.deleted AS live, f.hlc, f.origin, f._body::VARCHAR AS body, NULL AS shape FROM"
@@ -560,24 +533,11 @@ def _merge(area: Area, con: duckdb.DuckDBPyConnection, manifest: Manifest) -> No
         state["files"] = [_entry(manifest, name, number, rows, state)]
         total += rows
     manifest.dead, manifest.live_rows, manifest.dead_rows = [], total, 0
-    _merge_changes(area, con, manifest)
+    merge_changes(area, con, manifest)
 
 
 def dead_relation(area: Area, manifest: Manifest) -> str:
     """The superseded rows, ``(_seg, row)``, as an SQL relation."""
     if not manifest.dead:
         return "(SELECT NULL::INTEGER AS _seg, NULL::BIGINT AS row WHERE false)"
-    return f"read_parquet({_sql_list([str(area.root / f['path']) for f in manifest.dead])})"
-
-
-def _merge_changes(area: Area, con: duckdb.DuckDBPyConnection, manifest: Manifest) -> None:
-    if len(manifest.changes) <= 1:
-        return
-    seg = manifest.next_seg
-    manifest.next_seg += 1
-    (area.root / "seg" / str(seg)).mkdir(parents=True, exist_ok=True)
-    name = f"seg/{seg}/changes.parquet"
-    files = _sql_list([str(area.root / f["path"]) for f in manifest.changes])
-    _copy(con, f"SELECT * FROM read_parquet({files}) ORDER BY log_id", area.root / name)
-    rows = sum(f["rows"] for f in manifest.changes)
-    manifest.changes = [{"path": name, "rows": rows}]
+    return f"read_parquet({sql_list([str(area.root / f['path']) for f in manifest.dead])})"
