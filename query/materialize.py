@@ -30,6 +30,12 @@ number of processes read them at once. So:
   for documents too large for that, and for stores older than schema 3), with
   the shape the commit noted (:mod:`crdtdb.shape`): column types come from
   merging the distinct shapes, not from parsing every body again.
+- A first build reads through child processes (:mod:`.arrow_read`), and
+  writes each collection's file from the documents' batches as they arrive
+  (:mod:`.stream_build`): reading SQLite and writing Parquet overlap. The
+  snapshot is let go before an incremental refresh writes its files, and
+  that writing runs at a lower scheduling priority (:mod:`.priority`), so
+  the store's writers on busy cores are not kept waiting for a CPU by it.
 - One refresh at a time: a second process waits on ``refresh.lock`` (an
   advisory file lock), then finds little or nothing left to do.
 - A reader leases the generation it reads (a shared lock on
