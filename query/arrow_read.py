@@ -88,6 +88,13 @@ class ChildReaders:
             child.wait()
             return False
 
+    def abandon(self, name: str) -> None:
+        """Stop a child whose output will not be read (it may be blocked on a full pipe)."""
+        child = self._children[name]
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+
     def table(self, name: str) -> pa.Table | None:
         """What the child read, or None if it could not (then read another way)."""
         if name in PIPED:

@@ -262,7 +262,7 @@ def _read_documents(
         table, streamed = stream_collections(area, con, manifest, reader, snap)
     except (pa.ArrowException, duckdb.Error, OSError) as exc:  # the child stopped short
         log.warning("%s: reading the documents through a child failed (%s)", area.store, exc)
-        readers.succeeded("documents")
+        readers.abandon("documents")
         return None, {}
     if not readers.succeeded("documents"):
         discard(area, streamed)

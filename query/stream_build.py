@@ -29,6 +29,7 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -74,35 +75,47 @@ def stream_collections(
     kinds = _collection_fields(reader.schema, snap)
     runs = _Runs(reader)
     streamed: dict[str, Streamed] = {}
-    while (collection := runs.next_collection()) is not None:
-        fields = kinds.get(collection)
-        if collection in runs.done:  # not one run after all: its file lacks these rows
-            discard(area, {collection: streamed.pop(collection)} if collection in streamed else {})
-            kinds.pop(collection, None)
-            runs.skip(collection)
-            continue
-        if fields is None:
-            runs.skip(collection)
-            continue
-        number = manifest.next_seg
-        manifest.next_seg += 1
-        folder = area.root / "seg" / str(number)
-        folder.mkdir(parents=True, exist_ok=True)
-        name = f"seg/{number}/c_{collection}.parquet"
-        source = pa.RecordBatchReader.from_batches(runs.schema, runs.run(collection))
-        con.register("_stream", source)
-        try:
-            con.execute(
-                f"CREATE OR REPLACE TEMP VIEW _streamed AS SELECT {STAGED_COLUMNS}"
-                f" FROM _stream WHERE {COMPLETE}"
-            )
-            select = typed_select("_streamed", number, fields, collection)
-            copy_to(con, select, area.root / name)
-        finally:
-            con.unregister("_stream")
-        runs.skip(collection)  # whatever of its run the COPY left unread
-        streamed[collection] = Streamed(name, number, fields)
+    try:
+        while (collection := runs.next_collection()) is not None:
+            if collection in runs.done:  # not one run after all: its file lacks these rows
+                discard(area, {c: streamed.pop(c) for c in [collection] if c in streamed})
+                kinds.pop(collection, None)
+            fields = kinds.get(collection)
+            if fields is None:
+                runs.skip(collection)
+                continue
+            number = manifest.next_seg
+            manifest.next_seg += 1
+            (area.root / "seg" / str(number)).mkdir(parents=True, exist_ok=True)
+            name = f"seg/{number}/c_{collection}.parquet"
+            streamed[collection] = Streamed(name, number, fields)
+            _copy_run(con, runs, collection, fields, number, area.root / name)
+    except BaseException:  # the child stopped short, or DuckDB failed: none of them is used
+        discard(area, streamed)
+        raise
     return runs.table(), streamed
+
+
+def _copy_run(
+    con: duckdb.DuckDBPyConnection,
+    runs: _Runs,
+    collection: str,
+    fields: dict[str, FieldType],
+    number: int,
+    path: Path,
+) -> None:
+    """``COPY`` one collection's run of the stream to its file, as the batches come."""
+    source = pa.RecordBatchReader.from_batches(runs.schema, runs.run(collection))
+    con.register("_stream", source)
+    try:
+        con.execute(
+            f"CREATE OR REPLACE TEMP VIEW _streamed AS SELECT {STAGED_COLUMNS}"
+            f" FROM _stream WHERE {COMPLETE}"
+        )
+        copy_to(con, typed_select("_streamed", number, fields, collection), path)
+    finally:
+        con.unregister("_stream")
+    runs.skip(collection)  # whatever of its run the COPY left unread
 
 
 def _collection_fields(schema: pa.Schema, snap: Snapshot) -> dict[str, dict[str, FieldType]]:

@@ -13,11 +13,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 
 import crdtdb
 from crdtdb import query
-from crdtdb.query import arrow_read, materialize, priority
+from crdtdb.query import arrow_read, materialize, priority, stream_build
 from crdtdb.query.area import AREA, read_manifest
 
 BIG = "y" * 40_000
@@ -112,6 +113,33 @@ def test_a_streamed_build_whose_child_fails_is_read_through_the_snapshot(
     manifest = read_manifest_of(store)
     on_disk = {str(p.relative_to(store / AREA)) for p in (store / AREA).rglob("*.parquet")}
     assert on_disk == set(manifest.files())  # what was streamed is deleted
+
+
+@pytest.mark.integration
+def test_a_streamed_build_that_fails_midway_is_read_through_the_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DuckDB fails on the second collection's file: the child is stopped (not waited for
+    on its full pipe), the files written so far are deleted, the snapshot is read."""
+    store = tmp_path / "eu"
+    many_collections(store)
+    monkeypatch.setattr(arrow_read, "CHILD_READ_MIN", 0)
+    monkeypatch.setattr(arrow_read, "TIMEOUT_S", 60.0)  # a wait on the child would fail it
+    copies: list[Path] = []
+    original = stream_build.copy_to
+
+    def second_fails(con: Any, select: str, path: Path) -> None:
+        original(con, select, path)
+        copies.append(path)
+        if len(copies) == 2:
+            raise duckdb.IOException("no space left on device")
+
+    monkeypatch.setattr(stream_build, "copy_to", second_fails)
+    assert query.refresh(store).documents == 1002
+    assert len(copies) == 2 and not any(path.exists() for path in copies)
+    expect_many(query.connect(store, refresh=False))
+    on_disk = {str(p.relative_to(store / AREA)) for p in (store / AREA).rglob("*.parquet")}
+    assert on_disk == set(read_manifest_of(store).files())
 
 
 def read_manifest_of(store: Path) -> Any:
