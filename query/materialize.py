@@ -73,7 +73,7 @@ from .files import (
     stage_changes,
     typed_select,
 )
-from .priority import background, yielding
+from .priority import background, write_stamp, yielding
 from .schema import merge_structure
 from .stream_build import COMPLETE, STAGED_COLUMNS, Streamed, discard, stream_collections
 
@@ -113,8 +113,9 @@ def _refresh_now(db: crdtdb.Database, full: bool, progress: Progress | None) -> 
     area = Area(db.path)
     with area.refresh_lock():
         old = area.read()
+        stamp = write_stamp(db.path)
         with db.snapshot() as snap:
-            manifest, documents, records, merged = _refresh(area, old, snap, full, progress)
+            manifest, documents, records, merged = _refresh(area, old, snap, full, progress, stamp)
         if manifest is not old:
             area.write(manifest)
             area.collect(manifest)
@@ -132,8 +133,14 @@ def _refresh_now(db: crdtdb.Database, full: bool, progress: Progress | None) -> 
 
 
 def _refresh(
-    area: Area, old: Manifest | None, snap: Snapshot, full: bool, progress: Progress | None
+    area: Area,
+    old: Manifest | None,
+    snap: Snapshot,
+    full: bool,
+    progress: Progress | None,
+    stamp: object = None,
 ) -> tuple[Manifest, int, int, bool]:
+    """One refresh on ``snap``; ``stamp``: :func:`.priority.write_stamp` from before it."""
     regions, frontier = _regions(snap)
     unchanged = (
         old is not None and old.position == snap.position and old.epoch == snap.compaction_epoch
@@ -146,15 +153,16 @@ def _refresh(
     manifest = _successor(base, snap, regions, frontier)
     bulk = (old is None or full) and total >= arrow_read.CHILD_READ_MIN
     readers = arrow_read.child_readers(area.store, snap, base.position, area.root) if bulk else None
-    # An incremental refresh stages with DuckDB on this thread alone, then runs the rest
-    # at a lower priority, DuckDB's workers started after it (see .priority). A first
-    # build is waited for, and has every core to itself.
+    # An incremental refresh stages with DuckDB on this thread alone, then, if the store
+    # was written meanwhile, runs the rest at a lower priority, DuckDB's workers started
+    # after it (see .priority). A first build is waited for, and has every core to itself.
     with duckdb.connect(config={} if bulk else {"threads": 1}) as con:
         plan = (batches, total, base.position)
         staged = _stage(area, con, snap, readers, plan, manifest, progress)
         documents, records, counts, log_rows, streamed = staged
         if not bulk:
-            background()
+            if write_stamp(area.store) != stamp:  # a writer is at work: yield to it
+                background()
             con.execute(f"SET threads = {THREADS}")
         # The log records' file is written beside the documents' (DuckDB lets go of
         # the interpreter lock): the two COPYs share the cores instead of taking turns.

@@ -7,7 +7,11 @@ thread's nice value is its own, and the threads it starts inherit it, so
 calls :func:`background` once it has let go of the store's snapshot: the
 rest (DuckDB writing Parquet, merging segments) runs at nice
 ``REFRESH_NICE``, with DuckDB's worker threads started after that point
-(see :mod:`.materialize`). The snapshot's part stays at the caller's
+(see :mod:`.materialize`) -- if the store was written to while the refresh
+read it (:func:`write_stamp`: its write-ahead log changed): a refresh yields
+to writers at work, and runs at full speed when there are none (an
+analyst's ``refresh()`` of a quiet store is not slowed by other work on the
+machine). The snapshot's part stays at the caller's
 priority on purpose: a read transaction held open keeps SQLite from
 recycling its WAL, and every commit meanwhile retries a checkpoint, so a
 refresh preempted while it holds one would cost the writers more than it
@@ -23,9 +27,12 @@ import os
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["REFRESH_NICE", "background", "lower_priority", "yielding"]
+from crdtdb.storage import STORE_FILE
+
+__all__ = ["REFRESH_NICE", "background", "lower_priority", "write_stamp", "yielding"]
 
 REFRESH_NICE = 10
 """The nice value refresh work runs at (0 is the default, 19 the lowest priority). At 10,
@@ -75,3 +82,13 @@ def background() -> bool:
     """From here on, the calling thread runs at ``REFRESH_NICE``, if it is a thread of
     :func:`yielding` (never the caller's own: its priority could not come back)."""
     return bool(getattr(_local, "yielding", False)) and lower_priority()
+
+
+def write_stamp(store: Path) -> tuple[int, int] | None:
+    """What changes when a transaction commits to the store in ``store``: its write-ahead
+    log's size and modification time (SQLite appends each commit to it), None without one."""
+    try:
+        found = os.stat(store / f"{STORE_FILE}-wal")
+    except OSError:
+        return None
+    return found.st_size, found.st_mtime_ns

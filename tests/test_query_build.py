@@ -149,33 +149,43 @@ def read_manifest_of(store: Path) -> Any:
     return manifest
 
 
-def test_a_refresh_writes_its_files_at_lower_priority_and_leaves_the_callers(
+def test_a_refresh_yields_to_a_writer_at_work_and_leaves_the_callers_priority(
     db: crdtdb.Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db.put("users/a", {"n": 1})
     query.refresh(db)  # the first build
-    seen: dict[str, int] = {}
+    seen: list[tuple[int, int]] = []
     stage, write = materialize._stage, materialize._write_segment
+    meanwhile: list[str] = []
 
     def staging(*args: Any) -> Any:
-        seen["stage"] = nice()
+        if meanwhile:  # a writer commits while the refresh reads
+            db.put(meanwhile.pop(), {"n": 9})
+        seen.append((nice(), -1))
         return stage(*args)
 
     def writing(*args: Any) -> Any:
-        seen["write"] = nice()
+        seen[-1] = (seen[-1][0], nice())
         return write(*args)
 
     monkeypatch.setattr(materialize, "_stage", staging)
     monkeypatch.setattr(materialize, "_write_segment", writing)
     before = nice()
     db.put("users/b", {"n": 2})
-    assert query.refresh(db).documents == 1
+    assert query.refresh(db).documents == 1  # nobody writing: all of it at full priority
+    db.put("users/c", {"n": 3})
+    meanwhile.append("users/d")
+    assert query.refresh(db).documents == 1  # d came after the snapshot
     assert nice() == before  # the calling thread's priority is untouched
-    assert seen["stage"] == before  # the snapshot's part at the caller's priority
     lowered = max(before, priority.REFRESH_NICE) if sys.platform.startswith("linux") else before
-    assert seen["write"] == lowered
-    con = query.connect(db, refresh=False)
-    assert rows(con, "SELECT key, n FROM users ORDER BY key") == [("a", 1), ("b", 2)]
+    assert seen == [(before, before), (before, lowered)]  # the snapshot's part never lowered
+    con = query.connect(db)
+    assert rows(con, "SELECT key, n FROM users ORDER BY key") == [
+        ("a", 1),
+        ("b", 2),
+        ("c", 3),
+        ("d", 9),
+    ]
 
 
 def test_yielding_hands_back_the_result_or_the_exception_and_background_is_its_own() -> None:
