@@ -18,7 +18,7 @@ import pytest
 
 import crdtdb
 from crdtdb import query
-from crdtdb.query import arrow_read, materialize, priority, stream_build
+from crdtdb.query import arrow_read, files, materialize, priority, stream_build
 from crdtdb.query.area import AREA, read_manifest
 
 BIG = "y" * 40_000
@@ -71,14 +71,14 @@ def test_a_first_build_writes_each_collection_as_the_child_streams_it(
     many_collections(store)
     monkeypatch.setattr(arrow_read, "CHILD_READ_MIN", 0)
     streamed: dict[str, Any] = {}
-    original = materialize.stream_collections
+    original = stream_build.stream_collections
 
     def spy(*args: Any) -> Any:
         table, written = original(*args)
         streamed.update(written)
         return table, written
 
-    monkeypatch.setattr(materialize, "stream_collections", spy)
+    monkeypatch.setattr("crdtdb.query.materialize.stream_collections", spy)
     result = query.refresh(store)
     assert (result.documents, result.records) == (1002, 1004)
     assert sorted(streamed) == ["a", "a-b", "a.b", "a_b", "z"]  # every collection, one pass
@@ -126,7 +126,7 @@ def test_a_streamed_build_that_fails_midway_is_read_through_the_snapshot(
     monkeypatch.setattr(arrow_read, "CHILD_READ_MIN", 0)
     monkeypatch.setattr(arrow_read, "TIMEOUT_S", 60.0)  # a wait on the child would fail it
     copies: list[Path] = []
-    original = stream_build.copy_to
+    original = files.copy_to
 
     def second_fails(con: Any, select: str, path: Path) -> None:
         original(con, select, path)
@@ -134,7 +134,7 @@ def test_a_streamed_build_that_fails_midway_is_read_through_the_snapshot(
         if len(copies) == 2:
             raise duckdb.IOException("no space left on device")
 
-    monkeypatch.setattr(stream_build, "copy_to", second_fails)
+    monkeypatch.setattr("crdtdb.query.stream_build.copy_to", second_fails)
     assert query.refresh(store).documents == 1002
     assert len(copies) == 2 and not any(path.exists() for path in copies)
     expect_many(query.connect(store, refresh=False))
