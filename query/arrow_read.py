@@ -8,7 +8,10 @@ SQLite in one process release each other's POSIX locks on a shared file (it
 failed with "disk I/O error" beside this process's ``sqlite3``). So it runs
 in child processes (``_arrow_child.py``, a script that loads nothing of
 crdtdb): one reads the documents, one the log, on two cores at once, each
-into an Arrow IPC file.
+into an Arrow IPC file. The documents come through a pipe instead, as the
+child reads them: a first build writes each collection's Parquet file from
+the batches as they arrive (:mod:`.stream_build`), so reading SQLite and
+writing Parquet overlap on the two cores instead of taking turns.
 
 Each child checks that its read transaction sees the snapshot's cut: the
 documents and their bodies change only with the log, so the same newest log
@@ -37,6 +40,8 @@ CHILD_READ_MIN = 100_000
 """Documents from which a build reads through child processes (below, starting them
 costs more than it saves)."""
 TIMEOUT_S = 3600.0
+PIPED = ("documents",)
+"""The tables whose child writes to a pipe (the others to a file)."""
 _SCRIPT = Path(__file__).resolve().parent / "_arrow_child.py"
 
 
@@ -53,24 +58,50 @@ class ChildReaders:
         self, store: Path, snap: Snapshot, table: str, after: int
     ) -> subprocess.Popen[bytes]:
         cut = (str(after), str(snap.position), str(snap.compaction_epoch))
-        out = str(self._folder / f"{table}.arrow")
+        piped = table in PIPED
+        out = "-" if piped else str(self._folder / f"{table}.arrow")
         return subprocess.Popen(
             [sys.executable, str(_SCRIPT), str(store / STORE_FILE), table, *cut, out],
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if piped else subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
 
-    def table(self, name: str) -> pa.Table | None:
-        """What the child read, or None if it could not (then read another way)."""
+    def stream(self, name: str) -> pa.RecordBatchReader | None:
+        """The batches of a piped child as it reads them, or None if it wrote none. Whether
+        they were all of them, only :meth:`succeeded` says, once they are read."""
+        pipe = self._children[name].stdout
+        if pipe is None:
+            return None
+        try:
+            return pa.ipc.open_stream(pipe)
+        except (pa.ArrowInvalid, OSError):
+            return None
+
+    def succeeded(self, name: str) -> bool:
+        """Whether the child read its whole table at the snapshot's cut (exit status 0)."""
         child = self._children[name]
         try:
-            code = child.wait(TIMEOUT_S)
+            return child.wait(TIMEOUT_S) == 0
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
-            return None
-        if code != 0:
+            return False
+
+    def abandon(self, name: str) -> None:
+        """Stop a child whose output will not be read (it may be blocked on a full pipe)."""
+        child = self._children[name]
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+
+    def table(self, name: str) -> pa.Table | None:
+        """What the child read, or None if it could not (then read another way)."""
+        if name in PIPED:
+            stream = self.stream(name)
+            table = stream.read_all() if stream is not None else None
+            return table if self.succeeded(name) else None
+        if not self.succeeded(name):
             return None
         with pa.memory_map(str(self._folder / f"{name}.arrow")) as source:
             return pa.ipc.open_stream(source).read_all()
@@ -80,6 +111,8 @@ class ChildReaders:
             if child.poll() is None:
                 child.kill()
                 child.wait()
+            if child.stdout is not None:
+                child.stdout.close()
         shutil.rmtree(self._folder, ignore_errors=True)
 
 

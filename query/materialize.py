@@ -30,6 +30,12 @@ number of processes read them at once. So:
   for documents too large for that, and for stores older than schema 3), with
   the shape the commit noted (:mod:`crdtdb.shape`): column types come from
   merging the distinct shapes, not from parsing every body again.
+- A first build reads through child processes (:mod:`.arrow_read`), and
+  writes each collection's file from the documents' batches as they arrive
+  (:mod:`.stream_build`): reading SQLite and writing Parquet overlap. The
+  snapshot is let go before an incremental refresh writes its files, and
+  that writing runs at a lower scheduling priority (:mod:`.priority`), so
+  the store's writers on busy cores are not kept waiting for a CPU by it.
 - One refresh at a time: a second process waits on ``refresh.lock`` (an
   advisory file lock), then finds little or nothing left to do.
 - A reader leases the generation it reads (a shared lock on
@@ -46,7 +52,6 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -58,9 +63,21 @@ from crdtdb.snapshot import DocRow, Snapshot
 
 from . import arrow_read
 from .area import Area, Manifest, RefreshResult
-from .schema import FieldType, column_names, columns, merge_structure, quote, structure
+from .files import (
+    CHUNK,
+    copy_changes,
+    copy_to,
+    insert,
+    merge_changes,
+    sql_list,
+    stage_changes,
+    typed_select,
+)
+from .priority import background, write_stamp, yielding
+from .schema import merge_structure
+from .stream_build import COMPLETE, STAGED_COLUMNS, Streamed, discard, stream_collections
 
-__all__ = ["Progress", "dead_relation", "refresh", "typed_select"]
+__all__ = ["Progress", "copy_to", "dead_relation", "refresh", "typed_select"]
 
 log = logging.getLogger("crdtdb.query")
 
@@ -68,6 +85,9 @@ MERGE_DEAD_SHARE = 0.25
 """Merge the segments once superseded rows are this share of the live ones."""
 MERGE_SEGMENTS = 24
 """... or once a collection has this many files."""
+
+THREADS = os.cpu_count() or 1
+"""DuckDB's threads for writing files (its default: one a core)."""
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: called as a long refresh goes."""
@@ -83,13 +103,19 @@ def refresh(
 
     ``full`` rebuilds every document's row and the collections' types from
     scratch (types otherwise only widen). Safe from several processes at once.
+    The work runs in a thread of lower scheduling priority (:func:`yielding`).
     """
+    return yielding(_refresh_now, db, full, progress)
+
+
+def _refresh_now(db: crdtdb.Database, full: bool, progress: Progress | None) -> RefreshResult:
     started = time.perf_counter()
     area = Area(db.path)
     with area.refresh_lock():
         old = area.read()
+        stamp = write_stamp(db.path)
         with db.snapshot() as snap:
-            manifest, documents, records, merged = _refresh(area, old, snap, full, progress)
+            manifest, documents, records, merged = _refresh(area, old, snap, full, progress, stamp)
         if manifest is not old:
             area.write(manifest)
             area.collect(manifest)
@@ -107,8 +133,14 @@ def refresh(
 
 
 def _refresh(
-    area: Area, old: Manifest | None, snap: Snapshot, full: bool, progress: Progress | None
+    area: Area,
+    old: Manifest | None,
+    snap: Snapshot,
+    full: bool,
+    progress: Progress | None,
+    stamp: object = None,
 ) -> tuple[Manifest, int, int, bool]:
+    """One refresh on ``snap``; ``stamp``: :func:`.priority.write_stamp` from before it."""
     regions, frontier = _regions(snap)
     unchanged = (
         old is not None and old.position == snap.position and old.epoch == snap.compaction_epoch
@@ -121,13 +153,31 @@ def _refresh(
     manifest = _successor(base, snap, regions, frontier)
     bulk = (old is None or full) and total >= arrow_read.CHILD_READ_MIN
     readers = arrow_read.child_readers(area.store, snap, base.position, area.root) if bulk else None
-    with duckdb.connect() as con:
-        staged = _stage(con, snap, readers, (batches, total, base.position), manifest, progress)
-        documents, records, counts = staged
-        if documents:
-            _write_segment(area, con, manifest, counts)
-        if records:
-            _copy_changes(area, con, manifest, records)
+    # An incremental refresh stages with DuckDB on this thread alone, then, if the store
+    # was written meanwhile, runs the rest at a lower priority, DuckDB's workers started
+    # after it (see .priority). A first build is waited for, and has every core to itself.
+    with duckdb.connect(config={} if bulk else {"threads": 1}) as con:
+        plan = (batches, total, base.position)
+        staged = _stage(area, con, snap, readers, plan, manifest, progress)
+        documents, records, counts, log_rows, streamed = staged
+        if not bulk:
+            if write_stamp(area.store) != stamp:  # a writer is at work: yield to it
+                background()
+            con.execute(f"SET threads = {THREADS}")
+        # The log records' file is written beside the documents' (DuckDB lets go of
+        # the interpreter lock): the two COPYs share the cores instead of taking turns.
+        with ThreadPoolExecutor(1) as worker:
+            changes = None
+            if records:
+                seg = manifest.next_seg
+                manifest.next_seg += 1
+                changes = worker.submit(copy_changes, area, con.cursor(), seg, log_rows)
+            if documents:
+                _write_segment(area, con, manifest, counts, streamed)
+            if changes is not None:
+                manifest.changes = [*manifest.changes, {"path": changes.result(), "rows": records}]
+        if len(manifest.changes) > MERGE_SEGMENTS:
+            merge_changes(area, con, manifest)
         merged = _should_merge(manifest)
         if merged:
             _merge(area, con, manifest)
@@ -154,20 +204,23 @@ def _plan(
 
 
 def _stage(
+    area: Area,
     con: duckdb.DuckDBPyConnection,
     snap: Snapshot,
     readers: arrow_read.ChildReaders | None,
     plan: tuple[Iterable[list[DocRow]], int, int],
     manifest: Manifest,
     progress: Progress | None,
-) -> tuple[int, int, dict[str, int]]:
+) -> tuple[int, int, dict[str, int], pa.Table | None, dict[str, Streamed]]:
     """Stage the documents and the log records in ``con``, widen the types; then end the
     snapshot. ``plan``: the documents' batches, how many, and the log position whose
     records are already in the materialisation. Returns (documents, records, rows per
-    collection)."""
+    collection, the log records as Arrow if a child read them, else None: they are in
+    the table ``log_rows``; the collection files written as the documents streamed in)."""
     batches, total, start = plan
+    streamed: dict[str, Streamed] = {}
     try:
-        table = readers.table("documents") if readers is not None else None
+        table, streamed = _read_documents(area, con, manifest, readers, snap)
         if table is not None:
             documents = _stage_table(con, table, snap, total, progress)
         else:
@@ -179,16 +232,50 @@ def _stage(
         # its WAL, and every commit of a writer in another process then retries a
         # checkpoint.
         with ThreadPoolExecutor(1) as worker:
-            staging = worker.submit(_stage_changes, con.cursor(), snap, readers, start)
+            staging = worker.submit(stage_changes, con.cursor(), snap, readers, start)
             try:
                 counts = _widen(con, manifest, shapes)
             finally:
-                records = staging.result()
+                records, log_rows = staging.result()
+    except BaseException:
+        discard(area, streamed)
+        raise
     finally:
         if readers is not None:
             readers.close()
         snap.close()
-    return documents, records, counts
+    # a file streamed with other types than every document's (a document read through
+    # the snapshot widened them) is written again the ordinary way
+    stale = {c for c, s in streamed.items() if manifest.collections[c]["fields"] != s.fields}
+    discard(area, {c: streamed.pop(c) for c in stale})
+    return documents, records, counts, log_rows, streamed
+
+
+def _read_documents(
+    area: Area,
+    con: duckdb.DuckDBPyConnection,
+    manifest: Manifest,
+    readers: arrow_read.ChildReaders | None,
+    snap: Snapshot,
+) -> tuple[pa.Table | None, dict[str, Streamed]]:
+    """The documents a child read (None if it could not: then read through the snapshot),
+    and the collection files written from them as they came (:mod:`.stream_build`)."""
+    if readers is None:
+        return None, {}
+    reader = readers.stream("documents")
+    if reader is None:
+        readers.succeeded("documents")
+        return None, {}
+    try:
+        table, streamed = stream_collections(area, con, manifest, reader, snap)
+    except (pa.ArrowException, duckdb.Error, OSError) as exc:  # the child stopped short
+        log.warning("%s: reading the documents through a child failed (%s)", area.store, exc)
+        readers.abandon("documents")
+        return None, {}
+    if not readers.succeeded("documents"):
+        discard(area, streamed)
+        return None, {}
+    return table, streamed
 
 
 def _successor(
@@ -222,10 +309,6 @@ def _regions(snap: Snapshot) -> tuple[list[dict[str, Any]], int]:
     return rows, int(snap.frontier())
 
 
-CHUNK = 100_000
-"""Documents handed to DuckDB at a time (bounds the memory a first build takes)."""
-
-
 def _stage_documents(
     con: duckdb.DuckDBPyConnection,
     batches: Iterable[list[DocRow]],
@@ -249,13 +332,14 @@ def _stage_rows(
     batches: Iterable[list[DocRow]],
     total: int = 0,
     progress: Progress | None = None,
+    table: str = "staged",
 ) -> int:
     done = 0
     for batch in batches:
         ids, collections, live, hlcs, origins, _, bodies, shapes = zip(*batch, strict=True)
-        _insert(
+        insert(
             con,
-            "staged",
+            table,
             {
                 "id": pa.array(ids, pa.string()),
                 "collection": pa.array(collections, pa.string()),
@@ -279,12 +363,13 @@ def _stage_table(
     total: int,
     progress: Progress | None,
 ) -> int:
-    """Load documents read as Arrow (by a child reader) into ``staged``.
+    """Make ``staged`` a view of documents read as Arrow (by a child reader): DuckDB scans
+    the Arrow memory where it lies, no copy into a table of its own.
 
     The few that their commits did not complete (a body too large to write, a
-    document of a migrated store) are read through the snapshot instead.
+    document of a migrated store) are read through the snapshot instead, into
+    ``staged_rest``.
     """
-    _create_staged(con)
     incomplete = pc.fill_null(
         pc.or_(
             pc.and_(pc.not_equal(table["live"], 0), pc.is_null(table["body"])),
@@ -292,41 +377,64 @@ def _stage_table(
         ),
         True,
     )
-    con.register("_arrow_documents", table.filter(pc.invert(incomplete)))
+    con.register("_arrow_documents", table)
     con.execute(
-        "INSERT INTO staged SELECT id, collection, live <> 0, hlc::UBIGINT, origin, body,"
-        " shape::INTEGER FROM _arrow_documents"
+        "CREATE TEMP TABLE staged_rest (id VARCHAR, collection VARCHAR, live BOOLEAN,"
+        " hlc UBIGINT, origin VARCHAR, body VARCHAR, shape INTEGER)"
     )
-    con.unregister("_arrow_documents")
-    _stage_rows(con, snap.rows(table.filter(incomplete)["id"].to_pylist(), CHUNK))
+    con.execute(
+        f"CREATE TEMP VIEW staged AS SELECT {STAGED_COLUMNS} FROM _arrow_documents"
+        f" WHERE {COMPLETE} UNION ALL SELECT * FROM staged_rest"
+    )
+    if pc.any(incomplete).as_py():
+        rest = table.filter(incomplete)["id"].to_pylist()
+        _stage_rows(con, snap.rows(rest, CHUNK), table="staged_rest")
     if progress is not None:
         progress("documents", total, total)
     return int(table.num_rows)
 
 
-def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, Any]) -> None:
-    """Append Arrow columns to a DuckDB table (DuckDB scans the Arrow memory directly)."""
-    con.register("_arrow_chunk", pa.table(columns))
-    con.execute(f"INSERT INTO {table} SELECT * FROM _arrow_chunk")
-    con.unregister("_arrow_chunk")
-
-
 def _write_segment(
-    area: Area, con: duckdb.DuckDBPyConnection, manifest: Manifest, counts: dict[str, int]
+    area: Area,
+    con: duckdb.DuckDBPyConnection,
+    manifest: Manifest,
+    counts: dict[str, int],
+    streamed: dict[str, Streamed],
 ) -> None:
-    """One file per collection of the staged documents, and the rows they supersede."""
+    """One file per collection of the staged documents (written already for those
+    ``streamed``: then one more of those read through the snapshot, if any), and the rows
+    they supersede."""
     folder = f"seg/{manifest.next_seg}"
     (area.root / folder).mkdir(parents=True, exist_ok=True)
     superseded = _supersede(area, con, manifest, folder, list(counts))
+    complete = _complete_counts(con) if streamed else {}
     for collection, rows in sorted(counts.items()):
         state = manifest.collections[collection]
+        source = "staged"
+        if collection in streamed:
+            done = streamed[collection]
+            written = complete.get(collection, 0)
+            entry = _entry(manifest, done.path, done.seg, written, state)
+            state["files"] = [*state["files"], entry]
+            source, rows = "staged_rest", rows - written
+            if not rows:
+                continue
         name = f"{folder}/c_{collection}.parquet"
         number = _new_file(
-            con, typed_select("staged", 0, state["fields"], collection), area, manifest, name
+            con, typed_select(source, 0, state["fields"], collection), area, manifest, name
         )
         state["files"] = [*state["files"], _entry(manifest, name, number, rows, state)]
     manifest.live_rows += sum(counts.values()) - superseded
     manifest.dead_rows += superseded
+
+
+def _complete_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Per collection, the documents of the child's table that the snapshot did not read."""
+    return dict(
+        con.execute(
+            f"SELECT collection, count(*) FROM _arrow_documents WHERE {COMPLETE} GROUP BY ALL"
+        ).fetchall()
+    )
 
 
 def _new_file(
@@ -335,7 +443,7 @@ def _new_file(
     """Write a collection file, its rows numbered ``_seg`` = a number of its own; return it."""
     number = manifest.next_seg
     manifest.next_seg += 1
-    _copy(con, f"SELECT * REPLACE ({number} AS _seg) FROM ({select})", area.root / name)
+    copy_to(con, f"SELECT * REPLACE ({number} AS _seg) FROM ({select})", area.root / name)
     return number
 
 
@@ -402,99 +510,15 @@ def _supersede(
     name = f"{folder}/dead.parquet"
     con.execute(
         "CREATE TEMP TABLE superseded AS SELECT f._seg, f.file_row_number AS row"
-        f" FROM read_parquet({_sql_list(earlier)}, union_by_name = true, file_row_number = true)"
+        f" FROM read_parquet({sql_list(earlier)}, union_by_name = true, file_row_number = true)"
         " f SEMI JOIN staged s ON f.id = s.id"
     )
     count = int(con.execute("SELECT count(*) FROM superseded").fetchone()[0])  # type: ignore[index]
     if count:
-        _copy(con, "SELECT * FROM superseded", area.root / name)
+        copy_to(con, "SELECT * FROM superseded", area.root / name)
         manifest.dead = [*manifest.dead, {"path": name, "rows": count}]
     con.execute("DROP TABLE superseded")
     return count
-
-
-def typed_select(
-    source: str, seg: int | str, fields: dict[str, FieldType], collection: str | None = None
-) -> str:
-    """The rows of ``source`` (columns as in ``staged``) as a collection file holds them.
-
-    ``collection``: only its rows (its name is letters, digits and ``_ . -``).
-    """
-    where = "" if collection is None else f" WHERE collection = '{collection}'"
-    fields = columns(fields)
-    names = column_names(list(fields))
-    typed = ", ".join(f"t.{quote(f)} AS {quote(names[f])}" for f in fields)
-    # json_transform refuses an empty structure: a collection of deleted documents has none
-    shape = structure(fields).replace("'", "''") if fields else None
-    parsed = f", json_transform(body, '{shape}') AS t" if shape else ""
-    return (
-        f"SELECT {seg} AS _seg, id, collection, substr(id, length(collection) + 2) AS key,"
-        " hlc, to_timestamp((hlc >> 16) / 1000) AS updated_at, origin, NOT live AS deleted,"
-        f" body AS _body{', ' + typed if typed else ''}"
-        f" FROM (SELECT *{parsed} FROM {source}{where})"
-    )
-
-
-def _copy(con: duckdb.DuckDBPyConnection, select: str, path: Path) -> None:
-    """``COPY (select) TO path`` as Parquet, flushed to disk before the manifest names it."""
-    target = str(path).replace("'", "''")
-    con.execute(f"COPY ({select}) TO '{target}' (FORMAT parquet)")
-    with open(path, "rb") as written:
-        os.fsync(written.fileno())
-
-
-def _sql_list(paths: list[str]) -> str:
-    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
-
-
-def _stage_changes(
-    log_con: duckdb.DuckDBPyConnection,
-    snap: Snapshot,
-    readers: arrow_read.ChildReaders | None,
-    after: int,
-) -> int:
-    """Load the log records after position ``after`` into the table ``log_rows``."""
-    log_con.execute(
-        "CREATE TABLE log_rows (log_id BIGINT, id VARCHAR, hlc UBIGINT, origin VARCHAR,"
-        " seq BIGINT, bytes BIGINT, kind TINYINT)"
-    )
-    table = readers.table("log") if readers is not None else None
-    if table is not None:
-        log_con.register("_arrow_log", table)
-        log_con.execute("INSERT INTO log_rows SELECT * FROM _arrow_log")
-        log_con.close()
-        return int(table.num_rows)
-    names = ("log_id", "id", "hlc", "origin", "seq", "bytes", "kind")
-    kinds = (pa.int64(), pa.string(), pa.uint64(), pa.string(), pa.int64(), pa.int64(), pa.int8())
-    count = 0
-    for batch in snap.log(after, CHUNK):
-        columns = zip(*batch, strict=True)
-        arrays = {n: pa.array(c, k) for n, c, k in zip(names, columns, kinds, strict=True)}
-        _insert(log_con, "log_rows", arrays)
-        count += len(batch)
-    log_con.close()
-    return count
-
-
-def _copy_changes(
-    area: Area, con: duckdb.DuckDBPyConnection, manifest: Manifest, count: int
-) -> None:
-    """One ``changes`` file of the staged log records."""
-    seg = manifest.next_seg
-    manifest.next_seg += 1
-    (area.root / "seg" / str(seg)).mkdir(parents=True, exist_ok=True)
-    name = f"seg/{seg}/changes.parquet"
-    _copy(
-        con,
-        "SELECT log_id, id, split_part(id, '/', 1) AS collection, hlc,"
-        " to_timestamp((hlc >> 16) / 1000) AS updated_at, origin, seq, bytes,"
-        " CASE kind WHEN 0 THEN 'write' WHEN 1 THEN 'repair' ELSE 'unchecked' END AS kind"
-        " FROM log_rows",
-        area.root / name,
-    )
-    manifest.changes = [*manifest.changes, {"path": name, "rows": count}]
-    if len(manifest.changes) > MERGE_SEGMENTS:
-        _merge_changes(area, con, manifest)
 
 
 def _should_merge(manifest: Manifest) -> bool:
@@ -510,7 +534,7 @@ def _merge(area: Area, con: duckdb.DuckDBPyConnection, manifest: Manifest) -> No
     dead = dead_relation(area, manifest)
     total = 0
     for collection, state in sorted(manifest.collections.items()):
-        files = _sql_list([str(area.root / f["path"]) for f in state["files"]])
+        files = sql_list([str(area.root / f["path"]) for f in state["files"]])
         con.execute(
             "CREATE OR REPLACE TEMP TABLE current AS SELECT f.id, f.collection,"
             " NOT f.deleted AS live, f.hlc, f.origin, f._body::VARCHAR AS body, NULL AS shape FROM"
@@ -523,24 +547,11 @@ def _merge(area: Area, con: duckdb.DuckDBPyConnection, manifest: Manifest) -> No
         state["files"] = [_entry(manifest, name, number, rows, state)]
         total += rows
     manifest.dead, manifest.live_rows, manifest.dead_rows = [], total, 0
-    _merge_changes(area, con, manifest)
+    merge_changes(area, con, manifest)
 
 
 def dead_relation(area: Area, manifest: Manifest) -> str:
     """The superseded rows, ``(_seg, row)``, as an SQL relation."""
     if not manifest.dead:
         return "(SELECT NULL::INTEGER AS _seg, NULL::BIGINT AS row WHERE false)"
-    return f"read_parquet({_sql_list([str(area.root / f['path']) for f in manifest.dead])})"
-
-
-def _merge_changes(area: Area, con: duckdb.DuckDBPyConnection, manifest: Manifest) -> None:
-    if len(manifest.changes) <= 1:
-        return
-    seg = manifest.next_seg
-    manifest.next_seg += 1
-    (area.root / "seg" / str(seg)).mkdir(parents=True, exist_ok=True)
-    name = f"seg/{seg}/changes.parquet"
-    files = _sql_list([str(area.root / f["path"]) for f in manifest.changes])
-    _copy(con, f"SELECT * FROM read_parquet({files}) ORDER BY log_id", area.root / name)
-    rows = sum(f["rows"] for f in manifest.changes)
-    manifest.changes = [{"path": name, "rows": rows}]
+    return f"read_parquet({sql_list([str(area.root / f['path']) for f in manifest.dead])})"

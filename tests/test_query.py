@@ -322,15 +322,15 @@ def test_a_first_build_reads_through_child_processes_in_c(
         db.delete("users/007")
     monkeypatch.setattr(arrow_read, "CHILD_READ_MIN", 0)
     read: list[str] = []
-    original = arrow_read.ChildReaders.table
+    original = arrow_read.ChildReaders.succeeded
 
     def spy(self: arrow_read.ChildReaders, name: str) -> Any:
-        table = original(self, name)
-        if table is not None:
+        succeeded = original(self, name)
+        if succeeded:
             read.append(name)
-        return table
+        return succeeded
 
-    monkeypatch.setattr(arrow_read.ChildReaders, "table", spy)
+    monkeypatch.setattr(arrow_read.ChildReaders, "succeeded", spy)
     result = query.refresh(store)
     assert sorted(read) == ["documents", "log"]  # both read by the children
     assert (result.documents, result.records) == (301, 302)
