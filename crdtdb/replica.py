@@ -9,7 +9,10 @@ narrower type.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from . import merkle, storage
+from .chains import ChainRow, Chains
 from .digests import Digests
 from .engine import ChangeSignal, Engine, check_count
 from .errors import InvalidUpdateError
@@ -33,6 +36,8 @@ class Replica:
         self._frontier = Frontier(engine)
         self._feed = ChangeFeed(engine)
         self._writer = Writer(engine, self._digests, self._frontier)
+        self.chains = Chains(engine)
+        """The signed-records rows: chains, keys, conflicts (see :mod:`crdtdb.chains`)."""
 
     @property
     def region(self) -> RegionId:
@@ -97,15 +102,17 @@ class Replica:
         """
         return self.apply_remote_many([record]) == 1
 
-    def apply_remote_many(self, records: list[UpdateRecord]) -> int:
+    def apply_remote_many(self, records: list[UpdateRecord], chain: Sequence[ChainRow] = ()) -> int:
         """Apply a batch of remote records in one transaction; return how many were new.
 
         Records already held are skipped before the write lock is taken (a relay
         often sends back what we have); of two records with the same origin and
         seq in one batch the first counts. If any record is refused, the error
-        is raised and none of the batch is applied.
+        is raised and none of the batch is applied. ``chain``: the records'
+        chain rows (checked by the caller, see :mod:`crdtdb.chains`), stored in
+        the same transaction.
         """
-        return self._writer.apply_remote_many(records)
+        return self._writer.apply_remote_many(records, chain)
 
     def records_from(self, origin: str, after_seq: int, limit: int = 1000) -> list[UpdateRecord]:
         """Records of ``origin`` held here with seq above ``after_seq``, in seq order.

@@ -74,7 +74,7 @@ __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "STORE_FILE", "checkpoint", "conn
 
 STORE_FILE = "crdtdb.sqlite3"
 APPLICATION_ID = 0x43524454  # "CRDT"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 30_000
 WAL_SIZE_LIMIT = 64 << 20
 """Bytes the WAL file is cut back to when it starts over (SQLite keeps it at its largest)."""
@@ -153,7 +153,37 @@ CREATE TABLE collisions (
     PRIMARY KEY (client_id, origin)
 ) STRICT;
 """
-_SCHEMA += _BLOB_TABLES + _CLIENT_TABLES
+_CHAIN_TABLES = """
+CREATE TABLE chain (
+    origin TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    prev BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    key BLOB,
+    sig BLOB,
+    PRIMARY KEY (origin, seq)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE keys (
+    fingerprint BLOB PRIMARY KEY,
+    region TEXT NOT NULL,
+    certificate BLOB NOT NULL,
+    added_ms INTEGER NOT NULL
+) STRICT;
+CREATE TABLE conflicts (
+    origin TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    held BLOB,
+    offered BLOB NOT NULL,
+    seal BLOB,
+    refused INTEGER NOT NULL,
+    first_ms INTEGER NOT NULL,
+    last_ms INTEGER NOT NULL,
+    PRIMARY KEY (origin, seq, kind, peer)
+) STRICT;
+"""
+_SCHEMA += _BLOB_TABLES + _CLIENT_TABLES + _CHAIN_TABLES
 
 # Schema 1 kept the snapshot and the base inside the docs row.
 _MIGRATE_FROM_1 = (
@@ -174,6 +204,13 @@ _MIGRATE_FROM_2 = (
     _CLIENT_TABLES
     + """
 ALTER TABLE log ADD COLUMN kind INTEGER NOT NULL DEFAULT 2;
+"""
+)
+# Schema 3 did not sign records: its log is legacy, up to the newest id it holds.
+_MIGRATE_FROM_3 = (
+    _CHAIN_TABLES
+    + """
+INSERT INTO meta (key, value) SELECT 'legacy_log_id', coalesce(max(id), 0) FROM log;
 """
 )
 
@@ -357,7 +394,7 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version in (1, 2):
+        if version in (1, 2, 3):
             docs = conn.execute("SELECT count(*) FROM docs").fetchone()[0]
             log.warning(
                 "%s: migrating the store from schema %d to %d (%d documents%s)",
@@ -372,13 +409,15 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
             started = time.monotonic()
             if version == 1:
                 _run_script(conn, _MIGRATE_FROM_1)
-            _run_script(conn, _MIGRATE_FROM_2)
+            if version <= 2:
+                _run_script(conn, _MIGRATE_FROM_2)
+            _run_script(conn, _MIGRATE_FROM_3)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             log.warning("%s: migrated in %.1f s", path, time.monotonic() - started)
         elif version != SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"{path} has schema version {version}, which this crdtdb cannot migrate"
-                f" (it reads {SCHEMA_VERSION} and migrates 1 and 2): open it with the crdtdb"
+                f" (it reads {SCHEMA_VERSION} and migrates 1 to 3): open it with the crdtdb"
                 " that wrote it and export its documents"
             )
         conn.execute("COMMIT")
@@ -407,6 +446,7 @@ def _create(conn: sqlite3.Connection, path: Path, region: str | None) -> None:
                 ("last_hlc", 0),
                 ("compacted_hlc", 0),
                 ("compaction_epoch", 0),
+                ("legacy_log_id", 0),
             ],
         )
         conn.execute("COMMIT")

@@ -11,12 +11,14 @@ in one SQLite write transaction (see :class:`crdtdb.engine.Engine`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from pycrdt import merge_updates
 
 from . import merkle
 from ._cache import DocHandle
+from .chains import ChainRow, Chains
 from .digests import Digests, DigestState
 from .engine import Engine
 from .errors import (
@@ -75,6 +77,7 @@ class Writer:
         self._engine = engine
         self._digests = digests
         self._frontier = frontier
+        self._chains = Chains(engine)
 
     # ------------------------------------------------------------ local commits
 
@@ -167,8 +170,10 @@ class Writer:
 
     # ------------------------------------------------------------ remote applies
 
-    def apply_remote_many(self, records: list[UpdateRecord]) -> int:
-        """Apply a batch of remote records in one transaction; return how many were new."""
+    def apply_remote_many(self, records: list[UpdateRecord], chain: Sequence[ChainRow] = ()) -> int:
+        """Apply a batch of remote records in one transaction; return how many were new.
+
+        ``chain``: their chain rows, written in the same transaction."""
         if not isinstance(records, list | tuple):
             raise InvalidRecordError(f"pass a list of UpdateRecord, not {shown(records)}")
         for record in records:
@@ -186,7 +191,7 @@ class Writer:
             if not fresh:
                 return 0
             try:
-                applied: int = engine.write(lambda: self._apply_batch_locked(fresh, version))
+                applied: int = engine.write(lambda: self._apply_batch_locked(fresh, version, chain))
             except BaseException as exc:
                 for doc_id in {record.doc_id for record in fresh}:
                     engine.cache.evict(doc_id)
@@ -229,7 +234,7 @@ class Writer:
         return fresh
 
     def _apply_batch_locked(
-        self, records: list[UpdateRecord], version: int
+        self, records: list[UpdateRecord], version: int, chain: Sequence[ChainRow] = ()
     ) -> tuple[int, list[UpdateRecord]]:
         """Apply fresh records: each document's row, each origin's row and the clock once.
 
@@ -259,6 +264,8 @@ class Writer:
         engine.clients.check(records)
         handles, new = self._apply_updates(records)
         self._append(records, handles, new)
+        if chain:
+            self._chains.write_locked(chain)
         self._frontier.advance(records)
         engine.set_last_hlc(clock)
         engine.counters = (clock, local_seq)

@@ -60,6 +60,7 @@ __all__ = [
     "region_of",
     "sign_challenge",
     "verify_peer",
+    "verify_region_certificate",
 ]
 
 REGION_SUFFIX = ".crdtdb"
@@ -305,6 +306,27 @@ def verify_peer(
         raise PeerAuthError(f"certificate is for region {region!r} but the peer claims {claimed!r}")
     _check_policy(cert, cas, when)
     _check_signature(cert, signature, _transcript(server, claimed, server_nonce, client_nonce))
+
+
+def verify_region_certificate(
+    ca_pem: bytes, cert_pem: bytes
+) -> tuple[RegionId, ec.EllipticCurvePublicKey]:
+    """The region and ECDSA key of a region certificate the cluster CA signed.
+
+    For the keys that seal records (:mod:`.signing`), relayed from any peer:
+    signed by the CA, not a CA itself, for exactly one region, an ECDSA key.
+    Its dates are not checked: a record sealed while the certificate was
+    valid stays verifiable after it expires or is replaced (a replaced key
+    is retired through membership, by fingerprint, not by date).
+    """
+    cas, cert = _load_cas(ca_pem), _load_peer_cert(cert_pem)
+    _check_issuer(cert, cas)
+    if _is_ca(cert):
+        raise PeerAuthError("a CA certificate was presented as a region's record key")
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise PeerAuthError("a region certificate's key must be an ECDSA key")
+    return _region_of(cert), key
 
 
 # -- a daemon's own files, checked before it serves --------------------------------------------

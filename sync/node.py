@@ -73,6 +73,7 @@ from .housekeeping import Housekeeping
 from .logs import Repeats
 from .observe import Observer
 from .preflight import bind_error
+from .provenance import Provenance
 from .report import PeerStatus, records_behind, status_report, wall_time
 from .session import (
     AntiEntropyDone,
@@ -83,6 +84,7 @@ from .session import (
     SessionOptions,
     SyncSession,
 )
+from .signing import Signer
 from .status import STATUS_FILE
 from .store import ApplyRecords, Intent, NoteFrontier, Outcome
 from .transport import HandshakeRefused, SessionProtocol, dial, listen
@@ -136,7 +138,10 @@ class Replicator(MembershipChores):
         self.port: int | None = None
         self._last_progress_log = 0.0
         self.watcher: LogWatcher | None = None
-        self.writer: StoreWriter[SessionProtocol] = StoreWriter(db, self._performed)
+        self.provenance = Provenance(db, self._ca, Signer(self.region, self._cert, self._key))
+        self.writer: StoreWriter[SessionProtocol] = StoreWriter(
+            db, self._performed, verifier=self.provenance
+        )
         self.clock = ClockKeeper(db, config, self.writer, self.observer)
         self.housekeeping = Housekeeping(db, config, self.writer, self.clock)
         self.cluster = ClusterView(db, config, fingerprint(self._cert))
@@ -185,6 +190,7 @@ class Replicator(MembershipChores):
             prove=prove,
             authenticate=self._authenticate,
             options=self.options,
+            sealed=self.provenance,
         )
         return session
 
@@ -392,6 +398,8 @@ class Replicator(MembershipChores):
         )
         self.housekeeping.store_ok_at = time.monotonic()
         self.cluster.start(self.port)  # before counting commits: its own are not news
+        await self.writer.call(self.provenance.start)
+        await self._seal_own()
         self._own_seq = self._commits()
         for peer in self.config.peers:
             self.observer.peer_up(peer.region, False)
@@ -508,12 +516,20 @@ class Replicator(MembershipChores):
         try:
             async for _ in watcher.changes():
                 self.housekeeping.log_grew(asyncio.get_running_loop().time())
+                await self._seal_own()
                 for protocol in list(self.protocols):
                     if protocol.session is not None:
                         protocol.session.local_changed()
                         protocol.flush()
         finally:
             watcher.close()
+
+    async def _seal_own(self) -> None:
+        """Sign this region's new records (on the writer thread) before sessions send them."""
+        try:
+            await self.writer.call(self.provenance.seal_own)
+        except CrdtdbError as exc:
+            log.warning("%s: cannot seal new records yet: %s", self.region, exc)
 
     async def _heartbeat_loop(self) -> None:
         """The heartbeats (see :meth:`.Housekeeping.heartbeat_loop`)."""

@@ -40,6 +40,14 @@ Design rules:
   comes in any order (a CRDT does not mind; the store keeps the contiguous
   seq per origin apart from the highest one), and accepts only ``Records``
   and ``Diffs`` on a bulk lane, and only once the handshake is done.
+- **Signed records.** With a :class:`~.store.SealedLog` (the daemon's), the
+  session sends each origin's records as sealed runs (whole runs, ending
+  at a seal point), each ``Records`` message carrying its runs' seals, and
+  sends the certificate of every key those seals name (``Certificates``)
+  once per session before the first ``Records`` that needs it. What comes
+  in goes to the writer with its seals, checked there before anything is
+  applied (:mod:`.provenance`). Without one (sessions wired in memory in
+  tests), records go unsealed and are taken as they come.
 - **Blame.** Anything malformed from the peer closes the session with an
   ``Error`` message naming the problem; nothing it sent is applied after
   that. A record the store refuses (bad update bytes, clock skew) is
@@ -65,9 +73,11 @@ from .store import (
     ApplyDiffs,
     ApplyRecords,
     Intent,
+    NoteCertificates,
     NoteFrontier,
     Outcome,
     RefreshDigests,
+    SealedLog,
     SessionStore,
 )
 
@@ -157,8 +167,11 @@ class SyncSession:
         authenticate: Authenticator | None = None,
         options: SessionOptions | None = None,
         nonce: bytes | None = None,
+        sealed: SealedLog | None = None,
     ) -> None:
         self.store = store
+        self.sealed = sealed
+        self._certificates_sent: set[bytes] = set()
         self.dialer = dialer
         self.options = options or SessionOptions()
         self.expected_peer = expected_peer
@@ -444,7 +457,10 @@ class SyncSession:
             if min(seqs) <= known + 1:
                 self._sent_through[origin] = max(self._sent_through.get(origin, 0), max(seqs))
         self._unapplied += 1
-        self._emit(ApplyRecords(message.records))
+        self._emit(ApplyRecords(message.records, message.seals, self.peer or ""))
+
+    def _on_certificates(self, message: wire.Certificates, now: float) -> None:
+        self._emit(NoteCertificates(message.certificates))
 
     def _records_applied(self, intent: ApplyRecords, outcome: Outcome) -> None:
         """Report the records applied, and acknowledge them with what we now hold."""
@@ -471,6 +487,13 @@ class SyncSession:
                     continue  # a region holds all of its own records
                 while self._unacked < self.options.window:
                     after = max(self._peer_holds.get(origin, 0), self._sent_through.get(origin, 0))
+                    if self.sealed is not None:
+                        runs = self.sealed.runs_from(origin, after, self.options.batch_records)
+                        if not runs:
+                            break
+                        self._send_runs(runs)
+                        self._sent_through[origin] = runs[-1][0].last
+                        continue
                     records = self.store.records_from(origin, after, self.options.batch_records)
                     if not records:
                         break
@@ -501,6 +524,49 @@ class SyncSession:
         if batch:
             self._send(wire.Records(tuple(batch)))
             self._unacked += 1
+
+    def _send_runs(self, runs: list[tuple[wire.Seal, list[UpdateRecord]]]) -> None:
+        """Sealed runs, whole, in messages of about CHUNK_BYTES; a run holding a large
+        record alone on a bulk lane (the origin seals a large record as a run of its own)."""
+        assert self.sealed is not None
+        self._send_certificates({seal.key for seal, _ in runs})
+        batch: list[tuple[wire.Seal, list[UpdateRecord]]] = []
+        size = 0
+        for seal, run in runs:
+            self.records_out += len(run)
+            run_bytes = sum(len(record.update) for record in run)
+            large = next((r for r in run if len(r.update) >= self.options.large_bytes), None)
+            if large is not None:
+                self._send_bulk(wire.Records(tuple(run), (seal,)), large.doc_id)
+                self._unacked += 1
+                continue
+            if batch and size + run_bytes > CHUNK_BYTES:
+                self._send_sealed(batch)
+                batch, size = [], 0
+            batch.append((seal, run))
+            size += run_bytes
+        if batch:
+            self._send_sealed(batch)
+
+    def _send_sealed(self, batch: list[tuple[wire.Seal, list[UpdateRecord]]]) -> None:
+        records = tuple(record for _, run in batch for record in run)
+        self._send(wire.Records(records, tuple(seal for seal, _ in batch)))
+        self._unacked += 1
+
+    def _send_certificates(self, keys: set[bytes]) -> None:
+        """The certificates of ``keys`` the peer has not had from us in this session."""
+        assert self.sealed is not None
+        pems = []
+        for key in sorted(keys - self._certificates_sent):
+            pem = self.sealed.certificate(key)
+            if pem is None:
+                raise LocalProtocolError(
+                    f"no certificate held for seal key {key.hex()[:16]}", code="unknown_key"
+                )
+            pems.append(pem)
+            self._certificates_sent.add(key)
+        if pems:
+            self._send(wire.Certificates(tuple(pems)))
 
     # ---------------------------------------------------------- anti-entropy
 
@@ -558,6 +624,7 @@ _OPEN_HANDLERS: dict[type, _Handler] = {
     wire.Frontier: SyncSession._on_frontier,  # type: ignore[dict-item]
     wire.Clocks: SyncSession._on_clocks,  # type: ignore[dict-item]
     wire.Records: SyncSession._on_records,  # type: ignore[dict-item]
+    wire.Certificates: SyncSession._on_certificates,  # type: ignore[dict-item]
     wire.Ack: SyncSession._on_ack,  # type: ignore[dict-item]
     wire.Heartbeat: SyncSession._on_heartbeat,  # type: ignore[dict-item]
     **{kind: SyncSession._on_round_message for kind in ROUND_MESSAGES},

@@ -19,12 +19,16 @@ in one writer thread (:mod:`.writer`); tests do it in memory, against a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from crdtdb.chains import ChainRow
 from crdtdb.errors import CrdtdbError
 from crdtdb.hlc import Hlc
 from crdtdb.records import UpdateRecord
+
+from .wire import Seal
 
 __all__ = [
     "ApplyDiffs",
@@ -33,12 +37,15 @@ __all__ = [
     "FrontierSource",
     "Intent",
     "MerkleView",
+    "NoteCertificates",
     "NoteFrontier",
     "Outcome",
     "RecordLog",
     "RefreshDigests",
     "ReplicaStore",
+    "SealedLog",
     "SessionStore",
+    "Verifier",
 ]
 
 
@@ -81,12 +88,32 @@ class SessionStore(RecordLog, DocumentState, MerkleView, FrontierSource, Protoco
 class ReplicaStore(SessionStore, Protocol):
     """A session's reads and the writes that perform its intents."""
 
-    def apply_remote_many(self, records: list[UpdateRecord]) -> int: ...
+    def apply_remote_many(
+        self, records: list[UpdateRecord], chain: Sequence[ChainRow] = ...
+    ) -> int: ...
     def apply_diff(self, doc_id: str, update: bytes) -> Hlc | None: ...
     def note_frontier(
         self, entries: list[tuple[str, int, int]], clocks: list[tuple[str, int]] = ...
     ) -> None: ...
     def refresh_digests(self, limit: int = ...) -> int: ...
+
+
+class SealedLog(Protocol):
+    """The log read as its origins' sealed runs (signed records, see :mod:`.provenance`)."""
+
+    def runs_from(
+        self, origin: str, after_seq: int, limit: int
+    ) -> list[tuple[Seal, list[UpdateRecord]]]: ...
+    def certificate(self, fpr: bytes) -> bytes | None: ...
+
+
+class Verifier(Protocol):
+    """Checks received records' seals before they are applied (writer thread)."""
+
+    def check(
+        self, records: Sequence[UpdateRecord], seals: Sequence[Seal], peer: str
+    ) -> tuple[list[UpdateRecord], list[ChainRow]]: ...
+    def note_certificates(self, pems: Sequence[bytes]) -> None: ...
 
 
 # ----------------------------------------------------------------- intents
@@ -98,6 +125,17 @@ class ApplyRecords:
     them once the outcome says what the store holds."""
 
     records: tuple[UpdateRecord, ...]
+    seals: tuple[Seal, ...] = ()
+    """Their origins' seals, checked by the ``Verifier`` before anything is applied."""
+    peer: str = ""
+    """Who sent them (for the evidence of a refusal)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NoteCertificates:
+    """Check the certificates the peer sent (against the cluster CA) and keep their keys."""
+
+    certificates: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +161,7 @@ class RefreshDigests:
     """Bring every stale digest into the Merkle tree; an anti-entropy round waits for it."""
 
 
-Intent = ApplyRecords | ApplyDiffs | NoteFrontier | RefreshDigests
+Intent = ApplyRecords | NoteCertificates | ApplyDiffs | NoteFrontier | RefreshDigests
 
 
 @dataclass(frozen=True, slots=True)

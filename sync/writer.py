@@ -36,10 +36,12 @@ from .store import (
     ApplyDiffs,
     ApplyRecords,
     Intent,
+    NoteCertificates,
     NoteFrontier,
     Outcome,
     RefreshDigests,
     ReplicaStore,
+    Verifier,
 )
 
 __all__ = ["REFRESH_CHUNK", "StoreWriter", "perform", "perform_pending"]
@@ -56,10 +58,11 @@ P = ParamSpec("P")
 
 
 def perform(
-    store: ReplicaStore, batch: Sequence[tuple[K, Intent]]
+    store: ReplicaStore, batch: Sequence[tuple[K, Intent]], verifier: Verifier | None = None
 ) -> list[tuple[K, Intent, Outcome]]:
     """Perform a batch of ``(key, intent)``: one outcome each, in order, but none for
-    what follows a refusal of the same key's."""
+    what follows a refusal of the same key's. With a ``verifier``, records are
+    applied only if their seals verify (see :mod:`.provenance`)."""
     outcomes: list[Outcome | None] = [None] * len(batch)
     refused: set[K] = set()
     deferred: list[int] = []
@@ -69,7 +72,7 @@ def perform(
         if isinstance(intent, NoteFrontier | RefreshDigests):
             deferred.append(i)
             continue
-        outcome = _apply(store, intent)
+        outcome = _apply(store, intent, verifier)
         outcomes[i] = outcome
         if outcome.error is not None:
             refused.add(key)
@@ -93,10 +96,20 @@ def perform(
     ]
 
 
-def _apply(store: ReplicaStore, intent: ApplyRecords | ApplyDiffs) -> Outcome:
+def _apply(
+    store: ReplicaStore,
+    intent: ApplyRecords | ApplyDiffs | NoteCertificates,
+    verifier: Verifier | None,
+) -> Outcome:
     applied = 0
     try:
-        if isinstance(intent, ApplyRecords):
+        if isinstance(intent, NoteCertificates):
+            if verifier is not None:
+                verifier.note_certificates(intent.certificates)
+        elif isinstance(intent, ApplyRecords) and verifier is not None:
+            records, chain = verifier.check(intent.records, intent.seals, intent.peer)
+            applied = store.apply_remote_many(records, chain) if records else 0
+        elif isinstance(intent, ApplyRecords):
             applied = store.apply_remote_many(list(intent.records))
         else:
             for doc_id, diff in intent.docs:
@@ -160,7 +173,7 @@ def _note(
 
 
 def perform_pending(
-    session: SyncSession, store: ReplicaStore, now: float
+    session: SyncSession, store: ReplicaStore, now: float, verifier: Verifier | None = None
 ) -> tuple[list[Event], int]:
     """Take the session's events, performing its intents at once, until none is left.
 
@@ -178,16 +191,23 @@ def perform_pending(
         if not intents:
             return events, count
         count += len(intents)
-        for _, intent, outcome in perform(store, intents):
+        for _, intent, outcome in perform(store, intents, verifier):
             session.performed(intent, outcome, now)
 
 
 class StoreWriter(Generic[K]):
     """One worker thread that performs intents (and other store writes) in batches."""
 
-    def __init__(self, store: ReplicaStore, done: Callable[[K, Intent, Outcome], None]) -> None:
-        """``done(key, intent, outcome)`` is called on the event loop for each outcome."""
+    def __init__(
+        self,
+        store: ReplicaStore,
+        done: Callable[[K, Intent, Outcome], None],
+        verifier: Verifier | None = None,
+    ) -> None:
+        """``done(key, intent, outcome)`` is called on the event loop for each outcome;
+        ``verifier`` checks records' seals before they are applied."""
         self._store = store
+        self.verifier = verifier
         self._done = done
         self._queue: list[tuple[K, Intent]] = []
         self._wake = asyncio.Event()
@@ -214,7 +234,9 @@ class StoreWriter(Generic[K]):
             if not batch:
                 continue
             try:
-                results = await loop.run_in_executor(self._executor, perform, self._store, batch)
+                results = await loop.run_in_executor(
+                    self._executor, perform, self._store, batch, self.verifier
+                )
             except Exception as exc:  # a bug, or an error the store did not wrap
                 log.exception("sync writes failed")
                 error = StoreError(f"sync writes failed: {exc}")

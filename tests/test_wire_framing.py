@@ -22,6 +22,7 @@ from crdtdb.sync.wire import (
     Heartbeat,
     Message,
     Records,
+    Seal,
 )
 
 from .wire_helpers import (
@@ -37,9 +38,13 @@ def test_golden_bytes() -> None:
     assert wire.encode(AuthOk("eu")) == b"CD\x01\x03\x00\x00\x00\x03\x02eu"
     record = UpdateRecord("a/b", Hlc(5), "eu", 300, b"\x01")
     payload = b"\x01\x03a/b" + (5).to_bytes(8, "big") + b"\x02eu\xac\x02\x01\x01\x00"
-    assert wire.encode(Records((record,))) == frame(0x10, payload)
+    assert wire.encode(Records((record,))) == frame(0x10, payload + b"\x00")
     repair = UpdateRecord("a/b", Hlc(5), "eu", 300, b"\x01", kind=REPAIR)
-    assert wire.encode(Records((repair,))) == frame(0x10, payload[:-1] + b"\x01")
+    assert wire.encode(Records((repair,))) == frame(0x10, payload[:-1] + b"\x01\x00")
+    seal = Seal("eu", 300, 300, bytes(32), b"\x07" * 32, b"sig")
+    sealed = payload + b"\x01\x02eu\xac\x02\xac\x02\x20" + bytes(32) + b"\x20" + b"\x07" * 32
+    assert wire.encode(Records((record,), (seal,))) == frame(0x10, sealed + b"\x03sig")
+    assert wire.decode_frame(frame(0x10, sealed + b"\x03sig")) == Records((record,), (seal,))
 
 
 def test_header_split_byte_by_byte() -> None:

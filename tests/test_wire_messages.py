@@ -156,12 +156,14 @@ def test_error_code_shape() -> None:
 
 
 def test_check_version() -> None:
-    assert wire.check_version(Hello(wire.PROTOCOL_VERSION, "eu", NONCE)) == 4
-    # version 2 listed leaves with ids and state vectors; 3 sent records without their kind
-    for other in (1, 2, 3, 5):
+    assert wire.check_version(Hello(wire.PROTOCOL_VERSION, "eu", NONCE)) == 5
+    # version 2 listed leaves with ids and state vectors; 3 sent records without their kind;
+    # 4 sent records without their origin's seal
+    for other in (1, 2, 3, 4, 6):
         with pytest.raises(RemoteProtocolError, match=f"version {other}") as info:
             wire.check_version(Hello(other, "us", NONCE))
         assert info.value.code == "bad_version"
+        assert f"speaks protocol version {other}, this node speaks 5" in str(info.value)
         assert "'us'" in str(info.value)
 
 

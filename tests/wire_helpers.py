@@ -205,4 +205,5 @@ def record_payload(
         + seq
         + b"\x01\x00"
         + kind
+        + b"\x00"  # no seals
     )

@@ -36,8 +36,12 @@ by ``Hello.protocol_version`` (see :func:`check_version`), so ``Hello``'s
 layout is frozen across versions. Version 3 lists leaves by id and digest
 slices and names documents by position (``LeafList``, ``Wants``, ``Answers``,
 ``Fills``); version 4 adds each record's kind, so that a region can tell an
-edit from a repair when it checks who writes under which Yjs client id.
-Nodes of versions 1 to 3 are refused with a message to upgrade.
+edit from a repair when it checks who writes under which Yjs client id;
+version 5 signs records: ``Records`` carries its origins' seals (a hash
+chain per origin, its head signed with the origin's certificate key, see
+:mod:`..signing`) and ``Certificates`` the certificates they were made
+with. Nodes of versions 1 to 4 are refused at ``Hello`` with a message
+naming both versions and saying to upgrade the older one.
 
 Payload fields:
 
@@ -67,7 +71,11 @@ Messages (type byte, name, payload):
 0x04  Error         code str, message str
 0x10  Records       count, then per record: doc_id str, hlc u64, origin str,
                     seq varuint, update bytes (non-empty), kind varuint
-                    (0 write, 1 repair, 2 unchecked; see crdtdb.records)
+                    (0 write, 1 repair, 2 unchecked; see crdtdb.records);
+                    then count, then per seal: origin str, first varuint,
+                    last varuint, base bytes(32), key bytes(32) (certificate
+                    SHA-256), signature bytes (ECDSA P-256, DER, <= 255)
+0x15  Certificates  count, then per certificate: PEM bytes (<= 64 KiB)
 0x11  Ack           origin str, seq varuint (highest contiguous held, may be 0)
 0x12  Heartbeat     hlc u64
 0x13  Frontier      count, then per origin: region str, seq varuint, hlc u64;
@@ -134,13 +142,17 @@ from .handshake import Error as Error
 from .handshake import Hello as Hello
 from .handshake import check_version as check_version
 from .handshake import error_message as error_message
+from .records import CHAIN_HASH_BYTES as CHAIN_HASH_BYTES
 from .records import Ack as Ack
+from .records import Certificates as Certificates
 from .records import Clocks as Clocks
 from .records import Frontier as Frontier
 from .records import Heartbeat as Heartbeat
 from .records import Records as Records
+from .records import Seal as Seal
 
 __all__ = [
+    "CHAIN_HASH_BYTES",
     "FANOUTS",
     "FRAME_VERSION",
     "HASH_BYTES",
@@ -160,6 +172,7 @@ __all__ = [
     "Answers",
     "Auth",
     "AuthOk",
+    "Certificates",
     "Clocks",
     "Diffs",
     "Error",
@@ -172,6 +185,7 @@ __all__ = [
     "MerkleHashes",
     "Message",
     "Records",
+    "Seal",
     "Wants",
     "check_version",
     "decode_frame",

@@ -16,7 +16,7 @@ from ..errors import LocalProtocolError, RemoteProtocolError
 from .antientropy import Answers, Diffs, Fills, LeafList, MerkleHashes, Wants
 from .codec import MAX_U32, Message
 from .handshake import Auth, AuthOk, Error, Hello
-from .records import Ack, Clocks, Frontier, Heartbeat, Records
+from .records import Ack, Certificates, Clocks, Frontier, Heartbeat, Records
 
 __all__ = [
     "FRAME_VERSION",
@@ -47,6 +47,7 @@ MESSAGE_TYPES: Final[Mapping[int, type[Message]]] = MappingProxyType(
             AuthOk,
             Error,
             Records,
+            Certificates,
             Ack,
             Heartbeat,
             Frontier,

@@ -1,4 +1,5 @@
-"""Log replication and the frontier: ``Records``, ``Ack``, ``Heartbeat``, ``Frontier``, ``Clocks``.
+"""Log replication and the frontier: ``Records`` (with ``Seal``), ``Certificates``, ``Ack``,
+``Heartbeat``, ``Frontier``, ``Clocks``.
 
 A record from the network is checked here, once, when ``Records`` is built
 by the decoder (see :func:`.checks.check_record`); the session and the store
@@ -13,25 +14,100 @@ from typing import Self
 from crdtdb.hlc import Hlc
 from crdtdb.records import UpdateRecord
 
-from .checks import check_int, check_record, check_region, check_rows, check_tuple, refuse
+from .checks import (
+    check_bytes,
+    check_int,
+    check_record,
+    check_region,
+    check_rows,
+    check_tuple,
+    refuse,
+)
 from .codec import Message, Reader, Writer
 
-__all__ = ["Ack", "Clocks", "Frontier", "Heartbeat", "Records"]
+__all__ = [
+    "CHAIN_HASH_BYTES",
+    "Ack",
+    "Certificates",
+    "Clocks",
+    "Frontier",
+    "Heartbeat",
+    "Records",
+    "Seal",
+]
 
 _RECORD_MIN_BYTES = 4 + 8 + 2 + 1 + 2 + 1  # doc_id "c/k", hlc, origin, seq, update, kind
+CHAIN_HASH_BYTES = 32
+"""A chain hash (``Seal.base``) and a key fingerprint (``Seal.key``): SHA-256."""
+MAX_SIGNATURE_BYTES = 255
+_SEAL_MIN_BYTES = 2 + 1 + 1 + 33 + 33 + 2  # origin, first, last, base, key, signature
+MAX_CERTIFICATE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Seal:
+    """The origin's signature over its records ``first..last`` (see :mod:`..signing`)."""
+
+    origin: str
+    first: int
+    last: int
+    base: bytes
+    """``h(first-1)``: the origin's chain hash before the run."""
+    key: bytes
+    """SHA-256 fingerprint of the certificate whose key signed."""
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        check_region("origin", self.origin)
+        check_int("first", self.first)
+        check_int("last", self.last)
+        if self.last < self.first:
+            refuse(f"a seal's last seq {self.last} is below its first {self.first}")
+        check_bytes("base", self.base, CHAIN_HASH_BYTES)
+        check_bytes("key", self.key, CHAIN_HASH_BYTES)
+        check_bytes("signature", self.signature)
+        if not 0 < len(self.signature) <= MAX_SIGNATURE_BYTES:
+            refuse(f"a seal's signature must be 1 to {MAX_SIGNATURE_BYTES} bytes")
+
+    def write(self, writer: Writer) -> None:
+        writer.text(self.origin)
+        writer.varuint(self.first)
+        writer.varuint(self.last)
+        writer.blob(self.base)
+        writer.blob(self.key)
+        writer.blob(self.signature)
+
+    @classmethod
+    def read(cls, reader: Reader) -> Seal:
+        return cls(
+            reader.text(),
+            reader.varuint(),
+            reader.varuint(),
+            reader.blob(),
+            reader.blob(),
+            reader.blob(),
+        )
+
+
 _FRONTIER_ENTRY_MIN_BYTES = 2 + 1 + 8  # region, seq, hlc
 
 
 @dataclass(frozen=True, slots=True)
 class Records(Message):
-    """A batch of log records pushed to the peer (any origins, in seq order per origin)."""
+    """A batch of log records pushed to the peer (any origins, in seq order per origin),
+    and the origins' seals over them (each record in exactly one seal's run; the
+    receiver checks that, see :func:`..signing.match_seals`)."""
 
     TYPE = 0x10
     records: tuple[UpdateRecord, ...]
+    seals: tuple[Seal, ...] = ()
 
     def __post_init__(self) -> None:
         for record in check_tuple("records", self.records):
             check_record(record)
+        for seal in check_tuple("seals", self.seals):
+            if not isinstance(seal, Seal):
+                refuse(f"seals must be Seal, got {type(seal).__name__}")
 
     def _write(self, writer: Writer) -> None:
         writer.varuint(len(self.records))
@@ -42,11 +118,16 @@ class Records(Message):
             writer.varuint(record.seq)
             writer.blob(record.update)
             writer.varuint(record.kind)
+        writer.varuint(len(self.seals))
+        for seal in self.seals:
+            seal.write(writer)
 
     @classmethod
     def _read(cls, reader: Reader) -> Self:
         count = reader.count(_RECORD_MIN_BYTES)
-        return cls(tuple(_read_record(reader) for _ in range(count)))
+        records = tuple(_read_record(reader) for _ in range(count))
+        seals = tuple(Seal.read(reader) for _ in range(reader.count(_SEAL_MIN_BYTES)))
+        return cls(records, seals)
 
 
 def _read_record(reader: Reader) -> UpdateRecord:
@@ -59,6 +140,32 @@ def _read_record(reader: Reader) -> UpdateRecord:
         update=reader.blob(),
         kind=reader.varuint(),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Certificates(Message):
+    """Region certificates (PEM) the sender's seals are made with, sent before the
+    first ``Records`` that need them; the receiver checks each against the cluster CA."""
+
+    TYPE = 0x15
+    certificates: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        for pem in check_tuple("certificates", self.certificates):
+            check_bytes("certificate", pem)
+            assert isinstance(pem, bytes)
+            if not 0 < len(pem) <= MAX_CERTIFICATE_BYTES:
+                refuse(f"a certificate must be 1 to {MAX_CERTIFICATE_BYTES} bytes")
+
+    def _write(self, writer: Writer) -> None:
+        writer.varuint(len(self.certificates))
+        for pem in self.certificates:
+            writer.blob(pem)
+
+    @classmethod
+    def _read(cls, reader: Reader) -> Self:
+        count = reader.count(2)
+        return cls(tuple(reader.blob() for _ in range(count)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,247 @@
+"""Provenance facet: the stored side of signed records (``chain``, ``keys``, ``conflicts``).
+
+Only storage here, no cryptography (``import crdtdb`` stays light, and the
+keys live with the daemon): ``crdtdb.sync.signing`` computes and checks the
+per-origin hash chain and its seals, ``crdtdb.sync.provenance`` decides what
+to accept; this facet reads and writes their rows (see :mod:`crdtdb.storage`
+for the tables). A chain row of a received record is written by
+``apply_remote_many(..., chain=rows)`` in the transaction that applies it,
+so a record is never held signed without its chain, nor the other way round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .engine import Engine
+from .feed import _LOG_COLUMNS, _record
+from .records import UpdateRecord
+
+__all__ = ["ChainRow", "Chains", "Conflict", "SealedRecord"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChainRow:
+    """One record's place in its origin's chain; ``key``/``sig`` where a run is sealed."""
+
+    origin: str
+    seq: int
+    prev: bytes
+    hash: bytes
+    key: bytes | None = None
+    sig: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SealedRecord:
+    """A log record with its chain row, as :meth:`Chains.chained_from` reads them."""
+
+    record: UpdateRecord
+    chain: ChainRow
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """Evidence of two contents for one ``(origin, seq)``."""
+
+    origin: str
+    seq: int
+    kind: str
+    """``equivocation`` (both signed by the origin), ``forgery`` (the second's signature
+    does not verify: the relay made it) or ``legacy`` (the held one predates signing)."""
+    peer: str
+    held: bytes | None
+    offered: bytes
+    seal: bytes | None
+    refused: int = 1
+    first_ms: int = 0
+    last_ms: int = 0
+
+
+_UPSERT_CHAIN = (
+    "INSERT INTO chain (origin, seq, prev, hash, key, sig) VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (origin, seq) DO UPDATE SET key = coalesce(chain.key, excluded.key),"
+    " sig = coalesce(chain.sig, excluded.sig)"
+)
+_CONFLICT_FIELDS = [
+    "origin",
+    "seq",
+    "kind",
+    "peer",
+    "held",
+    "offered",
+    "seal",
+    "refused",
+    "first_ms",
+    "last_ms",
+]
+
+
+class Chains:
+    """The chain, key and conflict rows of one store."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def _rows(self, query: str, args: Sequence[Any] = ()) -> list[Any]:
+        engine = self._engine
+        with engine.lock:
+            engine.check()
+            return engine.conn.execute(query, args).fetchall()
+
+    # ---------------------------------------------------------------- chain
+
+    def tail(self, origin: str) -> ChainRow | None:
+        """The newest chain row of ``origin`` held here (None: none)."""
+        rows = self._rows(
+            "SELECT origin, seq, prev, hash, key, sig FROM chain WHERE origin = ?"
+            " ORDER BY seq DESC LIMIT 1",
+            (origin,),
+        )
+        return ChainRow(*rows[0]) if rows else None
+
+    def hash_at(self, origin: str, seq: int) -> bytes | None:
+        rows = self._rows("SELECT hash FROM chain WHERE origin = ? AND seq = ?", (origin, seq))
+        return bytes(rows[0][0]) if rows else None
+
+    def unchained(self, origin: str, after_seq: int, limit: int) -> list[UpdateRecord]:
+        """Records of ``origin`` above ``after_seq`` that have no chain row, in seq order."""
+        rows = self._rows(
+            f"SELECT {_LOG_COLUMNS} FROM log WHERE origin = ? AND seq > ? AND NOT EXISTS"
+            " (SELECT 1 FROM chain WHERE chain.origin = log.origin AND chain.seq = log.seq)"
+            " ORDER BY seq LIMIT ?",
+            (origin, after_seq, limit),
+        )
+        return [_record(row) for row in rows]
+
+    def add(self, rows: Sequence[ChainRow]) -> None:
+        """Store chain rows (the origin's own seals), in one write transaction."""
+        engine = self._engine
+        with engine.lock:
+            engine.check_no_tx("sealing records")
+
+            def body() -> tuple[None, list[UpdateRecord]]:
+                self.write_locked(rows)
+                return None, []
+
+            engine.write(body)
+
+    def write_locked(self, rows: Sequence[ChainRow]) -> None:
+        """Store chain rows inside the caller's write transaction."""
+        self._engine.conn.executemany(
+            _UPSERT_CHAIN, [(r.origin, r.seq, r.prev, r.hash, r.key, r.sig) for r in rows]
+        )
+
+    def chained_from(self, origin: str, after_seq: int, limit: int) -> list[SealedRecord]:
+        """Up to ``limit`` records of ``origin`` above ``after_seq`` that have chain rows,
+        in seq order (page by the last one's seq)."""
+        columns = ", ".join(f"log.{c.strip()}" for c in _LOG_COLUMNS.split(","))
+        rows = self._rows(
+            f"SELECT {columns}, chain.prev, chain.hash, chain.key, chain.sig FROM log"
+            " JOIN chain ON chain.origin = log.origin AND chain.seq = log.seq"
+            " WHERE log.origin = ? AND log.seq > ? ORDER BY log.seq LIMIT ?",
+            (origin, after_seq, limit),
+        )
+        out = []
+        for row in rows:
+            record = _record(row[:6])
+            key, sig = row[8], row[9]
+            chain = ChainRow(
+                record.origin,
+                record.seq,
+                bytes(row[6]),
+                bytes(row[7]),
+                None if key is None else bytes(key),
+                None if sig is None else bytes(sig),
+            )
+            out.append(SealedRecord(record, chain))
+        return out
+
+    def held(self, origin: str, low: int, high: int) -> dict[int, tuple[UpdateRecord, bool]]:
+        """Records of ``origin`` with seq in ``low..high`` held here, and whether chained."""
+        columns = ", ".join(f"log.{c.strip()}" for c in _LOG_COLUMNS.split(","))
+        rows = self._rows(
+            f"SELECT {columns}, chain.hash IS NOT NULL FROM log LEFT JOIN chain"
+            " ON chain.origin = log.origin AND chain.seq = log.seq"
+            " WHERE log.origin = ? AND log.seq BETWEEN ? AND ?",
+            (origin, low, high),
+        )
+        return {row[3]: (_record(row[:6]), bool(row[6])) for row in rows}
+
+    def legacy_records(self) -> int:
+        """Log records that predate signing (a migrated schema-3 store) and are unsigned."""
+        rows = self._rows(
+            "SELECT count(*) FROM log WHERE id <= (SELECT coalesce(max(value), 0) FROM meta"
+            " WHERE key = 'legacy_log_id') AND NOT EXISTS (SELECT 1 FROM chain WHERE"
+            " chain.origin = log.origin AND chain.seq = log.seq)"
+        )
+        return int(rows[0][0])
+
+    # ----------------------------------------------------------------- keys
+
+    def certificates(self) -> list[tuple[bytes, str, bytes]]:
+        """Every stored certificate: (fingerprint, region, PEM)."""
+        rows = self._rows("SELECT fingerprint, region, certificate FROM keys ORDER BY added_ms")
+        return [(bytes(f), str(r), bytes(c)) for f, r, c in rows]
+
+    def add_key(self, fingerprint: bytes, region: str, certificate: bytes, now_ms: int) -> None:
+        """Keep a certificate (already verified) under its fingerprint."""
+        engine = self._engine
+        with engine.lock:
+            engine.check_no_tx("storing a key")
+
+            def body() -> tuple[None, list[UpdateRecord]]:
+                engine.conn.execute(
+                    "INSERT OR IGNORE INTO keys (fingerprint, region, certificate, added_ms)"
+                    " VALUES (?, ?, ?, ?)",
+                    (fingerprint, region, certificate, now_ms),
+                )
+                return None, []
+
+            engine.write(body)
+
+    # ------------------------------------------------------------ conflicts
+
+    def note_conflict(self, conflict: Conflict, now_ms: int) -> None:
+        """Keep the evidence (or count it again if it is already kept)."""
+        engine = self._engine
+        c = conflict
+        with engine.lock:
+            engine.check_no_tx("keeping evidence")
+
+            def body() -> tuple[None, list[UpdateRecord]]:
+                engine.conn.execute(
+                    "INSERT INTO conflicts (origin, seq, kind, peer, held, offered, seal,"
+                    " refused, first_ms, last_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?8, ?8)"
+                    " ON CONFLICT (origin, seq, kind, peer) DO UPDATE SET"
+                    " refused = refused + 1, last_ms = ?8",
+                    (c.origin, c.seq, c.kind, c.peer, c.held, c.offered, c.seal, now_ms),
+                )
+                return None, []
+
+            engine.write(body)
+
+    def conflicts(self) -> list[Conflict]:
+        """Every conflict kept, newest first."""
+        rows = self._rows(
+            f"SELECT {', '.join(_CONFLICT_FIELDS)} FROM conflicts ORDER BY last_ms DESC"
+        )
+        return [Conflict(*row) for row in rows]
+
+    def summary(self) -> dict[str, Any]:
+        """For ``Database.info()``: conflicts by kind, flagged origins, unsigned records."""
+        by_kind = dict(self._rows("SELECT kind, count(*) FROM conflicts GROUP BY kind"))
+        flagged = [
+            row[0]
+            for row in self._rows(
+                "SELECT DISTINCT origin FROM conflicts WHERE kind = 'equivocation' ORDER BY 1"
+            )
+        ]
+        return {
+            "conflicts": by_kind,
+            "equivocating_origins": flagged,
+            "legacy_records": self.legacy_records(),
+            "keys": len(self._rows("SELECT 1 FROM keys")),
+        }

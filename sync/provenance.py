@@ -1,0 +1,375 @@
+"""Which records a daemon accepts as its origin's, and how it seals and relays its own.
+
+:mod:`.signing` is the pure chain-and-seal logic; this module applies it to
+a store (``crdtdb.chains`` rows) with the daemon's key and the cluster CA:
+
+- **Sealing.** :meth:`Provenance.seal_own` extends this region's chain over
+  the records its applications committed since (they do not hold the key),
+  one signature per run; the node calls it on the writer thread whenever
+  the log grows, before it wakes the sessions, so signing is never on the
+  per-record path. A session sends only sealed records.
+- **Relaying.** :meth:`Provenance.runs_from` reads what a peer lacks as
+  sealed runs: from the first chained record after what the peer holds
+  (its base is that record's ``prev``) to a seal point, whole runs up to
+  the batch size. Records without chain rows (legacy ones of other origins,
+  see :mod:`crdtdb.storage`) are never relayed: no one could check them.
+- **Keys.** A seal names its key by certificate fingerprint. Certificates
+  come in ``Certificates`` messages from whichever peer relays; each is
+  checked against the cluster CA (:func:`.cert_verify.verify_region_certificate`)
+  and kept in ``keys``; a seal whose key is another region's is a forgery.
+- **Checking a batch** (:meth:`Provenance.check`, on the writer thread,
+  before anything of it is applied): every record in exactly one seal's run,
+  every run's signature good, its base agreeing with the chain hash held
+  before it, and every record already held the same as the one held. Then:
+
+  ========================================  ===============================  =========
+  what came                                 what it is                       evidence
+  ========================================  ===============================  =========
+  bad signature, or another region's key    ``bad_record_signature``:        forgery
+                                            the relay made it up
+  good signature, a held record differs     ``equivocation``: only the       equivocation
+  (or the base differs from the held hash)  origin's key signs; flagged
+  good signature, differs from a *legacy*   the held one predates signing    legacy
+  held record (no chain row)                (maybe a forgery of old): kept,
+                                            the new one skipped, no refusal
+  ========================================  ===============================  =========
+
+  A refusal closes the session that sent the batch, and nothing of the
+  batch is applied; evidence (both records' canonical bytes, the seal, the
+  relaying peer, when, how often) goes in ``conflicts``; ``crdtdb status``
+  and the metrics count it.
+
+**Anti-entropy repairs** (not signed by their authors' keys yet): a
+document repaired by anti-entropy is committed as a record of the
+*repairing* region (kind ``REPAIR``) and sealed with that region's key like
+its own edits, so its provenance is "this region vouches for this state
+diff", not "the author wrote it". What a malicious certified region can
+still do through repairs: put content of its choosing into documents, under
+its *own* name (a repair it seals) or through the state diffs it answers in
+a round, which the receiver commits as its own repair; it cannot make that
+content appear as another region's signed record. Signing diffs per item
+author would need Yjs items to carry their author's signature, which they
+do not.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from crdtdb.chains import ChainRow, Conflict
+from crdtdb.database import Database
+from crdtdb.errors import CrdtdbError
+from crdtdb.records import UpdateRecord
+
+from . import wire
+from .cert_verify import PeerAuthError, verify_region_certificate
+from .signing import (
+    GENESIS,
+    SEAL_RECORDS,
+    BadRecordSignatureError,
+    EquivocationError,
+    Signer,
+    UnknownKeyError,
+    chain_hashes,
+    fingerprint,
+    match_seals,
+    record_bytes,
+    split_runs,
+    verify_run,
+)
+
+__all__ = ["Provenance"]
+
+log = logging.getLogger("crdtdb.sync")
+
+SEAL_PAGE = 4096
+"""Own records sealed per store transaction, at most."""
+
+
+def _seal_bytes(seal: wire.Seal) -> bytes:
+    """A seal as evidence: enough to verify it again."""
+    return b"".join(
+        (
+            seal.first.to_bytes(8, "big"),
+            seal.last.to_bytes(8, "big"),
+            seal.base,
+            seal.key,
+            seal.signature,
+        )
+    )
+
+
+class Provenance:
+    """One region's signer and verifier of records, over its store."""
+
+    def __init__(
+        self,
+        store: Database,
+        ca_pem: bytes,
+        signer: Signer,
+        clock_ms: Callable[[], int] | None = None,
+    ) -> None:
+        self.store = store
+        self.region = store.region
+        self._ca = ca_pem
+        self.signer = signer
+        self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+        self._keys: dict[bytes, tuple[str, ec.EllipticCurvePublicKey]] = {}
+        self._pems: dict[bytes, bytes] = {}
+        self.sealed = 0
+        """Own records sealed by this process."""
+        self.seals_made = 0
+        self.runs_verified = 0
+
+    def start(self) -> None:
+        """Keep this region's own certificate, and load the keys held (writer thread)."""
+        self.store.chains.add_key(
+            self.signer.fingerprint, self.region, self.signer.certificate, self._clock_ms()
+        )
+        for fpr, _, pem in self.store.chains.certificates():
+            self._learn(fpr, pem)
+
+    # ------------------------------------------------------------------ keys
+
+    def _learn(self, fpr: bytes, pem: bytes) -> str:
+        region, key = verify_region_certificate(self._ca, pem)
+        self._keys[fpr] = (region, key)
+        self._pems[fpr] = pem
+        return region
+
+    def note_certificates(self, pems: Sequence[bytes]) -> None:
+        """Check certificates a peer sent against the CA and keep them (writer thread)."""
+        for pem in pems:
+            try:
+                fpr = fingerprint(pem)
+            except ValueError:
+                raise PeerAuthError("a certificate sent for seals is not PEM") from None
+            if fpr in self._keys:
+                continue
+            region = self._learn(fpr, pem)
+            self.store.chains.add_key(fpr, region, pem, self._clock_ms())
+
+    def certificate(self, fpr: bytes) -> bytes | None:
+        """The certificate (PEM) with this fingerprint, if held."""
+        pem = self._pems.get(fpr)
+        if pem is None:
+            for held, _, stored in self.store.chains.certificates():
+                if held == fpr:
+                    self._learn(held, stored)
+                    return stored
+        return pem
+
+    # --------------------------------------------------------------- sealing
+
+    def seal_own(self) -> int:
+        """Seal this region's records committed since the last call; return how many."""
+        total = 0
+        while True:
+            tail = self.store.chains.tail(self.region)
+            records = self.store.chains.unchained(self.region, tail.seq if tail else 0, SEAL_PAGE)
+            if not records:
+                return total
+            base = tail.hash if tail is not None and records[0].seq == tail.seq + 1 else GENESIS
+            contiguous = [records[0]]
+            for record in records[1:]:
+                if record.seq != contiguous[-1].seq + 1:
+                    break
+                contiguous.append(record)
+            rows: list[ChainRow] = []
+            for run in split_runs(contiguous):
+                hashes, seal = self.signer.seal(base, run)
+                rows.extend(_rows(seal, run, hashes))
+                base = hashes[-1]
+                self.seals_made += 1
+            self.store.chains.add(rows)
+            total += len(rows)
+            self.sealed += len(rows)
+            if len(records) < SEAL_PAGE and len(contiguous) == len(records):
+                return total
+
+    # -------------------------------------------------------------- relaying
+
+    def runs_from(
+        self, origin: str, after_seq: int, limit: int
+    ) -> list[tuple[wire.Seal, list[UpdateRecord]]]:
+        """Sealed runs of ``origin`` above ``after_seq``: about ``limit`` records, whole runs."""
+        runs: list[tuple[wire.Seal, list[UpdateRecord]]] = []
+        current: list[UpdateRecord] = []
+        base = GENESIS
+        count = 0
+        cursor = after_seq
+        while count < limit:
+            page = self.store.chains.chained_from(origin, cursor, limit + SEAL_RECORDS)
+            for item in page:
+                record, chain = item.record, item.chain
+                if current and record.seq != current[-1].seq + 1:
+                    current = []  # a gap: what came before it has no seal after it
+                if not current:
+                    base = chain.prev
+                current.append(record)
+                if chain.key is not None and chain.sig is not None:
+                    first = current[0].seq
+                    seal = wire.Seal(origin, first, record.seq, base, chain.key, chain.sig)
+                    runs.append((seal, current))
+                    count += len(current)
+                    current = []
+                    if count >= limit:
+                        break
+            if len(page) < limit + SEAL_RECORDS:
+                break
+            cursor = page[-1].record.seq
+        return runs
+
+    # -------------------------------------------------------------- checking
+
+    def _key(self, fpr: bytes) -> tuple[str, ec.EllipticCurvePublicKey]:
+        known = self._keys.get(fpr)
+        if known is None and self.certificate(fpr) is not None:
+            known = self._keys.get(fpr)
+        if known is None:
+            raise UnknownKeyError(
+                f"refused records: sealed with key {fpr.hex()[:16]}, whose certificate the"
+                " peer never sent (it must send Certificates before the Records they seal)"
+            )
+        return known
+
+    def check(
+        self, records: Sequence[UpdateRecord], seals: Sequence[wire.Seal], peer: str
+    ) -> tuple[list[UpdateRecord], list[ChainRow]]:
+        """The records to apply and their chain rows; raise to refuse the batch."""
+        out: list[UpdateRecord] = []
+        rows: list[ChainRow] = []
+        for seal, run in match_seals(records, seals):
+            hashes, problem = self._verify(seal, run)
+            skip = self._compare_held(seal, run, problem, peer)
+            if problem is not None:
+                self._note("forgery", seal, run[-1], None, peer)
+                raise problem
+            self._check_base(seal, run, peer)
+            self.runs_verified += 1
+            for row, record in zip(_rows(seal, run, hashes), run, strict=True):
+                if record.seq not in skip:
+                    rows.append(row)
+                    out.append(record)
+        return out, rows
+
+    def _verify(
+        self, seal: wire.Seal, run: list[UpdateRecord]
+    ) -> tuple[list[bytes], BadRecordSignatureError | None]:
+        region, key = self._key(seal.key)
+        if region != seal.origin:
+            return chain_hashes(seal.base, run), BadRecordSignatureError(
+                f"refused records {seal.origin}#{seal.first}..{seal.last}: sealed with"
+                f" {region}'s key, not {seal.origin}'s: a region may relay another's records,"
+                " never sign them"
+            )
+        try:
+            return verify_run(seal, run, key), None
+        except BadRecordSignatureError as exc:
+            return chain_hashes(seal.base, run), exc
+
+    def _compare_held(
+        self,
+        seal: wire.Seal,
+        run: list[UpdateRecord],
+        problem: BadRecordSignatureError | None,
+        peer: str,
+    ) -> set[int]:
+        """Compare with what is held; return the seqs to skip (legacy clashes)."""
+        held = self.store.chains.held(seal.origin, seal.first, seal.last)
+        skip: set[int] = set()
+        for record in run:
+            mine = held.get(record.seq)
+            if mine is None:
+                continue
+            ours, signed = mine
+            if record_bytes(ours) == record_bytes(record):
+                continue
+            if problem is not None:
+                self._note("forgery", seal, record, ours, peer)
+                raise BadRecordSignatureError(
+                    f"{problem} It also contradicts {record.origin}#{record.seq} as held here;"
+                    f" kept as evidence of forgery by {peer}"
+                )
+            if not signed:
+                self._note("legacy", seal, record, ours, peer)
+                log.warning(
+                    "%s: %s#%d from %s is signed by %s but differs from the unsigned record"
+                    " held since before signing; kept the held one, evidence in conflicts",
+                    self.region,
+                    record.origin,
+                    record.seq,
+                    peer,
+                    record.origin,
+                    extra={"event": "legacy_conflict", "peer": peer},
+                )
+                skip.add(record.seq)
+                continue
+            self._note("equivocation", seal, record, ours, peer)
+            raise EquivocationError(
+                f"refused record {record.origin}#{record.seq} relayed by {peer}: {record.origin}"
+                f" signed two different records with this number (both kept as evidence);"
+                f" {record.origin} is flagged: check that region, and remove it if its key is"
+                " compromised"
+            )
+        return skip
+
+    def _check_base(self, seal: wire.Seal, run: list[UpdateRecord], peer: str) -> None:
+        if seal.first == 1:
+            held = GENESIS if seal.base == GENESIS else None
+        else:
+            held = self.store.chains.hash_at(seal.origin, seal.first - 1)
+        if held is None or held == seal.base:
+            return
+        self._note("equivocation", seal, run[0], None, peer)
+        raise EquivocationError(
+            f"refused records {seal.origin}#{seal.first}..{seal.last} relayed by {peer}: they"
+            f" continue a chain of {seal.origin} other than the one held here (a fork: two"
+            f" histories signed by {seal.origin}, both kept as evidence); {seal.origin} is"
+            " flagged"
+        )
+
+    def _note(
+        self,
+        kind: str,
+        seal: wire.Seal,
+        offered: UpdateRecord,
+        held: UpdateRecord | None,
+        peer: str,
+    ) -> None:
+        conflict = Conflict(
+            origin=seal.origin,
+            seq=offered.seq,
+            kind=kind,
+            peer=peer,
+            held=None if held is None else record_bytes(held),
+            offered=record_bytes(offered),
+            seal=_seal_bytes(seal),
+        )
+        try:
+            self.store.chains.note_conflict(conflict, self._clock_ms())
+        except CrdtdbError as exc:
+            log.error("%s: could not keep the evidence of a %s: %s", self.region, kind, exc)
+
+
+def _rows(seal: wire.Seal, run: Sequence[UpdateRecord], hashes: list[bytes]) -> list[ChainRow]:
+    rows = []
+    prev = seal.base
+    for i, (record, head) in enumerate(zip(run, hashes, strict=True)):
+        last = i == len(run) - 1
+        rows.append(
+            ChainRow(
+                record.origin,
+                record.seq,
+                prev,
+                head,
+                seal.key if last else None,
+                seal.signature if last else None,
+            )
+        )
+        prev = head
+    return rows
