@@ -230,8 +230,9 @@ class Chains:
         )
         return [Conflict(*row) for row in rows]
 
-    def summary(self) -> dict[str, Any]:
-        """For ``Database.info()``: conflicts by kind, flagged origins, unsigned records."""
+    def summary(self, *, count_legacy: bool = True) -> dict[str, Any]:
+        """For ``Database.info()``: conflicts by kind, flagged origins, unsigned records
+        (``count_legacy=False``: do not count them, which reads the whole log)."""
         by_kind = dict(self._rows("SELECT kind, count(*) FROM conflicts GROUP BY kind"))
         flagged = [
             row[0]
@@ -242,6 +243,6 @@ class Chains:
         return {
             "conflicts": by_kind,
             "equivocating_origins": flagged,
-            "legacy_records": self.legacy_records(),
+            "legacy_records": self.legacy_records() if count_legacy else None,
             "keys": len(self._rows("SELECT 1 FROM keys")),
         }

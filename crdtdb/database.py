@@ -314,6 +314,7 @@ class Database(Replica):
                 "file_bytes": page_size * pages,
                 "cached_documents": len(engine.cache),
                 "clients": engine.clients.summary(),
+                "provenance": self.chains.summary(),
                 "updates_waiting": engine.cache.waiting(),
                 "updates_reapplied": engine.apply_stats.reapplied,
             }

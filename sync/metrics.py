@@ -51,7 +51,7 @@ daemon imports it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -108,6 +108,19 @@ class Metrics(Observer):
             "crdtdb_store_write_failures",
             "Sync sessions closed because this region's store refused a write, by reason",
             ("reason",),
+        )
+        self.conflicts = Gauge(
+            "crdtdb_record_conflicts",
+            "Records kept as evidence of two contents for one (origin, seq), by kind"
+            " (equivocation: the origin signed both; forgery: a relay's; legacy)",
+            ("kind",),
+            registry=self.registry,
+        )
+        self.equivocating = Gauge(
+            "crdtdb_equivocating_origin",
+            "1 for an origin that signed two different records with one seq",
+            ("origin",),
+            registry=self.registry,
         )
         self.wal_bytes = Gauge(
             "crdtdb_wal_bytes", "Size of the store's write-ahead log", registry=self.registry
@@ -181,6 +194,12 @@ class Metrics(Observer):
         self.clock_fenced.set(1 if fenced else 0)
         for peer, offset in offsets.items():
             self.clock_offset.labels(peer).set(offset)
+
+    def evidence(self, conflicts: Mapping[str, int], equivocating: Sequence[str]) -> None:
+        for kind in ("equivocation", "forgery", "legacy", *conflicts):
+            self.conflicts.labels(kind).set(conflicts.get(kind, 0))
+        for origin in equivocating:
+            self.equivocating.labels(origin).set(1)
 
 
 Health = Callable[[], str | None]

@@ -590,6 +590,8 @@ class Replicator(MembershipChores):
                 wal_bytes = 0
             frontier_age = time.time() - self.db.frontier().wall_ms / 1000
             self.observer.gauges(frontier_age=max(0.0, frontier_age), wal_bytes=wal_bytes)
+            evidence = self.db.chains.summary(count_legacy=False)
+            self.observer.evidence(evidence["conflicts"], evidence["equivocating_origins"])
             self._log_caught_up()
         except CrdtdbError as exc:
             log.warning("%s: cannot read the store for metrics: %s", self.region, exc)

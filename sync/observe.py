@@ -8,7 +8,7 @@ nothing, and the replicator never imports a metrics library
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 __all__ = ["Observer"]
 
@@ -47,3 +47,7 @@ class Observer:
     def clock(self, fenced: bool, offsets: dict[str, float]) -> None:
         """Each heartbeat: whether the clock fence holds, and per peer heard from recently
         its clock minus ours in seconds (see :mod:`.clockwatch`)."""
+
+    def evidence(self, conflicts: Mapping[str, int], equivocating: Sequence[str]) -> None:
+        """Records refused as evidence, by kind (``equivocation``, ``forgery``, ``legacy``),
+        and the origins flagged for equivocation; about once a second."""

@@ -112,6 +112,7 @@ def status_report(
         },
         "peers": entries,
         "clock": clock,
+        "provenance": db.chains.summary(count_legacy=False),
     }
 
 

@@ -164,6 +164,19 @@ def _print_text(status: dict[str, Any], now: float, down: str | None) -> None:
     members = status.get("members") or []
     if members:
         print("members: " + ", ".join(f"{m['region']} {m['state'] or '?'}" for m in members))
+    if line := evidence_line(status.get("provenance") or {}):
+        print(line)
+
+
+def evidence_line(provenance: dict[str, Any]) -> str | None:
+    """The line on refused records kept as evidence (None: there are none)."""
+    conflicts = provenance.get("conflicts") or {}
+    if not conflicts:
+        return None
+    kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(conflicts.items()))
+    flagged = provenance.get("equivocating_origins") or []
+    blame = f"; EQUIVOCATING origins: {', '.join(flagged)}" if flagged else ""
+    return f"record evidence: {kinds} (kept in the store's conflicts table){blame}"
 
 
 def show_status(

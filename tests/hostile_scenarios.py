@@ -12,12 +12,15 @@ import contextlib
 import logging
 import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.hashes import SHA256
 
 import crdtdb
 from crdtdb import membership
@@ -26,6 +29,7 @@ from crdtdb.sync import wire
 from crdtdb.sync.certs import sign_challenge
 from crdtdb.sync.config import PeerConfig
 from crdtdb.sync.node import Replicator
+from crdtdb.sync.signing import GENESIS, chain_hashes, fingerprint, seal_payload
 
 from .harness.config import region_config
 from .harness.wait import wait_for
@@ -203,3 +207,32 @@ async def authenticate_as_eu(client: HostileProtocol, certs: Path) -> None:
     signature = proof((certs / "eu.key").read_bytes(), server_hello, nonce)
     client.send(wire.Auth("eu", (certs / "eu.pem").read_bytes(), signature))
     await client.expect(wire.AuthOk)
+
+
+async def authenticate_as(client: HostileProtocol, certs: Path, region: str) -> None:
+    """A correct handshake as ``region``, with its own certificate and key."""
+    server_hello, nonce = await say_hello(client, region)
+    signature = proof((certs / f"{region}.key").read_bytes(), server_hello, nonce, region)
+    client.send(wire.Auth(region, (certs / f"{region}.pem").read_bytes(), signature))
+    await client.expect(wire.AuthOk)
+
+
+def sealed(
+    records: Sequence[UpdateRecord],
+    certs: Path,
+    signer: str | None = None,
+    *,
+    base: bytes = GENESIS,
+) -> tuple[wire.Certificates, wire.Records]:
+    """``records`` (one origin's, consecutive) sealed as one run with ``signer``'s key
+    (by default their origin's: genuine), and the certificate that goes before them."""
+    origin = records[0].origin
+    name = signer or origin
+    cert, key = (certs / f"{name}.pem").read_bytes(), (certs / f"{name}.key").read_bytes()
+    hashes = chain_hashes(base, records)
+    private = serialization.load_pem_private_key(key, password=None)
+    assert isinstance(private, ec.EllipticCurvePrivateKey)
+    last = records[-1].seq
+    signature = private.sign(seal_payload(origin, last, hashes[-1]), ec.ECDSA(SHA256()))
+    seal = wire.Seal(origin, records[0].seq, last, base, fingerprint(cert), signature)
+    return wire.Certificates((cert,)), wire.Records(tuple(records), (seal,))

@@ -173,7 +173,7 @@ def test_oversized_frame_is_refused_after_its_header(
 # ------------------------------------------------------ 4. protocol version
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 5, 0xFFFFFFFF])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 6, 0xFFFFFFFF])
 def test_unsupported_protocol_version_is_refused(
     tmp_path: Path, certs: Path, caplog: pytest.LogCaptureFixture, version: int
 ) -> None:
@@ -184,6 +184,7 @@ def test_unsupported_protocol_version_is_refused(
             client.send(wire.Hello(version, "eu", random.randbytes(wire.NONCE_BYTES)))
             error = await client.expect_refusal("bad_version")
             assert f"protocol version {version}" in error.message
+            assert f"this node speaks {wire.PROTOCOL_VERSION}" in error.message
         # The version is checked before the region is taken, so the line says "?"; the
         # claimed region is in the reason.
         await assert_refusal_logged(

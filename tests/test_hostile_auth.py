@@ -35,6 +35,7 @@ from .hostile_scenarios import (
     run_attack,
     running_us,
     say_hello,
+    sealed,
 )
 
 pytestmark = pytest.mark.integration
@@ -114,7 +115,8 @@ def test_authenticated_peer_sending_undecodable_update_is_refused(
     async def attack(us: Us) -> None:
         async with hostile_connection(us.port, us.ca) as client:
             await authenticate_as_eu(client, certs)
-            client.send(wire.Records((record,)))
+            for message in sealed([record], certs):  # signed by eu: the store refuses it
+                client.send(message)
             error = await client.expect_refusal("invalid_update")
             assert "eu#1" in error.message
         await assert_refusal_logged(
@@ -137,7 +139,8 @@ def test_authenticated_peer_sending_future_hlc_is_refused(
         hlc_before = us.db.hlc
         async with hostile_connection(us.port, us.ca) as client:
             await authenticate_as_eu(client, certs)
-            client.send(wire.Records((record,)))
+            for message in sealed([record], certs):
+                client.send(message)
             await client.expect_refusal("clock_skew")
         await assert_refusal_logged(caplog, "eu", "clock_skew: ", f"remote HLC {hour_ahead}")
         assert us.db.get(record.doc_id) is None
