@@ -67,6 +67,7 @@ from crdtdb.records import UpdateRecord
 
 from . import wire
 from .cert_verify import PeerAuthError, verify_region_certificate
+from .errors import LocalProtocolError
 from .signing import (
     GENESIS,
     SEAL_RECORDS,
@@ -162,6 +163,18 @@ class Provenance:
                     self._learn(held, stored)
                     return stored
         return pem
+
+    def certificates(self, fprs: Sequence[bytes]) -> tuple[bytes, ...]:
+        """The certificates (PEM) of these keys, to send before the seals they made."""
+        pems = []
+        for fpr in fprs:
+            pem = self.certificate(fpr)
+            if pem is None:
+                raise LocalProtocolError(
+                    f"no certificate held for seal key {fpr.hex()[:16]}", code="unknown_key"
+                )
+            pems.append(pem)
+        return tuple(pems)
 
     # --------------------------------------------------------------- sealing
 

@@ -40,14 +40,11 @@ Design rules:
   comes in any order (a CRDT does not mind; the store keeps the contiguous
   seq per origin apart from the highest one), and accepts only ``Records``
   and ``Diffs`` on a bulk lane, and only once the handshake is done.
-- **Signed records.** With a :class:`~.store.SealedLog` (the daemon's), the
-  session sends each origin's records as sealed runs (whole runs, ending
-  at a seal point), each ``Records`` message carrying its runs' seals, and
-  sends the certificate of every key those seals name (``Certificates``)
-  once per session before the first ``Records`` that needs it. What comes
-  in goes to the writer with its seals, checked there before anything is
-  applied (:mod:`.provenance`). Without one (sessions wired in memory in
-  tests), records go unsealed and are taken as they come.
+- **Signed records.** With a :class:`~.store.SealedLog` (the daemon's),
+  records go as whole sealed runs with their seals, after the certificates
+  of the seals' keys (once per session); what comes in is checked by the
+  writer before it is applied (:mod:`.provenance`). Without one (in-memory
+  tests) records go unsealed and are taken as they come.
 - **Blame.** Anything malformed from the peer closes the session with an
   ``Error`` message naming the problem; nothing it sent is applied after
   that. A record the store refuses (bad update bytes, clock skew) is
@@ -68,6 +65,7 @@ from crdtdb.records import UpdateRecord
 
 from . import wire
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from .packing import Run, pack
 from .rounds import CHUNK_BYTES, ROUND_MESSAGES, AntiEntropy, AntiEntropyDone
 from .store import (
     ApplyDiffs,
@@ -491,7 +489,7 @@ class SyncSession:
                         runs = self.sealed.runs_from(origin, after, self.options.batch_records)
                         if not runs:
                             break
-                        self._send_runs(runs)
+                        self._send_runs(list(runs))
                         self._sent_through[origin] = runs[-1][0].last
                         continue
                     records = self.store.records_from(origin, after, self.options.batch_records)
@@ -506,67 +504,30 @@ class SyncSession:
             self._fail(exc.code, str(exc), exc)
 
     def _send_records(self, records: list[UpdateRecord]) -> None:
-        """Records in messages of about CHUNK_BYTES; a large one alone on a bulk lane."""
-        self.records_out += len(records)
-        batch: list[UpdateRecord] = []
-        size = 0
-        for record in records:
-            if len(record.update) >= self.options.large_bytes:
-                self._send_bulk(wire.Records((record,)), record.doc_id)
-                self._unacked += 1
-                continue
-            if batch and size + len(record.update) > CHUNK_BYTES:
-                self._send(wire.Records(tuple(batch)))
-                self._unacked += 1
-                batch, size = [], 0
-            batch.append(record)
-            size += len(record.update)
-        if batch:
-            self._send(wire.Records(tuple(batch)))
+        """Unsealed records (no signing in this session), each a run of its own."""
+        self._send_runs([(None, [record]) for record in records])
+
+    def _send_runs(self, runs: list[Run]) -> None:
+        """Runs in messages of about CHUNK_BYTES (see :mod:`.packing`), after the
+        certificates of their seals' keys."""
+        keys = {seal.key for seal, _ in runs if seal is not None}
+        if keys:
+            self._send_certificates(keys)
+        self.records_out += sum(len(run) for _, run in runs)
+        packed = pack(runs, large_bytes=self.options.large_bytes, chunk_bytes=CHUNK_BYTES)
+        for message, bulk_doc in packed:
+            if bulk_doc is None:
+                self._send(message)
+            else:
+                self._send_bulk(message, bulk_doc)
             self._unacked += 1
-
-    def _send_runs(self, runs: list[tuple[wire.Seal, list[UpdateRecord]]]) -> None:
-        """Sealed runs, whole, in messages of about CHUNK_BYTES; a run holding a large
-        record alone on a bulk lane (the origin seals a large record as a run of its own)."""
-        assert self.sealed is not None
-        self._send_certificates({seal.key for seal, _ in runs})
-        batch: list[tuple[wire.Seal, list[UpdateRecord]]] = []
-        size = 0
-        for seal, run in runs:
-            self.records_out += len(run)
-            run_bytes = sum(len(record.update) for record in run)
-            large = next((r for r in run if len(r.update) >= self.options.large_bytes), None)
-            if large is not None:
-                self._send_bulk(wire.Records(tuple(run), (seal,)), large.doc_id)
-                self._unacked += 1
-                continue
-            if batch and size + run_bytes > CHUNK_BYTES:
-                self._send_sealed(batch)
-                batch, size = [], 0
-            batch.append((seal, run))
-            size += run_bytes
-        if batch:
-            self._send_sealed(batch)
-
-    def _send_sealed(self, batch: list[tuple[wire.Seal, list[UpdateRecord]]]) -> None:
-        records = tuple(record for _, run in batch for record in run)
-        self._send(wire.Records(records, tuple(seal for seal, _ in batch)))
-        self._unacked += 1
 
     def _send_certificates(self, keys: set[bytes]) -> None:
         """The certificates of ``keys`` the peer has not had from us in this session."""
-        assert self.sealed is not None
-        pems = []
-        for key in sorted(keys - self._certificates_sent):
-            pem = self.sealed.certificate(key)
-            if pem is None:
-                raise LocalProtocolError(
-                    f"no certificate held for seal key {key.hex()[:16]}", code="unknown_key"
-                )
-            pems.append(pem)
-            self._certificates_sent.add(key)
-        if pems:
-            self._send(wire.Certificates(tuple(pems)))
+        new = keys - self._certificates_sent
+        if new and self.sealed is not None:
+            self._send(wire.Certificates(self.sealed.certificates(sorted(new))))
+            self._certificates_sent |= new
 
     # ---------------------------------------------------------- anti-entropy
 

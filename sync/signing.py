@@ -203,6 +203,8 @@ class Signer:
 
     def seal(self, base: bytes, run: Sequence[UpdateRecord]) -> tuple[list[bytes], Seal]:
         """The chain hashes of ``run`` (consecutive own records after ``base``) and its seal."""
+        if not run:
+            raise UsageError("there is no run to seal: pass one record or more")
         hashes_ = chain_hashes(base, run)
         last = run[-1].seq
         signature = self._key.sign(seal_payload(self.region, last, hashes_[-1]), _ECDSA)

@@ -21,6 +21,7 @@ from typing import Any
 from pycrdt import Doc, Map
 
 from crdtdb import merkle
+from crdtdb.chains import ChainRow
 from crdtdb.errors import InvalidUpdateError
 from crdtdb.hlc import Hlc
 from crdtdb.records import REPAIR, WRITE, UpdateRecord
@@ -151,7 +152,8 @@ class FakeStore:
     def progress(self) -> dict[str, tuple[int, int, Hlc]]:
         return {o: (top, run, Hlc(hlc)) for o, (top, run, hlc) in self._origins.items()}
 
-    def apply_remote_many(self, records: list[UpdateRecord]) -> int:
+    def apply_remote_many(self, records: list[UpdateRecord], chain: Sequence[ChainRow] = ()) -> int:
+        del chain  # signed records are checked against real stores (test_signing_store.py)
         for record in records:
             record.validated()
         fresh: dict[tuple[str, int], UpdateRecord] = {}

@@ -241,9 +241,9 @@ def test_the_writer_performs_a_batch_on_its_own_thread() -> None:
     threads: list[str] = []
 
     class Watched(FakeStore):
-        def apply_remote_many(self, records: Any) -> int:
+        def apply_remote_many(self, records: Any, chain: Any = ()) -> int:
             threads.append(threading.current_thread().name)
-            return super().apply_remote_many(records)
+            return super().apply_remote_many(records, chain)
 
     store = Watched("us")
     done: list[tuple[str, Outcome, str]] = []
