@@ -241,3 +241,18 @@ def test_certificates_are_kept_by_fingerprint(
     assert (signer(certs, "us").fingerprint, "us") in held  # its own, from start()
     assert isinstance(eu.certificates([signer(certs, "eu").fingerprint])[0], bytes)
     assert wire.Certificates((pem,)).certificates == (pem,)
+
+
+def test_evidence_is_exported_as_metrics_and_a_status_line() -> None:
+    from crdtdb.sync.metrics import Metrics
+    from crdtdb.sync.status import evidence_line
+
+    metrics = Metrics()
+    metrics.evidence({"forgery": 2, "equivocation": 1}, ["eu"])
+    value = metrics.registry.get_sample_value
+    assert value("crdtdb_record_conflicts", {"kind": "forgery"}) == 2
+    assert value("crdtdb_record_conflicts", {"kind": "legacy"}) == 0
+    assert value("crdtdb_equivocating_origin", {"origin": "eu"}) == 1
+    assert evidence_line({"conflicts": {}}) is None
+    line = evidence_line({"conflicts": {"forgery": 2}, "equivocating_origins": []})
+    assert line == "record evidence: forgery 2 (kept in the store's conflicts table)"
