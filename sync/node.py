@@ -398,7 +398,10 @@ class Replicator(MembershipChores):
         )
         self.housekeeping.store_ok_at = time.monotonic()
         self.cluster.start(self.port)  # before counting commits: its own are not news
-        await self.writer.call(self.provenance.start)
+        try:
+            await self.writer.call(self.provenance.start)
+        except CrdtdbError as exc:  # the heartbeat reports a store that cannot be written
+            log.warning("%s: cannot store this region's certificate yet: %s", self.region, exc)
         await self._seal_own()
         self._own_seq = self._commits()
         for peer in self.config.peers:

@@ -127,12 +127,20 @@ class Provenance:
         self.runs_verified = 0
 
     def start(self) -> None:
-        """Keep this region's own certificate, and load the keys held (writer thread)."""
+        """Keep this region's own certificate, and load the keys held (writer thread).
+
+        The own key is known in memory first, so that a store that cannot be
+        written right now (a full disk) does not keep its seals from being sent.
+        """
+        self._learn(self.signer.fingerprint, self.signer.certificate)
+        for fpr, region, pem in self.store.chains.certificates():
+            try:
+                self._learn(fpr, pem)
+            except PeerAuthError as exc:  # say, kept under a CA the cluster no longer uses
+                log.warning("%s: a stored key of %s is not used: %s", self.region, region, exc)
         self.store.chains.add_key(
             self.signer.fingerprint, self.region, self.signer.certificate, self._clock_ms()
         )
-        for fpr, _, pem in self.store.chains.certificates():
-            self._learn(fpr, pem)
 
     # ------------------------------------------------------------------ keys
 
