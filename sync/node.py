@@ -398,11 +398,7 @@ class Replicator(MembershipChores):
         )
         self.housekeeping.store_ok_at = time.monotonic()
         self.cluster.start(self.port)  # before counting commits: its own are not news
-        try:
-            await self.writer.call(self.provenance.start)
-        except CrdtdbError as exc:  # the heartbeat reports a store that cannot be written
-            log.warning("%s: cannot store this region's certificate yet: %s", self.region, exc)
-        await self._seal_own()
+        await self.provenance.started(self.writer.call)
         self._own_seq = self._commits()
         for peer in self.config.peers:
             self.observer.peer_up(peer.region, False)
@@ -519,20 +515,13 @@ class Replicator(MembershipChores):
         try:
             async for _ in watcher.changes():
                 self.housekeeping.log_grew(asyncio.get_running_loop().time())
-                await self._seal_own()
+                await self.provenance.sealed_on(self.writer.call)
                 for protocol in list(self.protocols):
                     if protocol.session is not None:
                         protocol.session.local_changed()
                         protocol.flush()
         finally:
             watcher.close()
-
-    async def _seal_own(self) -> None:
-        """Sign this region's new records (on the writer thread) before sessions send them."""
-        try:
-            await self.writer.call(self.provenance.seal_own)
-        except CrdtdbError as exc:
-            log.warning("%s: cannot seal new records yet: %s", self.region, exc)
 
     async def _heartbeat_loop(self) -> None:
         """The heartbeats (see :meth:`.Housekeeping.heartbeat_loop`)."""

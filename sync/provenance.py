@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -87,6 +87,8 @@ __all__ = ["Provenance"]
 
 log = logging.getLogger("crdtdb.sync")
 
+WriterCall = Callable[[Callable[[], object]], Awaitable[object]]
+"""Runs a store write on the writer thread (``StoreWriter.call``)."""
 SEAL_PAGE = 4096
 """Own records sealed per store transaction, at most."""
 
@@ -141,6 +143,23 @@ class Provenance:
         self.store.chains.add_key(
             self.signer.fingerprint, self.region, self.signer.certificate, self._clock_ms()
         )
+
+    async def started(self, call: WriterCall) -> None:
+        """:meth:`start`, then :meth:`seal_own`, on the writer thread (``call``): the
+        node's start. A store that cannot be written is logged, not fatal (the
+        heartbeat reports it)."""
+        try:
+            await call(self.start)
+        except CrdtdbError as exc:
+            log.warning("%s: cannot store this region's certificate yet: %s", self.region, exc)
+        await self.sealed_on(call)
+
+    async def sealed_on(self, call: WriterCall) -> None:
+        """Seal this region's new records on the writer thread, before sessions send them."""
+        try:
+            await call(self.seal_own)
+        except CrdtdbError as exc:
+            log.warning("%s: cannot seal new records yet: %s", self.region, exc)
 
     # ------------------------------------------------------------------ keys
 
