@@ -71,9 +71,12 @@ def snapshot(db: crdtdb.Database) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def running_us(tmp_path: Path, certs: Path) -> AsyncIterator[Us]:
+async def running_us(
+    tmp_path: Path, certs: Path, members: tuple[str, ...] = ("eu",)
+) -> AsyncIterator[Us]:
     db = crdtdb.open(tmp_path / "us", region="us")
-    membership.ensure(db, "eu", "active")  # eu belongs to the cluster (its impostors do not)
+    for member in members:  # eu belongs to the cluster (its impostors do not)
+        membership.ensure(db, member, "active")
     stop = asyncio.Event()
     replicator = Replicator(db, region_config(tmp_path, certs, "us", []))
     task = asyncio.create_task(replicator.run(stop))

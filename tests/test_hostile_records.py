@@ -45,7 +45,9 @@ pytestmark = pytest.mark.integration
 
 def run(tmp_path: Path, certs: Path, attack: Callable[[Us], Awaitable[None]]) -> None:
     async def scenario() -> None:
-        async with asyncio.timeout(SCENARIO_TIMEOUT), running_us(tmp_path, certs) as us:
+        # ap is a member, as in the finding: a certified region of the cluster
+        members = ("eu", "ap")
+        async with asyncio.timeout(SCENARIO_TIMEOUT), running_us(tmp_path, certs, members) as us:
             await attack(us)
 
     asyncio.run(scenario())
