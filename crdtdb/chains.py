@@ -17,6 +17,7 @@ from typing import Any
 
 from .engine import Engine
 from .feed import _LOG_COLUMNS, _record
+from .membership import Membership, read_conn
 from .records import UpdateRecord
 
 __all__ = ["ChainRow", "Chains", "Conflict", "SealedRecord"]
@@ -178,6 +179,13 @@ class Chains:
             " chain.origin = log.origin AND chain.seq = log.seq)"
         )
         return int(rows[0][0])
+
+    def membership(self) -> Membership | None:
+        """The cluster membership as stored (cached per body: cheap for every batch)."""
+        engine = self._engine
+        with engine.lock:
+            engine.check()
+            return read_conn(engine.conn)
 
     # ----------------------------------------------------------------- keys
 

@@ -27,10 +27,12 @@ of, as before):
   across the removal. (Concurrent removals by several regions take the
   highest ``final_seq``, which one of them holds.) R is refused from the
   moment a region learns of its removal; records R made past ``final_seq``
-  and handed to a region that had not learnt of it yet are not lost (they
-  were acknowledged writes): they replicate like any record, but may reach a
-  region after its frontier passed their HLC, and then change the answer of
-  ``as_of`` for those cuts there. Decommission a region once it is stopped
+  and handed to a region that had not learnt of it yet are not lost there
+  (they were acknowledged writes): they replicate like any record, but may
+  reach a region after its frontier passed their HLC, and then change the
+  answer of ``as_of`` for those cuts there; a region that knew of the
+  removal refuses those stamped after it (``retired_key``, see
+  :mod:`crdtdb.sync.provenance`). Decommission a region once it is stopped
   (or cut off) to leave no such window.
 - The own region always counts, whatever its state; so does a region whose
   records we hold but that the membership does not name at all (a member

@@ -34,6 +34,33 @@ a store (``crdtdb.chains`` rows) with the daemon's key and the cluster CA:
                                             the new one skipped, no refusal
   ========================================  ===============================  =========
 
+  **Retired keys** (the membership, :mod:`crdtdb.membership`, as this
+  store holds it when the batch is checked). A key's life ends at an HLC
+  ``t`` the membership stores:
+
+  - *rotated*: ``t`` is the HLC the origin recorded its *next* certificate
+    at (the next ``cert:<sha256>`` entry, in the membership's order). The
+    origin takes ``t`` past every HLC its store held, after its old daemon
+    (the only holder of the old key) stopped, so every record the old key
+    sealed honestly is stamped before ``t``;
+  - *removed*: ``t`` is the HLC of the first ``removed`` change of its
+    region (:attr:`~crdtdb.membership.Member.since`), for every key of it;
+    its records ``1..final_seq`` stay final whatever their stamp.
+
+  A run sealed by such a key that holds a record stamped at or after ``t``
+  (``hlc >= t``; for a removed region, one past ``final_seq``) is refused
+  with ``retired_key`` before it is compared with what is held (a stolen
+  key must not get its honest origin flagged for equivocation); runs the
+  key sealed before ``t`` still verify, relayed by anyone, at any time.
+  What this cannot stop: a thief of an old key stamping records *before*
+  ``t`` (HLCs are the sealer's to choose); such records take sequence
+  numbers the origin uses too, so they clash with its real chain as
+  equivocation evidence wherever both arrive. A store that learns the
+  rotation or removal only after it took such a run keeps it (and a relay
+  of it is refused by those that know: the session closes, as for any
+  refusal). A key the membership never recorded (a certificate from before
+  membership) is not judged here.
+
   A refusal closes the session that sent the batch, and nothing of the
   batch is applied; evidence (both records' canonical bytes, the seal, the
   relaying peer, when, how often) goes in ``conflicts``; ``crdtdb status``
@@ -63,6 +90,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from crdtdb.chains import ChainRow, Conflict
 from crdtdb.database import Database
 from crdtdb.errors import CrdtdbError
+from crdtdb.hlc import Hlc
+from crdtdb.membership import Membership
 from crdtdb.records import UpdateRecord
 
 from . import wire
@@ -73,6 +102,7 @@ from .signing import (
     SEAL_RECORDS,
     BadRecordSignatureError,
     EquivocationError,
+    RetiredKeyError,
     Signer,
     UnknownKeyError,
     chain_hashes,
@@ -83,7 +113,7 @@ from .signing import (
     verify_run,
 )
 
-__all__ = ["Provenance"]
+__all__ = ["Provenance", "key_limits", "refuse_retired"]
 
 log = logging.getLogger("crdtdb.sync")
 
@@ -283,8 +313,11 @@ class Provenance:
         """The records to apply and their chain rows; raise to refuse the batch."""
         out: list[UpdateRecord] = []
         rows: list[ChainRow] = []
+        view = self.store.chains.membership() if seals else None
         for seal, run in match_seals(records, seals):
             hashes, problem = self._verify(seal, run)
+            if problem is None:
+                refuse_retired(view, seal, run, peer)
             skip = self._compare_held(seal, run, problem, peer)
             if problem is not None:
                 self._note("forgery", seal, run[-1], None, peer)
@@ -394,6 +427,46 @@ class Provenance:
             self.store.chains.note_conflict(conflict, self._clock_ms())
         except CrdtdbError as exc:
             log.error("%s: could not keep the evidence of a %s: %s", self.region, kind, exc)
+
+
+def key_limits(view: Membership | None, origin: str, fpr: bytes) -> list[tuple[Hlc, int]]:
+    """Where ``origin``'s key ``fpr`` stops vouching: ``(t, final_seq)`` pairs, each saying
+    "no record stamped at or after ``t`` and numbered past ``final_seq``" (none: no limit).
+
+    Rotated: ``t`` is when the next certificate of ``origin`` was recorded
+    (``final_seq`` 0). Removed: the first removal's HLC, and the records that
+    stay final.
+    """
+    member = view.members.get(origin) if view is not None else None
+    if member is None:
+        return []
+    limits: list[tuple[Hlc, int]] = []
+    prints = [fp for fp, _, _ in member.fingerprints]
+    if fpr.hex() in prints[:-1]:
+        limits.append((member.fingerprints[prints.index(fpr.hex()) + 1][1], 0))
+    since = member.since
+    if member.state == "removed" and since is not None:
+        limits.append((since.hlc, member.final_seq))
+    return limits
+
+
+def refuse_retired(
+    view: Membership | None, seal: wire.Seal, run: Sequence[UpdateRecord], peer: str
+) -> None:
+    """Raise ``RetiredKeyError`` if ``seal``'s key vouches for a record of ``run`` that
+    :func:`key_limits` puts past its retirement (``peer``: who relayed it)."""
+    for since, final_seq in key_limits(view, seal.origin, seal.key):
+        late = next((r for r in run if r.hlc >= since and r.seq > final_seq), None)
+        if late is None:
+            continue
+        raise RetiredKeyError(
+            f"refused records {seal.origin}#{seal.first}..{seal.last} relayed by {peer}:"
+            f" sealed with {seal.origin}'s key {seal.key.hex()[:16]}, which the cluster"
+            f" membership retired at HLC {since} (a newer certificate, or the region's"
+            f" removal), and {late.origin}#{late.seq} is stamped {late.hlc}, not before"
+            " that: an old key only vouches for what it sealed before it was replaced; if"
+            f" the key was stolen, these records are forged: check {peer} and {seal.origin}"
+        )
 
 
 def _rows(seal: wire.Seal, run: Sequence[UpdateRecord], hashes: list[bytes]) -> list[ChainRow]:

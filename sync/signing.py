@@ -39,8 +39,9 @@ applied): ``unsigned_record`` (a record no seal covers), ``broken_chain``
 (a seal whose run is not all there, not contiguous, or of another origin),
 ``bad_record_signature`` (the signature does not verify, or is by a key
 that is not the origin's), ``unknown_key`` (a key whose certificate the
-peer never sent). Equivocation is judged against what the store holds, in
-:mod:`.provenance`.
+peer never sent). Equivocation, and ``retired_key`` (a seal by a key the
+membership retired, over records stamped after it did), are judged against
+what the store holds, in :mod:`.provenance`.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ __all__ = [
     "BadRecordSignatureError",
     "BrokenChainError",
     "EquivocationError",
+    "RetiredKeyError",
     "Seal",
     "Signer",
     "UnknownKeyError",
@@ -123,6 +125,12 @@ class EquivocationError(RemoteDataError):
     """Two different records (or chains) for the same ``(origin, seq)``, both signed by it."""
 
     code = "equivocation"
+
+
+class RetiredKeyError(RemoteDataError):
+    """A seal by a key the membership retired (rotated or removed) over later records."""
+
+    code = "retired_key"
 
 
 def record_bytes(record: UpdateRecord) -> bytes:
