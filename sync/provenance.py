@@ -11,7 +11,8 @@ a store (``crdtdb.chains`` rows) with the daemon's key and the cluster CA:
 - **Relaying.** :meth:`Provenance.runs_from` reads what a peer lacks as
   sealed runs: from the first chained record after what the peer holds
   (its base is that record's ``prev``) to a seal point, whole runs up to
-  the batch size. Records without chain rows (legacy ones of other origins,
+  the batch size, stopping before a run it would refuse itself (a retired
+  key's, below). Records without chain rows (legacy ones of other origins,
   see :mod:`crdtdb.storage`) are never relayed: no one could check them.
 - **Keys.** A seal names its key by certificate fingerprint. Certificates
   come in ``Certificates`` messages from whichever peer relays; each is
@@ -56,13 +57,14 @@ a store (``crdtdb.chains`` rows) with the daemon's key and the cluster CA:
   ``t`` (HLCs are the sealer's to choose); such records take sequence
   numbers the origin uses too, so they clash with its real chain as
   equivocation evidence wherever both arrive. A store that learns the
-  rotation or removal only after it took such a run keeps it (and a relay
-  of it is refused by those that know: the session closes, as for any
-  refusal). A key the membership never recorded (a certificate from before
-  membership) is not judged here.
+  rotation or removal only after it took such a run keeps it, but from then
+  on relays nothing of that origin from that run on
+  (:meth:`Provenance.runs_from`): the peers that know would refuse it, and
+  close the session each time. A key the membership never recorded (a
+  certificate from before membership) is not judged here.
 
   A refusal closes the session that sent the batch, and nothing of the
-  batch is applied; evidence (both records' canonical bytes, the seal, the
+  batch is applied; evidence of the cases in the table (both records' canonical bytes, the seal, the
   relaying peer, when, how often) goes in ``conflicts``; ``crdtdb status``
   and the metrics count it.
 
@@ -113,7 +115,7 @@ from .signing import (
     verify_run,
 )
 
-__all__ = ["Provenance", "key_limits", "refuse_retired"]
+__all__ = ["Provenance", "key_limits", "past_retirement", "refuse_retired"]
 
 log = logging.getLogger("crdtdb.sync")
 
@@ -272,6 +274,7 @@ class Provenance:
         base = GENESIS
         count = 0
         cursor = after_seq
+        view = self.store.chains.membership()
         while count < limit:
             page = self.store.chains.chained_from(origin, cursor, limit + SEAL_RECORDS)
             for item in page:
@@ -284,6 +287,8 @@ class Provenance:
                 if chain.key is not None and chain.sig is not None:
                     first = current[0].seq
                     seal = wire.Seal(origin, first, record.seq, base, chain.key, chain.sig)
+                    if past_retirement(view, seal, current) is not None:
+                        return runs  # what it would refuse, this store does not relay
                     runs.append((seal, current))
                     count += len(current)
                     current = []
@@ -450,15 +455,25 @@ def key_limits(view: Membership | None, origin: str, fpr: bytes) -> list[tuple[H
     return limits
 
 
+def past_retirement(
+    view: Membership | None, seal: wire.Seal, run: Sequence[UpdateRecord]
+) -> tuple[Hlc, UpdateRecord] | None:
+    """The retirement HLC of ``seal``'s key and the first record of ``run`` past it, if any."""
+    for since, final_seq in key_limits(view, seal.origin, seal.key):
+        late = next((r for r in run if r.hlc >= since and r.seq > final_seq), None)
+        if late is not None:
+            return since, late
+    return None
+
+
 def refuse_retired(
     view: Membership | None, seal: wire.Seal, run: Sequence[UpdateRecord], peer: str
 ) -> None:
     """Raise ``RetiredKeyError`` if ``seal``'s key vouches for a record of ``run`` that
     :func:`key_limits` puts past its retirement (``peer``: who relayed it)."""
-    for since, final_seq in key_limits(view, seal.origin, seal.key):
-        late = next((r for r in run if r.hlc >= since and r.seq > final_seq), None)
-        if late is None:
-            continue
+    found = past_retirement(view, seal, run)
+    if found is not None:
+        since, late = found
         raise RetiredKeyError(
             f"refused records {seal.origin}#{seal.first}..{seal.last} relayed by {peer}:"
             f" sealed with {seal.origin}'s key {seal.key.hex()[:16]}, which the cluster"

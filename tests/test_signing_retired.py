@@ -128,6 +128,12 @@ def test_a_removed_regions_key_seals_nothing_stamped_after_the_removal(
             relay(eu, ap, "eu", after=2)
         assert ap_db.get("d/after") is None
 
+        # A store that took such records before it knew stops relaying them once it does:
+        # its peers would refuse them and close the session each time.
+        assert [seal.last for seal, _ in eu.runs_from("eu", 0, 10)] == [1, 2, 3]
+        relay(us, eu, "us")  # eu learns of its own removal
+        assert [seal.last for seal, _ in eu.runs_from("eu", 0, 10)] == [1, 2]
+
 
 def test_the_final_records_of_a_region_removed_twice_stay_accepted(
     tmp_path: Path, certs: Path
