@@ -90,12 +90,17 @@ class Reporting:
             if session is None or name not in self._catching_up or records_behind(self.db, session):
                 continue
             self._catching_up.discard(name)
+            # What the store holds, not the session's count of records received: the
+            # writer thread commits a batch before the loop hears of it, so that count
+            # can still lag the store by a few batches here.
+            held = sum(session.peer_reports.values())
             log.info(
-                "%s: caught up with %s: %d records received",
+                "%s: caught up with %s: holds the %d records it reported (%d received from it)",
                 self.region,
                 name,
+                held,
                 self.peers[name].records_in,
-                extra={"event": "caught_up", "peer": name},
+                extra={"event": "caught_up", "peer": name, "held": held},
             )
 
     def _commits(self) -> int:

@@ -196,7 +196,7 @@ def test_with_json_logs_an_error_that_stops_serve_is_a_json_line(tmp_path: Path)
 
 
 _PROGRESS = re.compile(r"us: catching up from eu: (\d+) records received, (\d+) behind")
-_CAUGHT_UP = re.compile(r"us: caught up with eu: (\d+) records received")
+_CAUGHT_UP = re.compile(r"us: caught up with eu: holds the (\d+) records it reported")
 
 
 @pytest.mark.integration
