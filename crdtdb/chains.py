@@ -61,6 +61,9 @@ class Conflict:
     last_ms: int = 0
 
 
+_LOG_COLUMNS_OF_LOG = ", ".join(f"log.{c.strip()}" for c in _LOG_COLUMNS.split(","))
+"""The log's record columns, named through the table (for joins with ``chain``)."""
+
 _UPSERT_CHAIN = (
     "INSERT INTO chain (origin, seq, prev, hash, key, sig) VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (origin, seq) DO UPDATE SET key = coalesce(chain.key, excluded.key),"
@@ -138,9 +141,8 @@ class Chains:
     def chained_from(self, origin: str, after_seq: int, limit: int) -> list[SealedRecord]:
         """Up to ``limit`` records of ``origin`` above ``after_seq`` that have chain rows,
         in seq order (page by the last one's seq)."""
-        columns = ", ".join(f"log.{c.strip()}" for c in _LOG_COLUMNS.split(","))
         rows = self._rows(
-            f"SELECT {columns}, chain.prev, chain.hash, chain.key, chain.sig FROM log"
+            f"SELECT {_LOG_COLUMNS_OF_LOG}, chain.prev, chain.hash, chain.key, chain.sig FROM log"
             " JOIN chain ON chain.origin = log.origin AND chain.seq = log.seq"
             " WHERE log.origin = ? AND log.seq > ? ORDER BY log.seq LIMIT ?",
             (origin, after_seq, limit),
@@ -162,9 +164,8 @@ class Chains:
 
     def held(self, origin: str, low: int, high: int) -> dict[int, tuple[UpdateRecord, bool]]:
         """Records of ``origin`` with seq in ``low..high`` held here, and whether chained."""
-        columns = ", ".join(f"log.{c.strip()}" for c in _LOG_COLUMNS.split(","))
         rows = self._rows(
-            f"SELECT {columns}, chain.hash IS NOT NULL FROM log LEFT JOIN chain"
+            f"SELECT {_LOG_COLUMNS_OF_LOG}, chain.hash IS NOT NULL FROM log LEFT JOIN chain"
             " ON chain.origin = log.origin AND chain.seq = log.seq"
             " WHERE log.origin = ? AND log.seq BETWEEN ? AND ?",
             (origin, low, high),

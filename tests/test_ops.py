@@ -236,16 +236,7 @@ def test_status_of_a_running_then_stopped_daemon(
 ) -> None:
     from crdtdb import cli
 
-    status = {
-        "region": "eu",
-        "state": "running",
-        "listen": "127.0.0.1:7401",
-        "pid": os.getpid(),
-        "time": time.time(),
-        "hlc": "h",
-        "frontier": "f",
-        "peers": [],
-    }
+    status = _running_status([])
     (tmp_path / STATUS_FILE).write_text(json.dumps(status))
     assert cli.main(["status", str(tmp_path)]) == 0
     shown = capsys.readouterr().out
@@ -385,16 +376,7 @@ def test_watch_draws_the_per_peer_table(tmp_path: Path) -> None:
         "behind_records": 0,
         "last_error": None,
     }
-    status = {
-        "region": "eu",
-        "state": "running",
-        "listen": "127.0.0.1:7401",
-        "pid": os.getpid(),
-        "time": time.time(),
-        "hlc": "h",
-        "frontier": "f",
-        "peers": [peer],
-    }
+    status = _running_status([peer])
     (tmp_path / STATUS_FILE).write_text(json.dumps(status))
     console = Console(record=True, width=160)
     console.print(_table(tmp_path / STATUS_FILE))
@@ -415,3 +397,17 @@ def test_watch_refuses_a_useless_interval(tmp_path: Path) -> None:
     from crdtdb import cli
 
     assert cli.main(["status", str(tmp_path), "--watch", "--interval", "0"]) == 2
+
+
+def _running_status(peers: list[dict[str, object]]) -> dict[str, object]:
+    """A status file's content as a running daemon of eu writes it, with ``peers``."""
+    return {
+        "region": "eu",
+        "state": "running",
+        "listen": "127.0.0.1:7401",
+        "pid": os.getpid(),
+        "time": time.time(),
+        "hlc": "h",
+        "frontier": "f",
+        "peers": peers,
+    }
