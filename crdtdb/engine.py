@@ -45,6 +45,7 @@ from .hlc import DEFAULT_MAX_OFFSET_MS, MAX_WALL_MS, Hlc, WallClock, system_wall
 from .ids import DocId, RegionId, validate_region
 from .records import MAX_SQLITE_INT, UpdateRecord
 from .shape import ShapeIds
+from .writelock import WriteLock
 
 __all__ = [
     "ChangeSignal",
@@ -219,6 +220,8 @@ class Engine:
             )
         self.region = RegionId(str(stored))
         self.lock = threading.RLock()
+        self.write_lock = WriteLock(self.path)
+        """Queues this process's write transactions with other processes' (:mod:`.writelock`)."""
         self.cache = DocCache(options.cache_size)
         self.apply_stats = ApplyStats()
         self.clients = ClientBindings(self.conn, self.region)
@@ -251,6 +254,7 @@ class Engine:
             self.closed = True
             self.cache.clear()
             self.conn.close()
+            self.write_lock.close()
         self.signal.wake()
 
     def check(self) -> None:
@@ -379,6 +383,7 @@ class Engine:
         it was before, and the next write tries again.
         """
         seen_id = self.seen_id
+        self.write_lock.acquire()
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             self.refresh()
@@ -396,6 +401,8 @@ class Engine:
             if isinstance(exc, sqlite3.Error):
                 raise storage.store_error(self.path, exc) from exc
             raise
+        finally:
+            self.write_lock.release()
         self.signal.emit(records, defer=self.tx_handles is not None)
         return result
 
@@ -499,6 +506,7 @@ def _after_fork_in_child() -> None:
         if not engine.closed:
             engine.forked = engine.closed = True
             _inherited.append(engine.conn)  # never closed or freed here: the parent's
+            engine.write_lock.close()  # the parent's lock stays held if it holds it
 
 
 if hasattr(os, "register_at_fork"):
