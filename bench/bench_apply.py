@@ -1,4 +1,4 @@
-"""Out-of-order apply: records delivered ahead of what they build on, against causal order.
+"""Out-of-order and bulk apply: records ahead of what they build on, and in batches.
 
 Two workloads, each timed in causal order and in a bad order, for crdtdb
 (``apply_remote``, one record at a time, into a fresh store) and for bare
@@ -15,6 +15,12 @@ pycrdt (``apply_update`` into a fresh ``Doc``), side by side in one run:
 Reported: seconds, the bad order's time over the causal order's (the target:
 a small constant factor; it was quadratic, 19-24 s for N=1,000), and how many
 records crdtdb applied again because what they waited for had arrived.
+
+Bulk apply (issue 14): each workload's causal order is also applied to a
+fresh store ``BULK`` records at a time through ``apply_remote_many`` (one
+SQLite transaction and one pass of bookkeeping a batch, as the daemon's
+writer does), and must end with the same documents; the second table gives
+µs per applied record, one at a time against batched, with pycrdt's.
 Results go to ``bench/results/apply.json``.
 """
 
@@ -40,6 +46,8 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "apply.json"
 TRACE = "clownschool.json.gz"
 MAX_RATIO = 3.0
 """Target: the bad order costs at most this many times the causal order."""
+BULK = 256
+"""Records per ``apply_remote_many`` batch in the bulk rows (the daemon's batch size)."""
 
 
 def typed_between(tmp: Path, n: int) -> tuple[list[UpdateRecord], list[UpdateRecord]]:
@@ -109,6 +117,17 @@ def crdtdb_apply(tmp: Path, name: str, records: list[UpdateRecord]) -> tuple[flo
         )
 
 
+def crdtdb_bulk(tmp: Path, name: str, records: list[UpdateRecord]) -> tuple[float, Any]:
+    """The records in causal order, ``BULK`` at a time through ``apply_remote_many``."""
+    with crdtdb.open(tmp / name, region="z") as z:
+        start = time.perf_counter()
+        for first in range(0, len(records), BULK):
+            z.apply_remote_many(records[first : first + BULK])
+        seconds = time.perf_counter() - start
+        assert z.info()["updates_waiting"] == 0
+        return seconds, {d: z.get(d) for d in {r.doc_id for r in records}}
+
+
 def pycrdt_apply(records: list[UpdateRecord]) -> float:
     docs: dict[str, Doc[Any]] = {}
     start = time.perf_counter()
@@ -133,6 +152,8 @@ def measure(
         results[f"crdtdb_{order}_reapplied"] = reapplied
         results[f"pycrdt_{order}_s"] = pycrdt_apply(records)
     assert answers[0] == answers[1], "the two orders disagree"
+    results["crdtdb_bulk_s"], bulk_docs = crdtdb_bulk(tmp, f"{name}-bulk", causal)
+    assert bulk_docs == answers[0], "bulk apply disagrees with one-by-one apply"
     results["crdtdb_ratio"] = results["crdtdb_bad_s"] / results["crdtdb_causal_s"]
     results["pycrdt_ratio"] = results["pycrdt_bad_s"] / results["pycrdt_causal_s"]
     return results
@@ -163,6 +184,32 @@ def report(rows: list[dict[str, Any]]) -> str:
     return table(headers, [[cell(row) for cell in cells] for row in rows])
 
 
+def bulk_report(rows: list[dict[str, Any]]) -> str:
+    """Bulk apply: µs per applied record, one at a time against batches, causal order."""
+
+    def per(row: dict[str, Any], key: str) -> float:
+        return float(row[key]) / int(row["records"]) * 1e6
+
+    body = [
+        [
+            f"{r['workload']} ({r['records']:,} records)",
+            f"{per(r, 'crdtdb_causal_s'):.0f}",
+            f"{per(r, 'crdtdb_bulk_s'):.0f}",
+            f"{r['crdtdb_causal_s'] / r['crdtdb_bulk_s']:.1f}x",
+            f"{per(r, 'pycrdt_causal_s'):.1f}",
+        ]
+        for r in rows
+    ]
+    headers = [
+        "µs per applied record",
+        "crdtdb one at a time",
+        f"crdtdb {BULK} a batch",
+        "batch speed-up",
+        "pycrdt",
+    ]
+    return table(headers, body)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small sizes, no trace")
@@ -181,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
             blocks = [r for own in logs for r in own]
             rows.append(measure(tmp, "clownschool, blocks", in_hlc_order, blocks))
     print(report(rows))
+    print()
+    print(bulk_report(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"benchmark": "apply", "rows": rows}, indent=2) + "\n")
     log(f"results written to {args.out}")
