@@ -24,12 +24,17 @@ What the membership document means for a running region:
   each seed address until it is connected to the region found there (with
   ``auto_join`` on the seed, or after ``crdtdb cluster add`` there, it is
   admitted), makes itself ``joining`` (``active`` after its first clean
-  anti-entropy round), and records its address in the membership. It then
-  dials every member the membership gives an address for, like configured
-  peers: the name that sorts first dials, so each pair ends up with one
-  connection. A seed dial is only a way in: it is made only while no
-  session with the seed's region is up, so it never competes with that
-  pair's own connection for long (the newer one replaces the older).
+  anti-entropy round), and records its address in the membership. A seed
+  dial is only a way in: it is made only while no session with the seed's
+  region is up, so it never competes with that pair's own connection for
+  long (the newer one replaces the older).
+- **Learned members.** Every daemon, whether its config names ``[[peers]]``
+  or seeds, connects to every member the membership gives an address for
+  (a configured peer's address wins over the recorded one): the name that
+  sorts first dials, so each pair ends up with one connection, and a static
+  region dials a newcomer that sorts after it as the newcomer expects. A
+  removed member is never dialled. ``[cluster] dial_members = false`` keeps
+  a region to its configured peers and seeds (a chain stays a chain).
 """
 
 from __future__ import annotations
@@ -96,8 +101,8 @@ class ClusterView:
         self.config = config
         self.own_fingerprint = own_fingerprint
         self.view: Membership | None = None
-        self.mesh = False
-        """Dial every member the membership gives an address for (set with seeds)."""
+        self.mesh = config.dial_members
+        """Dial every member the membership gives an address for (``dial_members``)."""
         self._pending_port: int | None = None
         """The port to record this region at, while the store refused to (see start)."""
 
@@ -130,7 +135,6 @@ class ClusterView:
     def _start(self, port: int) -> None:
         region = self.db.region
         address = self.config.advertise or f"{self.config.host}:{port}"
-        self.mesh = bool(self.config.seeds)
         # Joining through seeds: active once a round with a peer finds nothing to repair.
         state = "joining" if self.config.seeds else "active"
         if not membership.ensure(
@@ -228,9 +232,10 @@ class ClusterView:
         return self.state(region) == "removed"
 
     def dial_targets(self) -> dict[str, tuple[str, int]]:
-        """Regions to keep a connection with, and where: configured peers, then (a region
-        that joined through seeds) members with an address; never a removed one nor this
-        one. A static config (``[[peers]]`` only) keeps the topology it names."""
+        """Regions to keep a connection with, and where: configured peers, then (unless
+        ``dial_members = false``) every other member with an address in the membership,
+        whether this region's config is static or seeded; never a removed one nor this
+        one."""
         from .config import parse_address
 
         targets = {p.region: (p.host, p.port) for p in self.config.peers}

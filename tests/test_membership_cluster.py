@@ -357,3 +357,45 @@ def test_regions_joining_through_one_seed_each_connect_every_pair(cluster_lab: L
         )
         assert {name: connects(name) for name in everyone} == before
         assert connected(everyone)
+
+
+def test_static_regions_dial_a_member_that_joined_through_a_seed(cluster_lab: Lab) -> None:
+    """ap and eu list only each other ([[peers]]); us joins through ap as its seed. eu sorts
+    before us, so eu dials us (a static config dials learned members too); once us is
+    removed, nobody dials it any more."""
+    with cluster_lab.cluster(("ap", "eu", "us"), links=[("ap", "eu")]) as cluster:
+        for name in ("ap", "eu"):
+            cluster.regions[name].tables = {"cluster": {"auto_join": True}}
+        seed = f"127.0.0.1:{cluster.regions['ap'].port}"
+        cluster.regions["us"].tables = {"cluster": {"seeds": [seed]}}
+        cluster.start("ap", "eu")
+        cluster.wait_ready("ap", "eu", timeout=TIMEOUT)
+        cluster.start("us")
+        wait_until(
+            lambda: cluster.ready("eu", ["ap", "us"]) and cluster.ready("us", ["ap", "eu"]),
+            TIMEOUT,
+            "eu (static) to dial us, which it learned from the membership",
+        )
+        assert logged(cluster, "eu", "connected to us")
+        cluster.db("eu").put("notes/eu", {"from": "eu"})
+        cluster.db("us").put("notes/us", {"from": "us"})
+        wait_until(
+            lambda: len({cluster.db(n).merkle_root() for n in ("ap", "eu", "us")}) == 1,
+            TIMEOUT,
+            "ap, eu and us to converge",
+        )
+        assert cluster.db("us").get("notes/eu") == {"from": "eu"}
+        # Removed: eu neither dials it nor keeps it in its status.
+        cluster.terminate("us")
+        crdtdb_cli("cluster", "remove", str(cluster.regions["ap"].data_dir), "us")
+        wait_until(
+            lambda: state_in(cluster, "eu", "us") == "removed",
+            TIMEOUT,
+            "eu to learn that us was removed",
+        )
+
+        def forgotten() -> bool:
+            status = cluster.regions["eu"].status()
+            return status is not None and "us" not in {p["region"] for p in status["peers"]}
+
+        wait_until(forgotten, TIMEOUT, "eu to stop dialling us")
