@@ -14,6 +14,11 @@ What the membership document means for a running region:
   anti-entropy round with it that finds nothing to repair.
 - **Decommission.** A removed region is refused (``removed``), by name,
   and not dialled any more.
+- **Leaving** (``crdtdb cluster leave`` on the region itself): the region
+  refuses local writes and names its last record; it stays a member, served
+  and waited for, until a region holds every record it wrote: that region's
+  daemon then removes it (:meth:`ClusterView.drain`), so nothing it
+  acknowledged is lost by the removal.
 - **Certificates.** Each daemon records its own certificate's fingerprint at
   start (only a region itself does: another region that saw an old
   certificate first must not make it current again). A certificate the
@@ -103,6 +108,8 @@ class ClusterView:
         self.view: Membership | None = None
         self.mesh = config.dial_members
         """Dial every member the membership gives an address for (``dial_members``)."""
+        self.draining = False
+        """A removal of drained leaving regions is being written (one at a time)."""
         self._pending_port: int | None = None
         """The port to record this region at, while the store refused to (see start)."""
 
@@ -253,6 +260,28 @@ class ClusterView:
             targets.pop(region, None)
         targets.pop(self.db.region, None)
         return targets
+
+    def drained(self) -> list[str]:
+        """Leaving regions whose every record this store holds: to remove now."""
+        view = self.view
+        if view is None or not any(m.state == "leaving" for m in view.members.values()):
+            return []
+        held = {origin: entry[1] for origin, entry in self.db.progress().items()}
+        return [r for r in membership.drained(view, held) if r != self.db.region]
+
+    def drain(self, regions: list[str]) -> None:
+        """Remove leaving ``regions`` this store holds every record of (on the writer)."""
+        for region in regions:
+            member = membership.remove(self.db, region)
+            log.info(
+                "%s: removed %s from the cluster: it left, and every record it wrote"
+                " (1..%d) is held here",
+                self.db.region,
+                region,
+                member.final_seq,
+                extra={"event": "drained", "peer": region},
+            )
+        self.refresh()
 
     def report(self) -> list[dict[str, object]]:
         """The members for the status file."""

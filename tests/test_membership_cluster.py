@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -399,3 +400,49 @@ def test_static_regions_dial_a_member_that_joined_through_a_seed(cluster_lab: La
             return status is not None and "us" not in {p["region"] for p in status["peers"]}
 
         wait_until(forgotten, TIMEOUT, "eu to stop dialling us")
+
+
+def test_a_region_that_leaves_is_drained_then_removed(cluster_lab: Lab) -> None:
+    """ap leaves (``crdtdb cluster leave`` on its own directory, its daemon running): it
+    refuses writes at once; eu and us remove it once they hold every record it wrote."""
+    with cluster_lab.cluster(MEMBERS) as cluster:
+        cluster.start()
+        cluster.wait_ready(timeout=TIMEOUT)
+        for i in range(20):
+            cluster.db("ap").put(f"docs/ap-{i}", {"n": i})
+        ap_dir = str(cluster.regions["ap"].data_dir)
+        left = crdtdb_cli("cluster", "leave", ap_dir)
+        assert left["state"] == "leaving"
+        final_seq = left["final_seq"]
+        assert final_seq == cluster.db("ap").progress()["ap"][1] >= 21
+        done = subprocess.run(
+            [sys.executable, "-m", "crdtdb", "put", ap_dir, "docs/late", "{}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode != 0 and done.stderr.startswith("error: ")
+        # (ap may already have heard that it was removed: the drain is quick)
+        assert re.search(
+            r"refused local write: region ap (is leaving|was removed from)", done.stderr
+        )
+        assert len(done.stderr.strip().splitlines()) == 1  # one line, no traceback
+        remaining = ("eu", "us")
+        wait_until(
+            lambda: all(state_in(cluster, r, "ap") == "removed" for r in remaining),
+            TIMEOUT,
+            "eu and us to remove ap once drained",
+        )
+        assert any(logged(cluster, r, "removed ap from the cluster: it left") for r in remaining)
+        for name in remaining:
+            db = cluster.db(name)
+            found = membership.read(db)
+            assert found is not None and found.members["ap"].final_seq >= final_seq
+            assert db.progress()["ap"][1] >= final_seq  # nothing ap wrote was left behind
+            assert db.get("docs/ap-19") == {"n": 19}
+        now = max(cluster.db(name).hlc for name in remaining)
+        wait_until(
+            lambda: frontiers_pass(cluster, remaining, now),
+            TIMEOUT,
+            "the frontier to move on without ap",
+        )
