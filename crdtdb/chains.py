@@ -7,10 +7,17 @@ to accept; this facet reads and writes their rows (see :mod:`crdtdb.storage`
 for the tables). A chain row of a received record is written by
 ``apply_remote_many(..., chain=rows)`` in the transaction that applies it,
 so a record is never held signed without its chain, nor the other way round.
+
+Compaction prunes the rows of folded records (:func:`prune_locked`): per
+origin it keeps the rows from the lowest sequence still in the log on (a
+held record's row, and the seal of its run above it), and always the
+origin's newest row, the hash the next run builds on (``tail``,
+``hash_at``). Evidence in ``conflicts`` holds its own copies and is kept.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +27,7 @@ from .feed import _LOG_COLUMNS, _record
 from .membership import Membership, read_conn
 from .records import UpdateRecord
 
-__all__ = ["ChainRow", "Chains", "Conflict", "SealedRecord"]
+__all__ = ["ChainRow", "Chains", "Conflict", "SealedRecord", "prune_locked"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,3 +262,21 @@ class Chains:
             "legacy_records": self.legacy_records() if count_legacy else None,
             "keys": len(self._rows("SELECT 1 FROM keys")),
         }
+
+
+def prune_locked(conn: sqlite3.Connection) -> int:
+    """Delete the chain rows compaction made useless (inside a write transaction): per
+    origin, those below both its lowest record still in the log and its newest chain
+    row. Returns how many were deleted."""
+    deleted = 0
+    origins = [row[0] for row in conn.execute("SELECT DISTINCT origin FROM chain")]
+    for origin in origins:
+        (newest,) = conn.execute(
+            "SELECT max(seq) FROM chain WHERE origin = ?", (origin,)
+        ).fetchone()
+        (lowest,) = conn.execute("SELECT min(seq) FROM log WHERE origin = ?", (origin,)).fetchone()
+        keep_from = newest if lowest is None else min(lowest, newest)
+        deleted += conn.execute(
+            "DELETE FROM chain WHERE origin = ? AND seq < ?", (origin, keep_from)
+        ).rowcount
+    return deleted

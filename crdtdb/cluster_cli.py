@@ -1,4 +1,4 @@
-"""``crdtdb cluster list|add|remove DIR ...``: the cluster's membership from the command line.
+"""``crdtdb cluster list|add|remove|leave DIR ...``: the cluster's membership from the command line.
 
 Run against a member's data directory while its daemon runs, like the other
 commands that write the store: the change is a commit of that region, which
@@ -112,12 +112,29 @@ def cmd_remove(args: argparse.Namespace, db: Database) -> int:
     return 0
 
 
+def cmd_leave(args: argparse.Namespace, db: Database) -> int:
+    check_store(db)
+    member = membership.leave(db)
+    since = member.since
+    print(
+        json.dumps(
+            {
+                "region": db.region,
+                "state": member.state,
+                "final_seq": member.drain_seq,
+                "hlc": str(since.hlc if since else Hlc(0)),
+            }
+        )
+    )
+    return 0
+
+
 def add_parser(sub: Any, run: Any) -> None:
     """Add ``crdtdb cluster ...`` to the subcommands ``sub``; ``run(args, fn)`` opens the
     store and calls ``fn(args, db)``."""
     group = sub.add_parser(
         "cluster",
-        help="the cluster's members (list, add, remove)",
+        help="the cluster's members (list, add, remove, leave)",
         description="the cluster's membership, a replicated document: run against a member's"
         " data directory (its daemon replicates the change)",
     )
@@ -137,6 +154,13 @@ def add_parser(sub: Any, run: Any) -> None:
     p.add_argument("dir", metavar="DIR", help="a member's data directory (not its own)")
     p.add_argument("name", metavar="NAME", help="the region to remove")
     p.set_defaults(func=lambda a: run(a, cmd_remove))
+    p = actions.add_parser(
+        "leave",
+        help="this region leaves: it takes no more writes, and is removed once a peer holds"
+        " all it wrote",
+    )
+    p.add_argument("dir", metavar="DIR", help="the leaving region's own data directory")
+    p.set_defaults(func=lambda a: run(a, cmd_leave))
 
 
 def check_store(db: Database) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "InvalidValueError",
     "NoStoreError",
     "NotAStoreError",
+    "RegionLeavingError",
     "RegionMismatchError",
     "RemoteDataError",
     "ReservedCollectionError",
@@ -138,6 +139,19 @@ class ClientIdCollisionError(RemoteDataError):
     code = "client_id_collision"
     details: tuple[int, str, str, int, str] = (0, "", "", 0, "")
     """(client id, origin of the refused record, origin the id is bound to, seq, doc id)."""
+
+
+class RegionLeavingError(CrdtdbError):
+    """A region that left (or was removed from) the cluster refuses local writes."""
+
+    code = "region_leaving"
+
+    def __init__(self, message: str, region: str) -> None:
+        super().__init__(
+            f"{message}: it takes no more writes (its last record is final, so that every"
+            f" region keeps all it wrote); write through another region; nothing was stored"
+        )
+        self.region = region
 
 
 class DocumentTooDeepError(CrdtdbError):

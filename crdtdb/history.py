@@ -9,7 +9,9 @@ document or for all of them together.
 Compaction folds every record older than the horizon into ``base``, refreshes
 the load snapshot, and deletes those records. It works in batches of
 documents, one SQLite transaction each, so a long compaction never holds the
-write lock for long and reports progress as it goes.
+write lock for long and reports progress as it goes. Then the chain rows of
+the folded records are pruned (:func:`crdtdb.chains.prune_locked`: each
+origin keeps what later runs and the records still held need).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._cache import DocHandle
+from .chains import prune_locked
 from .engine import Engine
 from .errors import InvalidHlcError
 from .hlc import Hlc
@@ -234,7 +237,18 @@ def _compact(db: Engine, horizon: Hlc, progress: Callable[[int, int], None] | No
             len(doc_ids),
             removed,
         )
+    if removed:
+        pruned = _write_prune(db)
+        log.info("compaction: %d chain rows of folded records pruned", pruned)
     return removed
+
+
+def _write_prune(db: Engine) -> int:
+    def body() -> tuple[int, list[UpdateRecord]]:
+        return prune_locked(db.conn), []
+
+    pruned: int = db.write(body)
+    return pruned
 
 
 def _write_batch(db: Engine, batch: list[str], horizon: Hlc) -> int:

@@ -11,7 +11,9 @@ Layout: one root-level map per region (Yjs merges root types by name, so
 two regions adding the same region concurrently both keep their keys), with
 
 - ``"<state>@<by>"`` for each state change (``joining``, ``active``,
-  ``leaving``, ``removed``), value ``{"hlc": "<int>", "final_seq": n}``:
+  ``leaving``, ``removed``), value ``{"hlc": "<int>", "final_seq": n}``
+  (``final_seq``: for ``leaving``, every record the region wrote; for
+  ``removed``, its records the remover held):
   written once by region ``by`` and never changed. Keys, not one ``state``
   value: a Yjs map key written concurrently keeps one writer's value (by
   client id), so "removed" could lose to a concurrent "active". With one key
@@ -31,6 +33,15 @@ two regions adding the same region concurrently both keep their keys), with
 HLCs are stored as decimal strings: document numbers read back as floats,
 which cannot hold 64 bits.
 
+**Leaving** (:func:`leave`, ``crdtdb cluster leave DIR`` on the region's own
+directory) is a drain: the region records ``leaving@<itself>`` with
+``final_seq``, the number of its last record (that change included), and
+from then on refuses local writes (:func:`check_writable`, in the commit
+path; a ``RegionLeavingError``). The others keep waiting for it in the
+frontier, as for any member; once a region holds its records 1..final_seq
+its daemon removes it (:func:`drained`), and the ``removed`` rule takes over
+with nothing it acknowledged left behind.
+
 The frontier rule built on it is :func:`counted_origins` (used by
 :mod:`crdtdb.frontier`).
 """
@@ -42,9 +53,9 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import UsageError
+from .errors import RegionLeavingError, UsageError
 from .hlc import Hlc, tick
-from .ids import RESERVED_COLLECTION, validate_region
+from .ids import RESERVED_COLLECTION, collection_of, validate_region
 
 if TYPE_CHECKING:
     from .database import Database
@@ -58,7 +69,10 @@ __all__ = [
     "Membership",
     "StateChange",
     "add",
+    "check_writable",
+    "drained",
     "ensure",
+    "leave",
     "parse",
     "read",
     "read_conn",
@@ -82,7 +96,8 @@ class StateChange:
     hlc: Hlc
     by: str
     final_seq: int = 0
-    """For ``removed``: the removed region's records held by ``by`` then (1..final_seq)."""
+    """For ``removed``: the removed region's records held by ``by`` then (1..final_seq);
+    for ``leaving``: every record the region wrote (it writes no more)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +128,12 @@ class Member:
     def final_seq(self) -> int:
         """For a removed region: its records 1..final_seq are the ones every region keeps."""
         return max((c.final_seq for c in self.changes if c.state == "removed"), default=0)
+
+    @property
+    def drain_seq(self) -> int | None:
+        """For a leaving region: the last of its records (None: it never left)."""
+        own = [c.final_seq for c in self.changes if c.state == "leaving" and c.by == self.region]
+        return max(own) if own else None
 
     @property
     def fingerprint(self) -> str | None:
@@ -299,8 +320,11 @@ def ensure(
     ``address`` and ``fingerprint`` recorded; write only what is missing. Returns whether
     the region is a member (False: it is removed, and nothing was written)."""
     region = validate_region(region)
-    if state not in STATES[:3]:
-        raise UsageError(f"a member is made one of {STATES[:3]}, not {state!r}")
+    if state not in STATES[:2]:
+        raise UsageError(
+            f"a member is made one of {STATES[:2]}, not {state!r} (a region leaves with"
+            " `crdtdb cluster leave`, and is removed with `crdtdb cluster remove`)"
+        )
     members = read(db)
     member = members.members.get(region) if members else None
     if member is not None and member.state == "removed":
@@ -370,3 +394,70 @@ def record_fingerprint(db: Database, fingerprint: str) -> None:
     if member is not None and fingerprint in {fp for fp, _, _ in member.fingerprints}:
         return  # current, or retired: never current again
     _write(db, db.region, {_CERT + fingerprint: {"hlc": _now(db), "by": db.region}})
+
+
+def leave(db: Database) -> Member:
+    """``crdtdb cluster leave DIR``: this region leaves the cluster (a drain, see above).
+
+    Records ``leaving@<region>`` with ``final_seq``: the sequence number the change
+    itself is committed at, so every record this region wrote is 1..final_seq. From
+    then on its local writes are refused; should another process's write slip in
+    between reading the counter and committing, the change is written again (it is
+    the one write still allowed), numbered after it.
+    """
+    region = db.region
+    found = read(db)
+    member = found.members.get(region) if found else None
+    if member is None or member.state is None:
+        raise UsageError(
+            f"region {region} is not a member of a cluster (its store holds no membership"
+            " entry for it): there is nothing to leave"
+        )
+    if member.state == "removed":
+        raise UsageError(f"region {region} was already removed from the cluster")
+    if member.drain_seq is not None:
+        return member
+    predicted = db.progress().get(region, (0, 0, Hlc(0)))[1] + 1
+    for _ in range(8):
+        with db.transaction(_reserved=True) as tx:
+            fields = tx.map(MEMBERS_DOC, region)
+            fields[f"leaving@{region}"] = {"hlc": _now(db), "final_seq": predicted}
+        written = max((r.seq for r in tx.records if r.origin == region), default=0)
+        if written == predicted:
+            break
+        predicted = written + 1
+    found = read(db)
+    assert found is not None
+    return found.members[region]
+
+
+def check_writable(conn: sqlite3.Connection, region: str, doc_ids: list[str]) -> None:
+    """Refuse a local write of ``region`` (inside the commit's write transaction) once
+    the membership says it is leaving or removed: its records past its final one would
+    be refused or lost. Writes to the membership itself are still taken."""
+    if all(collection_of(doc_id) == RESERVED_COLLECTION for doc_id in doc_ids):
+        return
+    found = read_conn(conn)
+    member = found.members.get(region) if found else None
+    if member is None or member.state not in ("leaving", "removed"):
+        return
+    since = member.since
+    when = f" at {since.hlc} by {since.by}" if since else ""
+    raise RegionLeavingError(
+        f"refused local write: region {region} is {member.state} the cluster{when}"
+        if member.state == "leaving"
+        else f"refused local write: region {region} was removed from the cluster{when}",
+        region,
+    )
+
+
+def drained(view: Membership, held: dict[str, int]) -> list[str]:
+    """Leaving regions whose every record (1..final_seq) this store holds (``held``:
+    contiguous sequence per origin): the ones it may now remove."""
+    return sorted(
+        region
+        for region, member in view.members.items()
+        if member.state == "leaving"
+        and member.drain_seq is not None
+        and held.get(region, 0) >= member.drain_seq
+    )

@@ -31,6 +31,7 @@ from .errors import (
 from .frontier import Frontier
 from .hlc import Hlc, observe, tick
 from .ids import collection_of
+from .membership import check_writable
 from .records import REPAIR, WRITE, UpdateRecord
 
 __all__ = ["BODY_MAX_BYTES", "Writer"]
@@ -154,6 +155,7 @@ class Writer:
         now = engine.options.clock()
         if kind == WRITE:  # an application's write; repairs re-record what peers wrote
             engine.check_fence(now)
+            check_writable(engine.conn, engine.region, [change[0] for change in changes])
         hlc = tick(last, now)
         if kind == WRITE:
             engine.clients.bind_own(int(hlc))

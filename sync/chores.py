@@ -94,6 +94,23 @@ class MembershipChores:
             if session is not None and session.peer and self.cluster.removed(session.peer):
                 session.close(f"{session.peer} was removed from the cluster")
                 protocol.flush()
+        self._drain_leavers()
+
+    def _drain_leavers(self) -> None:
+        """Remove the leaving regions this store holds every record of (see :mod:`.cluster`)."""
+        if self.cluster.draining:
+            return
+        ready = self.cluster.drained()
+        if not ready:
+            return
+        self.cluster.draining = True
+        task = asyncio.get_running_loop().create_task(self.writer.call(self.cluster.drain, ready))
+
+        def done(task: asyncio.Task[None]) -> None:
+            self.cluster.draining = False
+            self._membership_written(task)
+
+        task.add_done_callback(done)
 
     async def _seed_loop(self, host: str, port: int) -> None:
         """Dial a seed while no session with the region found there is up (see

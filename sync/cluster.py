@@ -14,6 +14,11 @@ What the membership document means for a running region:
   anti-entropy round with it that finds nothing to repair.
 - **Decommission.** A removed region is refused (``removed``), by name,
   and not dialled any more.
+- **Leaving** (``crdtdb cluster leave`` on the region itself): the region
+  refuses local writes and names its last record; it stays a member, served
+  and waited for, until a region holds every record it wrote: that region's
+  daemon then removes it (:meth:`ClusterView.drain`), so nothing it
+  acknowledged is lost by the removal.
 - **Certificates.** Each daemon records its own certificate's fingerprint at
   start (only a region itself does: another region that saw an old
   certificate first must not make it current again). A certificate the
@@ -24,12 +29,17 @@ What the membership document means for a running region:
   each seed address until it is connected to the region found there (with
   ``auto_join`` on the seed, or after ``crdtdb cluster add`` there, it is
   admitted), makes itself ``joining`` (``active`` after its first clean
-  anti-entropy round), and records its address in the membership. It then
-  dials every member the membership gives an address for, like configured
-  peers: the name that sorts first dials, so each pair ends up with one
-  connection. A seed dial is only a way in: it is made only while no
-  session with the seed's region is up, so it never competes with that
-  pair's own connection for long (the newer one replaces the older).
+  anti-entropy round), and records its address in the membership. A seed
+  dial is only a way in: it is made only while no session with the seed's
+  region is up, so it never competes with that pair's own connection for
+  long (the newer one replaces the older).
+- **Learned members.** Every daemon, whether its config names ``[[peers]]``
+  or seeds, connects to every member the membership gives an address for
+  (a configured peer's address wins over the recorded one): the name that
+  sorts first dials, so each pair ends up with one connection, and a static
+  region dials a newcomer that sorts after it as the newcomer expects. A
+  removed member is never dialled. ``[cluster] dial_members = false`` keeps
+  a region to its configured peers and seeds (a chain stays a chain).
 """
 
 from __future__ import annotations
@@ -96,8 +106,10 @@ class ClusterView:
         self.config = config
         self.own_fingerprint = own_fingerprint
         self.view: Membership | None = None
-        self.mesh = False
-        """Dial every member the membership gives an address for (set with seeds)."""
+        self.mesh = config.dial_members
+        """Dial every member the membership gives an address for (``dial_members``)."""
+        self.draining = False
+        """A removal of drained leaving regions is being written (one at a time)."""
         self._pending_port: int | None = None
         """The port to record this region at, while the store refused to (see start)."""
 
@@ -130,7 +142,6 @@ class ClusterView:
     def _start(self, port: int) -> None:
         region = self.db.region
         address = self.config.advertise or f"{self.config.host}:{port}"
-        self.mesh = bool(self.config.seeds)
         # Joining through seeds: active once a round with a peer finds nothing to repair.
         state = "joining" if self.config.seeds else "active"
         if not membership.ensure(
@@ -228,9 +239,10 @@ class ClusterView:
         return self.state(region) == "removed"
 
     def dial_targets(self) -> dict[str, tuple[str, int]]:
-        """Regions to keep a connection with, and where: configured peers, then (a region
-        that joined through seeds) members with an address; never a removed one nor this
-        one. A static config (``[[peers]]`` only) keeps the topology it names."""
+        """Regions to keep a connection with, and where: configured peers, then (unless
+        ``dial_members = false``) every other member with an address in the membership,
+        whether this region's config is static or seeded; never a removed one nor this
+        one."""
         from .config import parse_address
 
         targets = {p.region: (p.host, p.port) for p in self.config.peers}
@@ -248,6 +260,28 @@ class ClusterView:
             targets.pop(region, None)
         targets.pop(self.db.region, None)
         return targets
+
+    def drained(self) -> list[str]:
+        """Leaving regions whose every record this store holds: to remove now."""
+        view = self.view
+        if view is None or not any(m.state == "leaving" for m in view.members.values()):
+            return []
+        held = {origin: entry[1] for origin, entry in self.db.progress().items()}
+        return [r for r in membership.drained(view, held) if r != self.db.region]
+
+    def drain(self, regions: list[str]) -> None:
+        """Remove leaving ``regions`` this store holds every record of (on the writer)."""
+        for region in regions:
+            member = membership.remove(self.db, region)
+            log.info(
+                "%s: removed %s from the cluster: it left, and every record it wrote"
+                " (1..%d) is held here",
+                self.db.region,
+                region,
+                member.final_seq,
+                extra={"event": "drained", "peer": region},
+            )
+        self.refresh()
 
     def report(self) -> list[dict[str, object]]:
         """The members for the status file."""

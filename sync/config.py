@@ -7,8 +7,11 @@ otherwise silently fall back to a default), and so are missing required ones.
 The ``[cluster]`` table (optional): ``auto_join`` (admit any region with a
 CA-signed certificate as a joining member; for test clusters),
 ``advertise`` (the HOST:PORT other regions reach this one at, recorded in
-the membership; default: ``listen``) and ``seeds`` (HOST:PORT of members to
-join through, instead of or beside ``[[peers]]``). See :mod:`.cluster`.
+the membership; default: ``listen``), ``seeds`` (HOST:PORT of members to
+join through, instead of or beside ``[[peers]]``) and ``dial_members``
+(default true: also connect to the members the membership gives an address
+for; false: only to ``[[peers]]`` and seeds, e.g. to keep a chain a chain).
+See :mod:`.cluster`.
 
 The ``[metrics]`` table (optional; without it nothing is served):
 
@@ -83,6 +86,9 @@ class RegionConfig:
     seeds: tuple[tuple[str, int], ...] = ()
     """``[cluster] seeds``: HOST:PORT of members to join through; the other members'
     addresses then come from the membership (every pair connects)."""
+    dial_members: bool = True
+    """``[cluster] dial_members``: connect to every member with an address in the
+    membership (the name that sorts first dials), not only to ``[[peers]]``."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -167,16 +173,16 @@ def _metrics_listen(value: object) -> tuple[str, int] | None:
 
 
 def _cluster_options(value: object) -> dict[str, Any]:
-    """``[cluster]``: ``auto_join = true|false``, ``advertise = "HOST:PORT"``."""
+    """``[cluster]``: ``auto_join``/``dial_members = true|false``, ``advertise =
+    "HOST:PORT"``, ``seeds = ["HOST:PORT", ...]``."""
     table = _table(value, "[cluster]")
-    _unknown(table, {"auto_join", "advertise", "seeds"}, "[cluster]")
+    _unknown(table, {"auto_join", "advertise", "seeds", "dial_members"}, "[cluster]")
     options: dict[str, Any] = {}
-    if "auto_join" in table:
-        if not isinstance(table["auto_join"], bool):
-            raise ConfigError(
-                f"[cluster] auto_join must be true or false, not {table['auto_join']!r}"
-            )
-        options["auto_join"] = table["auto_join"]
+    for flag in ("auto_join", "dial_members"):
+        if flag in table:
+            if not isinstance(table[flag], bool):
+                raise ConfigError(f"[cluster] {flag} must be true or false, not {table[flag]!r}")
+            options[flag] = table[flag]
     if "seeds" in table:
         seeds = table["seeds"]
         if not isinstance(seeds, list):

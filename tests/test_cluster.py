@@ -196,6 +196,8 @@ def test_three_regions_converge_under_concurrent_writers(cluster_lab: Lab) -> No
 
 def test_chain_relays_between_regions_that_do_not_peer(cluster_lab: Lab) -> None:
     with cluster_lab.cluster(REGIONS, links=[("eu", "us"), ("us", "ap")]) as cluster:
+        for region in cluster.regions.values():  # only the configured peers: a chain
+            region.tables = {"cluster": {"dial_members": False}}
         cluster.start()
         cluster.wait_ready(timeout=TIMEOUT)
         eu_status = cluster.regions["eu"].status()

@@ -213,12 +213,13 @@ def test_parse_address_refuses_and_says_where(text: object) -> None:
 def test_the_cluster_table(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL))
     assert (config.auto_join, config.advertise, config.seeds) == (False, None, ())
+    assert config.dial_members is True
     text = MINIMAL + (
         '[cluster]\nauto_join = true\nadvertise = "10.0.0.1:7401"\n'
-        'seeds = ["10.0.0.2:7402", "[::1]:7403"]\n'
+        'seeds = ["10.0.0.2:7402", "[::1]:7403"]\ndial_members = false\n'
     )
     config = load_config(write(tmp_path, text))
-    assert config.auto_join is True
+    assert config.auto_join is True and config.dial_members is False
     assert config.advertise == "10.0.0.1:7401"
     assert config.seeds == (("10.0.0.2", 7402), ("::1", 7403))
 
@@ -227,6 +228,7 @@ def test_the_cluster_table(tmp_path: Path) -> None:
     ("table", "message"),
     [
         ('auto_join = "yes"', "auto_join must be true or false"),
+        ("dial_members = 1", "dial_members must be true or false"),
         ('seeds = "10.0.0.2:7402"', "seeds is a list of addresses"),
         ('seeds = ["10.0.0.2"]', "seeds #1"),
         ('advertise = "nowhere"', "advertise"),

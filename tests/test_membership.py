@@ -20,7 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 import crdtdb
 from crdtdb import Hlc, membership
-from crdtdb.errors import ReservedCollectionError, UsageError
+from crdtdb.errors import RegionLeavingError, ReservedCollectionError, UsageError
 
 
 def send(a: crdtdb.Database, b: crdtdb.Database) -> None:
@@ -258,6 +258,52 @@ def test_removed_region_waited_for_until_its_final_records_arrive(
     assert eu.frontier() > late
 
 
+# ------------------------------------------------------------------ leaving
+
+
+def test_a_leaving_region_refuses_writes_and_names_its_last_record(
+    three: dict[str, crdtdb.Database],
+) -> None:
+    eu, us = three["eu"], three["us"]
+    for db in three.values():
+        for region in three:
+            membership.ensure(db, region, "active")
+    for i in range(3):
+        eu.put(f"docs/eu-{i}", {"n": i})
+    member = membership.leave(eu)
+    last = eu.progress()["eu"][1]
+    assert member.state == "leaving" and member.drain_seq == last  # the leave record itself
+    with pytest.raises(RegionLeavingError, match="region eu is leaving the cluster") as refused:
+        eu.put("docs/late", {"n": 9})
+    assert refused.value.code == "region_leaving" and "write through another region" in str(
+        refused.value
+    )
+    assert eu.get("docs/late") is None and eu.progress()["eu"][1] == last  # nothing stored
+    assert membership.leave(eu).drain_seq == last  # leaving twice changes nothing
+    with pytest.raises(UsageError, match="is made one of"):
+        membership.ensure(eu, "eu", "leaving")
+    us.put("docs/us", {"n": 1})  # the others write on
+    # us heard of the leave: it waits for eu's records, and may remove it once it holds them.
+    send(eu, us)
+    view = _found(us)
+    assert view.state("eu") == "leaving" and "eu" in view.waited()
+    assert membership.drained(view, {"eu": last - 1}) == []
+    assert membership.drained(view, {"eu": last}) == ["eu"]
+    removed = membership.remove(us, "eu")
+    assert removed.state == "removed" and removed.final_seq == last
+
+
+def test_a_removed_region_refuses_local_writes(three: dict[str, crdtdb.Database]) -> None:
+    eu, us = three["eu"], three["us"]
+    for db in (eu, us):
+        membership.ensure(db, "eu", "active")
+        membership.ensure(db, "us", "active")
+    membership.remove(us, "eu")
+    send(us, eu)  # eu hears of its removal
+    with pytest.raises(RegionLeavingError, match="region eu was removed from the cluster"):
+        eu.put("docs/late", {"n": 1})
+
+
 # ------------------------------------------------------------------ property
 
 
@@ -296,10 +342,33 @@ class MembershipMachine(RuleBasedStateMachine):
         if at != region:
             membership.remove(self.dbs[at], region)
 
+    @rule(at=st.sampled_from(REGIONS))
+    def leave(self, at: str) -> None:
+        with contextlib.suppress(UsageError):  # already removed: refused, as it should be
+            membership.leave(self.dbs[at])
+        assert _found(self.dbs[at]).state(at) in ("leaving", "removed")
+
+    @rule(at=st.sampled_from(REGIONS))
+    def drain(self, at: str) -> None:
+        """What a daemon does: remove the leaving regions it holds every record of."""
+        db = self.dbs[at]
+        held = {origin: entry[1] for origin, entry in db.progress().items()}
+        for region in membership.drained(_found(db), held):
+            if region != at:
+                drain_seq = _found(db).members[region].drain_seq
+                assert drain_seq is not None
+                assert membership.remove(db, region).final_seq >= drain_seq
+
     @rule(at=st.sampled_from(REGIONS), key=st.integers(0, 3), value=st.integers(0, 9))
     def write(self, at: str, key: int, value: int) -> None:
         doc_id = f"docs/{key}"
-        self.dbs[at].update(doc_id, {at: value})
+        state = _found(self.dbs[at]).state(at)
+        try:
+            self.dbs[at].update(doc_id, {at: value})
+        except RegionLeavingError:
+            assert state in ("leaving", "removed")  # refused only once it left
+            return
+        assert state not in ("leaving", "removed")
         self.docs.add(doc_id)
 
     @rule(a=st.sampled_from(REGIONS), b=st.sampled_from(REGIONS))
@@ -329,6 +398,13 @@ class MembershipMachine(RuleBasedStateMachine):
         exchange([self.dbs[r] for r in REGIONS], rounds=2)  # everyone hears everything
         views = {members_json(db) for db in self.dbs.values()}
         assert len(views) == 1, views
+        # Whatever a region that left wrote is held by every region still a member.
+        view = _found(self.dbs[REGIONS[0]])
+        for region, member in view.members.items():
+            if member.drain_seq is not None:
+                for db in self.dbs.values():
+                    if view.state(db.region) != "removed":
+                        assert db.progress()[region][1] >= member.drain_seq
         # Only regions still members go on: a removed one is refused from then on.
         live = [r for r in REGIONS if _found(self.dbs[r]).state(r) != "removed"]
         dbs = [self.dbs[r] for r in live]

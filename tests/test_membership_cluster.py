@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -357,3 +358,91 @@ def test_regions_joining_through_one_seed_each_connect_every_pair(cluster_lab: L
         )
         assert {name: connects(name) for name in everyone} == before
         assert connected(everyone)
+
+
+def test_static_regions_dial_a_member_that_joined_through_a_seed(cluster_lab: Lab) -> None:
+    """ap and eu list only each other ([[peers]]); us joins through ap as its seed. eu sorts
+    before us, so eu dials us (a static config dials learned members too); once us is
+    removed, nobody dials it any more."""
+    with cluster_lab.cluster(("ap", "eu", "us"), links=[("ap", "eu")]) as cluster:
+        for name in ("ap", "eu"):
+            cluster.regions[name].tables = {"cluster": {"auto_join": True}}
+        seed = f"127.0.0.1:{cluster.regions['ap'].port}"
+        cluster.regions["us"].tables = {"cluster": {"seeds": [seed]}}
+        cluster.start("ap", "eu")
+        cluster.wait_ready("ap", "eu", timeout=TIMEOUT)
+        cluster.start("us")
+        wait_until(
+            lambda: cluster.ready("eu", ["ap", "us"]) and cluster.ready("us", ["ap", "eu"]),
+            TIMEOUT,
+            "eu (static) to dial us, which it learned from the membership",
+        )
+        assert logged(cluster, "eu", "connected to us")
+        cluster.db("eu").put("notes/eu", {"from": "eu"})
+        cluster.db("us").put("notes/us", {"from": "us"})
+        wait_until(
+            lambda: len({cluster.db(n).merkle_root() for n in ("ap", "eu", "us")}) == 1,
+            TIMEOUT,
+            "ap, eu and us to converge",
+        )
+        assert cluster.db("us").get("notes/eu") == {"from": "eu"}
+        # Removed: eu neither dials it nor keeps it in its status.
+        cluster.terminate("us")
+        crdtdb_cli("cluster", "remove", str(cluster.regions["ap"].data_dir), "us")
+        wait_until(
+            lambda: state_in(cluster, "eu", "us") == "removed",
+            TIMEOUT,
+            "eu to learn that us was removed",
+        )
+
+        def forgotten() -> bool:
+            status = cluster.regions["eu"].status()
+            return status is not None and "us" not in {p["region"] for p in status["peers"]}
+
+        wait_until(forgotten, TIMEOUT, "eu to stop dialling us")
+
+
+def test_a_region_that_leaves_is_drained_then_removed(cluster_lab: Lab) -> None:
+    """ap leaves (``crdtdb cluster leave`` on its own directory, its daemon running): it
+    refuses writes at once; eu and us remove it once they hold every record it wrote."""
+    with cluster_lab.cluster(MEMBERS) as cluster:
+        cluster.start()
+        cluster.wait_ready(timeout=TIMEOUT)
+        for i in range(20):
+            cluster.db("ap").put(f"docs/ap-{i}", {"n": i})
+        ap_dir = str(cluster.regions["ap"].data_dir)
+        left = crdtdb_cli("cluster", "leave", ap_dir)
+        assert left["state"] == "leaving"
+        final_seq = left["final_seq"]
+        assert final_seq == cluster.db("ap").progress()["ap"][1] >= 21
+        done = subprocess.run(
+            [sys.executable, "-m", "crdtdb", "put", ap_dir, "docs/late", "{}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode != 0 and done.stderr.startswith("error: ")
+        # (ap may already have heard that it was removed: the drain is quick)
+        assert re.search(
+            r"refused local write: region ap (is leaving|was removed from)", done.stderr
+        )
+        assert len(done.stderr.strip().splitlines()) == 1  # one line, no traceback
+        remaining = ("eu", "us")
+        wait_until(
+            lambda: all(state_in(cluster, r, "ap") == "removed" for r in remaining),
+            TIMEOUT,
+            "eu and us to remove ap once drained",
+        )
+        assert any(logged(cluster, r, "removed ap from the cluster: it left") for r in remaining)
+        for name in remaining:
+            db = cluster.db(name)
+            found = membership.read(db)
+            assert found is not None and found.members["ap"].final_seq >= final_seq
+            assert db.progress()["ap"][1] >= final_seq  # nothing ap wrote was left behind
+            assert db.get("docs/ap-19") == {"n": 19}
+        now = max(cluster.db(name).hlc for name in remaining)
+        wait_until(
+            lambda: frontiers_pass(cluster, remaining, now),
+            TIMEOUT,
+            "the frontier to move on without ap",
+        )

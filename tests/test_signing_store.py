@@ -256,3 +256,55 @@ def test_evidence_is_exported_as_metrics_and_a_status_line() -> None:
     assert evidence_line({"conflicts": {}}) is None
     line = evidence_line({"conflicts": {"forgery": 2}, "equivocating_origins": []})
     assert line == "record evidence: forgery 2 (kept in the store's conflicts table)"
+
+
+def chain_seqs(db: crdtdb.Database, origin: str) -> list[int]:
+    with sqlite3.connect(db.path / STORE_FILE) as conn:
+        rows = conn.execute("SELECT seq FROM chain WHERE origin = ? ORDER BY seq", (origin,))
+        return [seq for (seq,) in rows]
+
+
+def reports(a: crdtdb.Database, b: crdtdb.Database) -> None:
+    """``a``'s frontier report, to ``b`` (what a session gossips)."""
+    entries = [(o, s, int(h)) for o, s, h in a.frontier_entries()]
+    b.note_frontier(entries, [(r, int(h)) for r, h in a.frontier_clocks()])
+
+
+def test_compaction_prunes_chain_rows_and_later_runs_still_verify(
+    tmp_path: Path, certs: Path, eu_us: tuple[Provenance, Provenance]
+) -> None:
+    eu, us = eu_us
+    for i in range(12):
+        eu.store.put(f"d/{i % 3}", {"i": i})
+    eu.seal_own()
+    assert relay(eu, us, "eu") == 12
+    for a, b in ((eu.store, us.store), (us.store, eu.store), (eu.store, us.store)):
+        reports(a, b)
+    assert chain_seqs(us.store, "eu") == list(range(1, 13))
+    for db in (eu.store, us.store):
+        assert db.compact(retention_s=0) > 0
+        # Folded records' rows are gone; kept: the rows from the lowest record still in
+        # the log on, and the newest (the base of eu's next run).
+        held = [r.seq for r in db.records_from("eu", 0)]
+        assert held and len(held) < 12
+        assert chain_seqs(db, "eu") == list(range(min(held), 13))
+    # eu's next run builds on the pruned chain, and us checks and applies it.
+    for i in range(3):
+        eu.store.put(f"d/{i}", {"later": i})
+    assert eu.seal_own() == 3
+    assert relay(eu, us, "eu", after=12) == 3
+    assert us.store.get("d/2") == {"later": 2}
+    # Compacted again: a run of eu#16 on another chain (a fork) is still caught, for us
+    # kept the hash of eu#15, the newest it holds.
+    reports(eu.store, us.store)
+    assert us.store.compact(retention_s=0) > 0
+    assert chain_seqs(us.store, "eu")[-1] == 15
+    with crdtdb.open(tmp_path / "eu-twin", region="eu") as twin_db:
+        twin = provenance(twin_db, certs)
+        for i in range(16):
+            twin_db.put(f"t/{i}", {"i": i})
+        twin.seal_own()
+        (fork, run), *_ = twin.runs_from("eu", 15, 10)
+        assert fork.first == 16
+        with pytest.raises(EquivocationError, match="a fork"):
+            us.check(run, [fork], "ap")
