@@ -157,6 +157,4 @@ def test_changes_in_hlc_order_across_pages_of_one_hlc(tmp_path: Path) -> None:
         records = list(db.changes())
         assert [r.seq for r in records] == list(range(1, 2503))
         assert len({r.hlc for r in records[1:-1]}) == 1
-        assert [r.seq for r in db.changes(since=records[0].hlc, limit=1700)] == list(
-            range(2, 1702)
-        )
+        assert [r.seq for r in db.changes(since=records[0].hlc, limit=1700)] == list(range(2, 1702))
