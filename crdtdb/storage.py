@@ -485,9 +485,9 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
                 docs,
                 records,
                 ": it rewrites the documents table, about half a second per 100,000,"
-                " and rebuilds two log indexes, about two seconds per million records"
+                " and rebuilds two log indexes, about 15 s per million records"
                 if version == 1
-                else ": it rebuilds two log indexes, about two seconds per million records",
+                else ": it rebuilds two log indexes, about 15 s per million records",
             )
             started = time.monotonic()
             if version == 1:
