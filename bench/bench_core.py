@@ -510,7 +510,7 @@ def environment() -> dict[str, Any]:
 # -------------------------------------------------------------------- main
 
 
-def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
+def parse_args(argv: list[str] | None) -> tuple[Config, Path, bool]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small sizes, under a minute")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
@@ -519,6 +519,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
     parser.add_argument("--open-docs", type=int, help="documents in the open-time store")
     parser.add_argument("--cold-docs", type=int, help="documents the cold reads cycle over")
     parser.add_argument("--cold-cache", type=int, help="crdtdb cache_size for cold reads")
+    parser.add_argument("--footprint", action="store_true", help="then bench_footprint.py")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     overrides = {
@@ -526,11 +527,11 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
         for name in ("seconds", "repeats", "open_docs", "cold_docs", "cold_cache")
         if getattr(args, name) is not None
     }
-    return replace(cfg, **overrides), args.out
+    return replace(cfg, **overrides), args.out, args.footprint
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, out = parse_args(argv)
+    cfg, out, footprint = parse_args(argv)
     env = environment()
     results: dict[Cell, list[Run]] = {}
     sections = [
@@ -548,6 +549,10 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(to_json(cfg, results, env), indent=2) + "\n")
     log(f"results written to {out}")
+    if footprint:  # the store's size for the automerge-paper trace (its own file)
+        import bench_footprint
+
+        return bench_footprint.main(["--keystrokes", "20000"] if cfg.name == "quick" else [])
     return 0
 
 

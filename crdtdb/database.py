@@ -250,7 +250,9 @@ class Database(Replica):
 
         Returns the number of log records removed. Time travel and ``changes``
         keep working for HLCs inside the window; older ones raise
-        ``HistoryCompactedError``.
+        ``HistoryCompactedError``. The pages freed go back to the file system
+        (stores created at schema 5 or later; see
+        :func:`crdtdb.storage.release_free_pages`).
         """
         if retention_s is None:
             keep = self.options.history_retention_s
@@ -264,7 +266,11 @@ class Database(Replica):
             # Never above the global frontier: a region that has not got a record yet
             # must still be able to get it from our log.
             horizon = min(Hlc.from_parts(horizon_ms, 0), self.frontier())
-            return self._history.compact(horizon, progress)
+            removed = self._history.compact(horizon, progress)
+        if removed:
+            # Outside the lock, in short steps: this process's writers go on meanwhile.
+            storage.release_free_pages(self._engine.path)
+        return removed
 
     @property
     def compacted_hlc(self) -> Hlc:

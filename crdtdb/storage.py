@@ -13,6 +13,15 @@ Tables:
   is the local arrival order, so other processes can follow the log by id.
   Ids are never reused because compaction never deletes the newest record
   (cheaper than AUTOINCREMENT, which costs a page write per commit).
+  Three indexes, each for the reads that need it and nothing more (schema 5
+  slimmed them; ``bench/bench_footprint.py`` measures them):
+  ``(origin, seq)`` (unique: the replication reads and the duplicate check),
+  ``log_doc (doc_id)`` (a document's records, in id order: SQLite appends the
+  rowid to every index entry, so ``(doc_id, id)`` stored the id twice) and
+  ``log_hlc (hlc)`` (the change feed in HLC order and the time-travel and
+  compaction cuts; ties on an HLC, rare, are ordered by origin and seq from
+  the row). Before schema 5 ``log_hlc`` also held origin and seq: 27 bytes an
+  entry, against 19.
 - ``docs``: per document its collection, liveness, last HLC, its digest and
   where that stands (``dirty``: 0 current and in the Merkle tree, 1 changed
   since, the tree still holding ``digest``, 2 current but not in the tree
@@ -47,6 +56,15 @@ edit its origin made (its items are checked against ``clients``), 1 an
 anti-entropy repair (items of other origins, carried), 2 written before
 schema 3 (never checked).
 
+A store created at schema 5 or later has ``PRAGMA auto_vacuum = INCREMENTAL``
+(it can only be set before the first table exists): the pages compaction
+frees are handed back to the file system by :func:`release_free_pages`, in
+short steps. Stores created earlier keep ``auto_vacuum`` off (turning it on
+takes a ``VACUUM``, which rewrites the file and holds every writer back while
+it runs): SQLite reuses their free pages for later writes, and an operator who
+wants the space back runs, once, ``PRAGMA auto_vacuum = INCREMENTAL; VACUUM``
+on the file (see the README, "Compaction").
+
 The file is marked with ``PRAGMA application_id`` so that a foreign SQLite
 file is refused rather than written into, and ``PRAGMA user_version`` holds
 the schema version so that an older crdtdb refuses a newer store.
@@ -70,11 +88,19 @@ from .errors import (
 )
 from .merkle import xor_bytes
 
-__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "STORE_FILE", "checkpoint", "connect", "wal_path"]
+__all__ = [
+    "APPLICATION_ID",
+    "SCHEMA_VERSION",
+    "STORE_FILE",
+    "checkpoint",
+    "connect",
+    "release_free_pages",
+    "wal_path",
+]
 
 STORE_FILE = "crdtdb.sqlite3"
 APPLICATION_ID = 0x43524454  # "CRDT"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_MS = 30_000
 WAL_SIZE_LIMIT = 64 << 20
 """Bytes the WAL file is cut back to when it starts over (SQLite keeps it at its largest)."""
@@ -105,8 +131,8 @@ CREATE TABLE log (
     kind INTEGER NOT NULL DEFAULT 0,
     UNIQUE (origin, seq)
 ) STRICT;
-CREATE INDEX log_doc ON log (doc_id, id);
-CREATE INDEX log_hlc ON log (hlc, origin, seq);
+CREATE INDEX log_doc ON log (doc_id);
+CREATE INDEX log_hlc ON log (hlc);
 CREATE TABLE docs (
     doc_id TEXT PRIMARY KEY,
     collection TEXT NOT NULL,
@@ -213,6 +239,13 @@ _MIGRATE_FROM_3 = (
 INSERT INTO meta (key, value) SELECT 'legacy_log_id', coalesce(max(id), 0) FROM log;
 """
 )
+# Schema 4's log indexes carried columns no read needs (see the module docstring).
+_MIGRATE_FROM_4 = """
+DROP INDEX log_doc;
+DROP INDEX log_hlc;
+CREATE INDEX log_doc ON log (doc_id);
+CREATE INDEX log_hlc ON log (hlc);
+"""
 
 
 def _xor_blob(a: bytes | None, b: bytes | None) -> bytes:
@@ -313,6 +346,49 @@ def checkpoint(directory: Path) -> tuple[int, int]:
     return int(pages), int(copied)
 
 
+VACUUM_STEP_PAGES = 256
+"""Free pages one step of :func:`release_free_pages` returns (1 MiB): a short write."""
+
+
+def release_free_pages(directory: Path, step_pages: int = VACUUM_STEP_PAGES) -> int:
+    """Hand the store's free pages back to the file system; return how many were freed.
+
+    ``PRAGMA incremental_vacuum`` in steps of ``step_pages``, each its own
+    write transaction on a connection of its own, so that a writer of any
+    process waits at most one step (a few milliseconds), never the whole
+    release: a ``VACUUM`` would rewrite the file and hold writers back while
+    it ran. Free pages are moved to the end of the file and cut off; in WAL
+    mode the file itself shrinks at the next checkpoint. A store created
+    before schema 5 has ``auto_vacuum`` off: nothing is released (SQLite
+    reuses those pages for later writes). The number of steps is bounded by
+    the free pages counted at the start, so writers freeing pages meanwhile
+    cannot keep it going.
+    """
+    conn = sqlite3.connect(
+        directory / STORE_FILE, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+    )
+    try:
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != _AUTO_VACUUM_INCREMENTAL:
+            return 0
+        free = start = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        for _ in range(-(-start // step_pages)):
+            # Each page moved is one step of the statement, and its result rows have no
+            # column, so ``execute`` (which steps such a statement once) moves one page:
+            # ``executescript`` steps it to the end.
+            conn.executescript(f"PRAGMA incremental_vacuum({int(step_pages)})")
+            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            if free == 0:
+                break
+    except sqlite3.Error as exc:
+        raise store_error(directory, exc, "releasing free pages") from exc
+    finally:
+        conn.close()
+    return max(0, int(start - free))
+
+
+_AUTO_VACUUM_INCREMENTAL = 2
+
+
 def _prepare(conn: sqlite3.Connection, path: Path, region: str | None, synchronous: str) -> None:
     try:
         # One read transaction: another process may be creating the store right now,
@@ -340,6 +416,10 @@ def _prepare(conn: sqlite3.Connection, path: Path, region: str | None, synchrono
         )
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+    if not tables:
+        # Only while the file is empty, before the switch to WAL writes its first page
+        # (SQLite ignores it later, so a store another process just made keeps its own).
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     mode = _switch_to_wal(conn)
     if mode.lower() != "wal":
         raise StoreError(
@@ -394,30 +474,35 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version in (1, 2, 3):
+        if version in (1, 2, 3, 4):
             docs = conn.execute("SELECT count(*) FROM docs").fetchone()[0]
+            records = conn.execute("SELECT count(*) FROM log").fetchone()[0]
             log.warning(
-                "%s: migrating the store from schema %d to %d (%d documents%s)",
+                "%s: migrating the store from schema %d to %d (%d documents, %d log records%s)",
                 path,
                 version,
                 SCHEMA_VERSION,
                 docs,
-                ": it rewrites the documents table, about half a second per 100,000"
+                records,
+                ": it rewrites the documents table, about half a second per 100,000,"
+                " and rebuilds two log indexes, about 15 s per million records"
                 if version == 1
-                else "",
+                else ": it rebuilds two log indexes, about 15 s per million records",
             )
             started = time.monotonic()
             if version == 1:
                 _run_script(conn, _MIGRATE_FROM_1)
             if version <= 2:
                 _run_script(conn, _MIGRATE_FROM_2)
-            _run_script(conn, _MIGRATE_FROM_3)
+            if version <= 3:
+                _run_script(conn, _MIGRATE_FROM_3)
+            _run_script(conn, _MIGRATE_FROM_4)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             log.warning("%s: migrated in %.1f s", path, time.monotonic() - started)
         elif version != SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"{path} has schema version {version}, which this crdtdb cannot migrate"
-                f" (it reads {SCHEMA_VERSION} and migrates 1 to 3): open it with the crdtdb"
+                f" (it reads {SCHEMA_VERSION} and migrates 1 to 4): open it with the crdtdb"
                 " that wrote it and export its documents"
             )
         conn.execute("COMMIT")
