@@ -214,6 +214,8 @@ class ClusterDemo:
             elif now >= heal_at and self.phase.endswith("cut off"):
                 self._heal()
             self._tick()
+        if self.phase.endswith("cut off"):
+            self._heal()  # ticks slowed by a loaded machine may end the writing first
         self._stop_writers()
 
     def _cut(self, seconds: float) -> None:
