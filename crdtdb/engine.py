@@ -36,11 +36,13 @@ from .errors import (
     DatabaseClosedError,
     HistoryCompactedError,
     RegionMismatchError,
+    StoreError,
     TransactionError,
     UsageError,
     shown,
 )
 from .fence import FENCE_KEY, ClockFence, decode_fence, encode_fence
+from .group import CommitGroup, EngineLock
 from .hlc import DEFAULT_MAX_OFFSET_MS, MAX_WALL_MS, Hlc, WallClock, system_wall_ms
 from .ids import DocId, RegionId, validate_region
 from .records import MAX_SQLITE_INT, UpdateRecord
@@ -218,7 +220,15 @@ class Engine:
                 f" region={stored!r} (or leave region out), or use another directory"
             )
         self.region = RegionId(str(stored))
-        self.lock = threading.RLock()
+        self.group: CommitGroup | None = None
+        """The open commit group, if any (see :mod:`crdtdb.group`)."""
+        self.lock = EngineLock(self)
+        self.group_woken = threading.Condition(threading.Lock())
+        """Members of a commit group wait on it for their leader's COMMIT."""
+        self.tx_thread: int | None = None
+        """The thread whose transaction is open, if any."""
+        self.known_gen = 0
+        """Moves whenever the document rows kept on handles may be out of date."""
         self.cache = DocCache(options.cache_size)
         self.apply_stats = ApplyStats()
         self.clients = ClientBindings(self.conn, self.region)
@@ -348,6 +358,7 @@ class Engine:
             return
         self.data_version = version
         self.counters = None
+        self.known_gen += 1
         epoch = int(self.meta("compaction_epoch") or 0)
         if epoch != self.epoch:  # records we never saw may have been folded away
             self.epoch = epoch
@@ -376,8 +387,12 @@ class Engine:
 
         An SQLite failure (a full disk, a read-only or vanished directory) rolls the
         transaction back and is raised as a typed :class:`StoreError`; the store is as
-        it was before, and the next write tries again.
+        it was before, and the next write tries again. The document rows kept on handles
+        are read again after it (what a body keeps there itself stays valid).
         """
+        if self.group is not None:  # taken with the lock held since before the group
+            self.commit_group()
+        self.known_gen += 1
         seen_id = self.seen_id
         try:
             self.conn.execute("BEGIN IMMEDIATE")
@@ -389,15 +404,111 @@ class Engine:
             if self.conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):  # it may be rolled back already
                     self.conn.execute("ROLLBACK")
-            self.seen_id = seen_id  # ids of rolled-back rows will be used again
-            self.counters = None
-            self.clients.rolled_back()
-            self.shapes.rolled_back()
+            self._rolled_back(seen_id)
             if isinstance(exc, sqlite3.Error):
                 raise storage.store_error(self.path, exc) from exc
             raise
         self.signal.emit(records, defer=self.tx_handles is not None)
         return result
+
+    def _rolled_back(self, seen_id: int) -> None:
+        """Forget what a rolled-back write left in memory."""
+        self.seen_id = seen_id  # ids of rolled-back rows will be used again
+        self.counters = None
+        self.known_gen += 1
+        self.clients.rolled_back()
+        self.shapes.rolled_back()
+
+    # ---------------------------------------------------------- group commit
+
+    def join(self, body: WriteBody) -> Any:
+        """Run a local commit's ``body`` in the open group's SQLite transaction, opening
+        the group if there is none (see :mod:`crdtdb.group`); the group commits later,
+        when the lock is released. A body that raises takes back only its own rows."""
+        group = self.group
+        if group is None:
+            seen_id = self.seen_id
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")  # the group's transaction begins here
+                self.refresh()
+                group = CommitGroup(self.seen_id, self.group_woken)
+                result, records = body()
+            except BaseException as exc:
+                if self.conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self.conn.execute("ROLLBACK")
+                self._rolled_back(seen_id)
+                if isinstance(exc, sqlite3.Error):
+                    raise storage.store_error(self.path, exc) from exc
+                raise
+            self.group = group
+        else:
+            seen_id, counters = self.seen_id, self.counters
+            try:
+                self.conn.execute("SAVEPOINT member")
+                result, records = body()
+                self.conn.execute("RELEASE member")
+            except BaseException as exc:
+                self._member_failed(group, seen_id, counters)
+                if isinstance(exc, sqlite3.Error):
+                    raise storage.store_error(self.path, exc) from exc
+                raise
+        group.members += 1
+        group.records.extend(records)
+        group.doc_ids.update(record.doc_id for record in records)
+        return result
+
+    def _member_failed(
+        self, group: CommitGroup, seen_id: int, counters: tuple[Hlc, int] | None
+    ) -> None:
+        """Take back one member's rows; if SQLite rolled back the whole transaction
+        (it may, on a full disk), the group has failed."""
+        if self.conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK TO member")
+                self.conn.execute("RELEASE member")
+        self.known_gen += 1
+        self.clients.rolled_back()
+        self.shapes.rolled_back()
+        if self.conn.in_transaction:
+            self.seen_id, self.counters = seen_id, counters
+            return
+        self.group = None
+        self._fail_group(
+            group, StoreError(f"{self.path}: the commit group was rolled back; retry the write")
+        )
+
+    def commit_group(self) -> None:
+        """Commit the open group and wake its members (the leader's part; under the lock).
+        Never raises for an SQLite failure: the members raise it, each in its thread."""
+        group, self.group = self.group, None
+        if group is None:
+            return
+        try:
+            self.conn.execute("COMMIT")  # the group's transaction commits here
+        except sqlite3.Error as exc:
+            if self.conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+            self._fail_group(group, storage.store_error(self.path, exc))
+            return
+        try:
+            self.signal.emit(group.records, defer=self.tx_handles is not None)
+        finally:
+            group.finish()
+
+    def _fail_group(self, group: CommitGroup, error: StoreError) -> None:
+        self._rolled_back(group.seen_id)
+        for doc_id in group.doc_ids:  # their edits were never stored: reload from disk
+            self.cache.evict(doc_id)
+        group.finish(error)
+
+    def await_group(self, group: CommitGroup) -> None:
+        """Return once ``group`` committed (raise its error if it failed). A thread that
+        still holds the lock (a transaction inside a locked section) commits it itself."""
+        if not group.done and self.lock.held():
+            self.commit_group()
+        group.outcome()
 
     def read_counters(self) -> tuple[Hlc, int]:
         """The last HLC and the local max seq; call inside the write transaction."""
@@ -444,7 +555,7 @@ class Engine:
 
     def begin(self, handles: dict[str, DocHandle]) -> None:
         """Hold the lock for a transaction over ``handles`` until :meth:`end`."""
-        self.lock.acquire()
+        self.lock.acquire_to_join()
         if self.closed or self.tx_handles is not None:
             self.lock.release()
             self.check()
@@ -452,16 +563,25 @@ class Engine:
                 "nested transaction: a Database runs one transaction at a time per thread;"
                 " do all the edits in the outer `with db.transaction()` block"
             )
-        self.refresh()
+        if self.group is None:  # inside an open group, no other process can have committed
+            self.refresh()
         self.tx_handles = handles
+        self.tx_thread = threading.get_ident()
 
     def end(self, handles: dict[str, DocHandle]) -> None:
         if self.tx_handles is handles:
             self.tx_handles = None
+            self.tx_thread = None
             try:
                 self.signal.flush()
             finally:
                 self.lock.release()
+
+    def check_no_tx_here(self, what: str) -> None:
+        """:meth:`check_no_tx` without the lock: whether this thread has a transaction open."""
+        self.check()
+        if self.tx_thread == threading.get_ident():
+            self.check_no_tx(what)
 
 
 def load_into(conn: sqlite3.Connection, doc_id: str, handle: DocHandle) -> int:

@@ -73,17 +73,26 @@ class Transaction:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        group = None
         try:
             if exc_type is None:
                 committed = self._writer.commit(self._handles)
                 if committed is not None:
                     self.hlc, records = committed
                     self.records = tuple(records)
+                # Our commit's group, or the open one whose rows we may have read.
+                group = self._engine.group
             else:
                 self._writer.rollback(self._handles)
         finally:
             self._state = "done"
             self._engine.end(self._handles)
+        if group is not None:  # returns after the group's COMMIT (see crdtdb.group)
+            try:
+                self._engine.await_group(group)
+            except BaseException:
+                self.hlc, self.records = None, ()
+                raise
 
     def _guard(self) -> None:
         if self._state != "open":

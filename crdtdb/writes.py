@@ -61,13 +61,19 @@ class _DocChange(NamedTuple):
     """Of its newest record: the greatest (HLC, origin) of the batch."""
 
 
-class _Known(NamedTuple):
-    """What the store held of a document before the write."""
+class Known(NamedTuple):
+    """What the store holds of a document's row: read before a write, kept on its handle
+    after (valid while :attr:`Engine.known_gen` stays what it was then)."""
 
     pending: int
     hlc: int
     snapshot_bytes: int
     origin: str
+    live: int
+    dirty: int
+
+
+_ABSENT = Known(0, 0, 0, "", 0, 0)
 
 
 class Writer:
@@ -102,7 +108,7 @@ class Writer:
             return (hlc, records), records
 
         try:
-            committed: tuple[Hlc, list[UpdateRecord]] = engine.write(body)
+            committed: tuple[Hlc, list[UpdateRecord]] = engine.join(body)
             return committed
         except BaseException as exc:
             self.rollback(handles)
@@ -335,15 +341,22 @@ class Writer:
         one reach that snapshot's size (at least ``snapshot_min_bytes``): loading
         replays at most about twice the document's size, and rewriting costs at
         most one extra byte per byte logged.
+
+        What the row held before is kept on the document's handle, so that a
+        commit reads no row (see :meth:`_known`); and a row whose liveness and
+        digest state stay as they were is updated without those columns, which
+        leaves the pages of their two indexes untouched (SQLite rewrites an
+        index entry whenever its column is assigned, even to the same value).
         """
-        known = self._known([c.doc_id for c in changed if new is None or c.doc_id not in new])
+        known = self._known([c for c in changed if new is None or c.doc_id not in new])
         created = self._digests.on_created(
             [(c.doc_id, c.handle) for c in changed if c.doc_id not in known]
         )
-        rows, bodies, snapshots = [], [], []
+        gen = self._engine.known_gen
+        rows, quiet, bodies, snapshots = [], [], [], []
         for change in changed:
             change.handle.loaded_through = change.log_id
-            before = known.get(change.doc_id, _Known(0, 0, 0, ""))
+            before = known.get(change.doc_id, _ABSENT)
             pending = before.pending + change.size
             # the newest record is the greatest (HLC, origin): the same in every region
             origin = max((before.hlc, before.origin), (int(change.hlc), change.origin))[1]
@@ -355,34 +368,60 @@ class Writer:
                 snapshots.append((change.doc_id, snapshot))
                 snapshot_bytes, snapshot_id, pending = len(snapshot), change.log_id, 0
             digest, state = created.get(change.doc_id, (None, DigestState.STALE))
-            rows.append(
-                (
-                    change.doc_id,
-                    collection_of(change.doc_id),
-                    merkle.leaf_of(change.doc_id),
-                    change.handle.live,
-                    max(int(change.hlc), before.hlc),
-                    snapshot_bytes,
-                    snapshot_id,
-                    pending,
-                    digest,
-                    int(state),
+            live = int(change.handle.live)
+            hlc = max(int(change.hlc), before.hlc)
+            if change.doc_id in known and before.live == live and before.dirty == state:
+                quiet.append((hlc, snapshot_bytes, snapshot_id, pending, change.doc_id))
+            else:
+                rows.append(
+                    (
+                        change.doc_id,
+                        collection_of(change.doc_id),
+                        merkle.leaf_of(change.doc_id),
+                        live,
+                        hlc,
+                        snapshot_bytes,
+                        snapshot_id,
+                        pending,
+                        digest,
+                        int(state),
+                    )
                 )
+            stored_bytes = before.snapshot_bytes if snapshot_bytes is None else snapshot_bytes
+            change.handle.known = (
+                gen,
+                Known(pending, hlc, stored_bytes, origin, live, int(state)),
             )
-        self._store_rows(rows, bodies, snapshots)
+        self._store_rows(rows, quiet, bodies, snapshots)
         self._digests.on_changed([c.doc_id for c in changed if c.doc_id in known])
 
-    def _known(self, doc_ids: list[str]) -> dict[str, _Known]:
-        return {
-            row[0]: _Known(row[1], row[2], row[3], row[4] or "")
+    def _known(self, changed: list[_DocChange]) -> dict[str, Known]:
+        """What the store holds of these documents' rows (absent: no row). Kept on each
+        handle by the last write of this process, and read only where that may be out of
+        date: another process committed, a write rolled back, or something other than
+        a commit or apply wrote (each moves :attr:`Engine.known_gen`)."""
+        gen = self._engine.known_gen
+        found: dict[str, Known] = {}
+        unread = []
+        for change in changed:
+            kept = change.handle.known
+            if kept is not None and kept[0] == gen:
+                if kept[1] is not _ABSENT:
+                    found[change.doc_id] = kept[1]
+            else:
+                unread.append(change.doc_id)
+        found.update(
+            (row[0], Known(row[1], row[2], row[3], row[4] or "", row[5], row[6]))
             for row in self._engine.rows_in(
-                "SELECT d.doc_id, d.pending, d.hlc, d.snapshot_bytes, b.origin FROM docs d"
-                " LEFT JOIN bodies b ON b.doc_id = d.doc_id WHERE d.doc_id IN ({marks})",
-                doc_ids,
+                "SELECT d.doc_id, d.pending, d.hlc, d.snapshot_bytes, b.origin, d.live,"
+                " d.dirty FROM docs d LEFT JOIN bodies b ON b.doc_id = d.doc_id"
+                " WHERE d.doc_id IN ({marks})",
+                unread,
             )
-        }
+        )
+        return found
 
-    def _body(self, change: _DocChange, before: _Known) -> tuple[str | None, int | None]:
+    def _body(self, change: _DocChange, before: Known) -> tuple[str | None, int | None]:
         """The document's JSON and shape number, while it is small enough to write."""
         if before.snapshot_bytes + before.pending + change.size > BODY_MAX_BYTES:
             return None, None
@@ -397,22 +436,34 @@ class Writer:
         return pending >= max(minimum, snapshot_bytes) and not handle.waiting
 
     def _store_rows(
-        self, rows: list[tuple[Any, ...]], bodies: list[tuple[Any, ...]], snapshots: list[Any]
+        self,
+        rows: list[tuple[Any, ...]],
+        quiet: list[tuple[Any, ...]],
+        bodies: list[tuple[Any, ...]],
+        snapshots: list[Any],
     ) -> None:
         conn = self._engine.conn
+        if quiet:  # liveness and digest state unchanged: their index pages stay clean
+            conn.executemany(
+                "UPDATE docs SET hlc = ?1, pending = ?4,"
+                " snapshot_bytes = coalesce(?2, snapshot_bytes),"
+                " snapshot_id = max(?3, snapshot_id) WHERE doc_id = ?5",
+                quiet,
+            )
         # A document already stale keeps the digest the tree holds for it; one whose
         # digest was never XORed into the tree (UNTREED) has none there.
-        conn.executemany(
-            "INSERT INTO docs (doc_id, collection, leaf, live, hlc, dirty, snapshot_bytes,"
-            " snapshot_id, pending, digest)"
-            " VALUES (?1, ?2, ?3, ?4, ?5, ?10, coalesce(?6, 0), ?7, ?8, ?9)"
-            " ON CONFLICT (doc_id) DO UPDATE SET live = ?4, hlc = ?5,"
-            f" dirty = {DigestState.STALE:d}, pending = ?8,"
-            " snapshot_bytes = coalesce(?6, snapshot_bytes),"
-            " snapshot_id = max(?7, snapshot_id),"
-            f" digest = CASE dirty WHEN {DigestState.UNTREED:d} THEN NULL ELSE digest END",
-            rows,
-        )
+        if rows:
+            conn.executemany(
+                "INSERT INTO docs (doc_id, collection, leaf, live, hlc, dirty, snapshot_bytes,"
+                " snapshot_id, pending, digest)"
+                " VALUES (?1, ?2, ?3, ?4, ?5, ?10, coalesce(?6, 0), ?7, ?8, ?9)"
+                " ON CONFLICT (doc_id) DO UPDATE SET live = ?4, hlc = ?5,"
+                f" dirty = {DigestState.STALE:d}, pending = ?8,"
+                " snapshot_bytes = coalesce(?6, snapshot_bytes),"
+                " snapshot_id = max(?7, snapshot_id),"
+                f" digest = CASE dirty WHEN {DigestState.UNTREED:d} THEN NULL ELSE digest END",
+                rows,
+            )
         conn.executemany(
             "INSERT INTO bodies (doc_id, log_id, origin, body, shape) VALUES (?1, ?2, ?3, ?4, ?5)"
             " ON CONFLICT (doc_id) DO UPDATE SET log_id = ?2, origin = ?3, body = ?4, shape = ?5",
