@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import storage
 from ._cache import ApplyStats, DocCache, DocHandle
@@ -48,6 +48,9 @@ from .ids import DocId, RegionId, validate_region
 from .records import MAX_SQLITE_INT, UpdateRecord
 from .shape import ShapeIds
 
+if TYPE_CHECKING:
+    from .rows import LogRows
+
 __all__ = [
     "ChangeSignal",
     "Engine",
@@ -65,6 +68,8 @@ log = logging.getLogger("crdtdb")
 Listener = Callable[[UpdateRecord], None]
 WriteBody = Callable[[], tuple[Any, list[UpdateRecord]]]
 """The work of one write transaction: returns (its result, the records it wrote)."""
+GroupBody = Callable[[], tuple[Any, list[UpdateRecord], "LogRows"]]
+"""A local commit in a group: (its result, its records, the rows the leader writes)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -340,6 +345,8 @@ class Engine:
 
     def load(self, doc_id: str) -> DocHandle:
         """Read a document from disk (snapshot, then the log records after it)."""
+        if self.group is not None:  # its rows are not written yet: the log lacks them
+            self.commit_group()
         handle = self.new_handle()
         in_tx = self.conn.in_transaction
         if not in_tx:
@@ -421,62 +428,35 @@ class Engine:
 
     # ---------------------------------------------------------- group commit
 
-    def join(self, body: WriteBody) -> Any:
-        """Run a local commit's ``body`` in the open group's SQLite transaction, opening
-        the group if there is none (see :mod:`crdtdb.group`); the group commits later,
-        when the lock is released. A body that raises takes back only its own rows."""
+    def join(self, body: GroupBody) -> Any:
+        """Prepare a local commit in the open group, opening the group if there is none
+        (see :mod:`crdtdb.group`): ``body`` issues its clock and sequence numbers and
+        returns its rows, which the group's leader writes with the other members' just
+        before the group's COMMIT, when the lock is released. A body that raises has
+        queued nothing: the group goes on without it."""
         group = self.group
-        if group is None:
-            seen_id = self.seen_id
-            try:
+        seen_id, counters = self.seen_id, self.counters
+        try:
+            if group is None:
                 self.conn.execute("BEGIN IMMEDIATE")  # the group's transaction begins here
                 self.refresh()
-                group = CommitGroup(self.seen_id, self.group_woken)
-                result, records = body()
-            except BaseException as exc:
+                seen_id = self.seen_id
+                group = CommitGroup(seen_id, self.group_woken)
+            result, records, rows = body()
+        except BaseException as exc:
+            if self.group is None:
                 if self.conn.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
                         self.conn.execute("ROLLBACK")
                 self._rolled_back(seen_id)
-                if isinstance(exc, sqlite3.Error):
-                    raise storage.store_error(self.path, exc) from exc
-                raise
-            self.group = group
-        else:
-            seen_id, counters = self.seen_id, self.counters
-            try:
-                self.conn.execute("SAVEPOINT member")
-                result, records = body()
-                self.conn.execute("RELEASE member")
-            except BaseException as exc:
-                self._member_failed(group, seen_id, counters)
-                if isinstance(exc, sqlite3.Error):
-                    raise storage.store_error(self.path, exc) from exc
-                raise
-        group.members += 1
-        group.records.extend(records)
-        group.doc_ids.update(record.doc_id for record in records)
+            else:  # the members before it stay as they are: only its ids and seqs go back
+                self.seen_id, self.counters = seen_id, counters
+            if isinstance(exc, sqlite3.Error):
+                raise storage.store_error(self.path, exc) from exc
+            raise
+        self.group = group
+        group.add(records, rows)
         return result
-
-    def _member_failed(
-        self, group: CommitGroup, seen_id: int, counters: tuple[Hlc, int] | None
-    ) -> None:
-        """Take back one member's rows; if SQLite rolled back the whole transaction
-        (it may, on a full disk), the group has failed."""
-        if self.conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                self.conn.execute("ROLLBACK TO member")
-                self.conn.execute("RELEASE member")
-        self.known_gen += 1
-        self.clients.rolled_back()
-        self.shapes.rolled_back()
-        if self.conn.in_transaction:
-            self.seen_id, self.counters = seen_id, counters
-            return
-        self.group = None
-        self._fail_group(
-            group, StoreError(f"{self.path}: the commit group was rolled back; retry the write")
-        )
 
     def commit_group(self) -> None:
         """Commit the open group and wake its members (the leader's part; under the lock).
@@ -485,11 +465,16 @@ class Engine:
         if group is None:
             return
         try:
+            if group.rows is not None:
+                group.rows.store(self.conn)
             self.conn.execute("COMMIT")  # the group's transaction commits here
-        except sqlite3.Error as exc:
+        except BaseException as exc:
             if self.conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     self.conn.execute("ROLLBACK")
+            if not isinstance(exc, sqlite3.Error):
+                self._fail_group(group, StoreError(f"{self.path}: the commit was interrupted"))
+                raise
             self._fail_group(group, storage.store_error(self.path, exc))
             return
         try:

@@ -31,6 +31,7 @@ from .records import UpdateRecord
 
 if TYPE_CHECKING:
     from .engine import Engine
+    from .rows import LogRows
 
 __all__ = ["GROUP_MAX", "CommitGroup", "EngineLock"]
 
@@ -42,13 +43,15 @@ the first member waits for its return, and the size of one SQLite transaction.""
 class CommitGroup:
     """The members of one open group and what its leader tells them."""
 
-    __slots__ = ("_woken", "doc_ids", "done", "error", "members", "records", "seen_id")
+    __slots__ = ("_woken", "doc_ids", "done", "error", "members", "records", "rows", "seen_id")
 
     def __init__(self, seen_id: int, woken: threading.Condition) -> None:
         self.seen_id = seen_id
         """The newest log id before the group: where this process stands if it rolls back."""
         self.members = 0
         self.records: list[UpdateRecord] = []
+        self.rows: LogRows | None = None
+        """Every member's rows, in the order they joined: the leader writes them."""
         self.doc_ids: set[str] = set()
         """Documents the members changed: dropped from memory if the group fails."""
         self.done = False
@@ -56,6 +59,16 @@ class CommitGroup:
         self.error: StoreError | None = None
         self._woken = woken
         """The engine's one condition for every group (a lone commit makes no new lock)."""
+
+    def add(self, records: list[UpdateRecord], rows: LogRows) -> None:
+        """A member's records and rows (its clock and sequence numbers are issued)."""
+        self.members += 1
+        self.records += records
+        self.doc_ids.update(record.doc_id for record in records)
+        if self.rows is None:
+            self.rows = rows
+        else:
+            self.rows.extend(rows)
 
     def finish(self, error: StoreError | None = None) -> None:
         """The leader's word: committed (or failed with ``error``); wakes the members."""
