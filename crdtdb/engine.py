@@ -345,8 +345,8 @@ class Engine:
 
     def load(self, doc_id: str) -> DocHandle:
         """Read a document from disk (snapshot, then the log records after it)."""
-        if self.group is not None:  # its rows are not written yet: the log lacks them
-            self.commit_group()
+        if self.group is not None and doc_id in self.group.doc_ids:
+            self.commit_group()  # the group's rows are not written yet: the log lacks them
         handle = self.new_handle()
         in_tx = self.conn.in_transaction
         if not in_tx:
