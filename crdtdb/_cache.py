@@ -148,9 +148,12 @@ class DocHandle:
         the merge, and so the document stays live with just those fields.
         A merged field that holds something keeps it live too.
         """
-        if len(self.root) > 0 or LIVE_KEY in self.meta:
+        # Cheapest first: each look opens a pycrdt transaction, the marks are kept.
+        if len(self.root) > 0:
             return True
-        return any(len(self.field(name, kind)) for name, kind in self.fields().items())
+        if any(len(self.field(name, kind)) for name, kind in self.fields().items()):
+            return True
+        return LIVE_KEY in self.meta
 
     def fields(self) -> dict[str, str]:
         """The merged fields ever created here, shown or not: name -> kind (``FIELD_KINDS``).

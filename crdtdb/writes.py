@@ -361,47 +361,60 @@ class Writer:
         )
         gen = self._engine.known_gen
         for change in changed:
-            change.handle.loaded_through = change.log_id
-            before = known.get(change.doc_id, _ABSENT)
-            pending = before.pending + change.size
-            # the newest record is the greatest (HLC, origin): the same in every region
-            origin = max((before.hlc, before.origin), (int(change.hlc), change.origin))[1]
-            rows.bodies.append((change.doc_id, change.log_id, origin, *self._body(change, before)))
-            snapshot_bytes: int | None = None
-            snapshot_id = 0
-            if self._snapshot_due(change.handle, pending, before.snapshot_bytes):
-                snapshot = change.handle.doc.get_update()
-                rows.snapshots.append((change.doc_id, snapshot))
-                snapshot_bytes, snapshot_id, pending = len(snapshot), change.log_id, 0
-            digest, state = created.get(change.doc_id, (None, DigestState.STALE))
-            live = int(change.handle.live)
-            hlc = max(int(change.hlc), before.hlc)
-            if change.doc_id in known and before.live == live and before.dirty == state:
-                rows.docs.append((True, (hlc, snapshot_bytes, snapshot_id, pending, change.doc_id)))
-            else:
-                rows.docs.append(
-                    (
-                        False,
-                        (
-                            change.doc_id,
-                            collection_of(change.doc_id),
-                            merkle.leaf_of(change.doc_id),
-                            live,
-                            hlc,
-                            snapshot_bytes,
-                            snapshot_id,
-                            pending,
-                            digest,
-                            int(state),
-                        ),
-                    )
-                )
-            stored_bytes = before.snapshot_bytes if snapshot_bytes is None else snapshot_bytes
-            change.handle.known = (
-                gen,
-                Known(pending, hlc, stored_bytes, origin, live, int(state)),
-            )
+            # One pycrdt read transaction for all this looks at (each look opened its own).
+            with change.handle.doc.transaction():
+                self._index_one(change, known, created, gen, rows)
         self._digests.on_changed([c.doc_id for c in changed if c.doc_id in known])
+
+    def _index_one(
+        self,
+        change: _DocChange,
+        known: dict[str, Known],
+        created: dict[str, tuple[bytes, DigestState]],
+        gen: int,
+        rows: LogRows,
+    ) -> None:
+        """One document of :meth:`_index`."""
+        change.handle.loaded_through = change.log_id
+        before = known.get(change.doc_id, _ABSENT)
+        pending = before.pending + change.size
+        # the newest record is the greatest (HLC, origin): the same in every region
+        origin = max((before.hlc, before.origin), (int(change.hlc), change.origin))[1]
+        rows.bodies.append((change.doc_id, change.log_id, origin, *self._body(change, before)))
+        snapshot_bytes: int | None = None
+        snapshot_id = 0
+        if self._snapshot_due(change.handle, pending, before.snapshot_bytes):
+            snapshot = change.handle.doc.get_update()
+            rows.snapshots.append((change.doc_id, snapshot))
+            snapshot_bytes, snapshot_id, pending = len(snapshot), change.log_id, 0
+        digest, state = created.get(change.doc_id, (None, DigestState.STALE))
+        live = int(change.handle.live)
+        hlc = max(int(change.hlc), before.hlc)
+        if change.doc_id in known and before.live == live and before.dirty == state:
+            rows.docs.append((True, (hlc, snapshot_bytes, snapshot_id, pending, change.doc_id)))
+        else:
+            rows.docs.append(
+                (
+                    False,
+                    (
+                        change.doc_id,
+                        collection_of(change.doc_id),
+                        merkle.leaf_of(change.doc_id),
+                        live,
+                        hlc,
+                        snapshot_bytes,
+                        snapshot_id,
+                        pending,
+                        digest,
+                        int(state),
+                    ),
+                )
+            )
+        stored_bytes = before.snapshot_bytes if snapshot_bytes is None else snapshot_bytes
+        change.handle.known = (
+            gen,
+            Known(pending, hlc, stored_bytes, origin, live, int(state)),
+        )
 
     def _known(self, changed: list[_DocChange]) -> dict[str, Known]:
         """What the store holds of these documents' rows (absent: no row). Kept on each
