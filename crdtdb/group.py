@@ -110,7 +110,11 @@ class EngineLock:
     def acquire(self) -> None:
         self._take()
         if self._depth == 1 and self._engine.group is not None:
-            self._engine.commit_group()
+            try:
+                self._engine.commit_group()
+            except BaseException:  # interrupted: the group has failed; give the lock back
+                self._give_back()
+                raise
 
     def acquire_to_join(self) -> None:
         me = threading.get_ident()
@@ -128,14 +132,17 @@ class EngineLock:
                 if group is not None and (not self._joining or group.members >= GROUP_MAX):
                     self._engine.commit_group()
         finally:
-            self._depth -= 1
-            if self._depth == 0:
-                self._owner = None
-            self._lock.release()
+            self._give_back()
 
     def held(self) -> bool:
         """Whether the calling thread holds the lock."""
         return self._owner == threading.get_ident()
+
+    def _give_back(self) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self._owner = None
+        self._lock.release()
 
     def _take(self) -> None:
         self._lock.acquire()
