@@ -538,9 +538,17 @@ class Engine:
 
     # ---------------------------------------------------------- transactions
 
-    def begin(self, handles: dict[str, DocHandle]) -> None:
-        """Hold the lock for a transaction over ``handles`` until :meth:`end`."""
-        self.lock.acquire_to_join()
+    def begin(self, handles: dict[str, DocHandle], *, join: bool = False) -> None:
+        """Hold the lock for a transaction over ``handles`` until :meth:`end`.
+
+        ``join``: it may join an open commit group, which then waits for it. Only a
+        transaction that runs no application code may: a ``with`` block could wait
+        for a thread whose commit is in the group, which would wait for the block.
+        Any other commits the open group first (it may still lead a group)."""
+        if join:
+            self.lock.acquire_to_join()
+        else:
+            self.lock.acquire()
         if self.closed or self.tx_handles is not None:
             self.lock.release()
             self.check()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -95,6 +96,16 @@ def _in_one_group(
     return seen
 
 
+def _taking_the_lock(thread: threading.Thread) -> bool:
+    """Whether ``thread`` is waiting inside the engine lock's acquire."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    while frame is not None:
+        if frame.f_code.co_name == "_take":
+            return True
+        frame = frame.f_back
+    return False
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[crdtdb.Database]:
     with crdtdb.open(tmp_path / "eu", region="eu") as store:
@@ -110,10 +121,7 @@ def test_waiting_transactions_join_one_commit_and_return_after_it(db: crdtdb.Dat
         return db.update("g/b", {"v": 2})
 
     def third() -> crdtdb.Hlc:
-        with db.transaction() as tx:
-            tx.doc("g/c")["v"] = 3
-        assert tx.hlc is not None
-        return tx.hlc
+        return db.put("g/c", {"v": 3})
 
     seen = _in_one_group(db, lambda tx: tx.doc("g/a").update({"v": 1}), [second, third])
     order.append("first returned")
@@ -137,26 +145,47 @@ def test_waiting_transactions_join_one_commit_and_return_after_it(db: crdtdb.Dat
     }
 
 
-def test_a_member_whose_block_raises_leaves_nothing_and_the_others_commit(
-    db: crdtdb.Database,
-) -> None:
+def test_a_member_that_raises_leaves_nothing_and_the_others_commit(db: crdtdb.Database) -> None:
     commits = _commits(db)
 
     def raising() -> None:
-        with db.transaction() as tx:
-            tx.doc("g/bad")["v"] = 1
-            tx.doc("g/a")["spoiled"] = True
-            raise ValueError("the application changed its mind")
+        db.update("g/bad", {"v": 1, "nan": float("nan")})  # refused inside its transaction
 
     seen = _in_one_group(
         db, lambda tx: tx.doc("g/a").update({"v": 1}), [raising, lambda: db.update("g/c", {"v": 3})]
     )
-    assert [type(e) for e in seen.errors] == [ValueError, type(None)]
+    assert [type(e) for e in seen.errors] == [crdtdb.errors.InvalidValueError, type(None)]
     assert commits == ["COMMIT"]
     assert db.get("g/bad") is None
     assert db.get("g/a") == {"v": 1}
     assert db.get("g/c") == {"v": 3}
     assert [(seq, doc) for seq, _, doc in _log(db)] == [(1, "g/a"), (2, "g/c")]
+
+
+def test_a_with_block_waiting_for_the_lock_does_not_hold_a_group_open(
+    db: crdtdb.Database,
+) -> None:
+    """A ``with`` block runs application code, which may wait for a thread whose commit is
+    in the open group: it commits the group when it takes the lock instead of joining."""
+    commits = _commits(db)
+    returned = threading.Event()
+    waited: list[bool] = []
+
+    def block() -> None:
+        with db.transaction() as tx:
+            tx.doc("g/b")["v"] = 2
+            waited.append(returned.wait(TIMEOUT))  # the first member returned meanwhile
+
+    thread = threading.Thread(target=block)
+    with db.transaction() as tx:
+        tx.doc("g/a")["v"] = 1
+        thread.start()
+        wait_until(lambda: _taking_the_lock(thread), TIMEOUT, "the block to wait for the lock")
+    returned.set()
+    thread.join(TIMEOUT)
+    assert waited == [True]
+    assert len(commits) == 2
+    assert [doc for _, _, doc in _log(db)] == ["g/a", "g/b"]
 
 
 def test_a_member_whose_commit_raises_takes_back_only_its_own_clock_and_seq(
@@ -208,23 +237,30 @@ def test_concurrent_commits_keep_every_guarantee(tmp_path_factory: Any, plans: A
     path = tmp_path_factory.mktemp("group") / "eu"
     with crdtdb.open(path, region="eu") as db:
         start = threading.Barrier(len(plans))
-        acked: list[tuple[int, str, int]] = []
+        acked: list[tuple[int, str]] = []
         lock = threading.Lock()
 
         def run(t: int, plan: list[tuple[bool, bool]]) -> None:
             start.wait(TIMEOUT)
             for i, (shared, raises) in enumerate(plan):
                 doc = "g/shared" if shared else f"g/{t}"
-                try:
-                    with db.transaction() as tx:
-                        tx.doc(doc)[f"t{t}"] = i
-                        if raises:
-                            raise KeyError("abandoned")
-                except KeyError:
-                    continue
-                assert tx.hlc is not None
+                if i % 2:  # a one-shot write (may join a group), refused if it raises
+                    try:
+                        hlc = db.update(doc, {f"t{t}": float("nan") if raises else i})
+                    except crdtdb.errors.InvalidValueError:
+                        continue
+                else:  # a with block (may lead a group)
+                    try:
+                        with db.transaction() as tx:
+                            tx.doc(doc)[f"t{t}"] = i
+                            if raises:
+                                raise KeyError("abandoned")
+                    except KeyError:
+                        continue
+                    assert tx.hlc is not None
+                    hlc = tx.hlc
                 with lock:
-                    acked.append((int(tx.hlc), doc, tx.records[0].seq))
+                    acked.append((int(hlc), doc))
 
         threads = [threading.Thread(target=run, args=(t, p)) for t, p in enumerate(plans)]
         for thread in threads:
@@ -233,7 +269,7 @@ def test_concurrent_commits_keep_every_guarantee(tmp_path_factory: Any, plans: A
             thread.join(TIMEOUT)
         log = _log(db)
         assert [seq for seq, _, _ in log] == list(range(1, len(acked) + 1))
-        assert sorted((seq, hlc, doc) for hlc, doc, seq in acked) == log
+        assert sorted(acked) == [(hlc, doc) for _, hlc, doc in log]
         assert len({hlc for hlc, _, _ in log}) == len(log)
         assert [hlc for _, hlc, _ in log] == sorted(hlc for _, hlc, _ in log)
         for t, plan in enumerate(plans):
