@@ -138,6 +138,13 @@ def test_waiting_transactions_join_one_commit_and_return_after_it(db: crdtdb.Dat
     assert tx.hlc is not None and int(tx.hlc) == hlcs[0]
     assert sorted(int(h) for h in results) == hlcs[1:]
     assert [r.seq for r in tx.records] == [1]
+    # The counters the group stored are the last member's: another process goes on from them.
+    with crdtdb.open(db.path) as other:
+        info = other.info()
+        assert info["origins"]["eu"]["max_seq"] == 3
+        assert info["origins"]["eu"]["contiguous_seq"] == 3
+        assert int(crdtdb.Hlc.parse(info["last_hlc"])) >= hlcs[-1]
+        assert other.update("g/d", {"v": 4}) > crdtdb.Hlc(hlcs[-1])
     assert {doc: db.get(doc) for doc in ("g/a", "g/b", "g/c")} == {
         "g/a": {"v": 1},
         "g/b": {"v": 2},
@@ -271,6 +278,7 @@ def test_concurrent_commits_keep_every_guarantee(tmp_path_factory: Any, plans: A
         assert [seq for seq, _, _ in log] == list(range(1, len(acked) + 1))
         assert sorted(acked) == [(hlc, doc) for _, hlc, doc in log]
         assert len({hlc for hlc, _, _ in log}) == len(log)
+        assert db.info()["origins"].get("eu", {}).get("max_seq", 0) == len(log)
         assert [hlc for _, hlc, _ in log] == sorted(hlc for _, hlc, _ in log)
         for t, plan in enumerate(plans):
             for shared in (False, True):
