@@ -1,22 +1,25 @@
 """Group commit: the transactions of several threads in one SQLite transaction.
 
-A local commit does its SQLite work (log rows, document rows, counters) inside
-the *group's* write transaction, which the first member opens with ``BEGIN
-IMMEDIATE``. When it is done it does not ``COMMIT`` at once if other threads
-are waiting to commit too: it hands the engine's lock to them, and they append
-to the same transaction, each under a ``SAVEPOINT`` of its own (so that a
-member whose commit raises takes back only its own rows). The thread that
-finds nobody else waiting (or the group full) is the leader: it commits the
-group once, tells the change signal, and wakes the others. Every member gets
-its own HLC and sequence numbers (issued in the order they joined) and returns
-only after the group's ``COMMIT``: the durability of a lone commit. The anchors
-are RocksDB's write groups and Postgres's ``commit_delay``, without the delay:
-a thread alone commits at once, as before.
+A local commit issues its HLC and sequence numbers inside the *group's* write
+transaction, which the first member opens with ``BEGIN IMMEDIATE``, and hands
+its rows to the group (:class:`crdtdb.rows.LogRows`) instead of writing them.
+When it is done it does not commit at once if other threads wait to join: it
+hands the engine's lock on, and they add their commits to the group. The
+thread that finds nobody else waiting (or the group full) is the leader: it
+writes every member's rows with one statement a table, commits once, tells
+the change signal, and wakes the others. Every member gets its own HLC and
+sequence numbers (issued in the order they joined) and returns only after
+the group's ``COMMIT``: the durability of a lone commit. The anchors are
+RocksDB's write groups and Postgres's ``commit_delay``, without the delay: a
+thread alone commits at once, as before.
 
-A group is open only while the lock passes from one committing transaction to
-the next. Anything else that takes the lock (a read, a remote apply, close)
-commits the open group first, so that nothing reads what may yet be rolled
-back. If the group's ``COMMIT`` fails, every member fails with the same
+Only transactions that run no application code join a group (``db.put``,
+``db.update``): a ``with db.transaction()`` block commits an open group when
+it takes the lock (it may wait for a thread whose commit is in the group),
+and may lead a group itself. Anything else that takes the lock (a read, a
+remote apply, close) commits the open group first, so that nothing reads
+what may yet be rolled back. A member whose commit raises has handed over
+nothing. If the group's ``COMMIT`` fails, every member fails with the same
 :class:`~crdtdb.errors.StoreError` and nothing of any member is stored; their
 documents are dropped from memory and reloaded from disk on next use.
 """
