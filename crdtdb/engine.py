@@ -16,7 +16,6 @@ compaction). ``Database`` is the public face over them.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
@@ -47,6 +46,7 @@ from .hlc import DEFAULT_MAX_OFFSET_MS, MAX_WALL_MS, Hlc, WallClock, system_wall
 from .ids import DocId, RegionId, validate_region
 from .records import MAX_SQLITE_INT, UpdateRecord
 from .shape import ShapeIds
+from .signal import ChangeSignal, Listener
 
 if TYPE_CHECKING:
     from .rows import LogRows
@@ -65,7 +65,6 @@ __all__ = [
 
 log = logging.getLogger("crdtdb")
 
-Listener = Callable[[UpdateRecord], None]
 WriteBody = Callable[[], tuple[Any, list[UpdateRecord]]]
 """The work of one write transaction: returns (its result, the records it wrote)."""
 GroupBody = Callable[[], tuple[Any, list[UpdateRecord], "LogRows"]]
@@ -152,51 +151,6 @@ def check_limit(limit: object, what: str = "limit") -> int | None:
     if isinstance(limit, int) and not isinstance(limit, bool) and limit < 0:
         raise UsageError(f"{what}={limit} is negative: pass a number >= 0, or None for no limit")
     return check_count(limit, what)
-
-
-class ChangeSignal:
-    """Tells listeners, in this process, of every record the store commits or sees.
-
-    Listeners are called after the write transaction that made the records
-    committed (records seen inside a transaction are told once it has ended,
-    so that listeners can read); async followers are woken on their loops.
-    """
-
-    def __init__(self) -> None:
-        self.listeners: list[Listener] = []
-        self._deferred: list[UpdateRecord] = []
-        self._wakeups: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-
-    def emit(self, records: list[UpdateRecord], *, defer: bool = False) -> None:
-        if defer:
-            self._deferred.extend(records)
-            return
-        for record in records:
-            for callback in list(self.listeners):
-                try:
-                    callback(record)
-                except Exception:
-                    log.exception(
-                        "subscriber %r failed on %s; it stays subscribed", callback, record.doc_id
-                    )
-        if records:
-            self.wake()
-
-    def flush(self) -> None:
-        """Tell what was deferred while a transaction was open."""
-        deferred, self._deferred = self._deferred, []
-        self.emit(deferred)
-
-    def follow(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> Callable[[], None]:
-        """Set ``event`` on ``loop`` at each emit (and at close); returns the undo."""
-        entry = (loop, event)
-        self._wakeups.append(entry)
-        return lambda: self._wakeups.remove(entry)
-
-    def wake(self) -> None:
-        for loop, event in list(self._wakeups):
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(event.set)
 
 
 class Engine:
