@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
+from _core.commits import bench_commits, bench_replay
 from _core.common import (
     CRDTDB_VARIANTS,
     DEFAULT_OUT,
@@ -520,11 +521,21 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path, bool]:
     parser.add_argument("--cold-docs", type=int, help="documents the cold reads cycle over")
     parser.add_argument("--cold-cache", type=int, help="crdtdb cache_size for cold reads")
     parser.add_argument("--footprint", action="store_true", help="then bench_footprint.py")
+    parser.add_argument(
+        "--replay-keystrokes", type=int, help="automerge-paper keystrokes replayed (all if unset)"
+    )
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     overrides = {
         name: getattr(args, name)
-        for name in ("seconds", "repeats", "open_docs", "cold_docs", "cold_cache")
+        for name in (
+            "seconds",
+            "repeats",
+            "open_docs",
+            "cold_docs",
+            "cold_cache",
+            "replay_keystrokes",
+        )
         if getattr(args, name) is not None
     }
     return replace(cfg, **overrides), args.out, args.footprint
@@ -538,6 +549,8 @@ def main(argv: list[str] | None = None) -> int:
         ("writes", bench_writes),
         ("hot reads", bench_hot_reads),
         ("open time and cold reads", bench_big_stores),
+        ("commit ceiling and 8 threads", bench_commits),
+        ("automerge-paper replay", bench_replay),
     ]
     for title, section in sections:
         log(f"{title} ...")

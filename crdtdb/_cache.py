@@ -79,10 +79,13 @@ nothing it names): retried whenever the document advances."""
 class DocHandle:
     __slots__ = (
         "_capture",
+        "_fields",
+        "_shared",
         "_subscription",
         "_txn",
         "doc",
         "ensure_live",
+        "known",
         "loaded_through",
         "meta",
         "root",
@@ -101,6 +104,12 @@ class DocHandle:
         self.root: Map[Any] = self.doc.get(DATA_ROOT, type=Map)
         self.meta: Map[Any] = self.doc.get(META_ROOT, type=Map)
         self.loaded_through = 0
+        self._shared: dict[str, Any] = {}
+        """Root-level shared types by name, as :meth:`field` found them (they never go)."""
+        self._fields: dict[str, str] | None = None
+        """:meth:`fields`, kept: the marks change only through this handle's methods."""
+        self.known: tuple[int, Any] | None = None
+        """(generation, what the store's row holds): see ``crdtdb.writes.Writer._known``."""
         self.ensure_live = False
         self.tombstone = False
         self.waiting: dict[int, list[tuple[int, bytes]]] = {}
@@ -139,26 +148,44 @@ class DocHandle:
         the merge, and so the document stays live with just those fields.
         A merged field that holds something keeps it live too.
         """
-        if len(self.root) > 0 or LIVE_KEY in self.meta:
+        # Cheapest first: each look opens a pycrdt transaction, the marks are kept.
+        if len(self.root) > 0:
             return True
-        return any(len(self.field(name, kind)) for name, kind in self.fields().items())
+        if any(len(self.field(name, kind)) for name, kind in self.fields().items()):
+            return True
+        return LIVE_KEY in self.meta
 
     def fields(self) -> dict[str, str]:
-        """The merged fields ever created here, shown or not: name -> kind (``FIELD_KINDS``)."""
-        if len(self.meta) <= (LIVE_KEY in self.meta):
-            return {}  # the common case, without reading the marks
-        return {
-            key[len(FIELD_MARK) :]: kind
-            for key, kind in self.meta.items()
-            if key.startswith(FIELD_MARK) and kind in FIELD_KINDS
-        }
+        """The merged fields ever created here, shown or not: name -> kind (``FIELD_KINDS``).
+
+        Kept between calls (a commit asks several times, and reading the marks opens
+        pycrdt transactions): they change only through :meth:`mark_field` or an
+        applied update, both of which forget what was kept.
+        """
+        found = self._fields
+        if found is None:
+            if len(self.meta) <= (LIVE_KEY in self.meta):
+                found = {}  # the common case, without reading the marks
+            else:
+                found = {
+                    key[len(FIELD_MARK) :]: kind
+                    for key, kind in self.meta.items()
+                    if key.startswith(FIELD_MARK) and kind in FIELD_KINDS
+                }
+            self._fields = found
+        return found
 
     def field(self, name: str, kind: str) -> Any:
         """The root-level shared type that holds merged field ``name`` of ``kind``."""
-        return self.doc.get(f"{kind}:{name}", type=FIELD_KINDS[kind])
+        key = f"{kind}:{name}"
+        shared = self._shared.get(key)
+        if shared is None:
+            shared = self._shared[key] = self.doc.get(key, type=FIELD_KINDS[kind])
+        return shared
 
     def mark_field(self, name: str, kind: str) -> None:
         self.meta[FIELD_MARK + name] = kind
+        self._fields = None
 
     def shown_fields(self) -> dict[str, Any]:
         """The merged fields that hold something: name -> shared type."""
@@ -201,6 +228,7 @@ class DocHandle:
 
     def receive(self, update: bytes) -> None:
         """Apply an update without checking it integrated: call :meth:`settle` after a batch."""
+        self._fields = None
         self.doc.apply_update(update)
 
     def settle(self, updates: list[bytes]) -> None:
@@ -249,6 +277,7 @@ class DocHandle:
                 return
             for update in ready:
                 if get_update(update, state)[:1] != b"\x00":  # not integrated by yrs meanwhile
+                    self._fields = None
                     self.doc.apply_update(update)
                     self.stats.reapplied += 1
             state = self.doc.get_state()

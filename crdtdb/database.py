@@ -117,19 +117,26 @@ class Database(Replica):
 
     def put(self, doc_id: str, value: Mapping[str, Any]) -> Hlc:
         """Make document ``doc_id`` equal to ``value``; return the HLC it holds that value at."""
-        with self._engine.lock:
-            self._engine.check_no_tx("db.put()")
-            with self.transaction() as tx:
-                tx.put(doc_id, value)
-            return tx.hlc if tx.hlc is not None else self._engine.doc_hlc(doc_id)
+        self._engine.check_no_tx_here("db.put()")
+        # Not inside the lock: it may join a commit group (crdtdb.group).
+        with self._one_shot() as tx:
+            tx.put(doc_id, value)
+        return tx.hlc if tx.hlc is not None else self._unchanged_hlc(doc_id)
 
     def update(self, doc_id: str, patch: Mapping[str, Any]) -> Hlc:
         """Set the top-level keys in ``patch``, leave the rest; return the HLC."""
+        self._engine.check_no_tx_here("db.update()")
+        with self._one_shot() as tx:
+            tx.update(doc_id, patch)
+        return tx.hlc if tx.hlc is not None else self._unchanged_hlc(doc_id)
+
+    def _one_shot(self) -> Transaction:
+        self._engine.check()
+        return Transaction(self._engine, self._writer, one_shot=True)
+
+    def _unchanged_hlc(self, doc_id: str) -> Hlc:
         with self._engine.lock:
-            self._engine.check_no_tx("db.update()")
-            with self.transaction() as tx:
-                tx.update(doc_id, patch)
-            return tx.hlc if tx.hlc is not None else self._engine.doc_hlc(doc_id)
+            return self._engine.doc_hlc(doc_id)
 
     def delete(self, doc_id: str) -> Hlc | None:
         """Delete a whole document; return the commit HLC, or None if it did not exist."""

@@ -222,9 +222,10 @@ class Digests:
 
     def on_created(
         self, created: list[tuple[str, DocHandle]]
-    ) -> dict[str, tuple[bytes, DigestState]]:
-        """Digests of documents a commit or batch creates, with the state to store them in;
-        called inside its write transaction (see the module's docstring)."""
+    ) -> tuple[dict[str, tuple[bytes, DigestState]], dict[int, int]]:
+        """Digests of documents a commit or batch creates, with the state to store them in,
+        and the Merkle deltas to XOR into the tree with them (see the module's docstring);
+        called inside its write transaction, which writes both."""
         eager = len(created) >= EAGER_DIGESTS
         deltas: dict[int, int] = {}
         found: dict[str, tuple[bytes, DigestState]] = {}
@@ -233,9 +234,7 @@ class Digests:
             found[doc_id] = (digest, DigestState.FRESH if eager else DigestState.UNTREED)
             if eager:
                 add_delta(deltas, doc_id, digest, None)
-        if deltas:
-            self._xor_into_tree(deltas)
-        return found
+        return found, deltas
 
     def on_changed(self, doc_ids: list[str]) -> None:
         """Note existing documents a commit marked stale, so :meth:`refresh` finds them

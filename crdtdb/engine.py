@@ -16,7 +16,6 @@ compaction). ``Database`` is the public face over them.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
@@ -27,7 +26,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import storage
 from ._cache import ApplyStats, DocCache, DocHandle
@@ -36,16 +35,22 @@ from .errors import (
     DatabaseClosedError,
     HistoryCompactedError,
     RegionMismatchError,
+    StoreError,
     TransactionError,
     UsageError,
     shown,
 )
 from .fence import FENCE_KEY, ClockFence, decode_fence, encode_fence
+from .group import CommitGroup, EngineLock
 from .hlc import DEFAULT_MAX_OFFSET_MS, MAX_WALL_MS, Hlc, WallClock, system_wall_ms
 from .ids import DocId, RegionId, validate_region
 from .records import MAX_SQLITE_INT, UpdateRecord
 from .shape import ShapeIds
+from .signal import ChangeSignal, Listener
 from .writelock import WriteLock
+
+if TYPE_CHECKING:
+    from .rows import LogRows
 
 __all__ = [
     "ChangeSignal",
@@ -61,9 +66,10 @@ __all__ = [
 
 log = logging.getLogger("crdtdb")
 
-Listener = Callable[[UpdateRecord], None]
 WriteBody = Callable[[], tuple[Any, list[UpdateRecord]]]
 """The work of one write transaction: returns (its result, the records it wrote)."""
+GroupBody = Callable[[], tuple[Any, list[UpdateRecord], "LogRows"]]
+"""A local commit in a group: (its result, its records, the rows the leader writes)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,51 +154,6 @@ def check_limit(limit: object, what: str = "limit") -> int | None:
     return check_count(limit, what)
 
 
-class ChangeSignal:
-    """Tells listeners, in this process, of every record the store commits or sees.
-
-    Listeners are called after the write transaction that made the records
-    committed (records seen inside a transaction are told once it has ended,
-    so that listeners can read); async followers are woken on their loops.
-    """
-
-    def __init__(self) -> None:
-        self.listeners: list[Listener] = []
-        self._deferred: list[UpdateRecord] = []
-        self._wakeups: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-
-    def emit(self, records: list[UpdateRecord], *, defer: bool = False) -> None:
-        if defer:
-            self._deferred.extend(records)
-            return
-        for record in records:
-            for callback in list(self.listeners):
-                try:
-                    callback(record)
-                except Exception:
-                    log.exception(
-                        "subscriber %r failed on %s; it stays subscribed", callback, record.doc_id
-                    )
-        if records:
-            self.wake()
-
-    def flush(self) -> None:
-        """Tell what was deferred while a transaction was open."""
-        deferred, self._deferred = self._deferred, []
-        self.emit(deferred)
-
-    def follow(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> Callable[[], None]:
-        """Set ``event`` on ``loop`` at each emit (and at close); returns the undo."""
-        entry = (loop, event)
-        self._wakeups.append(entry)
-        return lambda: self._wakeups.remove(entry)
-
-    def wake(self) -> None:
-        for loop, event in list(self._wakeups):
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(event.set)
-
-
 class Engine:
     """One process's handle on a region's directory; shared by the facets.
 
@@ -219,9 +180,17 @@ class Engine:
                 f" region={stored!r} (or leave region out), or use another directory"
             )
         self.region = RegionId(str(stored))
-        self.lock = threading.RLock()
         self.write_lock = WriteLock(self.path)
         """Queues this process's write transactions with other processes' (:mod:`.writelock`)."""
+        self.group: CommitGroup | None = None
+        """The open commit group, if any (see :mod:`crdtdb.group`)."""
+        self.lock = EngineLock(self)
+        self.group_woken = threading.Condition(threading.Lock())
+        """Members of a commit group wait on it for their leader's COMMIT."""
+        self.tx_thread: int | None = None
+        """The thread whose transaction is open, if any."""
+        self.known_gen = 0
+        """Moves whenever the document rows kept on handles may be out of date."""
         self.cache = DocCache(options.cache_size)
         self.apply_stats = ApplyStats()
         self.clients = ClientBindings(self.conn, self.region)
@@ -334,6 +303,8 @@ class Engine:
 
     def load(self, doc_id: str) -> DocHandle:
         """Read a document from disk (snapshot, then the log records after it)."""
+        if self.group is not None and doc_id in self.group.doc_ids:
+            self.commit_group()  # the group's rows are not written yet: the log lacks them
         handle = self.new_handle()
         in_tx = self.conn.in_transaction
         if not in_tx:
@@ -352,6 +323,7 @@ class Engine:
             return
         self.data_version = version
         self.counters = None
+        self.known_gen += 1
         epoch = int(self.meta("compaction_epoch") or 0)
         if epoch != self.epoch:  # records we never saw may have been folded away
             self.epoch = epoch
@@ -380,8 +352,12 @@ class Engine:
 
         An SQLite failure (a full disk, a read-only or vanished directory) rolls the
         transaction back and is raised as a typed :class:`StoreError`; the store is as
-        it was before, and the next write tries again.
+        it was before, and the next write tries again. The document rows kept on handles
+        are read again after it (what a body keeps there itself stays valid).
         """
+        if self.group is not None:  # taken with the lock held since before the group
+            self.commit_group()
+        self.known_gen += 1
         seen_id = self.seen_id
         self.write_lock.acquire()
         try:
@@ -394,10 +370,7 @@ class Engine:
             if self.conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):  # it may be rolled back already
                     self.conn.execute("ROLLBACK")
-            self.seen_id = seen_id  # ids of rolled-back rows will be used again
-            self.counters = None
-            self.clients.rolled_back()
-            self.shapes.rolled_back()
+            self._rolled_back(seen_id)
             if isinstance(exc, sqlite3.Error):
                 raise storage.store_error(self.path, exc) from exc
             raise
@@ -405,6 +378,88 @@ class Engine:
             self.write_lock.release()
         self.signal.emit(records, defer=self.tx_handles is not None)
         return result
+
+    def _rolled_back(self, seen_id: int) -> None:
+        """Forget what a rolled-back write left in memory."""
+        self.seen_id = seen_id  # ids of rolled-back rows will be used again
+        self.counters = None
+        self.known_gen += 1
+        self.clients.rolled_back()
+        self.shapes.rolled_back()
+
+    # ---------------------------------------------------------- group commit
+
+    def join(self, body: GroupBody) -> Any:
+        """Prepare a local commit in the open group, opening the group if there is none
+        (see :mod:`crdtdb.group`): ``body`` issues its clock and sequence numbers and
+        returns its rows, which the group's leader writes with the other members' just
+        before the group's COMMIT, when the lock is released. A body that raises has
+        queued nothing: the group goes on without it."""
+        group = self.group
+        seen_id, counters = self.seen_id, self.counters
+        if group is None:
+            self.write_lock.acquire()  # held until commit_group, or released below
+        try:
+            if group is None:
+                self.conn.execute("BEGIN IMMEDIATE")  # the group's transaction begins here
+                self.refresh()
+                seen_id = self.seen_id
+                group = CommitGroup(seen_id, self.group_woken)
+            result, records, rows = body()
+        except BaseException as exc:
+            if self.group is None:
+                if self.conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self.conn.execute("ROLLBACK")
+                self.write_lock.release()
+                self._rolled_back(seen_id)
+            else:  # the members before it stay as they are: only its ids and seqs go back
+                self.seen_id, self.counters = seen_id, counters
+            if isinstance(exc, sqlite3.Error):
+                raise storage.store_error(self.path, exc) from exc
+            raise
+        self.group = group
+        group.add(records, rows)
+        return result
+
+    def commit_group(self) -> None:
+        """Commit the open group and wake its members (the leader's part; under the lock).
+        Never raises for an SQLite failure: the members raise it, each in its thread."""
+        group, self.group = self.group, None
+        if group is None:
+            return
+        try:
+            if group.rows is not None:
+                group.rows.store(self.conn)
+            self.conn.execute("COMMIT")  # the group's transaction commits here
+        except BaseException as exc:
+            if self.conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+            self.write_lock.release()
+            if not isinstance(exc, sqlite3.Error):
+                self._fail_group(group, StoreError(f"{self.path}: the commit was interrupted"))
+                raise
+            self._fail_group(group, storage.store_error(self.path, exc))
+            return
+        self.write_lock.release()
+        try:
+            self.signal.emit(group.records, defer=self.tx_handles is not None)
+        finally:
+            group.finish()
+
+    def _fail_group(self, group: CommitGroup, error: StoreError) -> None:
+        self._rolled_back(group.seen_id)
+        for doc_id in group.doc_ids:  # their edits were never stored: reload from disk
+            self.cache.evict(doc_id)
+        group.finish(error)
+
+    def await_group(self, group: CommitGroup) -> None:
+        """Return once ``group`` committed (raise its error if it failed). A thread that
+        still holds the lock (a transaction inside a locked section) commits it itself."""
+        if not group.done and self.lock.held():
+            self.commit_group()
+        group.outcome()
 
     def read_counters(self) -> tuple[Hlc, int]:
         """The last HLC and the local max seq; call inside the write transaction."""
@@ -449,9 +504,17 @@ class Engine:
 
     # ---------------------------------------------------------- transactions
 
-    def begin(self, handles: dict[str, DocHandle]) -> None:
-        """Hold the lock for a transaction over ``handles`` until :meth:`end`."""
-        self.lock.acquire()
+    def begin(self, handles: dict[str, DocHandle], *, join: bool = False) -> None:
+        """Hold the lock for a transaction over ``handles`` until :meth:`end`.
+
+        ``join``: it may join an open commit group, which then waits for it. Only a
+        transaction that runs no application code may: a ``with`` block could wait
+        for a thread whose commit is in the group, which would wait for the block.
+        Any other commits the open group first (it may still lead a group)."""
+        if join:
+            self.lock.acquire_to_join()
+        else:
+            self.lock.acquire()
         if self.closed or self.tx_handles is not None:
             self.lock.release()
             self.check()
@@ -459,16 +522,25 @@ class Engine:
                 "nested transaction: a Database runs one transaction at a time per thread;"
                 " do all the edits in the outer `with db.transaction()` block"
             )
-        self.refresh()
+        if self.group is None:  # inside an open group, no other process can have committed
+            self.refresh()
         self.tx_handles = handles
+        self.tx_thread = threading.get_ident()
 
     def end(self, handles: dict[str, DocHandle]) -> None:
         if self.tx_handles is handles:
             self.tx_handles = None
+            self.tx_thread = None
             try:
                 self.signal.flush()
             finally:
                 self.lock.release()
+
+    def check_no_tx_here(self, what: str) -> None:
+        """:meth:`check_no_tx` without the lock: whether this thread has a transaction open."""
+        self.check()
+        if self.tx_thread == threading.get_ident():
+            self.check_no_tx(what)
 
 
 def load_into(conn: sqlite3.Connection, doc_id: str, handle: DocHandle) -> int:

@@ -205,16 +205,6 @@ class Frontier:
 
     # ------------------------------------------------------------ the write path
 
-    def record_local(self, seq: int, hlc: Hlc) -> None:
-        """A local commit made this region's records through ``seq`` at ``hlc`` (in its
-        write transaction: they are contiguous by construction)."""
-        self._engine.conn.execute(
-            "INSERT INTO origins (origin, max_seq, contiguous_seq, contiguous_hlc)"
-            " VALUES (?1, ?2, ?2, ?3) ON CONFLICT (origin) DO UPDATE SET max_seq = ?2,"
-            " contiguous_seq = ?2, contiguous_hlc = ?3",
-            (self._engine.region, seq, int(hlc)),
-        )
-
     def advance(self, records: list[UpdateRecord]) -> None:
         """Move each origin's max seq, and its contiguous seq over any gap now filled
         (in the write transaction that logged ``records``)."""

@@ -47,9 +47,14 @@ __all__ = ["Transaction"]
 class Transaction:
     """A unit of work across documents; use it as a context manager."""
 
-    def __init__(self, engine: Engine, writer: Writer, *, reserved: bool = False) -> None:
+    def __init__(
+        self, engine: Engine, writer: Writer, *, reserved: bool = False, one_shot: bool = False
+    ) -> None:
         self._engine = engine
         self._reserved = reserved
+        self._one_shot = one_shot
+        """Made by ``db.put``/``db.update``: no application code runs inside it, so it
+        may join an open commit group (see :mod:`crdtdb.group`)."""
         self._writer = writer
         self._handles: dict[str, DocHandle] = {}
         self._views: dict[str, DocMap] = {}
@@ -63,7 +68,7 @@ class Transaction:
     def __enter__(self) -> Transaction:
         if self._state != "new":
             raise TransactionError("a transaction can be entered once: start a new one")
-        self._engine.begin(self._handles)
+        self._engine.begin(self._handles, join=self._one_shot)
         self._state = "open"
         return self
 
@@ -73,17 +78,26 @@ class Transaction:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        group = None
         try:
             if exc_type is None:
                 committed = self._writer.commit(self._handles)
                 if committed is not None:
                     self.hlc, records = committed
                     self.records = tuple(records)
+                # Our commit's group, or the open one whose rows we may have read.
+                group = self._engine.group
             else:
                 self._writer.rollback(self._handles)
         finally:
             self._state = "done"
             self._engine.end(self._handles)
+        if group is not None:  # returns after the group's COMMIT (see crdtdb.group)
+            try:
+                self._engine.await_group(group)
+            except BaseException:
+                self.hlc, self.records = None, ()
+                raise
 
     def _guard(self) -> None:
         if self._state != "open":

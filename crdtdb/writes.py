@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from pycrdt import merge_updates
 
@@ -33,6 +33,7 @@ from .hlc import Hlc, observe, tick
 from .ids import collection_of
 from .membership import check_writable
 from .records import REPAIR, WRITE, UpdateRecord
+from .rows import LogRows
 
 __all__ = ["BODY_MAX_BYTES", "Writer"]
 
@@ -62,13 +63,19 @@ class _DocChange(NamedTuple):
     """Of its newest record: the greatest (HLC, origin) of the batch."""
 
 
-class _Known(NamedTuple):
-    """What the store held of a document before the write."""
+class Known(NamedTuple):
+    """What the store holds of a document's row: read before a write, kept on its handle
+    after (valid while :attr:`Engine.known_gen` stays what it was then)."""
 
     pending: int
     hlc: int
     snapshot_bytes: int
     origin: str
+    live: int
+    dirty: int
+
+
+_ABSENT = Known(0, 0, 0, "", 0, 0)
 
 
 class Writer:
@@ -98,12 +105,13 @@ class Writer:
         if not changes:
             return None
 
-        def body() -> tuple[tuple[Hlc, list[UpdateRecord]], list[UpdateRecord]]:
-            hlc, records = self._commit_locked(changes)
-            return (hlc, records), records
+        def body() -> tuple[tuple[Hlc, list[UpdateRecord]], list[UpdateRecord], LogRows]:
+            # Prepared here, written by the group's leader with the other members' rows.
+            hlc, records, rows = self._commit_locked(changes)
+            return (hlc, records), records, rows
 
         try:
-            committed: tuple[Hlc, list[UpdateRecord]] = engine.write(body)
+            committed: tuple[Hlc, list[UpdateRecord]] = engine.join(body)
             return committed
         except BaseException as exc:
             self.rollback(handles)
@@ -139,17 +147,24 @@ class Writer:
             if not pending:
                 return None
             try:
-                hlc: Hlc = engine.write(
-                    lambda: self._commit_locked([(doc_id, handle, pending)], REPAIR)
-                )
+                hlc: Hlc = engine.write(lambda: self._repair_locked(doc_id, handle, pending))
             except BaseException:
                 engine.cache.evict(doc_id)
                 raise
             return hlc
 
+    def _repair_locked(
+        self, doc_id: str, handle: DocHandle, pending: list[bytes]
+    ) -> tuple[Hlc, list[UpdateRecord]]:
+        hlc, records, rows = self._commit_locked([(doc_id, handle, pending)], REPAIR)
+        rows.store(self._engine.conn)
+        return hlc, records
+
     def _commit_locked(
         self, changes: list[_Change], kind: int = WRITE
-    ) -> tuple[Hlc, list[UpdateRecord]]:
+    ) -> tuple[Hlc, list[UpdateRecord], LogRows]:
+        """Issue the HLC and sequence numbers of a local commit and prepare its rows
+        (written by the caller: nothing of a commit that raises here is written)."""
         engine = self._engine
         last, seq = engine.read_counters()
         now = engine.options.clock()
@@ -159,16 +174,16 @@ class Writer:
         hlc = tick(last, now)
         if kind == WRITE:
             engine.clients.bind_own(int(hlc))
-        engine.set_last_hlc(hlc)
         records = []
         for doc_id, _, pending in changes:
             seq += 1
             update = pending[0] if len(pending) == 1 else merge_updates(*pending)
             records.append(UpdateRecord(doc_id, hlc, engine.region, seq, update, kind))
-        self._append(records, {doc_id: handle for doc_id, handle, _ in changes})
-        self._frontier.record_local(seq, hlc)
+        rows = self._append(records, {doc_id: handle for doc_id, handle, _ in changes})
+        rows.local = (engine.region, seq, hlc)  # the meta's last HLC and our origin's row
+        engine.last_hlc = hlc
         engine.counters = (hlc, seq)
-        return hlc, records
+        return hlc, records, rows
 
     # ------------------------------------------------------------ remote applies
 
@@ -265,7 +280,7 @@ class Writer:
         clock = observe(last, newest, engine.options.clock(), engine.options.max_clock_offset_ms)
         engine.clients.check(records)
         handles, new = self._apply_updates(records)
-        self._append(records, handles, new)
+        self._append(records, handles, new).store(engine.conn)
         if chain:
             self._chains.write_locked(chain)
         self._frontier.advance(records)
@@ -311,80 +326,125 @@ class Writer:
         records: list[UpdateRecord],
         handles: dict[str, DocHandle],
         new: set[str] | None = None,
-    ) -> None:
-        """Append ``records`` to the log and record their documents (``new``, if known:
-        those without a row yet). Inside the write transaction."""
+    ) -> LogRows:
+        """The rows that append ``records`` to the log and record their documents (``new``,
+        if known: those without a row yet). Inside the write transaction."""
         engine = self._engine
         # We hold the write lock and have caught up, so the ids after seen_id are free
         # (compaction never deletes the newest record); the primary key would refuse
         # the write otherwise.
         first_id = engine.seen_id + 1
-        engine.conn.executemany(
-            "INSERT INTO log (id, origin, seq, hlc, doc_id, payload, kind)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (first_id + i, r.origin, r.seq, int(r.hlc), r.doc_id, r.update, r.kind)
-                for i, r in enumerate(records)
-            ],
-        )
+        rows = LogRows()
+        rows.log = [
+            (first_id + i, r.origin, r.seq, int(r.hlc), r.doc_id, r.update, r.kind)
+            for i, r in enumerate(records)
+        ]
         engine.seen_id = first_id + len(records) - 1
-        self._index(_doc_changes(records, handles, first_id), new)
+        self._index(_doc_changes(records, handles, first_id), new, rows)
+        return rows
 
-    def _index(self, changed: list[_DocChange], new: set[str] | None) -> None:
+    def _index(self, changed: list[_DocChange], new: set[str] | None, rows: LogRows) -> None:
         """Record changed documents: liveness, HLC, body, load snapshot, digest state.
 
         The load snapshot is rewritten once the log bytes written since the last
         one reach that snapshot's size (at least ``snapshot_min_bytes``): loading
         replays at most about twice the document's size, and rewriting costs at
         most one extra byte per byte logged.
+
+        What the row held before is kept on the document's handle, so that a
+        commit reads no row (see :meth:`_known`); and a row whose liveness and
+        digest state stay as they were is updated without those columns, which
+        leaves the pages of their two indexes untouched (SQLite rewrites an
+        index entry whenever its column is assigned, even to the same value).
         """
-        known = self._known([c.doc_id for c in changed if new is None or c.doc_id not in new])
-        created = self._digests.on_created(
+        known = self._known([c for c in changed if new is None or c.doc_id not in new])
+        created, rows.deltas = self._digests.on_created(
             [(c.doc_id, c.handle) for c in changed if c.doc_id not in known]
         )
-        rows, bodies, snapshots = [], [], []
+        gen = self._engine.known_gen
         for change in changed:
-            change.handle.loaded_through = change.log_id
-            before = known.get(change.doc_id, _Known(0, 0, 0, ""))
-            pending = before.pending + change.size
-            # the newest record is the greatest (HLC, origin): the same in every region
-            origin = max((before.hlc, before.origin), (int(change.hlc), change.origin))[1]
-            bodies.append((change.doc_id, change.log_id, origin, *self._body(change, before)))
-            snapshot_bytes: int | None = None
-            snapshot_id = 0
-            if self._snapshot_due(change.handle, pending, before.snapshot_bytes):
-                snapshot = change.handle.doc.get_update()
-                snapshots.append((change.doc_id, snapshot))
-                snapshot_bytes, snapshot_id, pending = len(snapshot), change.log_id, 0
-            digest, state = created.get(change.doc_id, (None, DigestState.STALE))
-            rows.append(
-                (
-                    change.doc_id,
-                    collection_of(change.doc_id),
-                    merkle.leaf_of(change.doc_id),
-                    change.handle.live,
-                    max(int(change.hlc), before.hlc),
-                    snapshot_bytes,
-                    snapshot_id,
-                    pending,
-                    digest,
-                    int(state),
-                )
-            )
-        self._store_rows(rows, bodies, snapshots)
+            # One pycrdt read transaction for all this looks at (each look opened its own).
+            with change.handle.doc.transaction():
+                self._index_one(change, known, created, gen, rows)
         self._digests.on_changed([c.doc_id for c in changed if c.doc_id in known])
 
-    def _known(self, doc_ids: list[str]) -> dict[str, _Known]:
-        return {
-            row[0]: _Known(row[1], row[2], row[3], row[4] or "")
-            for row in self._engine.rows_in(
-                "SELECT d.doc_id, d.pending, d.hlc, d.snapshot_bytes, b.origin FROM docs d"
-                " LEFT JOIN bodies b ON b.doc_id = d.doc_id WHERE d.doc_id IN ({marks})",
-                doc_ids,
+    def _index_one(
+        self,
+        change: _DocChange,
+        known: dict[str, Known],
+        created: dict[str, tuple[bytes, DigestState]],
+        gen: int,
+        rows: LogRows,
+    ) -> None:
+        """One document of :meth:`_index`."""
+        change.handle.loaded_through = change.log_id
+        before = known.get(change.doc_id, _ABSENT)
+        pending = before.pending + change.size
+        # the newest record is the greatest (HLC, origin): the same in every region
+        origin = max((before.hlc, before.origin), (int(change.hlc), change.origin))[1]
+        rows.bodies.append((change.doc_id, change.log_id, origin, *self._body(change, before)))
+        snapshot_bytes: int | None = None
+        snapshot_id = 0
+        if self._snapshot_due(change.handle, pending, before.snapshot_bytes):
+            snapshot = change.handle.doc.get_update()
+            rows.snapshots.append((change.doc_id, snapshot))
+            snapshot_bytes, snapshot_id, pending = len(snapshot), change.log_id, 0
+        digest, state = created.get(change.doc_id, (None, DigestState.STALE))
+        live = int(change.handle.live)
+        hlc = max(int(change.hlc), before.hlc)
+        if change.doc_id in known and before.live == live and before.dirty == state:
+            rows.docs.append((True, (hlc, snapshot_bytes, snapshot_id, pending, change.doc_id)))
+        else:
+            rows.docs.append(
+                (
+                    False,
+                    (
+                        change.doc_id,
+                        collection_of(change.doc_id),
+                        merkle.leaf_of(change.doc_id),
+                        live,
+                        hlc,
+                        snapshot_bytes,
+                        snapshot_id,
+                        pending,
+                        digest,
+                        int(state),
+                    ),
+                )
             )
-        }
+        stored_bytes = before.snapshot_bytes if snapshot_bytes is None else snapshot_bytes
+        change.handle.known = (
+            gen,
+            Known(pending, hlc, stored_bytes, origin, live, int(state)),
+        )
 
-    def _body(self, change: _DocChange, before: _Known) -> tuple[str | None, int | None]:
+    def _known(self, changed: list[_DocChange]) -> dict[str, Known]:
+        """What the store holds of these documents' rows (absent: no row). Kept on each
+        handle by the last write of this process, and read only where that may be out of
+        date: another process committed, a write rolled back, or something other than
+        a commit or apply wrote (each moves :attr:`Engine.known_gen`)."""
+        gen = self._engine.known_gen
+        found: dict[str, Known] = {}
+        unread = []
+        for change in changed:
+            kept = change.handle.known
+            if kept is not None and kept[0] == gen:
+                if kept[1] is not _ABSENT:
+                    found[change.doc_id] = kept[1]
+            else:
+                unread.append(change.doc_id)
+        found.update(
+            (row[0], Known(row[1], row[2], row[3], row[4] or "", row[5], row[6]))
+            for row in self._engine.rows_in(
+                "SELECT d.doc_id, d.pending, d.hlc, d.snapshot_bytes, b.origin, d.live,"
+                " d.dirty FROM docs d LEFT JOIN bodies b ON b.doc_id = d.doc_id"
+                " WHERE d.doc_id IN ({marks})",
+                unread,
+            )
+        )
+        return found
+
+    def _body(self, change: _DocChange, before: Known) -> tuple[str | None, int | None]:
         """The document's JSON and shape number, while it is small enough to write."""
         if before.snapshot_bytes + before.pending + change.size > BODY_MAX_BYTES:
             return None, None
@@ -397,33 +457,6 @@ class Writer:
     def _snapshot_due(self, handle: DocHandle, pending: int, snapshot_bytes: int) -> bool:
         minimum = self._engine.options.snapshot_min_bytes
         return pending >= max(minimum, snapshot_bytes) and not handle.waiting
-
-    def _store_rows(
-        self, rows: list[tuple[Any, ...]], bodies: list[tuple[Any, ...]], snapshots: list[Any]
-    ) -> None:
-        conn = self._engine.conn
-        # A document already stale keeps the digest the tree holds for it; one whose
-        # digest was never XORed into the tree (UNTREED) has none there.
-        conn.executemany(
-            "INSERT INTO docs (doc_id, collection, leaf, live, hlc, dirty, snapshot_bytes,"
-            " snapshot_id, pending, digest)"
-            " VALUES (?1, ?2, ?3, ?4, ?5, ?10, coalesce(?6, 0), ?7, ?8, ?9)"
-            " ON CONFLICT (doc_id) DO UPDATE SET live = ?4, hlc = ?5,"
-            f" dirty = {DigestState.STALE:d}, pending = ?8,"
-            " snapshot_bytes = coalesce(?6, snapshot_bytes),"
-            " snapshot_id = max(?7, snapshot_id),"
-            f" digest = CASE dirty WHEN {DigestState.UNTREED:d} THEN NULL ELSE digest END",
-            rows,
-        )
-        conn.executemany(
-            "INSERT INTO bodies (doc_id, log_id, origin, body, shape) VALUES (?1, ?2, ?3, ?4, ?5)"
-            " ON CONFLICT (doc_id) DO UPDATE SET log_id = ?2, origin = ?3, body = ?4, shape = ?5",
-            bodies,
-        )
-        if snapshots:
-            conn.executemany(
-                "INSERT OR REPLACE INTO snapshots (doc_id, snapshot) VALUES (?, ?)", snapshots
-            )
 
 
 def _doc_changes(

@@ -51,10 +51,18 @@ class Config:
     """Distinct documents the cold reads go round-robin over."""
     cold_cache: int
     """crdtdb ``cache_size`` for cold reads (smaller than ``cold_docs``)."""
+    replay_keystrokes: int | None = None
+    """Keystrokes of the automerge-paper trace replayed (None: all 259,778)."""
 
 
 QUICK = Config(
-    name="quick", seconds=0.2, repeats=3, open_docs=10_000, cold_docs=2_000, cold_cache=200
+    name="quick",
+    seconds=0.2,
+    repeats=3,
+    open_docs=10_000,
+    cold_docs=2_000,
+    cold_cache=200,
+    replay_keystrokes=20_000,
 )
 FULL = Config(
     name="full", seconds=1.0, repeats=3, open_docs=100_000, cold_docs=10_000, cold_cache=1_000

@@ -8,6 +8,7 @@ from typing import Any
 
 from _report import table, verdict
 
+from .commits import commit_json, commit_report
 from .common import (
     CRDTDB_VARIANTS,
     READ_LABELS,
@@ -155,6 +156,8 @@ def report(cfg: Config, results: dict[Cell, list[Run]], env: dict[str, Any]) -> 
         target_table(cfg, results),
         "",
         *info_lines(cfg, results),
+        "",
+        *commit_report(cfg, results),
     ]
     return "\n".join(notes)
 
@@ -186,4 +189,5 @@ def to_json(cfg: Config, results: dict[Cell, list[Run]], env: dict[str, Any]) ->
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "results": cells,
         "targets": checks,
+        "commit_targets": commit_json(results),
     }
