@@ -332,7 +332,9 @@ class Provenance:
         view = self.store.chains.membership() if seals else None
         for seal, run in match_seals(records, seals):
             hashes, problem = self._verify(seal, run)
-            if problem is None:
+            late = past_retirement(view, seal, run) if problem is None else None
+            if late is not None:
+                self._note("retired_key", seal, late[1], None, peer)
                 refuse_retired(view, seal, run, peer)
             skip = self._compare_held(seal, run, problem, peer)
             if problem is not None:
