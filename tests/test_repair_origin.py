@@ -10,7 +10,6 @@ record it makes says whose items it carries.
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,11 +21,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 import crdtdb
 from crdtdb.records import REPAIR
-from crdtdb.storage import STORE_FILE
 from crdtdb.sync import wire
 from crdtdb.sync.signing import record_bytes, verify_run
 
 from .cluster import Cluster
+from .test_repair_records import lose
 
 pytestmark = pytest.mark.integration
 
@@ -72,25 +71,6 @@ def repairs(db: crdtdb.Database) -> list[crdtdb.UpdateRecord]:
     return [r for r in db.records_from(db.region, 0, 1_000_000) if r.kind == REPAIR]
 
 
-def lose_records(store: Path, origin: str, doc_ids: list[str]) -> int:
-    """Delete ``origin``'s log records of ``doc_ids`` from a stopped region's store, and
-    what those documents derived from them, leaving the ``origins`` row claiming them:
-    a store that holds the records by number but not their content."""
-    marks = ",".join("?" * len(doc_ids))
-    with sqlite3.connect(store / STORE_FILE) as conn:
-        lost = conn.execute(
-            f"DELETE FROM log WHERE origin = ? AND doc_id IN ({marks})", (origin, *doc_ids)
-        ).rowcount
-        conn.execute(f"DELETE FROM snapshots WHERE doc_id IN ({marks})", doc_ids)
-        conn.execute(f"DELETE FROM bodies WHERE doc_id IN ({marks})", doc_ids)
-        conn.execute(  # their digests are recomputed from what is left
-            f"UPDATE docs SET dirty = 1, snapshot_id = 0, snapshot_bytes = 0, pending = 0"
-            f" WHERE doc_id IN ({marks}) AND dirty = 0",
-            doc_ids,
-        )
-    return lost
-
-
 def test_records_a_region_lost_come_back_as_their_origins(cluster: Cluster) -> None:
     cluster.start()
     cluster.wait_ready()
@@ -103,7 +83,7 @@ def test_records_a_region_lost_come_back_as_their_origins(cluster: Cluster) -> N
     us_dir = cluster.regions["us"].data_dir
     cluster.terminate("us")
     cluster.close_db("us")
-    assert lose_records(us_dir, "eu", LOST) == len(LOST) + 2
+    assert lose(us_dir, "eu", LOST) == len(LOST) + 2
     with crdtdb.open(us_dir) as us:
         assert [us.get(doc_id) for doc_id in LOST] == [None] * len(LOST)
         claimed = us.progress()["eu"][1]

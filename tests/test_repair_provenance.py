@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import crdtdb
@@ -22,7 +22,7 @@ from .test_signing_retired import CLOCK, opened, started
 from .test_signing_store import relay
 
 spans = st.lists(
-    st.tuples(st.integers(0, 60), st.integers(1, 20)).map(lambda p: (p[0], p[0] + p[1])),
+    st.tuples(st.integers(0, 12), st.integers(1, 4)).map(lambda p: (p[0], p[0] + p[1])),
     max_size=5,
 )
 ranges = st.dictionaries(st.integers(1, 3), spans, max_size=3)
@@ -33,6 +33,9 @@ def clocks(r: Ranges) -> set[tuple[int, int]]:
 
 
 @given(ranges, ranges)
+@example({1: [(5, 7)]}, {1: [(3, 5)]})  # touching, not overlapping
+@example({1: [(3, 5)]}, {1: [(5, 7)]})
+@example({1: [(3, 7)]}, {1: [(3, 5)]})  # a common start: nothing left before it
 def test_cutting_a_records_ranges_out_of_what_is_missing_leaves_the_rest(
     missing: Ranges, carried: Ranges
 ) -> None:
@@ -41,6 +44,8 @@ def test_cutting_a_records_ranges_out_of_what_is_missing_leaves_the_rest(
     hit = _cut(left, carried)
     assert clocks(left) == before - clocks(carried)
     assert hit == bool(before & clocks(carried))
+    # no empty span left behind: "nothing missing" is read as no spans at all
+    assert all(start < end for found in left.values() for start, end in found)
 
 
 def test_a_repair_record_says_whose_items_it_carries(tmp_path: Path) -> None:
