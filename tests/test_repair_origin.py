@@ -141,3 +141,14 @@ def test_a_repair_of_compacted_history_says_whose_items_it_carries(cluster: Clus
         for line in shown
     )
     assert any(line["kind"] == "write" and line["origin"] == "eu" for line in lines)
+    # and as an analyst reads it: the changes table marks the repair
+    from crdtdb.query import connect
+
+    con = connect(us)
+    try:
+        found = con.execute(
+            "SELECT DISTINCT origin, kind FROM changes WHERE id = 'd/0' ORDER BY 1"
+        ).fetchall()
+    finally:
+        con.close()
+    assert found == [("us", "repair")]
