@@ -21,7 +21,11 @@ for the records in this store's log that carry what the peer lacks:
   (certificates, seals, acks), checked by the peer like any relayed record.
   Once per session and record: if the peer still lacks the items in a later
   round (the record was held, or waits there for items no record carries),
-  the diff goes after all, so every round makes progress.
+  the diff goes after all, so every round makes progress. A round resends at
+  most ``RESEND_MESSAGES`` messages (the peer takes 64 before it
+  acknowledges); the rest waits for the next round, and a document whose
+  runs alone would not fit goes as a diff (a run is resent from the record
+  on to its seal, which covers up to 256 records).
 - A difference in the delete set alone (no items missing) is left to the
   records above the peer's holdings, if the document has any; otherwise the
   diff goes.
@@ -63,6 +67,13 @@ DOC_RECORDS = 512
 document with more is repaired by diff. Reading and decoding one costs about
 25 µs where the round runs (the event loop): 512 of them, about 15 ms."""
 
+RESEND_MESSAGES = 32
+"""``Records`` messages one round resends at most (the peer takes 64 before it
+acknowledges, and the push may have its window out): what is left waits for the
+next round, which starts once these are acknowledged."""
+CHUNK_BYTES = 1 << 20
+"""Bytes of small records one resent message holds (as :mod:`.packing` packs them)."""
+
 Ranges = dict[int, list[tuple[int, int]]]
 """Per Yjs client id, ``[start, end)`` clock ranges."""
 
@@ -87,14 +98,20 @@ class Pusher(Protocol):
 class RecordsFirst:
     """One session's choice, per differing document, between records and a diff."""
 
-    def __init__(self, session: Pusher, store: RegionDocuments) -> None:
+    def __init__(self, session: Pusher, store: RegionDocuments, *, large_bytes: int) -> None:
         self._session = session
         self._store = store
+        self._large_bytes = large_bytes
+        self._room = RESEND_MESSAGES
         self._resent: set[tuple[str, int]] = set()
         self.resent_records = 0
         """Records resent to the peer instead of a diff (in whole or partial runs)."""
         self.left_to_records = 0
         """Documents a round left to records instead of sending their diff."""
+
+    def new_round(self) -> None:
+        """A round starts: it may resend ``RESEND_MESSAGES`` messages again."""
+        self._room = RESEND_MESSAGES
 
     def covers(self, doc_id: str, their_sv: bytes) -> bool:
         """Whether records reach the peer in place of the diff against ``their_sv``
@@ -149,7 +166,8 @@ class RecordsFirst:
 
     def _resend(self, sealed: SealedLog, keys: Sequence[tuple[str, int]]) -> bool:
         """Send the sealed runs holding ``keys`` (from each key on); False if one is not
-        relayable here (then the diff goes)."""
+        relayable here, or they would not fit in one round (then the diff goes). If they
+        do not fit in what is left of this round's room, they wait for the next round."""
         runs: list[Run] = []
         through: dict[str, int] = {}
         for origin, seq in sorted(keys):
@@ -161,11 +179,25 @@ class RecordsFirst:
             seal, run = found[0]
             runs.append((seal, run))
             through[origin] = seal.last
-        if runs:
-            self._session._send_runs(runs)
-            self._resent.update(keys)
-            self.resent_records += sum(len(run) for _, run in runs)
+        if not runs:
+            return True
+        messages = self._messages(runs)
+        if messages > RESEND_MESSAGES:
+            return False
+        if messages > self._room:
+            return True  # left for the next round (the document stays differing till then)
+        self._room -= messages
+        self._session._send_runs(runs)
+        self._resent.update(keys)
+        self.resent_records += sum(len(run) for _, run in runs)
         return True
+
+    def _messages(self, runs: list[Run]) -> int:
+        """About how many messages ``runs`` take: a large record's each, the rest packed."""
+        records = [record for _, run in runs for record in run]
+        large = sum(len(r.update) >= self._large_bytes for r in records)
+        small = sum(len(r.update) for r in records if len(r.update) < self._large_bytes)
+        return large + small // CHUNK_BYTES + 1
 
 
 def _ranges(update: bytes) -> Ranges:

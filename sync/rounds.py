@@ -73,8 +73,7 @@ class RoundStore(RegionDocuments, MerkleView, Protocol):
 
 
 class Host(Pusher, Protocol):
-    """What a round needs of its session: who the peer is, and a way to send and emit
-    (and push records, see :mod:`.resend`)."""
+    """What a round needs of its session: who the peer is, ways to send, push and emit."""
 
     dialer: bool
 
@@ -138,7 +137,7 @@ class AntiEntropy:
         self._host = host
         self._store = store
         self._large_bytes = large_bytes
-        self.records_first = RecordsFirst(host, store)  # records in place of diffs
+        self.records_first = RecordsFirst(host, store, large_bytes=large_bytes)
         self.round: _Round | None = None
         self.rounds = 0
         """Rounds walked to the end."""
@@ -221,6 +220,7 @@ class AntiEntropy:
 
     def _new_round(self, now: float) -> _Round:
         self._serial += 1
+        self.records_first.new_round()
         return _Round(started=now, serial=self._serial)
 
     def _send_round(self, message: wire.Message, *, lane_of: str | None = None) -> None:

@@ -14,7 +14,7 @@ import crdtdb
 from crdtdb.records import REPAIR
 from crdtdb.storage import STORE_FILE
 from crdtdb.sync.provenance import Provenance
-from crdtdb.sync.session import SyncSession
+from crdtdb.sync.session import SessionOptions, SyncSession
 from crdtdb.sync.signing import record_bytes
 from crdtdb.sync.writer import perform_pending
 
@@ -26,10 +26,16 @@ class SealedLink(Link):
     """A :class:`Link` whose sessions send sealed runs and check what they receive, as
     the daemon's do (the dialer is ``dialer``'s)."""
 
-    def __init__(self, dialer: Provenance, listener: Provenance) -> None:
+    def __init__(
+        self, dialer: Provenance, listener: Provenance, options: SessionOptions | None = None
+    ) -> None:
         super().__init__(dialer.store, listener.store)
-        self.a = SyncSession(dialer.store, dialer=True, now=self.now, sealed=dialer)
-        self.b = SyncSession(listener.store, dialer=False, now=self.now, sealed=listener)
+        self.a = SyncSession(
+            dialer.store, dialer=True, now=self.now, sealed=dialer, options=options
+        )
+        self.b = SyncSession(
+            listener.store, dialer=False, now=self.now, sealed=listener, options=options
+        )
         self.verifiers = {id(self.a): dialer, id(self.b): listener}
 
     def perform(self) -> int:
@@ -173,3 +179,34 @@ def test_a_regions_own_lost_items_come_back_by_diff(
         (repair,) = repairs(us)
         assert us.chains.carried(repair.update).carries == ("us",)
         assert link.a.anti_entropy.records_first.resent_records == 0
+
+
+def test_many_lost_records_are_resent_a_bounded_batch_a_round(
+    stores: tuple[crdtdb.Database, Path], certs: Path
+) -> None:
+    """Each record here is a run of its own, and goes in a message of its own
+    (``large_bytes``): resending all 120 at once would overrun what the peer takes before
+    it acknowledges (64 messages)."""
+    eu, us_dir = stores
+    sealer = started(eu, certs)
+    for i in range(120):
+        eu.put(f"m/{i}", {"i": i})
+        sealer.seal_own()
+    synced(eu, us_dir, certs)
+    lose(us_dir, "eu", [f"m/{i}" for i in range(120)])
+    with crdtdb.open(us_dir) as us:
+        options = SessionOptions(large_bytes=16)
+        link = SealedLink(started(eu, certs), started(us, certs), options)
+        link.settle()
+        rounds = 0
+        while us.merkle_root() != eu.merkle_root() and rounds < 10:
+            link.round()
+            link.settle()
+            rounds += 1
+            assert link.open, [e for e in link.events if type(e).__name__ == "Closed"]
+        assert us.merkle_root() == eu.merkle_root()
+        assert rounds >= 4  # 32 messages a round
+        assert [record_bytes(r) for r in us.records_from("eu", 0)] == [
+            record_bytes(r) for r in eu.records_from("eu", 0)
+        ]
+        assert repairs(us) == []
