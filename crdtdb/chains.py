@@ -26,8 +26,17 @@ from .engine import Engine
 from .feed import _LOG_COLUMNS, _record
 from .membership import Membership, read_conn
 from .records import UpdateRecord
+from .yjs import authors
 
-__all__ = ["ChainRow", "Chains", "Conflict", "SealedRecord", "prune_locked"]
+__all__ = [
+    "ChainRow",
+    "Chains",
+    "Conflict",
+    "DocRecord",
+    "RepairProvenance",
+    "SealedRecord",
+    "prune_locked",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +60,27 @@ class SealedRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class DocRecord:
+    """One log record of a document, as :meth:`Chains.doc_records` reads them."""
+
+    origin: str
+    seq: int
+    update: bytes
+    chained: bool
+    """Whether it has a chain row (so it can be relayed as its origin sealed it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RepairProvenance:
+    """Whose items an anti-entropy repair record carries (see :meth:`Chains.carried`)."""
+
+    carries: tuple[str, ...]
+    """The origins the Yjs client ids of its items are bound to here, sorted."""
+    unbound: int
+    """Client ids among them that no origin is bound to here (yet)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Conflict:
     """Evidence of two contents for one ``(origin, seq)``."""
 
@@ -58,7 +88,9 @@ class Conflict:
     seq: int
     kind: str
     """``equivocation`` (both signed by the origin), ``forgery`` (the second's signature
-    does not verify: the relay made it) or ``legacy`` (the held one predates signing)."""
+    does not verify: the relay made it), ``legacy`` (the held one predates signing) or
+    ``retired_key`` (sealed by a key the membership retired, over a later record: only
+    ``offered``, the first such record, is kept)."""
     peer: str
     held: bytes | None
     offered: bytes
@@ -178,6 +210,38 @@ class Chains:
             (origin, low, high),
         )
         return {row[3]: (_record(row[:6]), bool(row[6])) for row in rows}
+
+    def doc_records(self, doc_id: str, limit: int) -> list[DocRecord]:
+        """Up to ``limit`` log records of ``doc_id``, in log order, each with whether it
+        is chained (anti-entropy looks for the records that carry what a peer lacks)."""
+        rows = self._rows(
+            "SELECT log.origin, log.seq, log.payload, chain.hash IS NOT NULL FROM log"
+            " LEFT JOIN chain ON chain.origin = log.origin AND chain.seq = log.seq"
+            " WHERE log.doc_id = ? ORDER BY log.id LIMIT ?",
+            (doc_id, limit),
+        )
+        return [DocRecord(str(o), int(q), bytes(u), bool(c)) for o, q, u, c in rows]
+
+    def carried(self, update: bytes) -> RepairProvenance:
+        """Whose items ``update`` (a repair record's) carries: the origins its Yjs client
+        ids are bound to in ``clients``, and how many of them are bound to none.
+
+        A repair's provenance is read from the record itself, not stored apart: its
+        origin is the region that committed (and sealed) it, and every client id is
+        bound to one origin for good, so the answer only ever gains bindings, as the
+        origins' own records arrive."""
+        clients = sorted(set(authors(update)))
+        if not clients:
+            return RepairProvenance((), 0)
+        engine = self._engine
+        with engine.lock:
+            engine.check()
+            bound = dict(
+                engine.rows_in(
+                    "SELECT client_id, origin FROM clients WHERE client_id IN ({marks})", clients
+                )
+            )
+        return RepairProvenance(tuple(sorted(set(bound.values()))), len(clients) - len(bound))
 
     def legacy_records(self) -> int:
         """Log records that predate signing (a migrated schema-3 store) and are unsigned."""

@@ -26,7 +26,7 @@ from .database import Database
 from .database import open as open_db
 from .errors import CrdtdbError, NoStoreError, UsageError, shown
 from .hlc import Hlc
-from .records import UpdateRecord
+from .records import REPAIR, UNCHECKED, WRITE, UpdateRecord
 
 __all__ = ["main"]
 
@@ -141,7 +141,7 @@ def cmd_log(args: argparse.Namespace) -> int:
         position = db.log_position()  # --follow goes on from here: nothing falls between
         printed: set[tuple[str, int]] = set()
         for record in db.changes(since, limit=args.limit):
-            _print_record(record)
+            _print_record(db, record)
             if args.follow:
                 printed.add((record.origin, record.seq))
         if args.follow:
@@ -155,20 +155,28 @@ async def _follow(db: Database, position: int, printed: set[tuple[str, int]]) ->
     """Print each record the log gains after ``position`` (in arrival order) until Ctrl-C."""
     async for record in db.watch(after=position):
         if (record.origin, record.seq) not in printed:
-            _print_record(record)
+            _print_record(db, record)
 
 
-def _print_record(record: UpdateRecord) -> None:
-    _print(
-        {
-            "hlc": str(record.hlc),
-            "hlc_int": int(record.hlc),
-            "origin": record.origin,
-            "seq": record.seq,
-            "doc_id": record.doc_id,
-            "bytes": len(record.update),
-        }
-    )
+_KIND_NAMES = {WRITE: "write", REPAIR: "repair", UNCHECKED: "unchecked"}
+
+
+def _print_record(db: Database, record: UpdateRecord) -> None:
+    line: dict[str, Any] = {
+        "hlc": str(record.hlc),
+        "hlc_int": int(record.hlc),
+        "origin": record.origin,
+        "seq": record.seq,
+        "doc_id": record.doc_id,
+        "bytes": len(record.update),
+        "kind": _KIND_NAMES.get(record.kind, str(record.kind)),
+    }
+    if record.kind == REPAIR:  # committed by `origin`; whose items it carries:
+        carried = db.chains.carried(record.update)
+        line["carries"] = list(carried.carries)
+        if carried.unbound:
+            line["unbound_clients"] = carried.unbound
+    _print(line)
     sys.stdout.flush()  # a follower reads each line as it comes
 
 

@@ -112,7 +112,8 @@ class Metrics(Observer):
         self.conflicts = Gauge(
             "crdtdb_record_conflicts",
             "Records kept as evidence of two contents for one (origin, seq), by kind"
-            " (equivocation: the origin signed both; forgery: a relay's; legacy)",
+            " (equivocation: the origin signed both; forgery: a relay's; legacy;"
+            " retired_key: sealed by a retired key over a later record)",
             ("kind",),
             registry=self.registry,
         )
@@ -196,7 +197,7 @@ class Metrics(Observer):
             self.clock_offset.labels(peer).set(offset)
 
     def evidence(self, conflicts: Mapping[str, int], equivocating: Sequence[str]) -> None:
-        for kind in ("equivocation", "forgery", "legacy", *conflicts):
+        for kind in ("equivocation", "forgery", "legacy", "retired_key", *conflicts):
             self.conflicts.labels(kind).set(conflicts.get(kind, 0))
         for origin in equivocating:
             self.equivocating.labels(origin).set(1)

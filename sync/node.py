@@ -244,7 +244,7 @@ class Replicator(MembershipChores, Reporting):
         )
 
     def _round_done(self, event: AntiEntropyDone, status: PeerStatus, who: str) -> None:
-        if event.repaired_docs == 0:
+        if event.repaired_docs == 0 and event.by_records == 0:
             # Nothing to repair: a joining region (this one, or the peer) holds a complete copy.
             for region in (self.region, event.peer):
                 if self.cluster.state(region) == "joining":

@@ -64,15 +64,22 @@ a store (``crdtdb.chains`` rows) with the daemon's key and the cluster CA:
   certificate from before membership) is not judged here.
 
   A refusal closes the session that sent the batch, and nothing of the
-  batch is applied; evidence of the cases in the table (both records' canonical bytes, the seal, the
-  relaying peer, when, how often) goes in ``conflicts``; ``crdtdb status``
-  and the metrics count it.
+  batch is applied; evidence of the cases in the table (both records'
+  canonical bytes, the seal, the relaying peer, when, how often) goes in
+  ``conflicts``, and so does a ``retired_key`` refusal (kind
+  ``retired_key``: the first late record and the seal); ``crdtdb status``
+  and the metrics count them.
 
-**Anti-entropy repairs** (not signed by their authors' keys yet): a
-document repaired by anti-entropy is committed as a record of the
-*repairing* region (kind ``REPAIR``) and sealed with that region's key like
-its own edits, so its provenance is "this region vouches for this state
-diff", not "the author wrote it". What a malicious certified region can
+**Anti-entropy repairs keep the origin where they can** (:mod:`.resend`): a
+round that finds a document differing sends the peer the original records
+that carry what it lacks, as their origins sealed them (relayed and checked
+like any record), not a diff. Only what no record here carries any longer
+(history compacted below the horizon, other origins' legacy unsigned
+records) goes as a state diff, which the receiver commits as a record of
+the *repairing* region (kind ``REPAIR``) and seals with its own key, so its
+provenance is "this region vouches for this state diff", not "the author
+wrote it"; the origins whose items it carries are read from its Yjs client
+ids (``clients``, :meth:`crdtdb.chains.Chains.carried`). What a malicious certified region can
 still do through repairs: put content of its choosing into documents, under
 its *own* name (a repair it seals) or through the state diffs it answers in
 a round, which the receiver commits as its own repair; it cannot make that
@@ -89,7 +96,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from crdtdb.chains import ChainRow, Conflict
+from crdtdb.chains import ChainRow, Conflict, DocRecord
 from crdtdb.database import Database
 from crdtdb.errors import CrdtdbError
 from crdtdb.hlc import Hlc
@@ -299,6 +306,10 @@ class Provenance:
             cursor = page[-1].record.seq
         return runs
 
+    def doc_records(self, doc_id: str, limit: int) -> list[DocRecord]:
+        """A document's log records, chained or not (see :mod:`.resend`)."""
+        return self.store.chains.doc_records(doc_id, limit)
+
     # -------------------------------------------------------------- checking
 
     def _key(self, fpr: bytes) -> tuple[str, ec.EllipticCurvePublicKey]:
@@ -321,7 +332,9 @@ class Provenance:
         view = self.store.chains.membership() if seals else None
         for seal, run in match_seals(records, seals):
             hashes, problem = self._verify(seal, run)
-            if problem is None:
+            late = past_retirement(view, seal, run) if problem is None else None
+            if late is not None:
+                self._note("retired_key", seal, late[1], None, peer)
                 refuse_retired(view, seal, run, peer)
             skip = self._compare_held(seal, run, problem, peer)
             if problem is not None:

@@ -13,7 +13,9 @@ its state vector, an id check and a delete-set slice (``Wants``); the lister
 answers each with the diff the state vector lacks, if it has anything the
 other lacks, and its own state vector if it lacks something (``Answers``);
 the asker sends those diffs (``Fills``). Documents one side has not at all go
-whole in ``Diffs``, by name. No document id, and no state vector of a
+whole in ``Diffs``, by name. Before any diff goes, :mod:`.resend` is asked
+whether the origins' own records can carry it instead: then the records go,
+and the diff does not. No document id, and no state vector of a
 document in sync, crosses the wire in a round, but for documents one side
 lacks.
 
@@ -40,7 +42,8 @@ from crdtdb import merkle
 
 from . import wire
 from .errors import RemoteProtocolError
-from .store import ApplyDiffs, DocumentState, MerkleView, RefreshDigests
+from .resend import Pusher, RecordsFirst, RegionDocuments
+from .store import ApplyDiffs, MerkleView, RefreshDigests
 
 __all__ = ["CHUNK_BYTES", "AntiEntropy", "AntiEntropyDone"]
 
@@ -60,17 +63,19 @@ class AntiEntropyDone:
     peer: str
     repaired_docs: int
     messages: int
+    by_records: int = 0
+    """Documents whose repair this side left to their origins' records (see
+    :mod:`.resend`): the peer does not hold a complete copy yet."""
 
 
-class RoundStore(DocumentState, MerkleView, Protocol):
+class RoundStore(RegionDocuments, MerkleView, Protocol):
     """What a round reads."""
 
 
-class Host(Protocol):
-    """What a round needs of its session: who the peer is, and a way to send and emit."""
+class Host(Pusher, Protocol):
+    """What a round needs of its session: who the peer is, ways to send, push and emit."""
 
     dialer: bool
-    peer: str | None
 
     def _send(self, message: wire.Message) -> None: ...
     def _send_bulk(self, message: wire.Message, doc_id: str) -> None: ...
@@ -83,6 +88,7 @@ class _Round:
     serial: int
     messages: int = 0
     repaired: int = 0
+    by_records: int = 0
     applying: int = 0
     """ApplyDiffs of this round not performed yet."""
     salt: int = 0
@@ -131,6 +137,7 @@ class AntiEntropy:
         self._host = host
         self._store = store
         self._large_bytes = large_bytes
+        self.records_first = RecordsFirst(host, store, large_bytes=large_bytes)
         self.round: _Round | None = None
         self.rounds = 0
         """Rounds walked to the end."""
@@ -195,6 +202,14 @@ class AntiEntropy:
         """A round message from the peer (``MerkleHashes`` ... ``Diffs``)."""
         _HANDLERS[type(message)](self, message, now)
 
+    def _by_records(self, doc_id: str, their_sv: bytes) -> bool:
+        """Whether records reach the peer in place of this diff (counted in the round)."""
+        if not self.records_first.covers(doc_id, their_sv):
+            return False
+        if self.round is not None:
+            self.round.by_records += 1
+        return True
+
     def _stale(self) -> bool:
         return not self._fresh and self._store.stale_digests(1) > 0
 
@@ -205,6 +220,7 @@ class AntiEntropy:
 
     def _new_round(self, now: float) -> _Round:
         self._serial += 1
+        self.records_first.new_round()
         return _Round(started=now, serial=self._serial)
 
     def _send_round(self, message: wire.Message, *, lane_of: str | None = None) -> None:
@@ -377,7 +393,7 @@ class AntiEntropy:
             pushes.extend(
                 (doc_id, self._store.diff(doc_id, EMPTY_SV))
                 for doc_id, _ in ours
-                if doc_id not in matched
+                if doc_id not in matched and not self._by_records(doc_id, EMPTY_SV)
             )
         self._send_diffs(pushes)  # what the peer has no document of
         self._send_round(wire.Wants(tuple(wants)))
@@ -428,7 +444,9 @@ class AntiEntropy:
         self, name: str, doc_id: str, state_vector: bytes | None, ask: bytes | None
     ) -> tuple[str, bytes, bool, bytes | None]:
         """One ``Answers`` entry: the diff against ``state_vector`` (if any), in it or apart."""
-        diff = b"" if state_vector is None else self._store.diff(doc_id, state_vector)
+        if state_vector is None or self._by_records(doc_id, state_vector):
+            return (name, b"", False, ask)
+        diff = self._store.diff(doc_id, state_vector)
         return (name, *self._inline(doc_id, diff), ask)
 
     def _inline(self, doc_id: str, diff: bytes) -> tuple[bytes, bool]:
@@ -472,7 +490,11 @@ class AntiEntropy:
                 if ask == wire.SAME_STATE_VECTOR and self._holds_all_of_ours(doc_id, diff):
                     fills.append(b"")
                     continue
-                fill = self._store.diff(doc_id, sent if ask == wire.SAME_STATE_VECTOR else ask)
+                theirs = sent if ask == wire.SAME_STATE_VECTOR else ask
+                if self._by_records(doc_id, theirs):
+                    fills.append(b"")
+                    continue
+                fill = self._store.diff(doc_id, theirs)
                 fills.append(self._inline(doc_id, fill)[0])
         self._apply(round_, repairs)
         if fills:
@@ -560,7 +582,9 @@ class AntiEntropy:
 
     def _report(self, round_: _Round) -> None:
         assert self._host.peer is not None
-        self._host._emit(AntiEntropyDone(self._host.peer, round_.repaired, round_.messages))
+        self._host._emit(
+            AntiEntropyDone(self._host.peer, round_.repaired, round_.messages, round_.by_records)
+        )
 
 
 _Handler = Callable[[AntiEntropy, wire.Message, float], None]

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from crdtdb.chains import ChainRow
+from crdtdb.chains import ChainRow, DocRecord
 from crdtdb.errors import CrdtdbError
 from crdtdb.hlc import Hlc
 from crdtdb.records import UpdateRecord
@@ -105,6 +105,7 @@ class SealedLog(Protocol):
         self, origin: str, after_seq: int, limit: int
     ) -> list[tuple[Seal, list[UpdateRecord]]]: ...
     def certificates(self, fprs: Sequence[bytes]) -> tuple[bytes, ...]: ...
+    def doc_records(self, doc_id: str, limit: int) -> list[DocRecord]: ...
 
 
 class Verifier(Protocol):
