@@ -320,6 +320,7 @@ class MembershipMachine(RuleBasedStateMachine):
         super().__init__()
         self.dbs: dict[str, crdtdb.Database] = {}
         self.docs: set[str] = set()
+        self.writes = 0
 
     @initialize(tmp=st.just(None))
     def open_stores(self, tmp: None) -> None:
@@ -363,8 +364,9 @@ class MembershipMachine(RuleBasedStateMachine):
     def write(self, at: str, key: int, value: int) -> None:
         doc_id = f"docs/{key}"
         state = _found(self.dbs[at]).state(at)
-        try:
-            self.dbs[at].update(doc_id, {at: value})
+        self.writes += 1  # never the value the field holds: an update that changes nothing
+        try:  # commits nothing, so it has nothing to refuse
+            self.dbs[at].update(doc_id, {at: value + 10 * self.writes})
         except RegionLeavingError:
             assert state in ("leaving", "removed")  # refused only once it left
             return
