@@ -471,7 +471,9 @@ class SyncSession:
 
     def _on_ack(self, ack: wire.Ack, now: float) -> None:
         self._unacked = max(0, self._unacked - 1)
-        self._pump_needed = True
+        # No new read of the log for an Ack: the last pump read it to the end (a commit
+        # since then wakes the pump itself), or the window stopped it and left
+        # ``_pump_needed`` set, so the pump after this message resumes there.
         self._peer_holds[ack.origin] = max(self._peer_holds.get(ack.origin, 0), ack.seq)
 
     def _pump(self) -> None:
