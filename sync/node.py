@@ -113,6 +113,8 @@ class Replicator(MembershipChores, Reporting):
         self.observer = observer or Observer()
         self._timing = type(self.observer) is not Observer  # record lags cost a little
         self._counted: dict[SessionProtocol, tuple[int, int, int]] = {}
+        self._unflushed: dict[SessionProtocol, None] = {}
+        """Sessions handed a write's outcome since the last flush (in order)."""
         """Per session, the (bytes in, bytes out, records out) reported to the observer."""
         self._dial_repeats = Repeats()
         self._catching_up: set[str] = set()
@@ -137,7 +139,7 @@ class Replicator(MembershipChores, Reporting):
         self.watcher: LogWatcher | None = None
         self.provenance = Provenance(db, self._ca, Signer(self.region, self._cert, self._key))
         self.writer: StoreWriter[SessionProtocol] = StoreWriter(
-            db, self._performed, verifier=self.provenance
+            db, self._performed, verifier=self.provenance, batch_done=self._flush
         )
         self.clock = ClockKeeper(db, config, self.writer, self.observer)
         self.housekeeping = Housekeeping(db, config, self.writer, self.clock)
@@ -303,7 +305,8 @@ class Replicator(MembershipChores, Reporting):
         )
 
     def _performed(self, protocol: SessionProtocol, intent: Intent, outcome: Outcome) -> None:
-        """Hand a write's outcome back to its session (on the loop), and send what follows."""
+        """Hand a write's outcome back to its session (on the loop); :meth:`_flush` sends
+        what follows once the batch's outcomes are all handed back."""
         session = protocol.session
         if session is None or session.state == "closed":
             return
@@ -314,7 +317,14 @@ class Replicator(MembershipChores, Reporting):
         if outcome.error is None and isinstance(intent, ApplyRecords):
             self.housekeeping.store_ok(sync=True)
         session.performed(intent, outcome, asyncio.get_running_loop().time())
-        protocol.flush()
+        self._unflushed[protocol] = None
+
+    def _flush(self, protocols: list[SessionProtocol]) -> None:
+        """After a batch of writes: send what their outcomes made each session say (its
+        Acks of every message applied) in one go, not a datagram per outcome."""
+        unflushed, self._unflushed = self._unflushed, {}
+        for protocol in unflushed:
+            protocol.flush()
 
     def _replace_protocol(self, protocol: SessionProtocol, peer: str) -> None:
         """Keep one established session per peer: a newer one replaces an older one."""
