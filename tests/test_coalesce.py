@@ -45,6 +45,7 @@ class Counting:
     def __init__(self, store: Any) -> None:
         self._store = store
         self.calls: dict[str, int] = {}
+        self.args: list[tuple[str, tuple[Any, ...]]] = []
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._store, name)
@@ -53,6 +54,7 @@ class Counting:
 
         def counted(*args: Any, **kwargs: Any) -> Any:
             self.calls[name] = self.calls.get(name, 0) + 1
+            self.args.append((name, args))
             return attribute(*args, **kwargs)
 
         return counted
@@ -86,6 +88,23 @@ def test_an_ack_does_not_make_the_sender_read_its_log_again(stores: Regions) -> 
         assert counted.reads() == woken  # the Ack read nothing: the log was read to its end
     assert us.get("docs/4") == {"i": 4}
     assert link.a.peer_holds()["eu"] == 5
+
+
+def test_a_wake_up_reads_only_the_origins_with_something_to_send(stores: Regions) -> None:
+    eu, us, ap = stores("eu", "us", "ap")
+    ap.put("docs/ap", {"from": "ap"})
+    Link(ap, eu).settle()  # eu holds ap#1, and relays it to us below
+    counted = Counting(eu)
+    link = Link(counted, us)
+    link.settle()
+    assert us.get("docs/ap") == {"from": "ap"}
+    eu.put("docs/eu", {"from": "eu"})
+    counted.args.clear()
+    link.a.local_changed()
+    link.settle()
+    assert us.get("docs/eu") == {"from": "eu"}
+    read = {args[0] for name, args in counted.args if name == "records_from"}
+    assert read == {"eu"}  # ap's records were all sent: its log is not read again
 
 
 def test_an_ack_resumes_a_pump_that_the_window_stopped(stores: Regions) -> None:
