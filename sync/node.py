@@ -114,6 +114,8 @@ class Replicator(MembershipChores, Reporting):
         self._timing = type(self.observer) is not Observer  # record lags cost a little
         self._counted: dict[SessionProtocol, tuple[int, int, int]] = {}
         self._unflushed: dict[SessionProtocol, None] = {}
+        self._sealed_own = 0
+        """This region's records sealed, through this seq (at least)."""
         """Sessions handed a write's outcome since the last flush (in order)."""
         """Per session, the (bytes in, bytes out, records out) reported to the observer."""
         self._dial_repeats = Repeats()
@@ -476,13 +478,33 @@ class Replicator(MembershipChores, Reporting):
         try:
             async for _ in watcher.changes():
                 self.housekeeping.log_grew(asyncio.get_running_loop().time())
-                await self.provenance.sealed_on(self.writer.call)
+                await self._seal_own()
                 for protocol in list(self.protocols):
                     if protocol.session is not None:
                         protocol.session.local_changed()
                         protocol.flush()
         finally:
             watcher.close()
+
+    async def _seal_own(self) -> None:
+        """Seal this region's new records (on the writer thread) before sessions send them.
+
+        Skipped when the log grew by other regions' records only (a wake-up for what
+        peers sent, on a receiving region: one per batch applied), which needs no
+        trip to the writer thread and no look at the chain."""
+        try:
+            own = self.db.progress().get(self.region, (0, 0, None))[0]
+        except CrdtdbError:
+            own = None  # cannot tell: seal, which says why it cannot
+        if own is not None and own <= self._sealed_own:
+            return
+        try:
+            await self.writer.call(self.provenance.seal_own)
+        except CrdtdbError as exc:
+            log.warning("%s: cannot seal new records yet: %s", self.region, exc)
+            return
+        if own is not None:
+            self._sealed_own = own  # committed before the seal began: sealed by it
 
     async def _heartbeat_loop(self) -> None:
         """The heartbeats (see :meth:`.Housekeeping.heartbeat_loop`)."""

@@ -30,6 +30,7 @@ from crdtdb.sync.writer import StoreWriter, perform, perform_pending
 from .fake_store import STORE_KINDS, FakeStore, Regions
 from .harness.link import Link, messages
 from .harness.wait import wait_for
+from .quic_helpers import eu_dials_us
 
 
 @pytest.fixture(params=STORE_KINDS)
@@ -334,3 +335,41 @@ def test_a_session_closed_by_a_refused_group_says_why(stores: Regions) -> None:
     assert us.get("docs/0") == {"i": 0}  # the message before the bad one was applied
     sent = messages(link.b.data_to_send(0.0))
     assert wire.Ack("eu", 1) in sent and isinstance(sent[-1], wire.Error)
+
+
+# -------------------------------------------------------------------- node
+
+
+@pytest.mark.integration
+def test_a_region_receiving_records_does_not_seal_on_each_batch(
+    tmp_path: Path, certs: Path
+) -> None:
+    """Over QUIC: us's log grows with each batch of eu's records it applies, which wakes
+    its sessions; it has nothing of its own to seal, so it does not go to the writer
+    thread to look. eu seals what it commits."""
+
+    async def scenario() -> None:
+        async with eu_dials_us(tmp_path, certs) as (eu, us):
+            calls = {"eu": 0, "us": 0}
+            for name, region in (("eu", eu), ("us", us)):
+                original = region.replicator.provenance.seal_own
+
+                def counted(_name: str = name, _original: Any = original) -> int:
+                    calls[_name] += 1
+                    result: int = _original()
+                    return result
+
+                region.replicator.provenance.seal_own = counted  # type: ignore[method-assign]
+            eu.db.put("docs/first", {"i": -1})
+            await wait_for(lambda: us.db.get("docs/first") is not None)
+            before = dict(calls)  # us may seal once: what it wrote itself while starting
+            for i in range(20):
+                eu.db.put(f"docs/{i}", {"i": i})
+                await wait_for(lambda i=i: us.db.get(f"docs/{i}") is not None)  # type: ignore[misc]
+            assert calls["eu"] > before["eu"]
+            assert calls["us"] == before["us"]  # 20 batches applied, no trip to seal
+            us.db.put("docs/us", {"from": "us"})  # its own commit is sealed and sent
+            await wait_for(lambda: eu.db.get("docs/us") == {"from": "us"})
+            assert calls["us"] >= 1
+
+    asyncio.run(scenario())
