@@ -113,6 +113,10 @@ class Replicator(MembershipChores, Reporting):
         self.observer = observer or Observer()
         self._timing = type(self.observer) is not Observer  # record lags cost a little
         self._counted: dict[SessionProtocol, tuple[int, int, int]] = {}
+        self._unflushed: dict[SessionProtocol, None] = {}
+        self._sealed_own = 0
+        """This region's records sealed, through this seq (at least)."""
+        """Sessions handed a write's outcome since the last flush (in order)."""
         """Per session, the (bytes in, bytes out, records out) reported to the observer."""
         self._dial_repeats = Repeats()
         self._catching_up: set[str] = set()
@@ -137,7 +141,7 @@ class Replicator(MembershipChores, Reporting):
         self.watcher: LogWatcher | None = None
         self.provenance = Provenance(db, self._ca, Signer(self.region, self._cert, self._key))
         self.writer: StoreWriter[SessionProtocol] = StoreWriter(
-            db, self._performed, verifier=self.provenance
+            db, self._performed, verifier=self.provenance, batch_done=self._flush
         )
         self.clock = ClockKeeper(db, config, self.writer, self.observer)
         self.housekeeping = Housekeeping(db, config, self.writer, self.clock)
@@ -303,7 +307,8 @@ class Replicator(MembershipChores, Reporting):
         )
 
     def _performed(self, protocol: SessionProtocol, intent: Intent, outcome: Outcome) -> None:
-        """Hand a write's outcome back to its session (on the loop), and send what follows."""
+        """Hand a write's outcome back to its session (on the loop); :meth:`_flush` sends
+        what follows once the batch's outcomes are all handed back."""
         session = protocol.session
         if session is None or session.state == "closed":
             return
@@ -314,7 +319,14 @@ class Replicator(MembershipChores, Reporting):
         if outcome.error is None and isinstance(intent, ApplyRecords):
             self.housekeeping.store_ok(sync=True)
         session.performed(intent, outcome, asyncio.get_running_loop().time())
-        protocol.flush()
+        self._unflushed[protocol] = None
+
+    def _flush(self, protocols: list[SessionProtocol]) -> None:
+        """After a batch of writes: send what their outcomes made each session say (its
+        Acks of every message applied) in one go, not a datagram per outcome."""
+        unflushed, self._unflushed = self._unflushed, {}
+        for protocol in unflushed:
+            protocol.flush()
 
     def _replace_protocol(self, protocol: SessionProtocol, peer: str) -> None:
         """Keep one established session per peer: a newer one replaces an older one."""
@@ -466,13 +478,33 @@ class Replicator(MembershipChores, Reporting):
         try:
             async for _ in watcher.changes():
                 self.housekeeping.log_grew(asyncio.get_running_loop().time())
-                await self.provenance.sealed_on(self.writer.call)
+                await self._seal_own()
                 for protocol in list(self.protocols):
                     if protocol.session is not None:
                         protocol.session.local_changed()
                         protocol.flush()
         finally:
             watcher.close()
+
+    async def _seal_own(self) -> None:
+        """Seal this region's new records (on the writer thread) before sessions send them.
+
+        Skipped when the log grew by other regions' records only (a wake-up for what
+        peers sent, on a receiving region: one per batch applied), which needs no
+        trip to the writer thread and no look at the chain."""
+        try:
+            own = self.db.progress().get(self.region, (0, 0, None))[0]
+        except CrdtdbError:
+            own = None  # cannot tell: seal, which says why it cannot
+        if own is not None and own <= self._sealed_own:
+            return
+        try:
+            await self.writer.call(self.provenance.seal_own)
+        except CrdtdbError as exc:
+            log.warning("%s: cannot seal new records yet: %s", self.region, exc)
+            return
+        if own is not None:
+            self._sealed_own = own  # committed before the seal began: sealed by it
 
     async def _heartbeat_loop(self) -> None:
         """The heartbeats (see :meth:`.Housekeeping.heartbeat_loop`)."""

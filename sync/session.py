@@ -471,7 +471,7 @@ class SyncSession:
 
     def _on_ack(self, ack: wire.Ack, now: float) -> None:
         self._unacked = max(0, self._unacked - 1)
-        self._pump_needed = True
+        # No log read for an Ack: the last pump read to the end, or the window left it due.
         self._peer_holds[ack.origin] = max(self._peer_holds.get(ack.origin, 0), ack.seq)
 
     def _pump(self) -> None:
@@ -480,11 +480,13 @@ class SyncSession:
             return
         self._pump_needed = False
         try:
-            for origin in sorted(self.store.progress()):
+            for origin, (highest, _, _) in sorted(self.store.progress().items()):
                 if origin == self.peer:
                     continue  # a region holds all of its own records
                 while self._unacked < self.options.window:
                     after = max(self._peer_holds.get(origin, 0), self._sent_through.get(origin, 0))
+                    if highest <= after:
+                        break  # nothing above what the peer has or was sent: no read
                     if self.sealed is not None:
                         runs = self.sealed.runs_from(origin, after, self.options.batch_records)
                         if not runs:

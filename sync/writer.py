@@ -3,7 +3,9 @@
 :func:`perform` does one batch, in order, against a :class:`~.store.ReplicaStore`:
 
 - records and repairs as they came, one store call per intent (a ``Records``
-  message is already a batch: one transaction);
+  message is already a batch: one transaction), except that several ``Records``
+  messages of one session waiting together go in one transaction
+  (:mod:`.coalesce`), each still with its own outcome;
 - then the frontier reports, coalesced into one ``note_frontier`` (per peer
   the latest entry per origin, per region the highest clock), so that they
   see the records just applied;
@@ -31,6 +33,7 @@ from typing import Generic, ParamSpec, TypeVar
 
 from crdtdb.errors import CrdtdbError, StoreError
 
+from .coalesce import apply_together
 from .session import Event, SyncSession
 from .store import (
     ApplyDiffs,
@@ -66,15 +69,30 @@ def perform(
     outcomes: list[Outcome | None] = [None] * len(batch)
     refused: set[K] = set()
     deferred: list[int] = []
-    for i, (key, intent) in enumerate(batch):
-        if key in refused:
+    i = 0
+    while i < len(batch):
+        key, intent = batch[i]
+        if key in refused or isinstance(intent, NoteFrontier | RefreshDigests):
+            if key not in refused:
+                deferred.append(i)
+            i += 1
             continue
-        if isinstance(intent, NoteFrontier | RefreshDigests):
-            deferred.append(i)
-            continue
-        outcome = _apply(store, intent, verifier)
-        outcomes[i] = outcome
-        if outcome.error is not None:
+        if isinstance(intent, ApplyRecords):  # with the same session's next ones, if waiting
+            group = [intent]
+            while i + len(group) < len(batch) and batch[i + len(group)][0] == key:
+                following = batch[i + len(group)][1]
+                if not isinstance(following, ApplyRecords):
+                    break
+                group.append(following)
+            results = apply_together(
+                store, group, verifier, lambda one: _apply(store, one, verifier)
+            )
+        else:
+            results = [_apply(store, intent, verifier)]
+        for outcome in results:
+            outcomes[i] = outcome
+            i += 1
+        if results[-1].error is not None:
             refused.add(key)
     _hold(store, batch, outcomes)
     notes = [i for i in deferred if isinstance(batch[i][1], NoteFrontier)]
@@ -203,12 +221,16 @@ class StoreWriter(Generic[K]):
         store: ReplicaStore,
         done: Callable[[K, Intent, Outcome], None],
         verifier: Verifier | None = None,
+        batch_done: Callable[[list[K]], None] | None = None,
     ) -> None:
         """``done(key, intent, outcome)`` is called on the event loop for each outcome;
-        ``verifier`` checks records' seals before they are applied."""
+        ``verifier`` checks records' seals before they are applied; ``batch_done(keys)``
+        after a batch's outcomes, once, with the keys that had one (in order), so that
+        what they make a session send (its Acks) goes out together."""
         self._store = store
         self.verifier = verifier
         self._done = done
+        self._batch_done = batch_done
         self._queue: list[tuple[K, Intent]] = []
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crdtdb-writer")
@@ -249,6 +271,11 @@ class StoreWriter(Generic[K]):
                     self._done(key, intent, outcome)
                 except Exception:
                     log.exception("handing back a sync write's outcome failed")
+            if self._batch_done is not None:
+                try:
+                    self._batch_done(list(dict.fromkeys(key for key, _, _ in results)))
+                except Exception:
+                    log.exception("handing back a sync write batch failed")
 
     async def close(self) -> None:
         """Wait for the write in progress (if any); drop what is queued."""
