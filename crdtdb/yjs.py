@@ -304,12 +304,15 @@ def authors(update: bytes) -> list[int]:
     update, a repair) the structs are walked; a content kind this reader does
     not know stops the walk, and only the clients read so far are returned.
     """
-    blocks, pos = read_varuint(update, 0)
+    try:
+        blocks, pos = read_varuint(update, 0)
+        if blocks == 1:
+            _, pos = read_varuint(update, pos)
+            return [read_varuint(update, pos)[0]]
+    except IndexError:  # cut short: no item to bind; applying it refuses it, typed
+        return []
     if blocks == 0:
         return []
-    if blocks == 1:
-        _, pos = read_varuint(update, pos)
-        return [read_varuint(update, pos)[0]]
     reader = _Reader(update)
     with contextlib.suppress(ValueError, IndexError, struct.error, UnicodeDecodeError):
         reader.read()

@@ -52,6 +52,14 @@ def test_apply_remote_refuses_bad_records_and_changes_nothing(
             errors.InvalidUpdateError,
             "does not decode",
         ),
+        *(  # cut short inside the varints read to bind client ids (was a raw IndexError)
+            (
+                UpdateRecord(good.doc_id, good.hlc, good.origin, good.seq, cut),
+                errors.InvalidUpdateError,
+                "does not decode",
+            )
+            for cut in (b"\xff", b"\x01\xff", b"\x01\x01\xff")
+        ),
         (
             UpdateRecord(good.doc_id, good.hlc, "Not A Region", good.seq, good.update),
             errors.InvalidRecordError,
