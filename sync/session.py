@@ -147,8 +147,9 @@ class Closed:
     error: ProtocolError | CrdtdbError | None = None
 
 
-Event = Established | RecordsReceived | AntiEntropyDone | Closed | Intent
-"""What ``next_event`` returns: news for the pumping layer, or an intent for it to perform."""
+Event = Established | RecordsReceived | AntiEntropyDone | Closed | Intent | wire.SnapshotPull
+"""What ``next_event`` returns: news for the pumping layer, an intent for it to perform, or a
+joining peer's pull of a snapshot (the node answers it: :mod:`.snapshot`)."""
 
 
 class SyncSession:
@@ -588,6 +589,7 @@ _OPEN_HANDLERS: dict[type, _Handler] = {
     wire.Certificates: SyncSession._on_certificates,  # type: ignore[dict-item]
     wire.Ack: SyncSession._on_ack,  # type: ignore[dict-item]
     wire.Heartbeat: SyncSession._on_heartbeat,  # type: ignore[dict-item]
+    wire.SnapshotPull: lambda session, message, now: session._emit(message),  # type: ignore
     **{kind: SyncSession._on_round_message for kind in ROUND_MESSAGES},
 }
 _HANDLERS: dict[tuple[str, type], _Handler] = {

@@ -156,7 +156,7 @@ def test_error_code_shape() -> None:
 
 
 def test_check_version() -> None:
-    assert wire.check_version(Hello(wire.PROTOCOL_VERSION, "eu", NONCE)) == 5
+    assert wire.check_version(Hello(wire.PROTOCOL_VERSION, "eu", NONCE)) == 6
     # version 2 listed leaves with ids and state vectors; 3 sent records without their kind;
     # 4 sent records without their origin's seal
     for other in (1, 2, 3, 4, 6):
