@@ -75,7 +75,7 @@ class Database(Replica):
     def __init__(
         self, path: str | Path, region: str | None = None, options: Options | None = None
     ) -> None:
-        if (Path(path) / BOOTSTRAP_MARKER).exists():
+        if isinstance(path, str | Path) and (Path(path) / BOOTSTRAP_MARKER).exists():
             raise BootstrappingError(
                 f"{path}: the region's daemon is bootstrapping this directory from a peer's"
                 " snapshot; retry once it has finished (`crdtdb status` shows it serving)"

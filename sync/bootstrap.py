@@ -61,19 +61,22 @@ from crdtdb.storage import APPLICATION_ID, SCHEMA_VERSION, STORE_FILE
 
 from . import wire
 from .certs import sign_challenge
-from .config import RegionConfig
+from .config import PeerConfig, RegionConfig
 from .errors import ProtocolError
 from .snapshot import tree_root
 from .transport import StreamProtocol, dial_streams
 
-__all__ = ["BOOTSTRAP_PART", "SnapshotRefused", "bootstrap", "wanted"]
+__all__ = ["BOOTSTRAP_PART", "PeerDeclined", "SnapshotRefused", "bootstrap", "wanted"]
 
 log = logging.getLogger("crdtdb.sync")
 
 BOOTSTRAP_PART = "bootstrap.part"
 """The snapshot being received, in the data directory."""
 ATTEMPTS = 3
-"""Snapshots pulled (from the peers in turn) before falling back to records."""
+"""Snapshots pulled from one peer before it is given up on (then records sync)."""
+CONNECT_S = 3.0
+"""A peer that does not complete the QUIC handshake within this is given up on at once:
+a region that starts before its peers must not wait long to serve."""
 STALL_S = 20.0
 """No snapshot bytes for this long: give up on that peer."""
 PULL_EVERY = 8 << 20
@@ -84,6 +87,12 @@ class SnapshotRefused(RemoteDataError):
     """A peer's snapshot failed a check; nothing of it was installed."""
 
     code = "snapshot_refused"
+
+
+class PeerDeclined(SnapshotRefused):
+    """The peer closed the connection with an ``Error`` (an older version, say)."""
+
+    code = "snapshot_declined"
 
 
 def wanted(config: RegionConfig) -> bool:
@@ -103,39 +112,20 @@ async def bootstrap(config: RegionConfig) -> bool:
     try:
         if (directory / STORE_FILE).exists():  # an application came first: keep its store
             return False
-        for attempt in range(ATTEMPTS):
-            if (directory / STORE_FILE).exists():
-                return False
-            peer = config.peers[attempt % len(config.peers)]
-            part.unlink(missing_ok=True)
-            try:
-                started = time.monotonic()
-                offer = await _pull(config, peer.region, peer.host, peer.port, part)
-                _check(part, offer, config.region)
-                _take_over(part, config.region)
-                _install(part, directory)
-            except (OSError, TimeoutError, ConnectionError, CrdtdbError) as exc:
-                reason = str(exc) or type(exc).__name__
-                log.warning(
-                    "%s: snapshot from %s refused or failed (attempt %d of %d): %s",
-                    config.region,
-                    peer.region,
-                    attempt + 1,
-                    ATTEMPTS,
-                    reason,
-                    extra={"event": "snapshot_refused", "peer": peer.region},
-                )
-                continue
-            seconds = time.monotonic() - started
-            log.info(
-                "%s: bootstrapped from %s's snapshot: %d bytes in %.2f s",
-                config.region,
-                peer.region,
-                offer.size,
-                seconds,
-                extra={"event": "bootstrapped", "peer": peer.region, "bytes": offer.size},
-            )
-            return True
+        unavailable: set[str] = set()  # cannot be reached, or will not send one
+        tries = {peer.region: 0 for peer in config.peers}
+        while len(unavailable) < len(config.peers):
+            for peer in config.peers:
+                if (directory / STORE_FILE).exists():
+                    return False
+                if peer.region in unavailable:
+                    continue
+                tries[peer.region] += 1
+                outcome = await _attempt(config, peer, part, tries[peer.region])
+                if outcome == "installed":
+                    return True
+                if outcome == "unavailable" or tries[peer.region] >= ATTEMPTS:
+                    unavailable.add(peer.region)
         log.warning("%s: no snapshot installed: syncing record by record", config.region)
         return False
     finally:
@@ -143,15 +133,58 @@ async def bootstrap(config: RegionConfig) -> bool:
         marker.unlink(missing_ok=True)
 
 
-async def _pull(
-    config: RegionConfig, peer: str, host: str, port: int, part: Path
-) -> wire.SnapshotOffer:
-    async with dial_streams(host, port, peer, config.tls) as protocol:
-        receiver = _Receiver(config, peer, protocol, part)
-        try:
-            return await receiver.run()
-        finally:
-            receiver.file.close()
+async def _attempt(config: RegionConfig, peer: PeerConfig, part: Path, attempt: int) -> str:
+    """One pull from ``peer``: ``installed``, ``refused`` (it may be tried again) or
+    ``unavailable``. A peer that cannot be reached, or that
+    will not send a snapshot (an older version, say), is not asked again (``ATTEMPTS``)."""
+    part.unlink(missing_ok=True)
+    started = time.monotonic()
+    reached = False
+    try:
+        async with dial_streams(
+            peer.host, peer.port, peer.region, config.tls, timeout=CONNECT_S
+        ) as protocol:
+            reached = True
+            receiver = _Receiver(config, peer.region, protocol, part)
+            try:
+                offer = await receiver.run()
+            finally:
+                receiver.file.close()
+        _check(part, offer, config.region)
+        _take_over(part, config.region)
+        _install(part, config.data_dir)
+    except (OSError, TimeoutError, ConnectionError, CrdtdbError) as exc:
+        reason = str(exc) or type(exc).__name__
+        if not reached or isinstance(exc, PeerDeclined):
+            log.info(
+                "%s: no snapshot from %s: %s",
+                config.region,
+                peer.region,
+                reason if reached else f"cannot reach it at {peer.host}:{peer.port} ({reason})",
+                extra={"event": "snapshot_unavailable", "peer": peer.region},
+            )
+            return "unavailable"
+        log.warning(
+            "%s: snapshot from %s refused (attempt %d of %d): %s",
+            config.region,
+            peer.region,
+            attempt,
+            ATTEMPTS,
+            reason,
+            extra={"event": "snapshot_refused", "peer": peer.region},
+        )
+        return "refused"
+    finally:
+        part.unlink(missing_ok=True)
+    log.info(
+        "%s: bootstrapped from %s's snapshot: %d bytes in %.2f s",
+        config.region,
+        peer.region,
+        offer.size,
+        time.monotonic() - started,
+        extra={"event": "bootstrapped", "peer": peer.region, "bytes": offer.size},
+    )
+    return "installed"
 
 
 class _Receiver:
@@ -236,7 +269,7 @@ class _Receiver:
             self.opened = True
             self._send(wire.SnapshotPull(0))
         elif isinstance(message, wire.Error):
-            raise SnapshotRefused(f"the peer closed: {message.code}: {message.message}")
+            raise PeerDeclined(f"the peer closed: {message.code}: {message.message}")
         # Frontier, Clocks, Heartbeat: the peer's session gossiping; not wanted here.
 
     def _on_bulk(self, message: wire.Message) -> None:

@@ -192,3 +192,17 @@ def test_a_region_that_holds_data_is_never_replaced(tmp_path: Path, certs: Path)
             assert us.get("notes/mine") == {"from": "us"}
             own = [r.seq for r in us.changes() if r.origin == "us"]
             assert own[0] == 1
+
+
+def test_a_region_whose_peer_is_down_serves_at_once_and_syncs_by_records(
+    tmp_path: Path, certs: Path
+) -> None:
+    with pair(tmp_path, certs) as setup:
+        setup.start("us")
+        wait_until(lambda: "cannot reach it" in setup.text("us"), 60, "us to give up on eu")
+        wait_until(lambda: "listening on" in setup.text("us"), 30, "us to serve")
+        with crdtdb.open(setup.dir("us")) as us:  # no marker left behind: applications open
+            assert us.region == "us"
+        setup.start("eu")
+        converged(setup)
+        assert "bootstrapped from" not in setup.text("us")
