@@ -52,6 +52,7 @@ import logging
 import os
 import sqlite3
 import time
+import zlib
 from pathlib import Path
 
 from crdtdb.database import BOOTSTRAP_MARKER
@@ -81,6 +82,9 @@ STALL_S = 20.0
 """No snapshot bytes for this long: give up on that peer."""
 PULL_EVERY = 8 << 20
 """Bytes received between two ``SnapshotPull`` acknowledgements."""
+PULL_INTERVAL_S = 0.5
+"""A ``SnapshotPull`` at least this often: it also keeps the peer's session from closing
+on silence (it closes after a few seconds without a word)."""
 
 
 class SnapshotRefused(RemoteDataError):
@@ -198,6 +202,7 @@ class _Receiver:
         self.nonce = os.urandom(wire.NONCE_BYTES)
         self.offer: wire.SnapshotOffer | None = None
         self.received = self.acked = 0
+        self.pulled = 0.0
         self.sha = hashlib.sha256()
         self.failed: BaseException | None = None
         self.changed = asyncio.Event()
@@ -219,16 +224,22 @@ class _Receiver:
                 raise TimeoutError(
                     f"no snapshot bytes for {STALL_S:g} s ({self.received:,} received)"
                 )
+            now = time.monotonic()
+            if self.opened and now - self.pulled >= PULL_INTERVAL_S:
+                self._pull()  # also keeps the peer's session from closing on silence
             self.changed.clear()
             try:
-                await asyncio.wait_for(self.changed.wait(), 1.0)
+                await asyncio.wait_for(self.changed.wait(), PULL_INTERVAL_S)
                 heard = time.monotonic()
             except TimeoutError:
-                if self.opened:  # keep the peer's session from closing on silence
-                    self._send(wire.Heartbeat(max(1, time.time_ns() // 1_000_000 << 16)))
+                pass
 
     def _send(self, message: wire.Message) -> None:
         self.protocol.send(wire.encode(message))
+
+    def _pull(self) -> None:
+        self.acked, self.pulled = self.received, time.monotonic()
+        self._send(wire.SnapshotPull(self.received))
 
     def _data(self, stream_id: int, data: bytes, end: bool) -> None:
         try:
@@ -267,7 +278,7 @@ class _Receiver:
             self._send(wire.Auth(self.config.region, cert, signature))
         elif isinstance(message, wire.AuthOk):
             self.opened = True
-            self._send(wire.SnapshotPull(0))
+            self._pull()
         elif isinstance(message, wire.Error):
             raise PeerDeclined(f"the peer closed: {message.code}: {message.message}")
         # Frontier, Clocks, Heartbeat: the peer's session gossiping; not wanted here.
@@ -278,14 +289,15 @@ class _Receiver:
             return
         if not isinstance(message, wire.SnapshotChunk) or self.offer is None:
             raise SnapshotRefused(f"unexpected {type(message).__name__} on the snapshot stream")
-        if message.offset != self.received or self.received + len(message.data) > self.offer.size:
+        data = _unpacked(message.data, self.offer, self.offer.size - self.received)
+        if message.offset != self.received or not data:
             raise SnapshotRefused(
-                f"a chunk at {message.offset} of {len(message.data)} bytes, expected one at"
+                f"a chunk at {message.offset} of {len(data)} bytes, expected one at"
                 f" {self.received} within {self.offer.size}"
             )
-        self.file.write(message.data)
-        self.sha.update(message.data)
-        self.received += len(message.data)
+        self.file.write(data)
+        self.sha.update(data)
+        self.received += len(data)
         if self.received == self.offer.size:
             self.file.flush()
             os.fsync(self.file.fileno())
@@ -293,9 +305,24 @@ class _Receiver:
                 raise SnapshotRefused(
                     "the snapshot's SHA-256 differs from the one announced (a corrupted chunk)"
                 )
-        if self.received - self.acked >= PULL_EVERY or self.received == self.offer.size:
-            self.acked = self.received
-            self._send(wire.SnapshotPull(self.received))
+        if self.received - self.acked >= PULL_EVERY:
+            self._pull()
+
+
+def _unpacked(data: bytes, offer: wire.SnapshotOffer, room: int) -> bytes:
+    """A chunk's file bytes, at most ``room`` of them (no more than the offer left)."""
+    if offer.compression == wire.snapshot.NONE:
+        if len(data) > room:
+            raise SnapshotRefused(f"a chunk of {len(data)} bytes where {room} remain")
+        return data
+    unpacker = zlib.decompressobj()
+    try:  # bounded: a small chunk must not unpack into gigabytes
+        out = unpacker.decompress(data, min(room, wire.SNAPSHOT_CHUNK_BYTES) + 1)
+    except zlib.error as exc:
+        raise SnapshotRefused(f"a chunk does not decompress: {exc}") from None
+    if len(out) > min(room, wire.SNAPSHOT_CHUNK_BYTES) or not unpacker.eof:
+        raise SnapshotRefused("a chunk unpacks to more than a chunk, or past the offer's size")
+    return out
 
 
 def _check(part: Path, offer: wire.SnapshotOffer, region: str) -> None:

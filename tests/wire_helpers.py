@@ -106,6 +106,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
         st.binary(min_size=32, max_size=32),
         st.binary(min_size=32, max_size=32),
         positive,
+        st.integers(0, len(wire.COMPRESSIONS) - 1),
     ),
     st.builds(wire.SnapshotChunk, non_negative, st.binary(max_size=64)),
     st.builds(

@@ -104,9 +104,11 @@ Messages (type byte, name, payload):
 0x28  Fills         count, then per ask: diff bytes (empty: none here)
 0x25  Diffs         count, then per document: doc_id str, update bytes
 0x30  SnapshotPull  received u64 (0: send me a snapshot; else bytes held)
-0x31  SnapshotOffer size u64, sha256 bytes(32), root bytes(32), schema varuint
-                    (first on the sender's snapshot stream)
-0x32  SnapshotChunk offset u64, data bytes (in order on that stream)
+0x31  SnapshotOffer size u64, sha256 bytes(32), root bytes(32), schema varuint,
+                    compression varuint (0 none, 1 zlib); first on the
+                    sender's snapshot stream
+0x32  SnapshotChunk offset u64 (in the file), data bytes (compressed as
+                    offered; in order on that stream)
 ====  ============  =========================================================
 """
 
@@ -156,6 +158,7 @@ from .records import Frontier as Frontier
 from .records import Heartbeat as Heartbeat
 from .records import Records as Records
 from .records import Seal as Seal
+from .snapshot import COMPRESSIONS as COMPRESSIONS
 from .snapshot import SNAPSHOT_CHUNK_BYTES as SNAPSHOT_CHUNK_BYTES
 from .snapshot import SnapshotChunk as SnapshotChunk
 from .snapshot import SnapshotOffer as SnapshotOffer
@@ -163,6 +166,7 @@ from .snapshot import SnapshotPull as SnapshotPull
 
 __all__ = [
     "CHAIN_HASH_BYTES",
+    "COMPRESSIONS",
     "FANOUTS",
     "FRAME_VERSION",
     "HASH_BYTES",
