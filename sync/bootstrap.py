@@ -154,6 +154,7 @@ async def _attempt(config: RegionConfig, peer: PeerConfig, part: Path, attempt: 
                 offer = await receiver.run()
             finally:
                 receiver.file.close()
+            wire_bytes = receiver.wire
         _check(part, offer, config.region)
         _take_over(part, config.region)
         _install(part, config.data_dir)
@@ -181,10 +182,11 @@ async def _attempt(config: RegionConfig, peer: PeerConfig, part: Path, attempt: 
     finally:
         part.unlink(missing_ok=True)
     log.info(
-        "%s: bootstrapped from %s's snapshot: %d bytes in %.2f s",
+        "%s: bootstrapped from %s's snapshot: %d bytes (%d compressed) in %.2f s",
         config.region,
         peer.region,
         offer.size,
+        wire_bytes,
         time.monotonic() - started,
         extra={"event": "bootstrapped", "peer": peer.region, "bytes": offer.size},
     )
@@ -201,7 +203,7 @@ class _Receiver:
         self.bulk = wire.FrameDecoder(max_message_bytes=wire.MAX_BULK_MESSAGE_BYTES)
         self.nonce = os.urandom(wire.NONCE_BYTES)
         self.offer: wire.SnapshotOffer | None = None
-        self.received = self.acked = 0
+        self.received = self.acked = self.wire = 0
         self.pulled = 0.0
         self.sha = hashlib.sha256()
         self.failed: BaseException | None = None
@@ -289,6 +291,7 @@ class _Receiver:
             return
         if not isinstance(message, wire.SnapshotChunk) or self.offer is None:
             raise SnapshotRefused(f"unexpected {type(message).__name__} on the snapshot stream")
+        self.wire += len(message.data)
         data = _unpacked(message.data, self.offer, self.offer.size - self.received)
         if message.offset != self.received or not data:
             raise SnapshotRefused(

@@ -156,7 +156,9 @@ def bootstrap_crdtdb(cfg: Config, work: Path, certs: Path, source: Path, fresh: 
     )
 
 
-_BOOTSTRAPPED = re.compile(r"bootstrapped from eu's snapshot: (\d+) bytes in ([0-9.]+) s")
+_BOOTSTRAPPED = re.compile(
+    r"bootstrapped from eu's snapshot: (\d+) bytes \((\d+) compressed\) in ([0-9.]+) s"
+)
 
 
 def bootstrap_snapshot(cfg: Config, work: Path, certs: Path, source: Path, fresh: Path) -> Transfer:
@@ -196,7 +198,7 @@ def bootstrap_snapshot(cfg: Config, work: Path, certs: Path, source: Path, fresh
             docs = len(db.list("bench"))
     if have < target or docs < cfg.docs:
         raise BenchError(f"us holds {have:,} eu records and {docs:,} docs after the snapshot")
-    size, seconds = int(found.group(1)), float(found.group(2))
+    size, packed, seconds = int(found.group(1)), int(found.group(2)), float(found.group(3))
     return Transfer(
         docs=cfg.docs,
         seconds=seconds,
@@ -206,6 +208,7 @@ def bootstrap_snapshot(cfg: Config, work: Path, certs: Path, source: Path, fresh
             "seconds_from_daemon_launch": installed - launched,
             "records": have,
             "snapshot_bytes": size,
+            "compressed_bytes": packed,
             "cpu_s": cpu_s,
         },
     )

@@ -306,9 +306,12 @@ def profile_report(
         f" CPU per document (us): {cpu_text(extra['cpu_s'], mine.docs / 1e6, '.0f')}",
         *(
             [
-                f"   crdtdb snapshot: {(snap.wire or 0) / 1e6:.1f} MB file, timed from dialing eu"
-                f" to the store installed; {snap.extra['seconds_from_daemon_launch']:.2f} s from"
-                f" launching the us daemon to the log line; CPU per document (us):"
+                f"   crdtdb snapshot: {(snap.wire or 0) / 1e6:.1f} MB file"
+                f" ({snap.extra['compressed_bytes'] / 1e6:.1f} MB compressed, on the wire"
+                f" {snap.extra['compressed_bytes'] / snap.seconds / 1e6:.2f} MB/s), timed from"
+                f" dialing eu to the store installed;"
+                f" {snap.extra['seconds_from_daemon_launch']:.2f} s from launching the us"
+                " daemon to the log line; CPU per document (us):"
                 f" {cpu_text(snap.extra['cpu_s'], snap.docs / 1e6, '.1f')}"
             ]
             if snap is not None
