@@ -276,7 +276,7 @@ def profile_report(
         Check(f"{which} wire MB/s >= 50% of raw aioquic", share, 0.5, f"{share:.1%}", share >= 0.5)
     )
     if snap is not None:
-        snap_checks(which, snap, ceiling_mb_s, checks, tiny=name == "tiny")
+        snap_checks(which, snap, mine, ceiling_mb_s, checks, tiny=name == "tiny")
     extra = mine.extra
     written = boot.get("source_docs_per_s")
     source = "" if written is None else f"; source store written at {written:,.0f} docs/s"
@@ -327,8 +327,16 @@ RECORD_BOOTSTRAP_DOCS_S = 8_916
 
 
 def snap_checks(
-    which: str, snap: Transfer, ceiling_mb_s: float, checks: list[Check], *, tiny: bool
+    which: str,
+    snap: Transfer,
+    records: Transfer,
+    ceiling_mb_s: float,
+    checks: list[Check],
+    *,
+    tiny: bool,
 ) -> None:
+    """The snapshot's targets: MB/s against the ceiling; for tiny documents, documents/s
+    against 5x record by record, both the same run's row and the README's 8,916/s."""
     share = (snap.wire_mb_s or 0) / ceiling_mb_s
     checks.append(
         Check(
@@ -340,16 +348,20 @@ def snap_checks(
         )
     )
     if tiny:
-        faster = snap.docs_per_s / RECORD_BOOTSTRAP_DOCS_S
-        checks.append(
-            Check(
-                f"snapshot {which} docs/s >= 5x the record-by-record 8,916/s",
-                faster,
-                5,
-                f"{faster:.1f}x",
-                faster >= 5,
+        for against, rate in (
+            ("record by record, this run", records.docs_per_s),
+            ("the README's record-by-record 8,916/s", RECORD_BOOTSTRAP_DOCS_S),
+        ):
+            faster = snap.docs_per_s / rate
+            checks.append(
+                Check(
+                    f"snapshot {which} docs/s >= 5x {against}",
+                    faster,
+                    5,
+                    f"{faster:.1f}x",
+                    faster >= 5,
+                )
             )
-        )
 
 
 def one_doc_sample(one: Transfer, cfg: Config) -> str:
