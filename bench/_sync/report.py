@@ -228,6 +228,7 @@ def profile_report(
     mine: Transfer = boot["crdtdb"]
     ceiling_mb_s = statistics.median(t.wire_mb_s or 0 for t in ceiling)
     ceiling_bytes = ceiling[0].wire or 0
+    snap: Transfer | None = boot.get("snapshot")
 
     def row(label: str, t: Transfer) -> list[str]:
         wire_mb_s = t.wire_mb_s
@@ -238,11 +239,10 @@ def profile_report(
             f"{t.docs_per_s:,.0f}",
             f"{t.payload_mb_s:.2f}",
             "-" if wire_mb_s is None else f"{wire_mb_s:.2f}",
-            f"{mine.docs_per_s / t.docs_per_s:.2f}x" if t.docs else "-",
+            f"{mine.docs_per_s / t.docs_per_s:.2f}x" if t.docs and t is not snap else "-",
             "-" if wire_mb_s is None else f"{wire_mb_s / ceiling_mb_s:.1%}",
         ]
 
-    snap: Transfer | None = boot.get("snapshot")
     rows = [
         *([row("crdtdb snapshot -> fresh daemon", snap)] if snap is not None else []),
         row("crdtdb daemon -> fresh daemon (records)", mine),
