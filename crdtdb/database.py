@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import storage
 from .engine import Engine, Listener, Options, check_limit, check_seconds
-from .errors import UsageError, shown
+from .errors import BootstrappingError, UsageError, shown
 from .feed import Subscription
 from .history import History
 from .hlc import Hlc
@@ -44,7 +44,11 @@ if TYPE_CHECKING:
     from .history import AsOf
     from .snapshot import Snapshot
 
-__all__ = ["Database", "Options", "Subscription", "open"]
+__all__ = ["BOOTSTRAP_MARKER", "Database", "Options", "Subscription", "open"]
+
+BOOTSTRAP_MARKER = "bootstrap.pending"
+"""In a data directory while its daemon installs a peer's snapshot (:mod:`crdtdb.sync.bootstrap`):
+until it is gone, opening the directory is refused, so no write is lost under the install."""
 
 OPTION_NAMES = frozenset(field.name for field in fields(Options))
 
@@ -71,6 +75,11 @@ class Database(Replica):
     def __init__(
         self, path: str | Path, region: str | None = None, options: Options | None = None
     ) -> None:
+        if isinstance(path, str | Path) and (Path(path) / BOOTSTRAP_MARKER).exists():
+            raise BootstrappingError(
+                f"{path}: the region's daemon is bootstrapping this directory from a peer's"
+                " snapshot; retry once it has finished (`crdtdb status` shows it serving)"
+            )
         super().__init__(Engine(path, region, options or Options()))
         self._history = History(self._engine)
 

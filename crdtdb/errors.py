@@ -17,6 +17,7 @@ from __future__ import annotations
 import reprlib
 
 __all__ = [
+    "BootstrappingError",
     "ClientIdCollisionError",
     "ClockSkewError",
     "CrdtdbError",
@@ -203,3 +204,9 @@ class StoreIOError(StoreError):
     a failing disk)."""
 
     code = "store_io"
+
+
+class BootstrappingError(StoreError):
+    """The region's daemon is bootstrapping the directory from a peer's snapshot."""
+
+    code = "bootstrapping"

@@ -89,6 +89,9 @@ class RegionConfig:
     dial_members: bool = True
     """``[cluster] dial_members``: connect to every member with an address in the
     membership (the name that sorts first dials), not only to ``[[peers]]``."""
+    bootstrap: str = "snapshot"
+    """``[sync] bootstrap``: how a region whose directory holds no store yet gets its data:
+    ``"snapshot"`` (a peer's store, see :mod:`.bootstrap`) or ``"records"`` (one by one)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -154,12 +157,19 @@ def _positive(value: object, *, whole: bool, where: str) -> int | float:
 
 
 def _sync_options(table: dict[str, Any]) -> dict[str, Any]:
-    _unknown(table, set(_SYNC), "[sync]")
-    return {
+    _unknown(table, {*_SYNC, "bootstrap"}, "[sync]")
+    options: dict[str, Any] = {
         key: _positive(table[key], whole=kind is int, where=f"[sync] {key}")
         for key, kind in _SYNC.items()
         if key in table
     }
+    if "bootstrap" in table:
+        if table["bootstrap"] not in ("snapshot", "records"):
+            raise ConfigError(
+                f'[sync] bootstrap is "snapshot" or "records", not {table["bootstrap"]!r}'
+            )
+        options["bootstrap"] = table["bootstrap"]
+    return options
 
 
 def _metrics_listen(value: object) -> tuple[str, int] | None:

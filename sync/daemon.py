@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from crdtdb.database import open as open_db
 from crdtdb.errors import CrdtdbError
 
-from . import logs
+from . import bootstrap, logs
 from .config import RegionConfig, load_config
 from .lock import DataDirLock
 from .node import Replicator
@@ -74,6 +74,8 @@ async def _serve(
     loop.set_exception_handler(_quiet_abandoned_handshakes)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if bootstrap.wanted(config):
+        await bootstrap.bootstrap(config)
     with open_db(
         config.data_dir,
         region=config.region,

@@ -82,6 +82,7 @@ from .session import (
     SyncSession,
 )
 from .signing import Signer
+from .snapshot import SnapshotSender
 from .status import STATUS_FILE
 from .store import ApplyRecords, Intent, NoteFrontier, Outcome
 from .transport import HandshakeRefused, SessionProtocol, dial, listen
@@ -146,6 +147,7 @@ class Replicator(MembershipChores, Reporting):
         self.clock = ClockKeeper(db, config, self.writer, self.observer)
         self.housekeeping = Housekeeping(db, config, self.writer, self.clock)
         self.cluster = ClusterView(db, config, fingerprint(self._cert))
+        self.snapshots = SnapshotSender(db.path, self.region, self.provenance, self.writer)
         self._dialers: dict[str, tuple[tuple[str, int], asyncio.Task[None]]] = {}
         """Per peer we dial (or wait for): its address and the task doing it."""
 
@@ -198,6 +200,9 @@ class Replicator(MembershipChores, Reporting):
     def _on_event(self, protocol: SessionProtocol, event: Event) -> None:
         session = protocol.session
         assert session is not None
+        if isinstance(event, wire.SnapshotPull):  # a joining region wants our store
+            self.snapshots.pull(protocol, event)
+            return
         if isinstance(event, Intent):
             if isinstance(event, NoteFrontier) and session.peer:  # only once established
                 self.clock.note_frontier(session.peer, event.entries)
@@ -360,6 +365,7 @@ class Replicator(MembershipChores, Reporting):
             extra={"event": "listening"},
         )
         self.housekeeping.store_ok_at = time.monotonic()
+        self.snapshots.clean()
         self.cluster.start(self.port)  # before counting commits: its own are not news
         await self.provenance.started(self.writer.call)
         self._own_seq = self._commits()
@@ -385,6 +391,7 @@ class Replicator(MembershipChores, Reporting):
                     protocol.session.close("shutting down")
                     protocol.flush()
             tasks += [task for _, task in self._dialers.values()]
+            await self.snapshots.close()
             for task in tasks:
                 task.cancel()
             for task in tasks:

@@ -67,6 +67,7 @@ from . import wire
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from .packing import Run, pack
 from .rounds import CHUNK_BYTES, ROUND_MESSAGES, AntiEntropy, AntiEntropyDone
+from .session_options import SessionOptions
 from .store import (
     ApplyDiffs,
     ApplyRecords,
@@ -103,28 +104,6 @@ Prover = Callable[[bytes, bytes, str], wire.Auth]
 """Makes our Auth from (server nonce, client nonce, server region)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SessionOptions:
-    """Tuning of one session; defaults suit a WAN link."""
-
-    anti_entropy_interval: float = 2.0
-    """Seconds between anti-entropy rounds started by the dialing side."""
-    handshake_timeout: float = 10.0
-    """Seconds the peer has to complete the handshake."""
-    batch_records: int = 256
-    """Records per ``Records`` message."""
-    window: int = 8
-    """``Records`` messages sent and not yet acknowledged, per session."""
-    gossip_interval: float = 1.0
-    """Seconds between frontier reports (also the heartbeat of an idle region)."""
-    large_bytes: int = 64 * 1024
-    """A record or diff at least this big goes in a message of its own on a bulk lane."""
-    silence_timeout: float = 5.0
-    """Close the session when nothing came from the peer for this long (it sends every
-    ``gossip_interval``), so a restarted peer is redialed at once instead of after the
-    QUIC idle timeout."""
-
-
 # ----------------------------------------------------------------- events
 
 
@@ -147,8 +126,9 @@ class Closed:
     error: ProtocolError | CrdtdbError | None = None
 
 
-Event = Established | RecordsReceived | AntiEntropyDone | Closed | Intent
-"""What ``next_event`` returns: news for the pumping layer, or an intent for it to perform."""
+Event = Established | RecordsReceived | AntiEntropyDone | Closed | Intent | wire.SnapshotPull
+"""What ``next_event`` returns: news for the pumping layer, an intent for it to perform, or a
+joining peer's pull of a snapshot (the node answers it: :mod:`.snapshot`)."""
 
 
 class SyncSession:
@@ -590,6 +570,7 @@ _OPEN_HANDLERS: dict[type, _Handler] = {
     wire.Certificates: SyncSession._on_certificates,  # type: ignore[dict-item]
     wire.Ack: SyncSession._on_ack,  # type: ignore[dict-item]
     wire.Heartbeat: SyncSession._on_heartbeat,  # type: ignore[dict-item]
+    wire.SnapshotPull: lambda session, message, now: session._emit(message),  # type: ignore
     **{kind: SyncSession._on_round_message for kind in ROUND_MESSAGES},
 }
 _HANDLERS: dict[tuple[str, type], _Handler] = {

@@ -13,9 +13,10 @@ authenticates the dialer (see :mod:`.certs`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aioquic.asyncio.client import connect
@@ -31,8 +32,10 @@ __all__ = [
     "ALPN",
     "HandshakeRefused",
     "SessionProtocol",
+    "StreamProtocol",
     "TlsFiles",
     "dial",
+    "dial_streams",
     "listen",
     "server_name",
 ]
@@ -85,6 +88,15 @@ class SessionProtocol(QuicConnectionProtocol):
             self._stream_id = self._quic.get_next_available_stream_id()
             session.peer_certificate = self.peer_certificate()
         self.flush()
+
+    def send_stream(self, stream_id: int | None, data: bytes, *, end: bool = False) -> int:
+        """Write ``data`` on our unidirectional stream ``stream_id`` (None: open one), outside
+        the session's lanes (a snapshot's bytes, :mod:`.snapshot`); returns the stream id."""
+        if stream_id is None:
+            stream_id = self._quic.get_next_available_stream_id(is_unidirectional=True)
+        self._quic.send_stream_data(stream_id, data, end_stream=end)
+        self.transmit()
+        return stream_id
 
     def peer_certificate(self) -> bytes | None:
         """The certificate (DER) the peer's TLS handshake presented, if it presented one."""
@@ -184,6 +196,52 @@ class SessionProtocol(QuicConnectionProtocol):
         if self._session_timer is not None:
             self._session_timer.cancel()
             self._session_timer = None
+
+
+class StreamProtocol(QuicConnectionProtocol):
+    """One QUIC connection driven by a plain callback per stream's data (no sync session):
+    the joining side of a bootstrap (:mod:`.bootstrap`) speaks the handshake itself."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_data: Callable[[int, bytes, bool], None] | None = None
+        """Called with (stream id, data, whether the stream ended there)."""
+        self.closed = asyncio.Event()
+        self.terminated: str | None = None
+        self.main_stream = self._quic.get_next_available_stream_id()
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, StreamDataReceived) and self.on_data is not None:
+            self.on_data(event.stream_id, event.data, event.end_stream)
+        elif isinstance(event, ConnectionTerminated):
+            self.terminated = event.reason_phrase or f"QUIC error code {event.error_code:#x}"
+            self.closed.set()
+
+    def send(self, data: bytes) -> None:
+        """Write ``data`` on the main (bidirectional) stream."""
+        self._quic.send_stream_data(self.main_stream, data)
+        self.transmit()
+
+
+@contextlib.asynccontextmanager
+async def dial_streams(
+    host: str, port: int, peer: str, tls: TlsFiles, *, timeout: float = 10.0
+) -> AsyncIterator[StreamProtocol]:
+    """A QUIC connection to ``peer`` (TLS checked as :func:`dial` does), closed on exit."""
+    configuration = _configuration(tls, is_client=True, peer=peer)
+    async with asyncio.timeout(timeout):
+        manager = connect(
+            host,
+            port,
+            configuration=configuration,
+            create_protocol=StreamProtocol,
+            wait_connected=True,
+        )
+        protocol: StreamProtocol = await manager.__aenter__()  # type: ignore[assignment]
+    try:
+        yield protocol
+    finally:
+        await manager.__aexit__(None, None, None)
 
 
 def _configuration(tls: TlsFiles, *, is_client: bool, peer: str | None) -> QuicConfiguration:

@@ -173,7 +173,7 @@ def test_oversized_frame_is_refused_after_its_header(
 # ------------------------------------------------------ 4. protocol version
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 6, 0xFFFFFFFF])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 7, 0xFFFFFFFF])
 def test_unsupported_protocol_version_is_refused(
     tmp_path: Path, certs: Path, caplog: pytest.LogCaptureFixture, version: int
 ) -> None:

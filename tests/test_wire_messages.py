@@ -156,14 +156,14 @@ def test_error_code_shape() -> None:
 
 
 def test_check_version() -> None:
-    assert wire.check_version(Hello(wire.PROTOCOL_VERSION, "eu", NONCE)) == 5
+    assert wire.check_version(Hello(wire.PROTOCOL_VERSION, "eu", NONCE)) == 6
     # version 2 listed leaves with ids and state vectors; 3 sent records without their kind;
-    # 4 sent records without their origin's seal
-    for other in (1, 2, 3, 4, 6):
+    # 4 sent records without their origin's seal; 5 could not send a snapshot
+    for other in (1, 2, 3, 4, 5, 7):
         with pytest.raises(RemoteProtocolError, match=f"version {other}") as info:
             wire.check_version(Hello(other, "us", NONCE))
         assert info.value.code == "bad_version"
-        assert f"speaks protocol version {other}, this node speaks 5" in str(info.value)
+        assert f"speaks protocol version {other}, this node speaks 6" in str(info.value)
         assert "'us'" in str(info.value)
 
 

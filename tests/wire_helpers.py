@@ -99,6 +99,16 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Records, tuples(records)),
     st.builds(Ack, regions, non_negative),
     st.builds(Heartbeat, positive),
+    st.builds(wire.SnapshotPull, non_negative),
+    st.builds(
+        wire.SnapshotOffer,
+        positive,
+        st.binary(min_size=32, max_size=32),
+        st.binary(min_size=32, max_size=32),
+        positive,
+        st.integers(0, len(wire.COMPRESSIONS) - 1),
+    ),
+    st.builds(wire.SnapshotChunk, non_negative, st.binary(max_size=64)),
     st.builds(
         Frontier,
         tuples(st.tuples(regions, non_negative, non_negative), unique_by=lambda e: e[0]),

@@ -3,6 +3,7 @@ against pycrdt-websocket fetching the same documents and raw aioquic pushing one
 
 from __future__ import annotations
 
+import re
 import shutil
 import statistics
 import time
@@ -155,6 +156,64 @@ def bootstrap_crdtdb(cfg: Config, work: Path, certs: Path, source: Path, fresh: 
     )
 
 
+_BOOTSTRAPPED = re.compile(
+    r"bootstrapped from eu's snapshot: (\d+) bytes \((\d+) compressed\) in ([0-9.]+) s"
+)
+
+
+def bootstrap_snapshot(cfg: Config, work: Path, certs: Path, source: Path, fresh: Path) -> Transfer:
+    """Start eu's daemon on the populated store, then us's on an empty directory: us pulls a
+    snapshot of eu's store (``[sync] bootstrap = "snapshot"``). Timed by us's own log line:
+    from dialing eu to the store installed (eu's copy, the transfer, the checks, the link)."""
+    with crdtdb.open(source) as db:
+        target = held(db, "eu")
+        payload = sum(len(r.update) for r in db.changes())
+    configs = pair_configs(work, certs, source, fresh, bootstrap="snapshot")
+    with Children(work) as children:
+        eu_daemon = children.daemon(configs["eu"], "eu")
+        wait_until(
+            lambda: (source / STATUS_FILE).exists(),
+            60,
+            "the eu daemon to start",
+            interval=POLL_S,
+            check=children.check,
+        )
+        launched = time.perf_counter()
+        us_daemon = children.daemon(configs["us"], "us")
+        cpu = CpuMeter({"daemon eu": eu_daemon, "daemon us": us_daemon})
+        cpu.start()
+        assert us_daemon.log is not None
+        us_log = us_daemon.log
+        found = wait_until(
+            lambda: _BOOTSTRAPPED.search(us_log.read_text(errors="replace")),
+            120 + cfg.docs / 1_000,
+            "us to install eu's snapshot",
+            interval=POLL_S,
+            check=children.check,
+        )
+        installed = time.perf_counter()
+        cpu_s = cpu.stop()
+        with crdtdb.open(fresh) as db:
+            have = held(db, "eu")
+            docs = len(db.list("bench"))
+    if have < target or docs < cfg.docs:
+        raise BenchError(f"us holds {have:,} eu records and {docs:,} docs after the snapshot")
+    size, packed, seconds = int(found.group(1)), int(found.group(2)), float(found.group(3))
+    return Transfer(
+        docs=cfg.docs,
+        seconds=seconds,
+        payload=payload,
+        wire=size,
+        extra={
+            "seconds_from_daemon_launch": installed - launched,
+            "records": have,
+            "snapshot_bytes": size,
+            "compressed_bytes": packed,
+            "cpu_s": cpu_s,
+        },
+    )
+
+
 def bootstrap_ws(cfg: Config, work: Path, source: Path, mode: str, profile: str) -> Transfer:
     """pycrdt-websocket: a server process holding the documents, a client process fetching them."""
     if mode == "rooms":
@@ -210,6 +269,16 @@ def bootstrap_profile(
     minute to the next, so the share of it is taken against the load crdtdb met.
     """
     before = quic_ceiling(cfg, work, certs, CEILING_RUNS)
+    # The snapshot first: once us has synced record by record, eu holds records of us, and a
+    # snapshot holding the joining region's own records is refused (it is not new).
+    log(f"  {profile.name}: crdtdb daemon us bootstrapping from a snapshot ...")
+    snap_dir = fresh.with_name(fresh.name + "-snapshot")
+    snap = bootstrap_snapshot(cfg, work, certs, source, snap_dir)
+    shutil.rmtree(snap_dir)
+    log(
+        f"  {profile.name}: snapshot {snap.docs_per_s:,.0f} docs/s,"
+        f" {snap.wire_mb_s or 0:.2f} MB/s ({(snap.wire or 0) / 1e6:.1f} MB)"
+    )
     log(f"  {profile.name}: crdtdb daemon us bootstrapping {cfg.docs:,} documents ...")
     mine = bootstrap_crdtdb(cfg, work, certs, source, fresh)
     log(f"  {profile.name}: crdtdb {mine.docs_per_s:,.0f} docs/s, {mine.wire_mb_s or 0:.2f} MB/s")
@@ -222,6 +291,7 @@ def bootstrap_profile(
     return {
         "document": profile.shown,
         "crdtdb": mine,
+        "snapshot": snap,
         "ws-rooms": rooms,
         "ws-one-doc": one,
         "ceiling": ceiling,

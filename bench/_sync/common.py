@@ -174,9 +174,12 @@ class CpuMeter:
 # ---------------------------------------------------------- regions and daemons
 
 
-def pair_configs(work: Path, certs: Path, eu: Path, us: Path) -> dict[str, Path]:
+def pair_configs(
+    work: Path, certs: Path, eu: Path, us: Path, *, bootstrap: str = "records"
+) -> dict[str, Path]:
     """Configs of regions eu and us (data in ``eu`` and ``us``) peering on two free ports,
-    with the defaults an operator gets (poll 5 ms, anti-entropy every 2 s)."""
+    with the defaults an operator gets (poll 5 ms, anti-entropy every 2 s), except
+    ``[sync] bootstrap``: record by record unless asked (the snapshot row asks)."""
     dirs = {"eu": eu, "us": us}
     ports = dict(zip(dirs, free_ports(2), strict=True))
     return {
@@ -187,6 +190,7 @@ def pair_configs(work: Path, certs: Path, eu: Path, us: Path) -> dict[str, Path]
             port=ports[region],
             certs=certs,
             peers={peer: f"127.0.0.1:{ports[peer]}" for peer in dirs if peer != region},
+            tables={"sync": {"bootstrap": bootstrap}},
         )
         for region, data in dirs.items()
     }

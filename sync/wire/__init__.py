@@ -40,8 +40,10 @@ edit from a repair when it checks who writes under which Yjs client id;
 version 5 signs records: ``Records`` carries its origins' seals (a hash
 chain per origin, its head signed with the origin's certificate key, see
 :mod:`..signing`) and ``Certificates`` the certificates they were made
-with. Nodes of versions 1 to 4 are refused at ``Hello`` with a message
-naming both versions and saying to upgrade the older one.
+with; version 6 adds bootstrap by snapshot (``SnapshotPull``,
+``SnapshotOffer``, ``SnapshotChunk``, see :mod:`.snapshot`). Nodes of
+versions 1 to 5 are refused at ``Hello`` with a message naming both versions
+and saying to upgrade the older one.
 
 Payload fields:
 
@@ -101,6 +103,12 @@ Messages (type byte, name, payload):
                     state vector (as in Wants), each if flagged
 0x28  Fills         count, then per ask: diff bytes (empty: none here)
 0x25  Diffs         count, then per document: doc_id str, update bytes
+0x30  SnapshotPull  received u64 (0: send me a snapshot; else bytes held)
+0x31  SnapshotOffer size u64, sha256 bytes(32), root bytes(32), schema varuint,
+                    compression varuint (0 none, 1 zlib); first on the
+                    sender's snapshot stream
+0x32  SnapshotChunk offset u64 (in the file), data bytes (compressed as
+                    offered; in order on that stream)
 ====  ============  =========================================================
 """
 
@@ -150,9 +158,15 @@ from .records import Frontier as Frontier
 from .records import Heartbeat as Heartbeat
 from .records import Records as Records
 from .records import Seal as Seal
+from .snapshot import COMPRESSIONS as COMPRESSIONS
+from .snapshot import SNAPSHOT_CHUNK_BYTES as SNAPSHOT_CHUNK_BYTES
+from .snapshot import SnapshotChunk as SnapshotChunk
+from .snapshot import SnapshotOffer as SnapshotOffer
+from .snapshot import SnapshotPull as SnapshotPull
 
 __all__ = [
     "CHAIN_HASH_BYTES",
+    "COMPRESSIONS",
     "FANOUTS",
     "FRAME_VERSION",
     "HASH_BYTES",
@@ -168,6 +182,7 @@ __all__ = [
     "NONCE_BYTES",
     "PROTOCOL_VERSION",
     "SAME_STATE_VECTOR",
+    "SNAPSHOT_CHUNK_BYTES",
     "Ack",
     "Answers",
     "Auth",
@@ -186,6 +201,9 @@ __all__ = [
     "Message",
     "Records",
     "Seal",
+    "SnapshotChunk",
+    "SnapshotOffer",
+    "SnapshotPull",
     "Wants",
     "check_version",
     "decode_frame",

@@ -17,6 +17,7 @@ from .antientropy import Answers, Diffs, Fills, LeafList, MerkleHashes, Wants
 from .codec import MAX_U32, Message
 from .handshake import Auth, AuthOk, Error, Hello
 from .records import Ack, Certificates, Clocks, Frontier, Heartbeat, Records
+from .snapshot import SnapshotChunk, SnapshotOffer, SnapshotPull
 
 __all__ = [
     "FRAME_VERSION",
@@ -58,6 +59,9 @@ MESSAGE_TYPES: Final[Mapping[int, type[Message]]] = MappingProxyType(
             Answers,
             Fills,
             Diffs,
+            SnapshotPull,
+            SnapshotOffer,
+            SnapshotChunk,
         )
     }
 )

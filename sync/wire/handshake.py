@@ -26,7 +26,7 @@ __all__ = [
     "error_message",
 ]
 
-PROTOCOL_VERSION: Final = 5
+PROTOCOL_VERSION: Final = 6
 NONCE_BYTES: Final = 32
 _ERROR_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}", re.ASCII)
 
