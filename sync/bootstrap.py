@@ -21,7 +21,9 @@ never replaced.
   announced (a corrupted chunk, a truncated stream), ``PRAGMA
   integrity_check``, the application id, the schema version (this
   crdtdb's ``SCHEMA_VERSION``), and the Merkle root recomputed from the
-  documents' digests against the one announced (a forged store).
+  documents' digests against the one announced (a forged store), and every
+  record's chain hash and seal against its origin's certified key
+  (:mod:`.snapshot_verify`: records made up under another origin's name).
 - **Takeover**, in the part file: the region becomes ours (``meta``), the
   peer's clock fence goes (it fenced the peer's clock, not ours), and our
   frontier row, if the peer held one, goes (we report our own). The
@@ -65,6 +67,7 @@ from .certs import sign_challenge
 from .config import PeerConfig, RegionConfig
 from .errors import ProtocolError
 from .snapshot import tree_root
+from .snapshot_verify import SealCheckFailed, verify_records
 from .transport import StreamProtocol, dial_streams
 
 __all__ = ["BOOTSTRAP_PART", "PeerDeclined", "SnapshotRefused", "bootstrap", "wanted"]
@@ -155,7 +158,7 @@ async def _attempt(config: RegionConfig, peer: PeerConfig, part: Path, attempt: 
             finally:
                 receiver.file.close()
             wire_bytes = receiver.wire
-        _check(part, offer, config.region)
+        _check(part, offer, config.region, config.tls.ca.read_bytes())
         _take_over(part, config.region)
         _install(part, config.data_dir)
     except (OSError, TimeoutError, ConnectionError, CrdtdbError) as exc:
@@ -328,7 +331,7 @@ def _unpacked(data: bytes, offer: wire.SnapshotOffer, room: int) -> bytes:
     return out
 
 
-def _check(part: Path, offer: wire.SnapshotOffer, region: str) -> None:
+def _check(part: Path, offer: wire.SnapshotOffer, region: str, ca_pem: bytes) -> None:
     """Refuse a snapshot that is not a sound store of this crdtdb, or not the one announced."""
     conn = sqlite3.connect(f"file:{part}?immutable=1", uri=True)
     try:
@@ -359,6 +362,10 @@ def _check(part: Path, offer: wire.SnapshotOffer, region: str) -> None:
             raise SnapshotRefused(
                 f"the snapshot holds records of {region!r} itself: this region is not new"
             )
+        try:
+            verify_records(conn, ca_pem)  # every record is what its origin sealed
+        except SealCheckFailed as exc:
+            raise SnapshotRefused(f"the snapshot's records fail their seals: {exc}") from None
     finally:
         conn.close()
 

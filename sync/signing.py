@@ -259,6 +259,11 @@ def match_seals(
     return runs
 
 
+def verify_signature(key: ec.EllipticCurvePublicKey, signature: bytes, payload: bytes) -> None:
+    """Check a seal's ``signature`` over ``payload``; raises ``InvalidSignature``."""
+    key.verify(signature, payload, _ECDSA)
+
+
 def verify_run(
     seal: Seal, run: Sequence[UpdateRecord], key: ec.EllipticCurvePublicKey
 ) -> list[bytes]:
