@@ -194,8 +194,20 @@ class Replicator(MembershipChores, Reporting):
             authenticate=self._authenticate,
             options=self.options,
             sealed=self.provenance,
+            neighbourhood=self,
         )
         return session
+
+    def linked(self) -> tuple[str, ...]:
+        """The regions we have an established session with now (:mod:`.relay`)."""
+        return tuple(sorted({s.peer for s in self._open_sessions() if s.peer}))
+
+    def receiving(self) -> bool:
+        """Whether a session has part of a message in hand or records to apply."""
+        return any(s.receiving for s in self._open_sessions())
+
+    def _open_sessions(self) -> list[SyncSession]:
+        return [p.session for p in self.protocols if p.session and p.session.established]
 
     def _on_event(self, protocol: SessionProtocol, event: Event) -> None:
         session = protocol.session

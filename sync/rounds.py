@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -76,6 +76,11 @@ class Host(Pusher, Protocol):
     """What a round needs of its session: who the peer is, ways to send, push and emit."""
 
     dialer: bool
+
+    @property
+    def in_flight(self) -> Container[str]:
+        """Documents whose records went to the peer unacknowledged: no diff of these."""
+        ...
 
     def _send(self, message: wire.Message) -> None: ...
     def _send_bulk(self, message: wire.Message, doc_id: str) -> None: ...
@@ -393,7 +398,9 @@ class AntiEntropy:
             pushes.extend(
                 (doc_id, self._store.diff(doc_id, EMPTY_SV))
                 for doc_id, _ in ours
-                if doc_id not in matched and not self._by_records(doc_id, EMPTY_SV)
+                if doc_id not in matched
+                and doc_id not in self._host.in_flight  # its records are on their way
+                and not self._by_records(doc_id, EMPTY_SV)
             )
         self._send_diffs(pushes)  # what the peer has no document of
         self._send_round(wire.Wants(tuple(wants)))
@@ -444,7 +451,11 @@ class AntiEntropy:
         self, name: str, doc_id: str, state_vector: bytes | None, ask: bytes | None
     ) -> tuple[str, bytes, bool, bytes | None]:
         """One ``Answers`` entry: the diff against ``state_vector`` (if any), in it or apart."""
-        if state_vector is None or self._by_records(doc_id, state_vector):
+        if (
+            state_vector is None
+            or doc_id in self._host.in_flight  # its records are on their way
+            or self._by_records(doc_id, state_vector)
+        ):
             return (name, b"", False, ask)
         diff = self._store.diff(doc_id, state_vector)
         return (name, *self._inline(doc_id, diff), ask)
@@ -491,7 +502,8 @@ class AntiEntropy:
                     fills.append(b"")
                     continue
                 theirs = sent if ask == wire.SAME_STATE_VECTOR else ask
-                if self._by_records(doc_id, theirs):
+                held_back = doc_id in self._host.in_flight  # its records are on their way
+                if held_back or self._by_records(doc_id, theirs):
                     fills.append(b"")
                     continue
                 fill = self._store.diff(doc_id, theirs)

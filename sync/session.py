@@ -27,11 +27,13 @@ Design rules:
   ``window`` batches unacknowledged. There is no per-peer record queue to
   overflow: a slow or absent peer just leaves a cursor behind, and a new
   commit only wakes the pump. Records of every origin are sent, so a chain
-  A-B-C converges though A and C never talk. Received records are
-  acknowledged once applied, which is what paces the peer.
+  A-B-C converges though A and C never talk; but another origin's records
+  are relayed to a peer only when the peer is not linked to that origin
+  itself (:mod:`.relay`). Received records are acknowledged once applied,
+  which is what paces the peer.
 - **Anti-entropy.** The dialing side starts a round on connect and every
-  ``anti_entropy_interval``, unless records are still flowing; the rounds
-  themselves are :mod:`.rounds`' business.
+  ``anti_entropy_interval``, unless records are still flowing or on their
+  way (:mod:`.relay`); the rounds themselves are :mod:`.rounds`' business.
 - **Lanes.** Everything goes on the main lane (one QUIC stream) except a
   record or diff of a large document (``SessionOptions.large_bytes`` or more): that goes in
   a message of its own on one of ``BULK_LANES`` bulk lanes (each its own
@@ -58,14 +60,15 @@ import os
 import zlib
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from crdtdb.errors import CrdtdbError
 from crdtdb.records import UpdateRecord
 
 from . import wire
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from .events import Closed, Established, Event, RecordsReceived
 from .packing import Run, pack
+from .relay import InFlight, Neighbourhood, relays
 from .rounds import CHUNK_BYTES, ROUND_MESSAGES, AntiEntropy, AntiEntropyDone
 from .session_options import SessionOptions
 from .store import (
@@ -104,33 +107,6 @@ Prover = Callable[[bytes, bytes, str], wire.Auth]
 """Makes our Auth from (server nonce, client nonce, server region)."""
 
 
-# ----------------------------------------------------------------- events
-
-
-@dataclass(frozen=True, slots=True)
-class Established:
-    peer: str
-
-
-@dataclass(frozen=True, slots=True)
-class RecordsReceived:
-    peer: str
-    received: int
-    applied: int
-
-
-@dataclass(frozen=True, slots=True)
-class Closed:
-    peer: str | None
-    reason: str
-    error: ProtocolError | CrdtdbError | None = None
-
-
-Event = Established | RecordsReceived | AntiEntropyDone | Closed | Intent | wire.SnapshotPull
-"""What ``next_event`` returns: news for the pumping layer, an intent for it to perform, or a
-joining peer's pull of a snapshot (the node answers it: :mod:`.snapshot`)."""
-
-
 class SyncSession:
     """One connection's replication state machine. Not thread-safe; one driver pumps it."""
 
@@ -146,8 +122,10 @@ class SyncSession:
         options: SessionOptions | None = None,
         nonce: bytes | None = None,
         sealed: SealedLog | None = None,
+        neighbourhood: Neighbourhood | None = None,
     ) -> None:
         self.store = store
+        self.neighbourhood = neighbourhood
         self.sealed = sealed
         self._certificates_sent: set[bytes] = set()
         self.dialer = dialer
@@ -179,9 +157,12 @@ class SyncSession:
         self.anti_entropy = AntiEntropy(self, store, large_bytes=self.options.large_bytes)
         self._peer_holds: dict[str, int] = {}
         self.peer_reports: dict[str, int] = {}
+        self.peer_linked: frozenset[str] | None = None
+        """The regions the peer last reported a session with (None: no report yet)."""
         """Per origin, the contiguous seq the peer last reported holding (what we can get)."""
         self._sent_through: dict[str, int] = {}
         self._unacked = 0
+        self.in_flight = InFlight()
         self._pump_needed = False  # until the peer's Frontier says what it holds
         self._send(wire.Hello(wire.PROTOCOL_VERSION, store.region, self._nonce))
 
@@ -405,7 +386,8 @@ class SyncSession:
         clocks = tuple((region, int(hlc)) for region, hlc in self.store.frontier_clocks())
         own = next(hlc for region, hlc in clocks if region == self.store.region)
         complete = tuple((origin, seq, int(hlc)) for origin, seq, hlc in entries)
-        self._send(wire.Frontier(complete, own))
+        linked = self.neighbourhood.linked() if self.neighbourhood is not None else ()
+        self._send(wire.Frontier(complete, own, linked))
         self._send(wire.Clocks(clocks))
 
     # --------------------------------------------------------------- records
@@ -415,6 +397,7 @@ class SyncSession:
         for origin, contiguous, _ in frontier.complete:
             self._peer_holds[origin] = max(self._peer_holds.get(origin, 0), contiguous)
             self.peer_reports[origin] = contiguous
+        self.peer_linked = frozenset(frontier.linked)
         self._emit(NoteFrontier(entries=frontier.complete))
 
     def _on_clocks(self, clocks: wire.Clocks, now: float) -> None:
@@ -453,6 +436,7 @@ class SyncSession:
         self._unacked = max(0, self._unacked - 1)
         # No log read for an Ack: the last pump read to the end, or the window left it due.
         self._peer_holds[ack.origin] = max(self._peer_holds.get(ack.origin, 0), ack.seq)
+        self.in_flight.acked(ack.origin, ack.seq)
 
     def _pump(self) -> None:
         """Send log records the peer does not hold yet, within the window."""
@@ -461,8 +445,10 @@ class SyncSession:
         self._pump_needed = False
         try:
             for origin, (highest, _, _) in sorted(self.store.progress().items()):
-                if origin == self.peer:
-                    continue  # a region holds all of its own records
+                if origin == self.peer or not relays(
+                    origin, ours=self.store.region, peer_linked=self.peer_linked
+                ):
+                    continue  # the peer holds its own records; its origin serves it
                 while self._unacked < self.options.window:
                     after = max(self._peer_holds.get(origin, 0), self._sent_through.get(origin, 0))
                     if highest <= after:
@@ -496,6 +482,7 @@ class SyncSession:
         if keys:
             self._send_certificates(keys)
         self.records_out += sum(len(run) for _, run in runs)
+        self.in_flight.sent([record for _, run in runs for record in run])
         packed = pack(runs, large_bytes=self.options.large_bytes, chunk_bytes=CHUNK_BYTES)
         for message, bulk_doc in packed:
             if bulk_doc is None:
@@ -528,9 +515,17 @@ class SyncSession:
         self.anti_entropy.start(now)
 
     def catching_up(self, now: float) -> bool:
-        """Whether records are still flowing: ours unacknowledged, or the peer's recent."""
+        """Whether records are still flowing: ours unacknowledged, or the peer's recent;
+        or on their way (:mod:`.relay`'s round rule)."""
         recent = now - self._last_records_at < self.options.anti_entropy_interval
-        return self._unacked > 0 or recent
+        if self._unacked > 0 or recent or self.receiving:
+            return True
+        return self.neighbourhood is not None and self.neighbourhood.receiving()
+
+    @property
+    def receiving(self) -> bool:
+        """Part of a message from the peer in hand, or its records not applied yet."""
+        return self._unapplied > 0 or any(d.buffered for d in self._decoders.values())
 
     def _on_round_message(self, message: wire.Message, now: float) -> None:
         self.anti_entropy.receive(message, now)
