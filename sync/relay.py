@@ -73,7 +73,12 @@ class InFlight:
             last = max(record.seq for record in sent)
             self._sent.setdefault(origin, []).append((last, frozenset(r.doc_id for r in sent)))
 
-    def acked(self, origin: str, seq: int) -> None:
+    def acked(self, origin: str, seq: int, *, everything: bool = False) -> None:
+        """The peer holds ``origin`` through ``seq``; ``everything``: no message of ours
+        is unacknowledged (records past a gap of the peer's are held, not contiguous)."""
+        if everything:
+            self._sent.clear()
+            return
         batches = self._sent.get(origin)
         if batches:
             batches[:] = [(last, docs) for last, docs in batches if last > seq]

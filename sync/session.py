@@ -436,7 +436,7 @@ class SyncSession:
         self._unacked = max(0, self._unacked - 1)
         # No log read for an Ack: the last pump read to the end, or the window left it due.
         self._peer_holds[ack.origin] = max(self._peer_holds.get(ack.origin, 0), ack.seq)
-        self.in_flight.acked(ack.origin, ack.seq)
+        self.in_flight.acked(ack.origin, ack.seq, everything=not self._unacked)
 
     def _pump(self) -> None:
         """Send log records the peer does not hold yet, within the window."""
