@@ -19,15 +19,19 @@ once, as Plumtree's lazy push does, without a tree to maintain:
   served as before: eagerly. Known cost: with four regions where P is linked
   to B and C but not to O, both B and C relay O's records to P.
 - **Round rule.** Anti-entropy must not repair, by a whole-document diff, a
-  document whose records are on their way. A dialing side therefore does
-  not start a round while its region is *receiving*: any session of the
-  region has part of a message in hand (a large record mid-transfer on a bulk
-  lane) or records decoded and not applied yet, or this session's peer
-  reports holding records of some origin we lack (they are coming, from it
-  or from their origin). Records are far cheaper than a diff of the same
-  document, and the round runs once they have landed. And a side answering a
-  round sends no diff of a document whose records it has sent to that peer
-  and not had acknowledged (:class:`InFlight`): they are on their way.
+  document whose records are on their way. A dialing side does not start a
+  round while its region is *receiving*: any session of the region has part
+  of a message in hand (a large record mid-transfer on a bulk lane) or
+  records decoded and not applied yet. Both end by themselves (a message
+  arrives whole or its session closes; records get applied); and another
+  session's state puts a round off for at most :data:`DEFER_LIMIT` in a row,
+  so a peer that trickles a message forever cannot stop the rounds of the
+  region's other links. And a side answering a round sends no diff of a
+  document whose records it sent that peer and has not had acknowledged
+  (:class:`InFlight`): records are far cheaper than a diff of the same
+  document, and they are on their way (once nothing of ours is unacknowledged,
+  nothing is in flight, as records past a gap of the peer's are acknowledged
+  below them).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from typing import Protocol
 
 from crdtdb.records import UpdateRecord
 
-__all__ = ["InFlight", "Neighbourhood", "relays"]
+__all__ = ["DEFER_LIMIT", "Deferral", "InFlight", "Neighbourhood", "relays"]
 
 
 def relays(origin: str, *, ours: str, peer_linked: Collection[str] | None) -> bool:
@@ -85,3 +89,24 @@ class InFlight:
 
     def __contains__(self, doc_id: object) -> bool:
         return any(doc_id in docs for batches in self._sent.values() for _, docs in batches)
+
+
+DEFER_LIMIT = 30.0
+"""Seconds a session's rounds wait for the region's other sessions' messages, at most: a
+peer that trickles a message forever must not stop anti-entropy on every other link."""
+
+
+class Deferral:
+    """The round rule's region-wide half, for one session: whether to put a round off
+    because another session is receiving, for at most :data:`DEFER_LIMIT` in a row."""
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+
+    def defers(self, neighbourhood: Neighbourhood | None, now: float) -> bool:
+        if neighbourhood is None or not neighbourhood.receiving():
+            self._since = None
+            return False
+        if self._since is None:
+            self._since = now
+        return now - self._since < DEFER_LIMIT

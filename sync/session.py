@@ -68,7 +68,7 @@ from . import wire
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from .events import Closed, Established, Event, RecordsReceived
 from .packing import Run, pack
-from .relay import InFlight, Neighbourhood, relays
+from .relay import Deferral, InFlight, Neighbourhood, relays
 from .rounds import CHUNK_BYTES, ROUND_MESSAGES, AntiEntropy, AntiEntropyDone
 from .session_options import SessionOptions
 from .store import (
@@ -163,6 +163,7 @@ class SyncSession:
         self._sent_through: dict[str, int] = {}
         self._unacked = 0
         self.in_flight = InFlight()
+        self._deferral = Deferral()
         self._pump_needed = False  # until the peer's Frontier says what it holds
         self._send(wire.Hello(wire.PROTOCOL_VERSION, store.region, self._nonce))
 
@@ -520,7 +521,7 @@ class SyncSession:
         recent = now - self._last_records_at < self.options.anti_entropy_interval
         if self._unacked > 0 or recent or self.receiving:
             return True
-        return self.neighbourhood is not None and self.neighbourhood.receiving()
+        return self._deferral.defers(self.neighbourhood, now)
 
     @property
     def receiving(self) -> bool:

@@ -20,7 +20,7 @@ from crdtdb.hlc import Hlc
 from crdtdb.records import UpdateRecord
 from crdtdb.sync import wire
 from crdtdb.sync.errors import LocalProtocolError
-from crdtdb.sync.relay import InFlight, relays
+from crdtdb.sync.relay import DEFER_LIMIT, Deferral, InFlight, relays
 
 from .fake_store import STORE_KINDS, Regions
 from .harness.link import Link
@@ -105,3 +105,40 @@ def test_in_flight_holds_what_is_not_acknowledged(acks: list[tuple[str, int]]) -
         assert (doc in flight) == (seq > held.get(origin, 0))
     flight.acked("a", 0, everything=True)  # nothing unacknowledged: nothing in flight
     assert not any(doc in flight for doc in sent.values())
+
+
+class Busy(Linked):
+    def __init__(self) -> None:
+        super().__init__()
+        self.busy = True
+
+    def receiving(self) -> bool:
+        return self.busy
+
+
+def test_another_sessions_transfer_puts_rounds_off_for_a_bounded_time() -> None:
+    deferral, region = Deferral(), Busy()
+    assert not deferral.defers(None, 0.0)
+    assert deferral.defers(region, 100.0)  # a large record arriving on another link
+    assert deferral.defers(region, 100.0 + DEFER_LIMIT - 1)
+    assert not deferral.defers(region, 100.0 + DEFER_LIMIT)  # a trickle: no longer
+    region.busy = False
+    assert not deferral.defers(region, 200.0)
+    region.busy = True
+    assert deferral.defers(region, 201.0)  # a new transfer: a new grace
+
+
+def test_a_dialer_waits_for_its_region_to_finish_receiving(stores: Regions) -> None:
+    eu, us = stores("eu", "us")
+    eu.put("docs/a", {"from": "eu"})
+    link = Link(eu, us)
+    region = Busy()
+    link.a.neighbourhood = region
+    link.settle()
+    link.advance(2.0)  # the round due on connect, and one more interval
+    link.settle()
+    assert link.a.rounds == 0
+    region.busy = False
+    link.advance(2.0)
+    link.settle()
+    assert link.a.rounds == 1
