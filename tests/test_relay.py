@@ -21,6 +21,7 @@ from crdtdb.records import UpdateRecord
 from crdtdb.sync import wire
 from crdtdb.sync.errors import LocalProtocolError
 from crdtdb.sync.relay import DEFER_LIMIT, Deferral, InFlight, relays
+from crdtdb.sync.rounds import AntiEntropyDone
 
 from .fake_store import STORE_KINDS, Regions
 from .harness.link import Link
@@ -142,3 +143,24 @@ def test_a_dialer_waits_for_its_region_to_finish_receiving(stores: Regions) -> N
     link.advance(2.0)
     link.settle()
     assert link.a.rounds == 1
+
+
+def test_a_round_sends_no_diff_of_a_document_whose_records_are_in_flight(
+    stores: Regions,
+) -> None:
+    us, eu = stores("us", "eu")
+    link = Link(us, eu)  # us dials, eu listens and answers the round
+    link.settle()
+    eu.put("docs/a", {"from": "eu"})
+    link.b.local_changed()
+    in_flight = link.b.data_to_send(link.now)  # records sent, still on their way
+    assert link.b.records_out == 1 and in_flight
+    link.a.start_round(link.now)
+    link.settle()
+    done = [e for e in link.events if isinstance(e, AntiEntropyDone)]
+    assert done and sum(e.repaired_docs for e in done) == 0
+    assert us.get("docs/a") is None  # the records will bring it, not a diff
+    link.a.receive(in_flight, link.now)  # they land
+    link.settle()
+    assert us.get("docs/a") == {"from": "eu"}
+    assert us.merkle_root() == eu.merkle_root()
