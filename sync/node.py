@@ -263,6 +263,15 @@ class Replicator(MembershipChores, Reporting):
             unlisted,
             extra={"event": "peer_connected", "peer": peer},
         )
+        self._tell_links(protocol)
+
+    def _tell_links(self, changed: SessionProtocol) -> None:
+        """Our links changed: tell the other peers at once (their relay rule reads them)."""
+        now = asyncio.get_running_loop().time()
+        for other in list(self.protocols):
+            if other is not changed and other.session is not None:
+                other.session.links_changed(now)
+                other.flush()
 
     def _round_done(self, event: AntiEntropyDone, status: PeerStatus, who: str) -> None:
         if event.repaired_docs == 0 and event.by_records == 0:
@@ -292,6 +301,7 @@ class Replicator(MembershipChores, Reporting):
         if trusted:
             self._account(protocol)
             self.protocols.discard(protocol)
+            self._tell_links(protocol)
             if status is not None:
                 status.peer_holds = session.peer_holds()
                 status.connected = any(

@@ -285,6 +285,11 @@ class SyncSession:
         self._pump_needed = True
         self._pump()
 
+    def links_changed(self, now: float) -> None:
+        """The region's sessions changed: report them at once (:mod:`.relay`)."""
+        if self.established:
+            self._gossip(now)
+
     def close(self, reason: str = "closed by us") -> None:
         if self.state != "closed":
             self._send(wire.Error("closing", reason))
@@ -533,9 +538,6 @@ class SyncSession:
 
     # ----------------------------------------------------------------- misc
 
-    def _on_heartbeat(self, message: wire.Heartbeat, now: float) -> None:
-        pass
-
     def _send(self, message: wire.Message) -> None:
         self._out.append(wire.encode(message))
 
@@ -565,7 +567,7 @@ _OPEN_HANDLERS: dict[type, _Handler] = {
     wire.Records: SyncSession._on_records,  # type: ignore[dict-item]
     wire.Certificates: SyncSession._on_certificates,  # type: ignore[dict-item]
     wire.Ack: SyncSession._on_ack,  # type: ignore[dict-item]
-    wire.Heartbeat: SyncSession._on_heartbeat,  # type: ignore[dict-item]
+    wire.Heartbeat: lambda session, message, now: None,
     wire.SnapshotPull: lambda session, message, now: session._emit(message),  # type: ignore
     **{kind: SyncSession._on_round_message for kind in ROUND_MESSAGES},
 }
