@@ -162,7 +162,7 @@ def large_report(large: dict[str, Any], checks: list[Any]) -> list[str]:
     rows = [
         [
             region,
-            f"{large['visible_s'].get(region, 0):.2f}",
+            f"{large['visible_s'][region]:.2f}" if region in large["visible_s"] else "writer",
             f"{large['visible_s'][region] / raw:.1f}x" if region in large["visible_s"] else "-",
             f"{large['received_bytes'][region] / 1e6:.1f}",
             f"{large['received_bytes'][region] / update:.2f}x",
