@@ -76,11 +76,7 @@ class Host(Pusher, Protocol):
     """What a round needs of its session: who the peer is, ways to send, push and emit."""
 
     dialer: bool
-
-    @property
-    def in_flight(self) -> Container[str]:
-        """Documents whose records went to the peer unacknowledged: no diff of these."""
-        ...
+    in_flight: Container[str]  # documents whose records the peer has not acknowledged yet
 
     def _send(self, message: wire.Message) -> None: ...
     def _send_bulk(self, message: wire.Message, doc_id: str) -> None: ...
@@ -208,12 +204,11 @@ class AntiEntropy:
         _HANDLERS[type(message)](self, message, now)
 
     def _by_records(self, doc_id: str, their_sv: bytes) -> bool:
-        """Whether records reach the peer in place of this diff (counted in the round)."""
-        if not self.records_first.covers(doc_id, their_sv):
-            return False
-        if self.round is not None:
+        """Whether records reach the peer in place of this diff: in flight, or resent now."""
+        by_records = doc_id in self._host.in_flight or self.records_first.covers(doc_id, their_sv)
+        if by_records and self.round is not None:
             self.round.by_records += 1
-        return True
+        return by_records
 
     def _stale(self) -> bool:
         return not self._fresh and self._store.stale_digests(1) > 0
@@ -398,9 +393,7 @@ class AntiEntropy:
             pushes.extend(
                 (doc_id, self._store.diff(doc_id, EMPTY_SV))
                 for doc_id, _ in ours
-                if doc_id not in matched
-                and doc_id not in self._host.in_flight  # its records are on their way
-                and not self._by_records(doc_id, EMPTY_SV)
+                if doc_id not in matched and not self._by_records(doc_id, EMPTY_SV)
             )
         self._send_diffs(pushes)  # what the peer has no document of
         self._send_round(wire.Wants(tuple(wants)))
@@ -451,11 +444,7 @@ class AntiEntropy:
         self, name: str, doc_id: str, state_vector: bytes | None, ask: bytes | None
     ) -> tuple[str, bytes, bool, bytes | None]:
         """One ``Answers`` entry: the diff against ``state_vector`` (if any), in it or apart."""
-        if (
-            state_vector is None
-            or doc_id in self._host.in_flight  # its records are on their way
-            or self._by_records(doc_id, state_vector)
-        ):
+        if state_vector is None or self._by_records(doc_id, state_vector):
             return (name, b"", False, ask)
         diff = self._store.diff(doc_id, state_vector)
         return (name, *self._inline(doc_id, diff), ask)
@@ -502,8 +491,7 @@ class AntiEntropy:
                     fills.append(b"")
                     continue
                 theirs = sent if ask == wire.SAME_STATE_VECTOR else ask
-                held_back = doc_id in self._host.in_flight  # its records are on their way
-                if held_back or self._by_records(doc_id, theirs):
+                if self._by_records(doc_id, theirs):
                     fills.append(b"")
                     continue
                 fill = self._store.diff(doc_id, theirs)
