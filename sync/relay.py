@@ -63,8 +63,11 @@ class Neighbourhood(Protocol):
 
 
 class InFlight:
-    """The documents of records sent to the peer and not acknowledged yet, per origin
-    (the round rule: a round sends no diff of these, the records will do)."""
+    """The documents of records the pump sent to the peer and not acknowledged yet, per
+    origin (the round rule: a round sends no diff of these, the records will do). The
+    pump sends in seq order from what the peer holds, so what the peer lacks below them
+    is on its way too; a round's own resends (:mod:`.resend`) are not counted: they may
+    carry a document's later records without its earlier ones."""
 
     def __init__(self) -> None:
         self._sent: dict[str, list[tuple[int, frozenset[str]]]] = {}

@@ -464,12 +464,14 @@ class SyncSession:
                         if not runs:
                             break
                         self._send_runs(list(runs))
+                        self.in_flight.sent(record for _, run in runs for record in run)
                         self._sent_through[origin] = runs[-1][0].last
                         continue
                     records = self.store.records_from(origin, after, self.options.batch_records)
                     if not records:
                         break
                     self._send_records(records)
+                    self.in_flight.sent(records)
                     self._sent_through[origin] = records[-1].seq
                 if self._unacked >= self.options.window:
                     self._pump_needed = True  # the next Ack resumes here
@@ -488,7 +490,6 @@ class SyncSession:
         if keys:
             self._send_certificates(keys)
         self.records_out += sum(len(run) for _, run in runs)
-        self.in_flight.sent([record for _, run in runs for record in run])
         packed = pack(runs, large_bytes=self.options.large_bytes, chunk_bytes=CHUNK_BYTES)
         for message, bulk_doc in packed:
             if bulk_doc is None:
