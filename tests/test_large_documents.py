@@ -5,9 +5,12 @@ endpoints on: an 8 MiB document written in eu must become visible in us and
 ap, and each region must have received at most 1.2x the document's update
 bytes, summed over its peers (``crdtdb_peer_received_bytes_total``). Without
 the lazy relay (:mod:`crdtdb.sync.relay`) us and ap each relay eu's record to
-the other, and without the round rule a round started while the record is
-still on its way sends the document again as a diff. A chain A-B-C (A and C
-not peering) with the same document still converges: the relay happens when
+the other (2x). Without the round rule a round started while the record was
+still on its way sent the document again as a diff (8x once); since
+records-first repairs (:mod:`crdtdb.sync.resend`) a round leaves a document
+whose records are coming alone anyway, so that rule is pinned by the
+in-memory tests of ``tests/test_relay.py``. A chain A-B-C (A and C not
+peering) with the same document still converges: the relay happens when
 nobody else serves the region.
 """
 
