@@ -27,6 +27,9 @@ What it measures (the numbers the replication issue asks for):
    Twice: with tiny documents (~42 B, where per-document costs are all there
    is) and with text documents (2-4 KB of a real paper's text, where MB/s
    means something).
+5. **a large document** (8 MiB of text) written in one region of three in a
+   full mesh: seconds until visible in the others and bytes each received,
+   against raw aioquic carrying the update's bytes (``bench/_sync/large.py``).
 
 Every number comes from one run of this script on one machine, so they share
 its load. Throughput runs are repeated (interleaved across systems) and the
@@ -65,6 +68,7 @@ from _sync.common import (
     Config,
     build_source,
 )
+from _sync.large import bench_large
 from _sync.rate import BacklogRun, RateRun, bench_lag_and_rate
 from _sync.report import report
 from _sync.roles import ROLES
@@ -172,11 +176,13 @@ def main(argv: list[str] | None = None) -> int:
                 "2-3. lag and throughput",
                 lambda: bench_lag_and_rate(cfg, work, certs, sections, out),
             ),
+            ("5. large document", lambda: bench_large(cfg, work, out)),
         ]
         wanted = {
             "4. bootstrap": {"bootstrap"},
             "1. anti-entropy": {"ae"},
             "2-3. lag and throughput": {"lag", "rate"},
+            "5. large document": {"large"},
         }
         for title, step in steps:
             if wanted[title] & sections:

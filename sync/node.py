@@ -194,8 +194,20 @@ class Replicator(MembershipChores, Reporting):
             authenticate=self._authenticate,
             options=self.options,
             sealed=self.provenance,
+            neighbourhood=self,
         )
         return session
+
+    def linked(self) -> tuple[str, ...]:
+        """The regions we have an established session with now (:mod:`.relay`)."""
+        return tuple(sorted({s.peer for s in self._open_sessions() if s.peer}))
+
+    def receiving(self) -> bool:
+        """Whether a session has part of a message in hand or records to apply."""
+        return any(s.receiving for s in self._open_sessions())
+
+    def _open_sessions(self) -> list[SyncSession]:
+        return [p.session for p in self.protocols if p.session and p.session.established]
 
     def _on_event(self, protocol: SessionProtocol, event: Event) -> None:
         session = protocol.session
@@ -251,6 +263,15 @@ class Replicator(MembershipChores, Reporting):
             unlisted,
             extra={"event": "peer_connected", "peer": peer},
         )
+        self._tell_links(protocol)
+
+    def _tell_links(self, changed: SessionProtocol) -> None:
+        """Our links changed: tell the other peers at once (their relay rule reads them)."""
+        now = asyncio.get_running_loop().time()
+        for other in list(self.protocols):
+            if other is not changed and other.session is not None:
+                other.session.links_changed(now)
+                other.flush()
 
     def _round_done(self, event: AntiEntropyDone, status: PeerStatus, who: str) -> None:
         if event.repaired_docs == 0 and event.by_records == 0:
@@ -280,6 +301,7 @@ class Replicator(MembershipChores, Reporting):
         if trusted:
             self._account(protocol)
             self.protocols.discard(protocol)
+            self._tell_links(protocol)
             if status is not None:
                 status.peer_holds = session.peer_holds()
                 status.connected = any(

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -76,6 +76,7 @@ class Host(Pusher, Protocol):
     """What a round needs of its session: who the peer is, ways to send, push and emit."""
 
     dialer: bool
+    in_flight: Container[str]  # documents whose records the peer has not acknowledged yet
 
     def _send(self, message: wire.Message) -> None: ...
     def _send_bulk(self, message: wire.Message, doc_id: str) -> None: ...
@@ -203,12 +204,11 @@ class AntiEntropy:
         _HANDLERS[type(message)](self, message, now)
 
     def _by_records(self, doc_id: str, their_sv: bytes) -> bool:
-        """Whether records reach the peer in place of this diff (counted in the round)."""
-        if not self.records_first.covers(doc_id, their_sv):
-            return False
-        if self.round is not None:
+        """Whether records reach the peer in place of this diff: in flight, or resent now."""
+        by_records = doc_id in self._host.in_flight or self.records_first.covers(doc_id, their_sv)
+        if by_records and self.round is not None:
             self.round.by_records += 1
-        return True
+        return by_records
 
     def _stale(self) -> bool:
         return not self._fresh and self._store.stale_digests(1) > 0

@@ -27,11 +27,13 @@ Design rules:
   ``window`` batches unacknowledged. There is no per-peer record queue to
   overflow: a slow or absent peer just leaves a cursor behind, and a new
   commit only wakes the pump. Records of every origin are sent, so a chain
-  A-B-C converges though A and C never talk. Received records are
-  acknowledged once applied, which is what paces the peer.
+  A-B-C converges though A and C never talk; but another origin's records
+  are relayed to a peer only when the peer is not linked to that origin
+  itself (:mod:`.relay`). Received records are acknowledged once applied,
+  which is what paces the peer.
 - **Anti-entropy.** The dialing side starts a round on connect and every
-  ``anti_entropy_interval``, unless records are still flowing; the rounds
-  themselves are :mod:`.rounds`' business.
+  ``anti_entropy_interval``, unless records are still flowing or on their
+  way (:mod:`.relay`); the rounds themselves are :mod:`.rounds`' business.
 - **Lanes.** Everything goes on the main lane (one QUIC stream) except a
   record or diff of a large document (``SessionOptions.large_bytes`` or more): that goes in
   a message of its own on one of ``BULK_LANES`` bulk lanes (each its own
@@ -58,14 +60,15 @@ import os
 import zlib
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from crdtdb.errors import CrdtdbError
 from crdtdb.records import UpdateRecord
 
 from . import wire
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from .events import Closed, Established, Event, RecordsReceived
 from .packing import Run, pack
+from .relay import Deferral, InFlight, Neighbourhood, relays
 from .rounds import CHUNK_BYTES, ROUND_MESSAGES, AntiEntropy, AntiEntropyDone
 from .session_options import SessionOptions
 from .store import (
@@ -104,33 +107,6 @@ Prover = Callable[[bytes, bytes, str], wire.Auth]
 """Makes our Auth from (server nonce, client nonce, server region)."""
 
 
-# ----------------------------------------------------------------- events
-
-
-@dataclass(frozen=True, slots=True)
-class Established:
-    peer: str
-
-
-@dataclass(frozen=True, slots=True)
-class RecordsReceived:
-    peer: str
-    received: int
-    applied: int
-
-
-@dataclass(frozen=True, slots=True)
-class Closed:
-    peer: str | None
-    reason: str
-    error: ProtocolError | CrdtdbError | None = None
-
-
-Event = Established | RecordsReceived | AntiEntropyDone | Closed | Intent | wire.SnapshotPull
-"""What ``next_event`` returns: news for the pumping layer, an intent for it to perform, or a
-joining peer's pull of a snapshot (the node answers it: :mod:`.snapshot`)."""
-
-
 class SyncSession:
     """One connection's replication state machine. Not thread-safe; one driver pumps it."""
 
@@ -146,8 +122,10 @@ class SyncSession:
         options: SessionOptions | None = None,
         nonce: bytes | None = None,
         sealed: SealedLog | None = None,
+        neighbourhood: Neighbourhood | None = None,
     ) -> None:
         self.store = store
+        self.neighbourhood = neighbourhood
         self.sealed = sealed
         self._certificates_sent: set[bytes] = set()
         self.dialer = dialer
@@ -179,9 +157,13 @@ class SyncSession:
         self.anti_entropy = AntiEntropy(self, store, large_bytes=self.options.large_bytes)
         self._peer_holds: dict[str, int] = {}
         self.peer_reports: dict[str, int] = {}
+        self.peer_linked: frozenset[str] | None = None
+        """The regions the peer last reported a session with (None: no report yet)."""
         """Per origin, the contiguous seq the peer last reported holding (what we can get)."""
         self._sent_through: dict[str, int] = {}
         self._unacked = 0
+        self.in_flight = InFlight()
+        self._deferral = Deferral()
         self._pump_needed = False  # until the peer's Frontier says what it holds
         self._send(wire.Hello(wire.PROTOCOL_VERSION, store.region, self._nonce))
 
@@ -303,6 +285,11 @@ class SyncSession:
         self._pump_needed = True
         self._pump()
 
+    def links_changed(self, now: float) -> None:
+        """The region's sessions changed: report them at once (:mod:`.relay`)."""
+        if self.established:
+            self._gossip(now)
+
     def close(self, reason: str = "closed by us") -> None:
         if self.state != "closed":
             self._send(wire.Error("closing", reason))
@@ -405,7 +392,8 @@ class SyncSession:
         clocks = tuple((region, int(hlc)) for region, hlc in self.store.frontier_clocks())
         own = next(hlc for region, hlc in clocks if region == self.store.region)
         complete = tuple((origin, seq, int(hlc)) for origin, seq, hlc in entries)
-        self._send(wire.Frontier(complete, own))
+        linked = self.neighbourhood.linked() if self.neighbourhood is not None else ()
+        self._send(wire.Frontier(complete, own, linked))
         self._send(wire.Clocks(clocks))
 
     # --------------------------------------------------------------- records
@@ -415,6 +403,7 @@ class SyncSession:
         for origin, contiguous, _ in frontier.complete:
             self._peer_holds[origin] = max(self._peer_holds.get(origin, 0), contiguous)
             self.peer_reports[origin] = contiguous
+        self.peer_linked = frozenset(frontier.linked)
         self._emit(NoteFrontier(entries=frontier.complete))
 
     def _on_clocks(self, clocks: wire.Clocks, now: float) -> None:
@@ -453,6 +442,7 @@ class SyncSession:
         self._unacked = max(0, self._unacked - 1)
         # No log read for an Ack: the last pump read to the end, or the window left it due.
         self._peer_holds[ack.origin] = max(self._peer_holds.get(ack.origin, 0), ack.seq)
+        self.in_flight.acked(ack.origin, ack.seq, everything=not self._unacked)
 
     def _pump(self) -> None:
         """Send log records the peer does not hold yet, within the window."""
@@ -461,8 +451,10 @@ class SyncSession:
         self._pump_needed = False
         try:
             for origin, (highest, _, _) in sorted(self.store.progress().items()):
-                if origin == self.peer:
-                    continue  # a region holds all of its own records
+                if origin == self.peer or not relays(
+                    origin, ours=self.store.region, peer_linked=self.peer_linked
+                ):
+                    continue  # the peer holds its own records; its origin serves it
                 while self._unacked < self.options.window:
                     after = max(self._peer_holds.get(origin, 0), self._sent_through.get(origin, 0))
                     if highest <= after:
@@ -472,12 +464,14 @@ class SyncSession:
                         if not runs:
                             break
                         self._send_runs(list(runs))
+                        self.in_flight.sent(record for _, run in runs for record in run)
                         self._sent_through[origin] = runs[-1][0].last
                         continue
                     records = self.store.records_from(origin, after, self.options.batch_records)
                     if not records:
                         break
                     self._send_records(records)
+                    self.in_flight.sent(records)
                     self._sent_through[origin] = records[-1].seq
                 if self._unacked >= self.options.window:
                     self._pump_needed = True  # the next Ack resumes here
@@ -528,17 +522,22 @@ class SyncSession:
         self.anti_entropy.start(now)
 
     def catching_up(self, now: float) -> bool:
-        """Whether records are still flowing: ours unacknowledged, or the peer's recent."""
+        """Whether records are still flowing: ours unacknowledged, or the peer's recent;
+        or on their way (:mod:`.relay`'s round rule)."""
         recent = now - self._last_records_at < self.options.anti_entropy_interval
-        return self._unacked > 0 or recent
+        if self._unacked > 0 or recent or self.receiving:
+            return True
+        return self._deferral.defers(self.neighbourhood, now)
+
+    @property
+    def receiving(self) -> bool:
+        """Part of a message from the peer in hand, or its records not applied yet."""
+        return self._unapplied > 0 or any(d.buffered for d in self._decoders.values())
 
     def _on_round_message(self, message: wire.Message, now: float) -> None:
         self.anti_entropy.receive(message, now)
 
     # ----------------------------------------------------------------- misc
-
-    def _on_heartbeat(self, message: wire.Heartbeat, now: float) -> None:
-        pass
 
     def _send(self, message: wire.Message) -> None:
         self._out.append(wire.encode(message))
@@ -569,7 +568,7 @@ _OPEN_HANDLERS: dict[type, _Handler] = {
     wire.Records: SyncSession._on_records,  # type: ignore[dict-item]
     wire.Certificates: SyncSession._on_certificates,  # type: ignore[dict-item]
     wire.Ack: SyncSession._on_ack,  # type: ignore[dict-item]
-    wire.Heartbeat: SyncSession._on_heartbeat,  # type: ignore[dict-item]
+    wire.Heartbeat: lambda session, message, now: None,
     wire.SnapshotPull: lambda session, message, now: session._emit(message),  # type: ignore
     **{kind: SyncSession._on_round_message for kind in ROUND_MESSAGES},
 }

@@ -96,7 +96,9 @@ def test_zero_means_nothing_yet_only_where_documented() -> None:
 
 def test_frontier_refuses_duplicate_origins() -> None:
     entry = b"\x02eu\x01" + bytes(8)
-    assert "more than once" in str(payload_error(0x13, b"\x02" + entry + entry + bytes(8)))
+    assert "more than once" in str(
+        payload_error(0x13, b"\x02" + entry + entry + bytes(8) + b"\x00")
+    )
 
 
 # ------------------------------------------------------------------ anti-entropy
@@ -158,7 +160,8 @@ def test_error_code_shape() -> None:
 def test_check_version() -> None:
     assert wire.check_version(Hello(wire.PROTOCOL_VERSION, "eu", NONCE)) == 6
     # version 2 listed leaves with ids and state vectors; 3 sent records without their kind;
-    # 4 sent records without their origin's seal; 5 could not send a snapshot
+    # 4 sent records without their origin's seal; 5 could not send a snapshot nor
+    # name in a Frontier the regions it is linked to
     for other in (1, 2, 3, 4, 5, 7):
         with pytest.raises(RemoteProtocolError, match=f"version {other}") as info:
             wire.check_version(Hello(other, "us", NONCE))

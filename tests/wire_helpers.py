@@ -113,6 +113,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
         Frontier,
         tuples(st.tuples(regions, non_negative, non_negative), unique_by=lambda e: e[0]),
         non_negative,
+        tuples(regions, unique=True),
     ),
     st.builds(Clocks, tuples(st.tuples(regions, non_negative), unique_by=lambda e: e[0])),
     st.tuples(st.lists(u32s, max_size=3, unique=True), st.sampled_from(wire.FANOUTS)).flatmap(

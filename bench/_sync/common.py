@@ -96,7 +96,7 @@ FULL = Config(
     ceiling_mb=50,
     backlog=50_000,
 )
-SECTIONS = ("bootstrap", "ae", "lag", "rate")
+SECTIONS = ("bootstrap", "ae", "lag", "rate", "large")
 
 
 class BenchError(RuntimeError):

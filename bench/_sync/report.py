@@ -11,6 +11,7 @@ from _report import table, verdict
 
 from .bootstrap import CEILING_RUNS, Transfer
 from .common import AE_TYPES, Config
+from .large import large_report
 from .rate import BacklogRun, RateRun
 
 
@@ -392,6 +393,8 @@ def report(cfg: Config, out: dict[str, Any], env: dict[str, Any]) -> tuple[str, 
         lines.append("")
     if "bootstrap" in out:
         lines += [*bootstrap_report(out["bootstrap"], cfg, checks), ""]
+    if "large" in out:
+        lines += [*large_report(out["large"], checks), ""]
     if "lag_daemons" in out:
         d = out["lag_daemons"]
         lines += [

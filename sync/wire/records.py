@@ -213,11 +213,16 @@ class Frontier(Message):
 
     ``frontier_hlc`` is the sender's own ``C_X`` (the min over origins); 0 in
     any HLC or seq means "nothing yet". One entry per origin.
+
+    ``linked`` names the regions the sender has an established session with
+    right now: a region relays an origin's records to it only when the origin
+    is not among them (see :mod:`..relay`).
     """
 
     TYPE = 0x13
     complete: tuple[tuple[str, int, int], ...]
     frontier_hlc: int
+    linked: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for region, seq, hlc in check_rows("complete", self.complete, 3):
@@ -227,6 +232,10 @@ class Frontier(Message):
         if len({entry[0] for entry in self.complete}) != len(self.complete):
             refuse("Frontier lists an origin more than once")
         check_int("frontier_hlc", self.frontier_hlc, low=0)
+        for region in check_tuple("linked", self.linked):
+            check_region("linked region", region)
+        if len(set(self.linked)) != len(self.linked):
+            refuse("Frontier lists a linked region more than once")
 
     def _write(self, writer: Writer) -> None:
         writer.varuint(len(self.complete))
@@ -235,12 +244,17 @@ class Frontier(Message):
             writer.varuint(seq)
             writer.u64(hlc)
         writer.u64(self.frontier_hlc)
+        writer.varuint(len(self.linked))
+        for region in self.linked:
+            writer.text(region)
 
     @classmethod
     def _read(cls, reader: Reader) -> Self:
         count = reader.count(_FRONTIER_ENTRY_MIN_BYTES)
         complete = tuple((reader.text(), reader.varuint(), Hlc(reader.u64())) for _ in range(count))
-        return cls(complete, Hlc(reader.u64()))
+        frontier_hlc = Hlc(reader.u64())
+        linked = tuple(reader.text() for _ in range(reader.count(2)))
+        return cls(complete, frontier_hlc, linked)
 
 
 @dataclass(frozen=True, slots=True)
