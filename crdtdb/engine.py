@@ -44,6 +44,7 @@ from .fence import FENCE_KEY, ClockFence, decode_fence, encode_fence
 from .group import CommitGroup, EngineLock
 from .hlc import DEFAULT_MAX_OFFSET_MS, MAX_WALL_MS, Hlc, WallClock, system_wall_ms
 from .ids import DocId, RegionId, validate_region
+from .membership import MEMBERS_DOC
 from .records import MAX_SQLITE_INT, UpdateRecord
 from .shape import ShapeIds
 from .signal import ChangeSignal, Listener
@@ -201,13 +202,18 @@ class Engine:
         self.closed = False
         self.forked = False
         _open_engines.add(self)
-        self.last_hlc = Hlc(int(self.meta("last_hlc") or 0))
+        self.last_hlc = self.stored_hlc()
         self.data_version = -1
         # (last HLC, local max seq) as of our last look; valid while no other process
         # has committed (PRAGMA data_version unchanged), so commits need not read them.
         self.counters: tuple[Hlc, int] | None = None
         self.fence: ClockFence | None = None
         """The clock fence as of the last read of the counters (see :mod:`crdtdb.fence`)."""
+        self.leaving: tuple[str | None] | None = None
+        """Why the membership makes this region refuse local writes (None inside: it takes
+        them), as last read; None until read again. Forgotten when another process
+        commits, a transaction rolls back, or a write touches the membership document,
+        so that a commit need not read the membership each time."""
         self.epoch = int(self.meta("compaction_epoch") or 0)
         self.seen_id = self.max_log_id()
         """The newest log id this process has seen (and its cached documents hold)."""
@@ -268,7 +274,7 @@ class Engine:
 
     def stored_hlc(self) -> Hlc:
         """The last HLC any process issued or observed, as the file holds it."""
-        return Hlc(int(self.meta("last_hlc") or 0))
+        return Hlc(int(self.conn.execute(storage.STORED_HLC).fetchone()[0]))
 
     def max_log_id(self) -> int:
         row = self.conn.execute("SELECT max(id) FROM log").fetchone()
@@ -323,6 +329,7 @@ class Engine:
             return
         self.data_version = version
         self.counters = None
+        self.leaving = None
         self.known_gen += 1
         epoch = int(self.meta("compaction_epoch") or 0)
         if epoch != self.epoch:  # records we never saw may have been folded away
@@ -383,6 +390,7 @@ class Engine:
         """Forget what a rolled-back write left in memory."""
         self.seen_id = seen_id  # ids of rolled-back rows will be used again
         self.counters = None
+        self.leaving = None
         self.known_gen += 1
         self.clients.rolled_back()
         self.shapes.rolled_back()
@@ -431,6 +439,8 @@ class Engine:
         try:
             if group.rows is not None:
                 group.rows.store(self.conn)
+            if MEMBERS_DOC in group.doc_ids:  # a member read it before its rows were stored
+                self.leaving = None
             self.conn.execute("COMMIT")  # the group's transaction commits here
         except BaseException as exc:
             if self.conn.in_transaction:
@@ -467,7 +477,7 @@ class Engine:
             # The clock fence rides on this read: a commit pays no statement for it.
             seq, stored, fence = self.conn.execute(
                 "SELECT (SELECT max_seq FROM origins WHERE origin = ?),"
-                " (SELECT value FROM meta WHERE key = 'last_hlc'),"
+                f" ({storage.STORED_HLC}),"
                 " (SELECT value FROM meta WHERE key = ?)",
                 (self.region, FENCE_KEY),
             ).fetchone()

@@ -53,6 +53,7 @@ from .hlc import Hlc, tick
 from .ids import validate_region
 from .membership import Membership, read_conn
 from .records import MAX_SQLITE_INT, UpdateRecord
+from .storage import STORED_HLC
 
 __all__ = ["Frontier", "frontier_clocks", "frontier_entries", "local_clock"]
 
@@ -254,8 +255,8 @@ def frontier_entries(
         (region,),
     ).fetchall()
     own = conn.execute("SELECT max_seq FROM origins WHERE origin = ?", (region,)).fetchone()
-    stored = conn.execute("SELECT value FROM meta WHERE key = 'last_hlc'").fetchone()
-    clock = Hlc(max(floor, int(stored[0] or 0)))
+    stored = conn.execute(STORED_HLC).fetchone()
+    clock = Hlc(max(floor, int(stored[0])))
     entries = [(row[0], row[1], Hlc(row[2])) for row in rows + silent]
     return [*entries, (region, own[0] if own else 0, clock)]
 

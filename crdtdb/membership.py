@@ -73,11 +73,13 @@ __all__ = [
     "drained",
     "ensure",
     "leave",
+    "leaving_message",
     "parse",
     "read",
     "read_conn",
     "record_fingerprint",
     "remove",
+    "writes_members_only",
 ]
 
 MEMBERS_DOC = "_cluster/members"
@@ -435,20 +437,30 @@ def check_writable(conn: sqlite3.Connection, region: str, doc_ids: list[str]) ->
     """Refuse a local write of ``region`` (inside the commit's write transaction) once
     the membership says it is leaving or removed: its records past its final one would
     be refused or lost. Writes to the membership itself are still taken."""
-    if all(collection_of(doc_id) == RESERVED_COLLECTION for doc_id in doc_ids):
+    if writes_members_only(doc_ids):
         return
+    message = leaving_message(conn, region)
+    if message is not None:
+        raise RegionLeavingError(message, region)
+
+
+def writes_members_only(doc_ids: list[str]) -> bool:
+    """Whether a write touches the reserved collection only (taken from any region)."""
+    return all(collection_of(doc_id) == RESERVED_COLLECTION for doc_id in doc_ids)
+
+
+def leaving_message(conn: sqlite3.Connection, region: str) -> str | None:
+    """Why ``region`` refuses local writes (the start of a :class:`RegionLeavingError`'s
+    message), or None while it takes them; read through ``conn``."""
     found = read_conn(conn)
     member = found.members.get(region) if found else None
     if member is None or member.state not in ("leaving", "removed"):
-        return
+        return None
     since = member.since
     when = f" at {since.hlc} by {since.by}" if since else ""
-    raise RegionLeavingError(
-        f"refused local write: region {region} is {member.state} the cluster{when}"
-        if member.state == "leaving"
-        else f"refused local write: region {region} was removed from the cluster{when}",
-        region,
-    )
+    if member.state == "leaving":
+        return f"refused local write: region {region} is {member.state} the cluster{when}"
+    return f"refused local write: region {region} was removed from the cluster{when}"
 
 
 def drained(view: Membership, held: dict[str, int]) -> list[str]:

@@ -46,7 +46,6 @@ _MERKLE = (
     "INSERT INTO merkle (node, hash) VALUES (?, ?) ON CONFLICT (node)"
     " DO UPDATE SET hash = xor_blob(hash, excluded.hash)"
 )
-_LAST_HLC = "UPDATE meta SET value = ? WHERE key = 'last_hlc'"
 _LOCAL = (
     "INSERT INTO origins (origin, max_seq, contiguous_seq, contiguous_hlc)"
     " VALUES (?1, ?2, ?2, ?3) ON CONFLICT (origin) DO UPDATE SET max_seq = ?2,"
@@ -100,5 +99,4 @@ class LogRows:
             )
         if self.local is not None:
             region, seq, hlc = self.local
-            conn.execute(_LAST_HLC, (int(hlc),))
             conn.execute(_LOCAL, (region, seq, int(hlc)))

@@ -24,7 +24,7 @@ from .engine import load_into
 from .errors import DocumentTooDeepError, StoreError
 from .frontier import frontier_clocks, frontier_entries
 from .hlc import Hlc
-from .storage import BUSY_TIMEOUT_MS, STORE_FILE
+from .storage import BUSY_TIMEOUT_MS, STORE_FILE, STORED_HLC
 
 __all__ = ["DocRow", "LogRow", "OriginRow", "Snapshot"]
 
@@ -82,7 +82,7 @@ class Snapshot:
             raise StoreError(f"{path}: cannot read a snapshot of the store: {exc}") from exc
         self.position: int = int(row[0] or 0)
         """The newest log id in the snapshot: what a later snapshot's changes start after."""
-        self.hlc = max(self._floor, Hlc(self._meta("last_hlc")))
+        self.hlc = max(self._floor, Hlc(self._conn.execute(STORED_HLC).fetchone()[0]))
         """The store's clock at the snapshot: every record in it has an HLC at or below."""
         self.compaction_epoch = self._meta("compaction_epoch")
         self.compacted_hlc = Hlc(self._meta("compacted_hlc"))

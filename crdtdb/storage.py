@@ -91,6 +91,7 @@ from .merkle import xor_bytes
 __all__ = [
     "APPLICATION_ID",
     "SCHEMA_VERSION",
+    "STORED_HLC",
     "STORE_FILE",
     "checkpoint",
     "connect",
@@ -100,7 +101,19 @@ __all__ = [
 
 STORE_FILE = "crdtdb.sqlite3"
 APPLICATION_ID = 0x43524454  # "CRDT"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
+STORED_HLC = (
+    "SELECT max(coalesce((SELECT value FROM meta WHERE key = 'last_hlc'), 0),"
+    " coalesce((SELECT contiguous_hlc FROM origins"
+    " WHERE origin = (SELECT value FROM meta WHERE key = 'region')), 0))"
+)
+"""The last HLC any process of this store issued or observed. Since schema 6 a local
+commit does not write ``meta.last_hlc`` (one statement and one page less a commit):
+its HLC is its origin row's ``contiguous_hlc`` (a region's own records are always
+contiguous), so the clock is the larger of the two. Remote applies and heartbeats,
+which make no local record, still write ``meta.last_hlc``. Schema 5 read the meta
+alone, so a crdtdb of schema 5 must not open a store written this way: hence the
+version, though no table changed."""
 BUSY_TIMEOUT_MS = 30_000
 WAL_SIZE_LIMIT = 64 << 20
 """Bytes the WAL file is cut back to when it starts over (SQLite keeps it at its largest)."""
@@ -499,10 +512,12 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
             _run_script(conn, _MIGRATE_FROM_4)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             log.warning("%s: migrated in %.1f s", path, time.monotonic() - started)
+        elif version == 5:  # no table changed: only who writes meta.last_hlc (STORED_HLC)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         elif version != SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"{path} has schema version {version}, which this crdtdb cannot migrate"
-                f" (it reads {SCHEMA_VERSION} and migrates 1 to 4): open it with the crdtdb"
+                f" (it reads {SCHEMA_VERSION} and migrates 1 to 5): open it with the crdtdb"
                 " that wrote it and export its documents"
             )
         conn.execute("COMMIT")

@@ -26,12 +26,13 @@ from .errors import (
     DocumentTooDeepError,
     InvalidRecordError,
     InvalidUpdateError,
+    RegionLeavingError,
     shown,
 )
 from .frontier import Frontier
 from .hlc import Hlc, observe, tick
 from .ids import collection_of
-from .membership import check_writable
+from .membership import MEMBERS_DOC, leaving_message, writes_members_only
 from .records import REPAIR, WRITE, UpdateRecord
 from .rows import LogRows
 
@@ -170,7 +171,7 @@ class Writer:
         now = engine.options.clock()
         if kind == WRITE:  # an application's write; repairs re-record what peers wrote
             engine.check_fence(now)
-            check_writable(engine.conn, engine.region, [change[0] for change in changes])
+            self._check_writable([change[0] for change in changes])
         hlc = tick(last, now)
         if kind == WRITE:
             engine.clients.bind_own(int(hlc))
@@ -180,10 +181,23 @@ class Writer:
             update = pending[0] if len(pending) == 1 else merge_updates(*pending)
             records.append(UpdateRecord(doc_id, hlc, engine.region, seq, update, kind))
         rows = self._append(records, {doc_id: handle for doc_id, handle, _ in changes})
-        rows.local = (engine.region, seq, hlc)  # the meta's last HLC and our origin's row
+        rows.local = (engine.region, seq, hlc)  # our origin's row: also the stored clock
         engine.last_hlc = hlc
         engine.counters = (hlc, seq)
         return hlc, records, rows
+
+    def _check_writable(self, doc_ids: list[str]) -> None:
+        """Refuse a local write once the membership says this region is leaving or was
+        removed (see :func:`crdtdb.membership.check_writable`); the answer is kept on the
+        engine while nothing can have changed it."""
+        if writes_members_only(doc_ids):
+            return
+        engine = self._engine
+        if engine.leaving is None:
+            engine.leaving = (leaving_message(engine.conn, engine.region),)
+        message = engine.leaving[0]
+        if message is not None:
+            raise RegionLeavingError(message, engine.region)
 
     # ------------------------------------------------------------ remote applies
 
@@ -340,6 +354,8 @@ class Writer:
             for i, r in enumerate(records)
         ]
         engine.seen_id = first_id + len(records) - 1
+        if MEMBERS_DOC in handles:
+            engine.leaving = None  # read the membership again at the next local write
         self._index(_doc_changes(records, handles, first_id), new, rows)
         return rows
 

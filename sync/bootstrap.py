@@ -60,7 +60,7 @@ from pathlib import Path
 from crdtdb.database import BOOTSTRAP_MARKER
 from crdtdb.errors import CrdtdbError, RemoteDataError
 from crdtdb.fence import FENCE_KEY
-from crdtdb.storage import APPLICATION_ID, SCHEMA_VERSION, STORE_FILE
+from crdtdb.storage import APPLICATION_ID, SCHEMA_VERSION, STORE_FILE, STORED_HLC
 
 from . import wire
 from .certs import sign_challenge
@@ -375,6 +375,10 @@ def _take_over(part: Path, region: str) -> None:
     conn = sqlite3.connect(part, isolation_level=None)
     try:
         conn.execute("BEGIN IMMEDIATE")
+        # The peer's clock, read while the store is still the peer's (its own origin row
+        # holds its last local HLC): this region's clock starts at or above every record.
+        (clock,) = conn.execute(STORED_HLC).fetchone()
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'last_hlc'", (clock,))
         conn.execute("UPDATE meta SET value = ? WHERE key = 'region'", (region,))
         conn.execute("DELETE FROM meta WHERE key = ?", (FENCE_KEY,))
         conn.execute("DELETE FROM frontiers WHERE region = ?", (region,))

@@ -79,13 +79,13 @@ def test_a_schema_4_store_is_migrated_and_reads_as_before(
         crdtdb.open(store).close()
     said = [record.getMessage() for record in caplog.records]
     assert any(
-        "migrating the store from schema 4 to 5 (7 documents, 117 log records" in line
+        "migrating the store from schema 4 to 6 (7 documents, 117 log records" in line
         for line in said
     ), said
     assert any("migrated in" in line for line in said)
     assert log_indexes(store) == NEW_INDEXES
     with crdtdb.open(store, cache_size=1) as db:
-        assert db.info()["schema_version"] == SCHEMA_VERSION == 5
+        assert db.info()["schema_version"] == SCHEMA_VERSION == 6
         assert db.info()["log_records"] == expected["log_records"]
         read_back(db, expected)
         as_of = db.as_of(expected["cut"]).get("texts/t")

@@ -261,6 +261,39 @@ def test_removed_region_waited_for_until_its_final_records_arrive(
 # ------------------------------------------------------------------ leaving
 
 
+def test_a_write_after_another_handle_made_the_region_leave_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The commit path keeps the membership's answer; another connection's commit
+    (another process, or the ``crdtdb cluster leave`` command) makes it read again."""
+    app = crdtdb.open(tmp_path / "eu", region="eu")
+    try:
+        membership.ensure(app, "eu", "active")
+        app.put("docs/a", {"n": 1})  # the answer "it takes writes" is kept from here
+        with crdtdb.open(tmp_path / "eu") as operator:
+            membership.leave(operator)
+        with pytest.raises(RegionLeavingError, match="region eu is leaving the cluster"):
+            app.put("docs/b", {"n": 2})
+        assert app.get("docs/b") is None
+    finally:
+        app.close()
+
+
+def test_a_write_after_a_peer_removed_the_region_is_refused(
+    three: dict[str, crdtdb.Database],
+) -> None:
+    eu, us = three["eu"], three["us"]
+    for db in (eu, us):
+        for region in three:
+            membership.ensure(db, region, "active")
+    exchange([eu, us])
+    eu.put("docs/a", {"n": 1})  # eu's commit path now holds "takes writes"
+    membership.remove(us, "eu")
+    send(us, eu)  # the removal arrives as a remote record
+    with pytest.raises(RegionLeavingError, match="region eu was removed from the cluster"):
+        eu.put("docs/b", {"n": 2})
+
+
 def test_a_leaving_region_refuses_writes_and_names_its_last_record(
     three: dict[str, crdtdb.Database],
 ) -> None:

@@ -185,7 +185,7 @@ def test_a_schema_3_store_opens_and_its_records_are_legacy(tmp_path: Path, certs
     store = unpack_v3(tmp_path)
     expected = {"notes/a": {"x": 10}, "notes/b": {"y": 2}, "notes/c": {"z": 3}}
     with crdtdb.open(store, clock=lambda: CLOCK) as eu_db:
-        assert eu_db.info()["schema_version"] == SCHEMA_VERSION == 5
+        assert eu_db.info()["schema_version"] == SCHEMA_VERSION == 6
         assert {doc_id: eu_db.get(doc_id) for doc_id in expected} == expected
         assert eu_db.info()["provenance"]["legacy_records"] == 4
         eu = provenance(eu_db, certs)

@@ -99,10 +99,10 @@ def test_a_schema_1_store_is_migrated_and_reads_as_before(
     with caplog.at_level(logging.WARNING, logger="crdtdb.storage"):
         crdtdb.open(store).close()
     said = [record.getMessage() for record in caplog.records]
-    assert any("migrating the store from schema 1 to 5 (7 documents" in line for line in said)
+    assert any("migrating the store from schema 1 to 6 (7 documents" in line for line in said)
     assert any("migrated in" in line for line in said)
     with crdtdb.open(store, cache_size=1) as db:
-        assert db.info()["schema_version"] == SCHEMA_VERSION == 5
+        assert db.info()["schema_version"] == SCHEMA_VERSION == 6
         assert db.info()["log_records"] == expected["log_records"]
         read_back(db, expected)
     with sqlite3.connect(store / STORE_FILE) as conn:
@@ -164,7 +164,7 @@ def test_schema_2_stores_are_migrated_and_their_records_are_not_checked(tmp_path
         crdtdb.open(tmp_path / "us", clock=lambda: 1_800_000_001_000) as us,
         crdtdb.open(tmp_path / "ap", region="ap", clock=lambda: 1_800_000_001_000) as ap,
     ):
-        assert us.info()["schema_version"] == SCHEMA_VERSION == 5
+        assert us.info()["schema_version"] == SCHEMA_VERSION == 6
         assert {doc_id: us.get(doc_id) for doc_id in expected["docs"]} == expected["docs"]
         old = list(us.changes())
         assert [(r.origin, r.seq, r.kind) for r in old] == [
