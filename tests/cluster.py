@@ -91,14 +91,17 @@ class Cluster:
         reconnect_min: float = 0.05,
         reconnect_max: float = 0.5,
         max_clock_offset_ms: int = 500,
+        bootstrap: str | None = None,
     ) -> None:
         self.root = root
-        self.sync = {
+        self.sync: dict[str, float | str] = {
             "anti_entropy_interval": anti_entropy_interval,
             "max_clock_offset_ms": max_clock_offset_ms,
             "reconnect_min": reconnect_min,
             "reconnect_max": reconnect_max,
         }
+        if bootstrap is not None:  # ``[sync] bootstrap``; none: the default (a snapshot)
+            self.sync["bootstrap"] = bootstrap
         ports = free_ports(len(regions))
         self.regions = {
             name: Region(name, port, root) for name, port in zip(regions, ports, strict=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,14 +104,23 @@ def test_records_a_region_lost_come_back_as_their_origins(cluster: Cluster) -> N
     assert repairs(us) == [] and repairs(eu) == []
 
 
-def test_a_repair_of_compacted_history_says_whose_items_it_carries(cluster: Cluster) -> None:
+def test_a_repair_of_compacted_history_says_whose_items_it_carries(tmp_path: Path) -> None:
     """eu's history is folded below the horizon before us exists: no record of it is left
-    to send, so us gets diffs; its repair records name eu as the origin of their items."""
+    to send, so us gets diffs; its repair records name eu as the origin of their items.
+    (A region that joins empty would copy eu's store instead: this one syncs by records.)"""
+    with Cluster(tmp_path, ["eu", "us"], bootstrap="records") as cluster:
+        _repair_of_compacted_history(cluster)
+
+
+def _repair_of_compacted_history(cluster: Cluster) -> None:
     eu_dir = cluster.regions["eu"].data_dir
     with crdtdb.open(eu_dir, region="eu", history_retention_s=0) as eu:
         for i in range(6):
             eu.put(f"d/{i}", {"i": i, "by": "eu"})
-        eu.put("d/last", {"by": "eu"})  # the newest record: compaction keeps it
+        last = eu.put("d/last", {"by": "eu"})  # the newest record: compaction keeps it
+        # The horizon is (now, 0): records of the current millisecond stay above it.
+        while time.time_ns() // 1_000_000 <= last.wall_ms:
+            time.sleep(0.001)
         assert eu.compact() > 0
         left = eu.records_from("eu", 0, 1_000_000)
         assert [r.doc_id for r in left] == ["d/last"]

@@ -66,7 +66,7 @@ def write_region_config(
     port: int,
     certs: Path | str,
     peers: Mapping[str, str],
-    sync: Mapping[str, float] | None = None,
+    sync: Mapping[str, float | str] | None = None,
     tables: Mapping[str, Mapping[str, object]] | None = None,
 ) -> Path:
     """Write a region config listening on 127.0.0.1:``port`` to ``path``; returns ``path``.
@@ -90,7 +90,7 @@ def write_region_config(
         lines += ["[[peers]]", f"region = {_quoted(peer)}", f"address = {_quoted(address)}"]
     if sync:
         lines.append("[sync]")
-        lines += [f"{key} = {value}" for key, value in sync.items()]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in sync.items()]
     for table, values in (tables or {}).items():  # e.g. {"cluster": {"auto_join": True}}
         lines.append(f"[{table}]")
         lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
