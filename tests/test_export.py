@@ -14,6 +14,7 @@ from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.table import Table
 
 import crdtdb
+from crdtdb import membership
 from crdtdb.errors import UsageError
 from crdtdb.query.export import export, main
 
@@ -75,6 +76,18 @@ def test_parquet_reads_back_with_duckdb(db: crdtdb.Database, tmp_path: Path) -> 
     orders = f"read_parquet('{out}/collection=orders/*.parquet')"
     total = con.execute(f"SELECT sum(total), sum(items[1].qty) FROM {orders}").fetchone()
     assert total == (19.75, 3)
+
+
+def test_the_membership_is_exported_only_when_named(db: crdtdb.Database, tmp_path: Path) -> None:
+    membership.ensure(db, "eu", "active")  # what a daemon records at start
+    out = tmp_path / "out"
+    assert export(db, out).rows() == {"orders": 2, "users": 3}
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
+        "collection=orders",
+        "collection=users",
+    ]
+    named = tmp_path / "named"
+    assert export(db, named, collections=["_cluster"]).rows() == {"_cluster": 1}
 
 
 def test_parquet_field_named_like_the_partition(db: crdtdb.Database, tmp_path: Path) -> None:
