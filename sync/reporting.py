@@ -139,7 +139,11 @@ class Reporting:
             stopped=stopped,
             clock=self.clock.report(),
         )
-        report["members"] = self.cluster.report()
+        clocks = {region: int(hlc) for region, hlc in self.db.frontier_clocks()}
+        report["members"] = [
+            {**member, "frontier_hlc": clocks.get(str(member["region"]))}
+            for member in self.cluster.report()
+        ]
         return report
 
     def mark_stopped(self) -> None:

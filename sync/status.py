@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from crdtdb.errors import UsageError
+from crdtdb.hlc import Hlc
 
 __all__ = [
     "CLOCK_TOLERANCE",
@@ -163,7 +164,14 @@ def _print_text(status: dict[str, Any], now: float, down: str | None) -> None:
             print(f"             last error: {peer['last_error']}")
     members = status.get("members") or []
     if members:
-        print("members: " + ", ".join(f"{m['region']} {m['state'] or '?'}" for m in members))
+        print("members:")
+    for member in members:
+        clock = member.get("frontier_hlc")
+        seen = None if clock is None else Hlc(clock).wall_ms / 1000
+        print(
+            f"  {member['region']:<10} {member['state'] or '?':<8}"
+            f" {member.get('address') or '-':<22} frontier clock {_ago(seen, now)}"
+        )
     if line := evidence_line(status.get("provenance") or {}):
         print(line)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import crdtdb
-from crdtdb import membership
+from crdtdb import Hlc, membership
 from crdtdb.fence import ClockFence
 from crdtdb.sync.cluster import ClusterView
 from crdtdb.sync.config import PeerConfig
@@ -81,11 +81,22 @@ def test_status_lists_the_members(tmp_path: Path, capsys: pytest.CaptureFixture[
         "frontier": "y",
         "peers": [],
         "members": [
-            {"region": "af", "state": "removed"},
-            {"region": "eu", "state": "active"},
-            {"region": "sa", "state": "joining"},
+            {"region": "af", "state": "removed", "address": None, "frontier_hlc": None},
+            {
+                "region": "eu",
+                "state": "active",
+                "address": "127.0.0.1:7401",
+                "frontier_hlc": int(Hlc.from_parts(int((time.time() - 2.5) * 1000))),
+            },
+            {"region": "sa", "state": "joining", "address": "10.0.0.9:7401"},
         ],
     }
     (tmp_path / "sync-status.json").write_text(json.dumps(status))
     assert show_status(str(tmp_path)) == 0
-    assert "members: af removed, eu active, sa joining" in capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
+    at = lines.index("members:")
+    af, eu, sa = (line.split() for line in lines[at + 1 : at + 4])
+    assert af == ["af", "removed", "-", "frontier", "clock", "never"]
+    assert eu[:5] == ["eu", "active", "127.0.0.1:7401", "frontier", "clock"]
+    assert 2.4 <= float(eu[5].rstrip("s")) < 60 and eu[6:] == ["ago"]
+    assert sa == ["sa", "joining", "10.0.0.9:7401", "frontier", "clock", "never"]
