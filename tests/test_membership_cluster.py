@@ -5,6 +5,8 @@
   finding: it used to freeze for ever once such a region had connected).
 - With ``auto_join`` it is admitted (joining, then active); while it is away
   the frontier waits for it, and removing it lets the frontier move again.
+- Without it, an operator admits it with ``crdtdb cluster add`` while it keeps
+  dialling: no daemon restarts, it converges, and ``cluster list`` shows it.
 - Decommission under load: a region is removed while the others write;
   their frontier passes it, compaction runs, ``as_of(frontier)`` answers the
   same in every remaining region, and the removed region is refused when it
@@ -18,6 +20,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,31 @@ def crdtdb_cli(*args: str) -> dict[str, Any]:
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout)
     return result
+
+
+def cluster_list(data_dir: Path) -> list[dict[str, Any]]:
+    """``crdtdb cluster list DIR --json``: one row per member."""
+    done = subprocess.run(
+        [sys.executable, "-m", "crdtdb", "cluster", "list", str(data_dir), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    rows: list[dict[str, Any]] = json.loads(done.stdout)
+    return rows
+
+
+def is_age(value: object) -> bool:
+    """A number of seconds that ``cluster list`` may show as an age: 0 up to the test's
+    timeout (no bool, no None)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < TIMEOUT
+
+
+def pid_of(cluster: Cluster, region: str) -> int:
+    child = cluster.regions[region].child
+    assert child is not None, f"{region} was never started"
+    return child.pid
 
 
 def logged(cluster: Cluster, region: str, text: str) -> bool:
@@ -164,6 +192,113 @@ def test_auto_join_admits_a_region_and_removing_it_frees_the_frontier(cluster_la
         )
 
 
+def test_an_operator_admits_a_refused_region_with_cluster_add(cluster_lab: Lab) -> None:
+    """eu and us peer statically; af lists them, but no member added it and nobody has
+    auto_join. af is refused both ways and nothing crosses; ``crdtdb cluster add`` on eu
+    admits it while every daemon keeps running (af keeps dialling)."""
+    members = ("eu", "us")
+    with cluster_lab.cluster(("af", *members), links=[("eu", "us")]) as cluster:
+        cluster.regions["af"].peers = list(members)  # af sorts first: it dials both
+        cluster.start(*members)
+        cluster.wait_ready(*members, timeout=TIMEOUT)
+        written: dict[str, Any] = {}
+        for name in members:
+            for i in range(3):
+                doc_id, body = f"notes/{name}-{i}", {"by": name, "n": i}
+                cluster.db(name).put(doc_id, body)
+                written[doc_id] = body
+        wait_until(
+            lambda: cluster.db("eu").merkle_root() == cluster.db("us").merkle_root(),
+            TIMEOUT,
+            "eu and us to converge",
+        )
+        cluster.db("af").put("notes/af", {"text": "written before it was added"})
+        cluster.close_db("af")
+        pids = {r: pid_of(cluster, r) for r in members}
+        cluster.start("af")
+
+        # 1. Refused in both logs (with the command that admits it); nothing crosses.
+        wait_until(
+            lambda: all(logged(cluster, r, "not_a_member") for r in ("af", *members)),
+            TIMEOUT,
+            "af, eu and us to log the not_a_member refusal",
+        )
+        assert logged(cluster, "eu", "crdtdb cluster add DIR af --address HOST:PORT")
+
+        def af_status() -> dict[str, Any] | None:
+            status = cluster.regions["af"].status()
+            return status if status is not None and status["pid"] == pid_of(cluster, "af") else None
+
+        status = wait_until(af_status, TIMEOUT, "af to report its status")
+        assert [p["region"] for p in status["peers"] if p["connected"]] == []
+        af = cluster.db("af")
+        assert all(af.get(doc_id) is None for doc_id in written)  # none of theirs got in
+        assert not set(af.progress()) & set(members)
+        for name in members:
+            db = cluster.db(name)
+            assert db.get("notes/af") is None  # nothing of af got in
+            assert "af" not in db.progress()
+            assert state_in(cluster, name, "af") is None
+
+        # 2. The operator admits it on eu, with the real command.
+        address = f"127.0.0.1:{cluster.regions['af'].port}"
+        added_at = time.time()
+        added = crdtdb_cli(
+            "cluster", "add", str(cluster.regions["eu"].data_dir), "af", "--address", address
+        )
+        assert added == {"region": "af", "state": "joining", "address": address}
+
+        # 3. Admitted with no restart: joining (maybe too briefly to see), then active.
+        seen: list[str | None] = []
+
+        def active_everywhere() -> bool:
+            state = state_in(cluster, "eu", "af")
+            if not seen or seen[-1] != state:
+                seen.append(state)
+            return all(state_in(cluster, r, "af") == "active" for r in members)
+
+        wait_until(active_everywhere, TIMEOUT, "af to turn active in eu and us")
+        assert seen in (["joining", "active"], ["active"]), seen
+        for name in members:
+            found = membership.read(cluster.db(name))
+            assert found is not None
+            changes = {(c.state, c.by) for c in found.members["af"].changes}
+            assert ("joining", "eu") in changes, changes  # the add, kept in the history
+            assert found.members["af"].address == address
+        assert {r: pid_of(cluster, r) for r in members} == pids  # same daemons, never restarted
+        assert all(cluster.regions[r].starts == 1 for r in members)
+        wait_until(
+            lambda: len({cluster.db(r).merkle_root() for r in ("af", *members)}) == 1,
+            TIMEOUT,
+            "af, eu and us to converge",
+        )
+        assert {doc_id: af.get(doc_id) for doc_id in written} == written
+        assert cluster.db("eu").get("notes/af") == {"text": "written before it was added"}
+        af.put("notes/af-admitted", {"text": "written once admitted"})
+        wait_until(
+            lambda: cluster.db("eu").get("notes/af-admitted") == {"text": "written once admitted"},
+            TIMEOUT,
+            "af's new write to reach eu",
+        )
+
+        # 4. ``cluster list`` on eu shows it, its address, its last contact and frontier age.
+        def listed() -> dict[str, Any] | None:
+            rows = {r["region"]: r for r in cluster_list(cluster.regions["eu"].data_dir)}
+            row = rows.get("af")
+            known = row is not None and None not in (row["last_contact"], row["freshness_s"])
+            return rows if known else None
+
+        rows = wait_until(listed, TIMEOUT, "eu's list to show af's last contact and frontier age")
+        assert set(rows) == {"af", "eu", "us"}
+        row = rows["af"]
+        assert (row["state"], row["address"]) == ("active", address)
+        assert {"state": "joining", "by": "eu"} in [
+            {"state": c["state"], "by": c["by"]} for c in row["changes"]
+        ]
+        assert added_at <= row["last_contact"] <= time.time()  # heard from since the add
+        assert is_age(row["freshness_s"]), row
+
+
 def test_decommission_under_load(cluster_lab: Lab) -> None:
     """ap is stopped and removed while eu and us write; ap is refused when it returns."""
     remaining = ("eu", "us")
@@ -234,27 +369,20 @@ def test_cluster_list_shows_members_and_last_contact(cluster_lab: Lab) -> None:
     with cluster_lab.cluster(("eu", "us")) as cluster:
         cluster.start()
         cluster.wait_ready(timeout=TIMEOUT)
-        data_dir = str(cluster.regions["eu"].data_dir)
+        data_dir = cluster.regions["eu"].data_dir
 
-        def listed() -> list[dict[str, Any]]:
-            done = subprocess.run(
-                [sys.executable, "-m", "crdtdb", "cluster", "list", data_dir, "--json"],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            assert done.returncode == 0, done.stderr
-            rows: list[dict[str, Any]] = json.loads(done.stdout)
-            return rows
+        def listed() -> bool:
+            rows = cluster_list(data_dir)
+            states = {r["region"]: r["state"] for r in rows}
+            # a member's frontier clock is known once it has gossiped one
+            clocked = all(r["freshness_s"] is not None for r in rows)
+            return states == {"eu": "active", "us": "active"} and clocked
 
-        wait_until(
-            lambda: {r["region"]: r["state"] for r in listed()} == {"eu": "active", "us": "active"},
-            TIMEOUT,
-            "both regions listed as active",
-        )
-        rows = {r["region"]: r for r in listed()}
+        wait_until(listed, TIMEOUT, "both regions listed as active, with their frontier ages")
+        rows = {r["region"]: r for r in cluster_list(data_dir)}
         assert rows["us"]["address"] == f"127.0.0.1:{cluster.regions['us'].port}"
         assert rows["us"]["last_contact"] is not None
+        assert is_age(rows["us"]["freshness_s"]) and is_age(rows["eu"]["freshness_s"]), rows
         assert rows["us"]["fingerprint"] and len(rows["us"]["fingerprint"]) == 64
         status = cluster.regions["eu"].status()
         assert status is not None
