@@ -2,11 +2,15 @@
 
 What the membership document means for a running region:
 
-- **Static clusters.** At start the daemon makes itself and its configured
-  peers ``active`` members (recording its own address and certificate
-  fingerprint), so a config with ``[[peers]]`` works as it always did; but
-  it never brings back a region the membership says is removed (removed
-  wins), and says so in its log.
+- **Static clusters.** At start the daemon makes its configured peers
+  ``active`` members and itself ``joining`` (``active`` alone, with no peer
+  or seed: it founds the cluster), recording its own address and
+  certificate fingerprint: in a static cluster each region is made active
+  by the peers whose configs list it, so a config with ``[[peers]]`` works
+  as it always did, and a region no member lists stays ``joining`` until a
+  clean anti-entropy round once it is admitted. It never brings back a
+  region the membership says is removed (removed wins), and says so in its
+  log.
 - **Admission.** A peer with a CA-signed certificate that is not a member is
   refused at the handshake (``not_a_member``: the message, in both logs,
   names the command that adds it), unless ``[cluster] auto_join = true``:
@@ -142,8 +146,11 @@ class ClusterView:
     def _start(self, port: int) -> None:
         region = self.db.region
         address = self.config.advertise or f"{self.config.host}:{port}"
-        # Joining through seeds: active once a round with a peer finds nothing to repair.
-        state = "joining" if self.config.seeds else "active"
+        # A region with peers or seeds joins: it is active once a round with a peer finds
+        # nothing to repair (or once a peer whose config lists it says so). Claiming
+        # active itself would make an outsider that lists members look active the moment
+        # it is admitted, before it holds a copy. A region alone founds the cluster.
+        state = "joining" if self.config.seeds or self.config.peers else "active"
         if not membership.ensure(
             self.db, region, state, address=address, fingerprint=self.own_fingerprint
         ):

@@ -239,6 +239,7 @@ def test_an_operator_admits_a_refused_region_with_cluster_add(cluster_lab: Lab) 
             assert db.get("notes/af") is None  # nothing of af got in
             assert "af" not in db.progress()
             assert state_in(cluster, name, "af") is None
+        assert state_in(cluster, "af", "af") == "joining"  # it does not claim to be active
 
         # 2. The operator admits it on eu, with the real command.
         address = f"127.0.0.1:{cluster.regions['af'].port}"
@@ -264,6 +265,9 @@ def test_an_operator_admits_a_refused_region_with_cluster_add(cluster_lab: Lab) 
             assert found is not None
             changes = {(c.state, c.by) for c in found.members["af"].changes}
             assert ("joining", "eu") in changes, changes  # the add, kept in the history
+            added_hlc = min(c.hlc for c in found.members["af"].changes if c.by == "eu")
+            activated = [c.hlc for c in found.members["af"].changes if c.state == "active"]
+            assert activated and min(activated) > added_hlc, changes  # active only once added
             assert found.members["af"].address == address
         assert {r: pid_of(cluster, r) for r in members} == pids  # same daemons, never restarted
         assert all(cluster.regions[r].starts == 1 for r in members)
