@@ -125,6 +125,7 @@ def test_status_reports_each_peer_and_its_lag(tmp_path: Path, certs: Path) -> No
         check=True,
     ).stdout
     assert "region eu listening on" in shown and "frontier" in shown
-    (line,) = [row for row in shown.splitlines() if row.strip().startswith("us ")]
+    peers = shown.split("\nmembers:")[0]  # the members follow, one line each
+    (line,) = [row for row in peers.splitlines() if row.strip().startswith("us ")]
     assert "DISCONNECTED" in line and "last contact" in line and "it lacks 3 records" in line
     assert "anti-entropy rounds" in line and "lag " in line
