@@ -18,6 +18,7 @@ from typing import Any
 
 from crdtdb.errors import CrdtdbError
 
+from .clockkeeper import ClockKeeper
 from .cluster import Admission, ClusterView
 from .config import RegionConfig
 from .logs import Repeats
@@ -40,6 +41,7 @@ class MembershipChores:
     writer: StoreWriter[SessionProtocol]
     peers: dict[str, PeerStatus]
     protocols: set[SessionProtocol]
+    clock: ClockKeeper
     _dial_repeats: Repeats
     _dialers: dict[str, tuple[tuple[str, int], asyncio.Task[None]]]
 
@@ -78,6 +80,8 @@ class MembershipChores:
                 del self._dialers[peer]
             if peer not in targets and self.cluster.removed(peer):
                 self.peers.pop(peer, None)  # the members list says it is removed
+        for peer in self.cluster.removed_regions():
+            self.clock.forget(peer)  # nor does its clock count for the fence any more
         for peer, address in targets.items():
             if peer in self._dialers:
                 continue

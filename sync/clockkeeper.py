@@ -71,6 +71,10 @@ class ClockKeeper:
                 self.watch.note_gossip(peer, Hlc(hlc), wall_ms, now)
                 self._poke()
 
+    def forget(self, peer: str) -> None:
+        """``peer`` was removed from the cluster: its clock no longer counts, nor shows."""
+        self.watch.forget(peer)
+
     def note_closed(self, peer: str, reason: str) -> None:
         """A session with ``peer`` closed for ``reason``: learn from a clock_skew refusal."""
         if not reason.startswith("peer closed: clock_skew:"):

@@ -245,6 +245,9 @@ class ClusterView:
     def removed(self, region: str) -> bool:
         return self.state(region) == "removed"
 
+    def removed_regions(self) -> list[str]:
+        return sorted(self.view.removed()) if self.view is not None else []
+
     def dial_targets(self) -> dict[str, tuple[str, int]]:
         """Regions to keep a connection with, and where: configured peers, then (unless
         ``dial_members = false``) every other member with an address in the membership,

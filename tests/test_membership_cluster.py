@@ -368,6 +368,17 @@ def test_decommission_under_load(cluster_lab: Lab) -> None:
         )
         assert state_in(cluster, "eu", "ap") == state_in(cluster, "us", "ap") == "removed"
 
+        # and its clock no longer counts for the fence, nor shows in status
+        def clock_peers(name: str) -> set[str]:
+            status = cluster.regions[name].status()
+            return set(status["clock"]["peers"]) if status is not None else {"?"}
+
+        wait_until(
+            lambda: clock_peers("eu") == {"us"} and clock_peers("us") == {"eu"},
+            10.0,  # well before an unheard peer's samples age out (30 s)
+            "eu's and us's status to drop ap's clock (and keep each other's)",
+        )
+
 
 def test_cluster_list_shows_members_and_last_contact(cluster_lab: Lab) -> None:
     with cluster_lab.cluster(("eu", "us")) as cluster:
