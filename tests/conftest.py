@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +43,18 @@ def pair(tmp_path: Path) -> Iterator[tuple[crdtdb.Database, crdtdb.Database]]:
         crdtdb.open(tmp_path / "us", region="us") as us,
     ):
         yield eu, us
+
+
+def clock_past(db: crdtdb.Database) -> None:
+    """Wait until the wall clock has left the millisecond of ``db``'s last HLC.
+
+    ``compact(retention_s=0)`` folds the records below ``(now, 0)``: those of
+    the current millisecond stay, and a fast machine commits many in one.
+    """
+    deadline = time.monotonic() + 5.0
+    while db.options.clock() <= db.hlc.wall_ms:
+        assert time.monotonic() < deadline, "the store's clock does not move (a frozen clock?)"
+        time.sleep(0.001)
 
 
 def ship(source: crdtdb.Database, target: crdtdb.Database) -> int:

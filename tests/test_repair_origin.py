@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from crdtdb.sync import wire
 from crdtdb.sync.signing import record_bytes, verify_run
 
 from .cluster import Cluster
+from .conftest import clock_past
 from .test_repair_records import lose
 
 pytestmark = pytest.mark.integration
@@ -117,10 +117,8 @@ def _repair_of_compacted_history(cluster: Cluster) -> None:
     with crdtdb.open(eu_dir, region="eu", history_retention_s=0) as eu:
         for i in range(6):
             eu.put(f"d/{i}", {"i": i, "by": "eu"})
-        last = eu.put("d/last", {"by": "eu"})  # the newest record: compaction keeps it
-        # The horizon is (now, 0): records of the current millisecond stay above it.
-        while time.time_ns() // 1_000_000 <= last.wall_ms:
-            time.sleep(0.001)
+        eu.put("d/last", {"by": "eu"})  # the newest record: compaction keeps it
+        clock_past(eu)  # or records of the current millisecond stay above the horizon
         assert eu.compact() > 0
         left = eu.records_from("eu", 0, 1_000_000)
         assert [r.doc_id for r in left] == ["d/last"]
