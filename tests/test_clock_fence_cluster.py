@@ -148,6 +148,7 @@ def test_a_region_whose_clock_runs_ahead_fences_itself_and_rejoins_once_fixed(
             text = status_text(ap)  # read with the right clock: never a negative age
             assert "reported 0.0s ago (stamped" in text and "-" not in text.split("\n")[0], text
             assert "clock FENCED" in text, text
+            assert "ap: clock fenced, local writes refused" in ap.log.read_text()
         finally:
             stop_writer(skewed)
         ap_db = cluster.db("ap")
@@ -185,3 +186,4 @@ def test_a_region_whose_clock_runs_ahead_fences_itself_and_rejoins_once_fixed(
             assert all(db.get(doc) is not None for doc in acked_before)
             assert all(db.get(doc) is None for doc in refused)
         wait_until(lambda: fenced(ap) is False, 30.0, "ap's status to show the fence lifted")
+        assert "ap: clock fence lifted" in ap.log.read_text()
