@@ -525,8 +525,8 @@ class Replicator(MembershipChores, Reporting):
             own = self.db.progress().get(self.region, (0, 0, None))[0]
         except CrdtdbError:
             own = None  # cannot tell: seal, which says why it cannot
-        if own is not None and own <= self._sealed_own:
-            return
+        if own is not None and own <= max(self._sealed_own, self.provenance.sealed_through):
+            return  # sealed already, here or by another path (start, a session's send)
         try:
             await self.writer.call(self.provenance.seal_own)
         except CrdtdbError as exc:

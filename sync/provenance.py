@@ -164,6 +164,8 @@ class Provenance:
         self._pems: dict[bytes, bytes] = {}
         self.sealed = 0
         """Own records sealed by this process."""
+        self.sealed_through = 0
+        """Every own record up to this seq is sealed, as :meth:`seal_own` last found."""
         self.seals_made = 0
         self.runs_verified = 0
 
@@ -251,6 +253,7 @@ class Provenance:
             tail = self.store.chains.tail(self.region)
             records = self.store.chains.unchained(self.region, tail.seq if tail else 0, SEAL_PAGE)
             if not records:
+                self.sealed_through = max(self.sealed_through, tail.seq if tail else 0)
                 return total
             base = tail.hash if tail is not None and records[0].seq == tail.seq + 1 else GENESIS
             contiguous = [records[0]]
@@ -268,6 +271,7 @@ class Provenance:
             total += len(rows)
             self.sealed += len(rows)
             if len(records) < SEAL_PAGE and len(contiguous) == len(records):
+                self.sealed_through = max(self.sealed_through, contiguous[-1].seq)
                 return total
 
     # -------------------------------------------------------------- relaying

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from crdtdb import membership
 from crdtdb.chains import ChainRow
 from crdtdb.records import UpdateRecord
 from crdtdb.sync import coalesce, wire
@@ -362,7 +363,19 @@ def test_a_region_receiving_records_does_not_seal_on_each_batch(
                 region.replicator.provenance.seal_own = counted  # type: ignore[method-assign]
             eu.db.put("docs/first", {"i": -1})
             await wait_for(lambda: us.db.get("docs/first") is not None)
-            before = dict(calls)  # us may seal once: what it wrote itself while starting
+            # us writes its own membership records while it starts (joining, then active
+            # once a round is clean or eu's records say so): wait until it is active and
+            # eu holds every record us made, so every one of them was sealed and sent.
+            await wait_for(
+                lambda: (
+                    (found := membership.read(us.db)) is not None
+                    and found.state("us") == "active"
+                    and eu.db.progress().get("us", (0, 0))[1]
+                    == us.db.progress().get("us", (0, 0))[1]
+                ),
+                timeout=30,
+            )
+            before = dict(calls)
             for i in range(20):
                 eu.db.put(f"docs/{i}", {"i": i})
                 await wait_for(lambda i=i: us.db.get(f"docs/{i}") is not None)  # type: ignore[misc]

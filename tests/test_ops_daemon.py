@@ -437,7 +437,8 @@ def test_metrics_count_what_replication_did_and_status_and_logs_tell_a_peer_stop
     )
     shown = crdtdb_cli("status", eu)
     assert shown.returncode == 0, shown
-    (line,) = [row for row in shown.stdout.splitlines() if row.startswith("  us ")]
+    peers = shown.stdout.split("\nmembers:")[0]  # the members follow, one line each
+    (line,) = [row for row in peers.splitlines() if row.startswith("  us ")]
     assert "DISCONNECTED" in line and "last contact " in line and "it lacks 0 records" in line
     events = [json.loads(line) for line in log_lines(eu)]
     assert all(event["region"] == "eu" for event in events), file_tail(eu.with_suffix(".log"))
