@@ -55,19 +55,14 @@ def keystrokes(limit: int | None) -> list[list[Any]]:
 
 def pycrdt_state(trace: list[list[Any]]) -> tuple[int, int]:
     """A bare pycrdt replay: (sum of its update payloads, its final encoded state)."""
+    from _core.replay import type_into
     from pycrdt import Doc, Text
 
     doc: Doc[Any] = Doc()
     text = doc.get("body", type=Text)
     sizes = [0]
     doc.observe(lambda event: sizes.__setitem__(0, sizes[0] + len(event.update)))
-    for patches in trace:
-        with doc.transaction():
-            for pos, deleted, inserted in patches:
-                if deleted:
-                    del text[pos : pos + deleted]
-                if inserted:
-                    text.insert(pos, inserted)
+    type_into(doc, text, trace)
     return sizes[0], len(doc.get_update())
 
 

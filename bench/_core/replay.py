@@ -62,6 +62,13 @@ def bare_replay(txns: list[list[tuple[int, int, str]]]) -> tuple[Run, str]:
 
     doc.observe(keep)
     start = time.perf_counter()
+    type_into(doc, text, txns)
+    elapsed = time.perf_counter() - start
+    return Run(len(txns), elapsed), str(text)
+
+
+def type_into(doc: Doc[Any], text: Text, txns: list[list[tuple[int, int, str]]]) -> None:
+    """Type the trace into ``text`` with bare pycrdt, one transaction per trace transaction."""
     for patches in txns:
         with doc.transaction():
             for pos, deleted, inserted in patches:
@@ -69,8 +76,6 @@ def bare_replay(txns: list[list[tuple[int, int, str]]]) -> tuple[Run, str]:
                     del text[pos : pos + deleted]
                 if inserted:
                     text.insert(pos, inserted)
-    elapsed = time.perf_counter() - start
-    return Run(len(txns), elapsed), str(text)
 
 
 def crdtdb_replay(
