@@ -73,12 +73,18 @@ class Reporting:
         behind = records_behind(self.db, session)
         if behind:
             self._catching_up.add(name)
+            # Counted from the store, as the caught-up line is: the session's count of
+            # records received can lag what the writer thread already committed.
+            reported = sum(session.peer_reports.values())
             log.info(
-                "%s: catching up from %s: %d records received, %d behind",
+                "%s: catching up from %s: holds %d of the %d records it reported, %d behind"
+                " (%d received from it)",
                 self.region,
                 name,
-                self.peers[name].records_in,
+                reported - behind,
+                reported,
                 behind,
+                self.peers[name].records_in,
                 extra={"event": "bootstrap_progress", "peer": name, "behind": behind},
             )
 

@@ -195,7 +195,9 @@ def test_with_json_logs_an_error_that_stops_serve_is_a_json_line(tmp_path: Path)
     assert usage.returncode == 2 and usage.stderr.startswith("error: "), usage
 
 
-_PROGRESS = re.compile(r"us: catching up from eu: (\d+) records received, (\d+) behind")
+_PROGRESS = re.compile(
+    r"us: catching up from eu: holds (\d+) of the (\d+) records it reported, (\d+) behind"
+)
 _CAUGHT_UP = re.compile(r"us: caught up with eu: holds the (\d+) records it reported")
 
 
@@ -217,11 +219,11 @@ def test_a_region_catching_up_a_backlog_logs_its_progress_with_counts(tmp_path: 
         cluster.wait_converged(timeout=120)
         wait_until(lambda: _CAUGHT_UP.search(cluster.regions["us"].log.read_text()), timeout=30)
         log = cluster.regions["us"].log.read_text()
-    progress = [(int(a), int(b)) for a, b in _PROGRESS.findall(log)]
+    progress = [(int(a), int(b), int(c)) for a, b, c in _PROGRESS.findall(log)]
     assert progress, log[-2000:]
-    received, behind = progress[0]
-    assert 0 < behind <= backlog and received < backlog, progress
-    assert received + behind >= backlog, progress  # what it has plus what it lacks
-    assert all(b <= backlog for _, b in progress), progress
+    held, reported, behind = progress[0]
+    assert 0 <= held < reported and behind > 0 and backlog <= reported, progress
+    assert all(h + b == r for h, r, b in progress), progress  # what it has plus what it lacks
+    assert all(b <= backlog for _, _, b in progress), progress
     (done,) = _CAUGHT_UP.findall(log)
     assert int(done) >= backlog, done
