@@ -98,35 +98,30 @@ def cmd_add(args: argparse.Namespace, db: Database) -> int:
 def cmd_remove(args: argparse.Namespace, db: Database) -> int:
     check_store(db)
     member = membership.remove(db, args.name)
-    since = member.since
-    print(
-        json.dumps(
-            {
-                "region": args.name,
-                "state": member.state,
-                "final_seq": member.final_seq,
-                "hlc": str(since.hlc if since else Hlc(0)),
-            }
-        )
-    )
+    _print_change(args.name, member, member.final_seq)
     return 0
 
 
 def cmd_leave(args: argparse.Namespace, db: Database) -> int:
     check_store(db)
     member = membership.leave(db)
+    _print_change(db.region, member, member.drain_seq)
+    return 0
+
+
+def _print_change(region: str, member: membership.Member, final_seq: int | None) -> None:
+    """The state change just written, as one JSON line."""
     since = member.since
     print(
         json.dumps(
             {
-                "region": db.region,
+                "region": region,
                 "state": member.state,
-                "final_seq": member.drain_seq,
+                "final_seq": final_seq,
                 "hlc": str(since.hlc if since else Hlc(0)),
             }
         )
     )
-    return 0
 
 
 def add_parser(sub: Any, run: Any) -> None:

@@ -36,7 +36,7 @@ which cannot hold 64 bits.
 **Leaving** (:func:`leave`, ``crdtdb cluster leave DIR`` on the region's own
 directory) is a drain: the region records ``leaving@<itself>`` with
 ``final_seq``, the number of its last record (that change included), and
-from then on refuses local writes (:func:`check_writable`, in the commit
+from then on refuses local writes (:func:`leaving_message`, asked by the commit
 path; a ``RegionLeavingError``). The others keep waiting for it in the
 frontier, as for any member; once a region holds its records 1..final_seq
 its daemon removes it (:func:`drained`), and the ``removed`` rule takes over
@@ -53,7 +53,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import RegionLeavingError, UsageError
+from .errors import UsageError
 from .hlc import Hlc, tick
 from .ids import RESERVED_COLLECTION, collection_of, validate_region
 
@@ -69,7 +69,6 @@ __all__ = [
     "Membership",
     "StateChange",
     "add",
-    "check_writable",
     "drained",
     "ensure",
     "leave",
@@ -431,17 +430,6 @@ def leave(db: Database) -> Member:
     found = read(db)
     assert found is not None
     return found.members[region]
-
-
-def check_writable(conn: sqlite3.Connection, region: str, doc_ids: list[str]) -> None:
-    """Refuse a local write of ``region`` (inside the commit's write transaction) once
-    the membership says it is leaving or removed: its records past its final one would
-    be refused or lost. Writes to the membership itself are still taken."""
-    if writes_members_only(doc_ids):
-        return
-    message = leaving_message(conn, region)
-    if message is not None:
-        raise RegionLeavingError(message, region)
 
 
 def writes_members_only(doc_ids: list[str]) -> bool:

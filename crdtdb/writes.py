@@ -188,8 +188,8 @@ class Writer:
 
     def _check_writable(self, doc_ids: list[str]) -> None:
         """Refuse a local write once the membership says this region is leaving or was
-        removed (see :func:`crdtdb.membership.check_writable`); the answer is kept on the
-        engine while nothing can have changed it."""
+        removed (:func:`crdtdb.membership.leaving_message`; writes to the membership itself
+        are still taken); the answer is kept on the engine while nothing can change it."""
         if writes_members_only(doc_ids):
             return
         engine = self._engine
