@@ -447,11 +447,14 @@ class Engine:
                 with contextlib.suppress(sqlite3.Error):
                     self.conn.execute("ROLLBACK")
             self.write_lock.release()
-            if not isinstance(exc, sqlite3.Error):
-                self._fail_group(group, StoreError(f"{self.path}: the commit was interrupted"))
-                raise
-            self._fail_group(group, storage.store_error(self.path, exc))
-            return
+            if isinstance(exc, sqlite3.Error):
+                interrupted = storage.take_interrupt(exc)
+                if interrupted is None:
+                    self._fail_group(group, storage.store_error(self.path, exc))
+                    return
+                exc = interrupted
+            self._fail_group(group, StoreError(f"{self.path}: the commit was interrupted"))
+            raise exc
         self.write_lock.release()
         try:
             self.signal.emit(group.records, defer=self.tx_handles is not None)

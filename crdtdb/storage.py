@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -261,8 +262,32 @@ CREATE INDEX log_hlc ON log (hlc);
 """
 
 
+_interrupts = threading.local()
+"""The Ctrl-C (or a signal handler's SystemExit) that struck inside ``xor_blob``, by thread.
+
+SQLite calls the function from within a statement, and Python's sqlite3 turns
+whatever it raises into "user-defined function raised exception": without this,
+a Ctrl-C that lands there would surface as a store failure, not as itself.
+"""
+
+_UDF_FAILED = "user-defined function raised exception"
+
+
 def _xor_blob(a: bytes | None, b: bytes | None) -> bytes:
-    return xor_bytes(a, b)
+    try:
+        return xor_bytes(a, b)
+    except BaseException as exc:
+        if not isinstance(exc, Exception):
+            _interrupts.pending = exc
+        raise
+
+
+def take_interrupt(exc: sqlite3.Error) -> BaseException | None:
+    """The KeyboardInterrupt or SystemExit behind ``exc``, if it is one that struck
+    inside ``xor_blob`` (forgotten once taken); None for a real SQLite failure."""
+    pending: BaseException | None = getattr(_interrupts, "pending", None)
+    _interrupts.pending = None
+    return pending if pending is not None and _UDF_FAILED in str(exc) else None
 
 
 def connect(directory: Path, *, region: str | None, synchronous: str) -> sqlite3.Connection:
@@ -298,8 +323,12 @@ def store_error(directory: Path, exc: sqlite3.Error, what: str = "a write") -> S
 
     Said once here, so that a full disk reads the same wherever it struck: what
     happened, that nothing of the operation was stored (the transaction rolled
-    back), and what to do.
+    back), and what to do. A Ctrl-C that struck inside the statement (see
+    :func:`take_interrupt`) is raised here as itself instead.
     """
+    interrupted = take_interrupt(exc)
+    if interrupted is not None:  # not a store failure: the caller's Ctrl-C, raised as itself
+        raise interrupted from None
     code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
     if code == _SQLITE_FULL:
         return StoreFullError(
