@@ -51,7 +51,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import duckdb
@@ -73,7 +73,7 @@ from .files import (
     stage_changes,
     typed_select,
 )
-from .priority import background, write_stamp, yielding
+from .priority import background, lower_priority, write_stamp, yielding
 from .schema import merge_structure
 from .stream_build import COMPLETE, STAGED_COLUMNS, Streamed, discard, stream_collections
 
@@ -149,14 +149,16 @@ def _refresh(
         if (old.regions, old.frontier) == (regions, frontier):
             return old, 0, 0, False
         return _successor(old, snap, regions, frontier), 0, 0, False
-    base, batches, total = _plan(old, snap, full)
+    base, batches, total, ids = _plan(old, snap, full)
     manifest = _successor(base, snap, regions, frontier)
     bulk = (old is None or full) and total >= arrow_read.CHILD_READ_MIN
     readers = arrow_read.child_readers(area.store, snap, base.position, area.root) if bulk else None
     # An incremental refresh stages with DuckDB on this thread alone, then, if the store
     # was written meanwhile, runs the rest at a lower priority, DuckDB's workers started
     # after it (see .priority). A first build is waited for, and has every core to itself.
-    with duckdb.connect(config={} if bulk else {"threads": 1}) as con:
+    with duckdb.connect(config={} if bulk else {"threads": 1}) as con, _Early() as early:
+        if ids is not None:  # the rows they supersede are found while their bodies are read
+            early.find_superseded(area, con, manifest, ids)
         plan = (batches, total, base.position)
         staged = _stage(area, con, snap, readers, plan, manifest, progress)
         documents, records, counts, log_rows, streamed = staged
@@ -173,7 +175,7 @@ def _refresh(
                 manifest.next_seg += 1
                 changes = worker.submit(copy_changes, area, con.cursor(), seg, log_rows)
             if documents:
-                _write_segment(area, con, manifest, counts, streamed)
+                _write_segment(area, con, manifest, counts, streamed, early.superseded())
             if changes is not None:
                 manifest.changes = [*manifest.changes, {"path": changes.result(), "rows": records}]
         if len(manifest.changes) > MERGE_SEGMENTS:
@@ -186,8 +188,9 @@ def _refresh(
 
 def _plan(
     old: Manifest | None, snap: Snapshot, full: bool
-) -> tuple[Manifest, Iterable[list[DocRow]], int]:
-    """What a refresh starts from, and the documents it reads (with how many)."""
+) -> tuple[Manifest, Iterable[list[DocRow]], int, list[str] | None]:
+    """What a refresh starts from, and the documents it reads (with how many, and their
+    ids unless it reads them all)."""
     if old is None or full:
         base = Manifest(
             generation=old.generation if old else 0,
@@ -195,12 +198,65 @@ def _plan(
             changes=old.changes if old else [],
             position=old.position if old else 0,
         )
-        return base, snap.documents(CHUNK), snap.document_count()
+        return base, snap.documents(CHUNK), snap.document_count(), None
     if old.epoch != snap.compaction_epoch:  # records may have been folded away since
         ids = snap.changed_since_scan(old.position)
-    else:
-        ids = snap.changed_after(old.position)
-    return old, snap.rows(ids, CHUNK), len(ids)
+        return old, snap.rows(ids, CHUNK), len(ids), ids
+    ids = snap.changed_after(old.position)
+    return old, snap.changed_rows_after(old.position, CHUNK), len(ids), ids
+
+
+class _Early:
+    """The rows of earlier files that an incremental refresh's documents supersede, found
+    by DuckDB in a thread of its own while this one reads their bodies from SQLite: the
+    scan reads the ``id`` column of every earlier file, as long as the reading of the
+    bodies on a large store, and neither waits for the other (both let go of the
+    interpreter lock while they work). The thread runs at ``REFRESH_NICE`` from the start
+    (it holds no snapshot): on busy cores it yields to the store's writers."""
+
+    def __init__(self) -> None:
+        self._worker: ThreadPoolExecutor | None = None
+        self._found: Future[int] | None = None
+
+    def __enter__(self) -> _Early:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)  # a failed refresh lets it finish first
+
+    def find_superseded(
+        self, area: Area, con: duckdb.DuckDBPyConnection, manifest: Manifest, ids: list[str]
+    ) -> None:
+        collections = {doc_id.split("/", 1)[0] for doc_id in ids}
+        earlier = [
+            str(area.root / f["path"])
+            for c in sorted(collections)
+            for f in manifest.collections.get(c, {}).get("files", [])
+        ]
+        if not earlier:
+            return
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="crdtdb-supersede")
+        dead = dead_relation(area, manifest)
+        self._found = self._worker.submit(_find_superseded, con.cursor(), earlier, dead, ids)
+
+    def superseded(self) -> Future[int] | None:
+        """How many rows the table ``superseded`` holds, when found; None: not looked for."""
+        return self._found
+
+
+def _find_superseded(
+    con: duckdb.DuckDBPyConnection, earlier: list[str], dead: str, ids: list[str]
+) -> int:
+    """Make the table ``superseded``: the (_seg, row) of the rows of ``earlier`` files
+    whose id is one of ``ids``, but those ``dead`` already; return how many."""
+    lower_priority()
+    try:
+        con.register("_changed_ids", pa.table({"id": pa.array(ids, pa.string())}))
+        con.execute(_SUPERSEDED.format(files=sql_list(earlier), staged="_changed_ids", dead=dead))
+        return int(con.execute("SELECT count(*) FROM superseded").fetchone()[0])  # type: ignore[index]
+    finally:
+        con.close()
 
 
 def _stage(
@@ -400,13 +456,14 @@ def _write_segment(
     manifest: Manifest,
     counts: dict[str, int],
     streamed: dict[str, Streamed],
+    found: Future[int] | None = None,
 ) -> None:
     """One file per collection of the staged documents (written already for those
     ``streamed``: then one more of those read through the snapshot, if any), and the rows
-    they supersede."""
+    they supersede (``found``: in the table ``superseded`` already, see :class:`_Early`)."""
     folder = f"seg/{manifest.next_seg}"
     (area.root / folder).mkdir(parents=True, exist_ok=True)
-    superseded = _supersede(area, con, manifest, folder, list(counts))
+    superseded = _supersede(area, con, manifest, folder, list(counts), found)
     complete = _complete_counts(con) if streamed else {}
     for collection, rows in sorted(counts.items()):
         state = manifest.collections[collection]
@@ -492,28 +549,43 @@ def _widen(
     return counts
 
 
+_SUPERSEDED = (
+    "CREATE TABLE superseded AS SELECT f._seg, f.file_row_number AS row"
+    " FROM read_parquet({files}, union_by_name = true, file_row_number = true)"
+    " f SEMI JOIN {staged} s ON f.id = s.id"
+    " ANTI JOIN {dead} d ON f._seg = d._seg AND f.file_row_number = d.row"
+)
+"""The rows of earlier files with the ids of ``staged``, but for those superseded before
+(counted once: ``dead_rows`` decides when the segments are merged)."""
+
+
 def _supersede(
     area: Area,
     con: duckdb.DuckDBPyConnection,
     manifest: Manifest,
     folder: str,
     collections: list[str],
+    found: Future[int] | None = None,
 ) -> int:
-    """Write the (_seg, row) of earlier rows of the staged documents; return how many."""
-    earlier = [
-        str(area.root / f["path"])
-        for c in collections
-        for f in manifest.collections.get(c, {}).get("files", [])
-    ]
-    if not earlier:
-        return 0
+    """Write the (_seg, row) of earlier rows of the staged documents; return how many.
+    ``found``: they are in the table ``superseded`` already (see :class:`_Early`)."""
     name = f"{folder}/dead.parquet"
-    con.execute(
-        "CREATE TEMP TABLE superseded AS SELECT f._seg, f.file_row_number AS row"
-        f" FROM read_parquet({sql_list(earlier)}, union_by_name = true, file_row_number = true)"
-        " f SEMI JOIN staged s ON f.id = s.id"
-    )
-    count = int(con.execute("SELECT count(*) FROM superseded").fetchone()[0])  # type: ignore[index]
+    if found is not None:
+        count = found.result()
+    else:
+        earlier = [
+            str(area.root / f["path"])
+            for c in collections
+            for f in manifest.collections.get(c, {}).get("files", [])
+        ]
+        if not earlier:
+            return 0
+        con.execute(
+            _SUPERSEDED.format(
+                files=sql_list(earlier), staged="staged", dead=dead_relation(area, manifest)
+            )
+        )
+        count = int(con.execute("SELECT count(*) FROM superseded").fetchone()[0])  # type: ignore[index]
     if count:
         copy_to(con, "SELECT * FROM superseded", area.root / name)
         manifest.dead = [*manifest.dead, {"path": name, "rows": count}]
