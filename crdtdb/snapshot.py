@@ -121,34 +121,25 @@ class Snapshot:
         return int(self._conn.execute("SELECT count(*) FROM docs").fetchone()[0])
 
     def changed_after(self, position: int) -> list[str]:
-        """Ids of the documents with a log record after ``position`` (a log id).
+        """Ids of the documents with a log record after ``position`` (a log id), in order:
+        :meth:`rows` then looks them up in the order of the tables' keys (10,000 of a
+        million in 60% of the time they take in the log's order).
 
         Found through the log: a record compacted away before it was read is
         missed, so a reader that last read before a compaction (the
         ``compaction_epoch`` moved) asks :meth:`changed_since_scan` instead.
         """
         rows = self._conn.execute(
-            "SELECT DISTINCT doc_id FROM log WHERE id > ? AND id <= ?", (position, self.position)
-        )
-        return [row[0] for row in rows]
-
-    def changed_rows_after(self, position: int, batch: int = 100_000) -> Iterator[list[DocRow]]:
-        """:meth:`rows` of the documents :meth:`changed_after` names, in doc id order: one
-        statement that joins the log's range to the documents (a third faster than
-        looking up the ids, 10,000 of a million, in lists)."""
-        cursor = self._conn.execute(
-            f"{_DOC_ROWS} WHERE d.doc_id IN (SELECT doc_id FROM log WHERE id > ? AND id <= ?)"
-            " ORDER BY d.doc_id",
+            "SELECT DISTINCT doc_id FROM log WHERE id > ? AND id <= ? ORDER BY doc_id",
             (position, self.position),
         )
-        while rows := cursor.fetchmany(batch):
-            yield self._complete(rows)
+        return [row[0] for row in rows]
 
     def changed_since_scan(self, position: int) -> list[str]:
         """:meth:`changed_after` by reading every document's newest log id (no log needed)."""
         rows = self._conn.execute(
             "SELECT d.doc_id FROM docs d LEFT JOIN bodies b ON b.doc_id = d.doc_id"
-            " WHERE b.log_id IS NULL OR b.log_id > ?",
+            " WHERE b.log_id IS NULL OR b.log_id > ? ORDER BY d.doc_id",
             (position,),
         )
         return [row[0] for row in rows]

@@ -16,7 +16,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from crdtdb.snapshot import Snapshot
+from crdtdb.snapshot import LogRow, Snapshot
 
 from . import arrow_read
 from .area import Area, Manifest
@@ -83,9 +83,11 @@ def stage_changes(
     snap: Snapshot,
     readers: arrow_read.ChildReaders | None,
     after: int,
+    read: list[LogRow] | None = None,
 ) -> tuple[int, pa.Table | None]:
     """The log records after position ``after``: how many, and the Arrow table a child read
-    them into, or None when they were read through the snapshot into ``log_rows``."""
+    them into, or None when they were read through the snapshot into ``log_rows`` (or are
+    ``read`` already: all of them)."""
     table = readers.table("log") if readers is not None else None
     if table is not None:
         log_con.close()
@@ -97,7 +99,9 @@ def stage_changes(
     names = ("log_id", "id", "hlc", "origin", "seq", "bytes", "kind")
     kinds = (pa.int64(), pa.string(), pa.uint64(), pa.string(), pa.int64(), pa.int64(), pa.int8())
     count = 0
-    for batch in snap.log(after, CHUNK):
+    for batch in [read] if read is not None else snap.log(after, CHUNK):
+        if not batch:
+            continue
         columns = zip(*batch, strict=True)
         arrays = {n: pa.array(c, k) for n, c, k in zip(names, columns, kinds, strict=True)}
         insert(log_con, "log_rows", arrays)

@@ -59,7 +59,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import crdtdb
-from crdtdb.snapshot import DocRow, Snapshot
+from crdtdb.snapshot import DocRow, LogRow, Snapshot
 
 from . import arrow_read
 from .area import Area, Manifest, RefreshResult
@@ -149,7 +149,7 @@ def _refresh(
         if (old.regions, old.frontier) == (regions, frontier):
             return old, 0, 0, False
         return _successor(old, snap, regions, frontier), 0, 0, False
-    base, batches, total, ids = _plan(old, snap, full)
+    base, batches, total, ids, log_read = _plan(old, snap, full)
     manifest = _successor(base, snap, regions, frontier)
     bulk = (old is None or full) and total >= arrow_read.CHILD_READ_MIN
     readers = arrow_read.child_readers(area.store, snap, base.position, area.root) if bulk else None
@@ -159,7 +159,7 @@ def _refresh(
     with duckdb.connect(config={} if bulk else {"threads": 1}) as con, _Early() as early:
         if ids is not None:  # the rows they supersede are found while their bodies are read
             early.find_superseded(area, con, manifest, ids)
-        plan = (batches, total, base.position)
+        plan = (batches, total, base.position, log_read)
         staged = _stage(area, con, snap, readers, plan, manifest, progress)
         documents, records, counts, log_rows, streamed = staged
         if not bulk:
@@ -188,9 +188,13 @@ def _refresh(
 
 def _plan(
     old: Manifest | None, snap: Snapshot, full: bool
-) -> tuple[Manifest, Iterable[list[DocRow]], int, list[str] | None]:
+) -> tuple[Manifest, Iterable[list[DocRow]], int, list[str] | None, list[LogRow] | None]:
     """What a refresh starts from, and the documents it reads (with how many, and their
-    ids unless it reads them all)."""
+    ids unless it reads them all); and the log records it stages, if read already.
+
+    An incremental refresh of up to ``CHUNK`` log records reads them first, and takes
+    the changed documents' ids from them: the log's range is read once, not once for
+    the ids and once more for the ``changes`` file."""
     if old is None or full:
         base = Manifest(
             generation=old.generation if old else 0,
@@ -198,12 +202,16 @@ def _plan(
             changes=old.changes if old else [],
             position=old.position if old else 0,
         )
-        return base, snap.documents(CHUNK), snap.document_count(), None
+        return base, snap.documents(CHUNK), snap.document_count(), None, None
+    log_read: list[LogRow] | None = None
     if old.epoch != snap.compaction_epoch:  # records may have been folded away since
         ids = snap.changed_since_scan(old.position)
-        return old, snap.rows(ids, CHUNK), len(ids), ids
-    ids = snap.changed_after(old.position)
-    return old, snap.changed_rows_after(old.position, CHUNK), len(ids), ids
+    elif snap.position - old.position <= CHUNK:  # log ids grow by one a record
+        log_read = [row for batch in snap.log(old.position, CHUNK) for row in batch]
+        ids = sorted({row[1] for row in log_read})
+    else:
+        ids = snap.changed_after(old.position)
+    return old, snap.rows(ids, CHUNK), len(ids), ids, log_read
 
 
 class _Early:
@@ -264,16 +272,17 @@ def _stage(
     con: duckdb.DuckDBPyConnection,
     snap: Snapshot,
     readers: arrow_read.ChildReaders | None,
-    plan: tuple[Iterable[list[DocRow]], int, int],
+    plan: tuple[Iterable[list[DocRow]], int, int, list[LogRow] | None],
     manifest: Manifest,
     progress: Progress | None,
 ) -> tuple[int, int, dict[str, int], pa.Table | None, dict[str, Streamed]]:
     """Stage the documents and the log records in ``con``, widen the types; then end the
-    snapshot. ``plan``: the documents' batches, how many, and the log position whose
-    records are already in the materialisation. Returns (documents, records, rows per
+    snapshot. ``plan``: the documents' batches, how many, the log position whose
+    records are already in the materialisation, and the records after it if they were
+    read already. Returns (documents, records, rows per
     collection, the log records as Arrow if a child read them, else None: they are in
     the table ``log_rows``; the collection files written as the documents streamed in)."""
-    batches, total, start = plan
+    batches, total, start, log_read = plan
     streamed: dict[str, Streamed] = {}
     try:
         table, streamed = _read_documents(area, con, manifest, readers, snap)
@@ -288,7 +297,7 @@ def _stage(
         # its WAL, and every commit of a writer in another process then retries a
         # checkpoint.
         with ThreadPoolExecutor(1) as worker:
-            staging = worker.submit(stage_changes, con.cursor(), snap, readers, start)
+            staging = worker.submit(stage_changes, con.cursor(), snap, readers, start, log_read)
             try:
                 counts = _widen(con, manifest, shapes)
             finally:

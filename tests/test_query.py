@@ -20,6 +20,7 @@ from pycrdt import Text
 import crdtdb
 from crdtdb import Hlc, query
 from crdtdb.errors import HistoryCompactedError, InvalidHlcError, StoreError
+from crdtdb.query import materialize
 from crdtdb.query.area import AREA, read_manifest
 
 from .conftest import FakeClock, ship
@@ -261,12 +262,17 @@ def test_a_refresh_rewrites_exactly_the_changed_documents(tmp_path: Path) -> Non
     assert rows(con, "SELECT count(*) FROM docs WHERE deleted") == [(2,)]
 
 
+@pytest.mark.parametrize("chunk", [None, 3], ids=["log-read-once", "ids-from-the-log-index"])
 def test_refreshes_over_segments_and_collections_supersede_exactly_the_changed_rows(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int | None
 ) -> None:
     """The rows a refresh supersedes are found from the changed ids while the bodies are
     read: each changed document's one earlier row, in whichever collection and segment it
-    lies, and none for a document new to the materialisation."""
+    lies, and none for a document new to the materialisation. ``chunk``: a refresh of
+    more log records than one batch takes the ids from the log's index instead, and
+    reads the documents and the records in several batches."""
+    if chunk is not None:
+        monkeypatch.setattr(materialize, "CHUNK", chunk)
     n = 200
     expected: dict[str, dict[str, int]] = {}
     with crdtdb.open(tmp_path / "eu", region="eu") as db:
@@ -287,13 +293,12 @@ def test_refreshes_over_segments_and_collections_supersede_exactly_the_changed_r
                 tx.put(f"notes/{step}", {"n": step})  # a collection the files never had
                 expected[f"notes/{step}"] = {"n": step}
             superseded += len(picked)
-            with db.snapshot() as snap:  # the join against the log names the same rows
-                before = read_manifest(db).position  # type: ignore[union-attr]
-                by_join = [row for rows_ in snap.changed_rows_after(before) for row in rows_]
-                by_ids = [row for rows_ in snap.rows(snap.changed_after(before)) for row in rows_]
-                assert by_join == sorted(by_ids) and len(by_join) == len(picked) + 1
+            with db.snapshot() as snap:  # the changed ids, in the keys' order
+                changed = snap.changed_after(read_manifest(db).position)  # type: ignore[union-attr]
+                assert changed == sorted([f"{collection}/{i}" for i in picked] + [f"notes/{step}"])
             result = query.refresh(db)
             assert result.documents == len(picked) + 1 and not result.merged
+            assert result.records == len(picked) + 1
             manifest = read_manifest(db)
             assert manifest is not None
             assert manifest.dead_rows == superseded
