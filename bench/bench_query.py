@@ -23,17 +23,17 @@ one run against the ceilings:
 5. **writer commit rate** (one-write transactions) alone, and beside a reader
    (``con.refresh()`` + the group-by, in a loop) and a refresher process.
 
-Timings are medians of interleaved repeats. The builds and the 1% refresh run
-in a process of their own (as a refresher or a console runs them), timed by the
-refresh itself: in this process, a full garbage collection of the million
-reference dicts kept here took about a second, and landed in a timed refresh
-about one run in eight. Results go to ``bench/results/query.json``.
+Timings are medians of interleaved repeats; the builds, the ceilings and the
+refresh are timed as ``timeit`` times, garbage collected before and not
+during (see ``collected``). Results go to ``bench/results/query.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
+import gc
 import io
 import json
 import math
@@ -42,11 +42,10 @@ import pstats
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +59,7 @@ from _report import log  # bench/_report.py: this folder is sys.path[0]
 import crdtdb
 import crdtdb.query
 from crdtdb.query import materialize
-from crdtdb.query.area import AREA, RefreshResult
+from crdtdb.query.area import AREA
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "query.json"
 SEED = 20261207
@@ -240,14 +239,17 @@ def first_build(
     runs: dict[str, list[float]] = {"crdtdb": [], "pyarrow": [], "duckdb": []}
     for r in range(repeats):
         shutil.rmtree(db.path / AREA, ignore_errors=True)  # a first build again
-        result = refresh_apart(db)
+        with collected():
+            result = crdtdb.query.refresh(db)
         if result.documents != len(docs):
             raise RuntimeError(
                 f"a first build wrote {result.documents:,} documents, not {len(docs):,}"
             )
         runs["crdtdb"].append(result.seconds)
-        runs["pyarrow"].append(pyarrow_parquet(docs, tmp / "ceiling.parquet"))
-        runs["duckdb"].append(duckdb_parquet(ids, texts, tmp / "duckdb.parquet"))
+        with collected():
+            runs["pyarrow"].append(pyarrow_parquet(docs, tmp / "ceiling.parquet"))
+        with collected():
+            runs["duckdb"].append(duckdb_parquet(ids, texts, tmp / "duckdb.parquet"))
         log(
             f"  build {r + 1}/{repeats}: "
             + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in runs.items())
@@ -268,26 +270,19 @@ def first_build(
     return results
 
 
-_REFRESH = (
-    "import dataclasses, json, sys, crdtdb.query;"
-    " print(json.dumps(dataclasses.asdict(crdtdb.query.refresh(sys.argv[1]))))"
-)
-
-
-def refresh_apart(db: crdtdb.Database) -> RefreshResult:
-    """``crdtdb.query.refresh`` of ``db``'s directory in a process of its own, as a
-    refresher or an analyst's console runs it; its own timing (``seconds``: the
-    refresh, not the process's start). Not in this process: a full garbage collection
-    of this benchmark's million reference dicts takes about a second, and landed in a
-    timed refresh in about one run in eight."""
-    run = subprocess.run(
-        [sys.executable, "-c", _REFRESH, str(db.path)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=3600,
-    )
-    return RefreshResult(**json.loads(run.stdout.strip().splitlines()[-1]))
+@contextlib.contextmanager
+def collected() -> Iterator[None]:
+    """Garbage collected before, and no collection during, as ``timeit`` times: a full
+    collection walks this benchmark's million reference dicts (about 1 s) and landed in
+    the timed refresh about one run in eight, whatever the code measured allocated.
+    (Timed in a fresh process instead, a refresh paid 0.3 s of one-time loading;
+    ``gc.freeze()`` of the dicts made full collections more frequent, not rarer.)"""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def warm_up(path: Path, docs: Docs) -> None:
@@ -477,7 +472,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         res["queries"] = [queries(db, docs, tmp, "1 segment", args.query_repeats)]
         log("2. 1% changed ...")
         res["refresh"] = change_one_percent(db, rng, docs)
-        result = refresh_apart(db)
+        with collected():
+            result = crdtdb.query.refresh(db)
         res["refresh"].update(seconds=result.seconds, documents=result.documents)
         res["refresh"]["share"] = result.seconds / res["build"]["median_s"]["crdtdb"]
         log(f"  refresh {result}")
