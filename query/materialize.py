@@ -236,12 +236,7 @@ class _Early:
     def find_superseded(
         self, area: Area, con: duckdb.DuckDBPyConnection, manifest: Manifest, ids: list[str]
     ) -> None:
-        collections = {doc_id.split("/", 1)[0] for doc_id in ids}
-        earlier = [
-            str(area.root / f["path"])
-            for c in sorted(collections)
-            for f in manifest.collections.get(c, {}).get("files", [])
-        ]
+        earlier = _earlier_files(area, manifest, {doc_id.split("/", 1)[0] for doc_id in ids})
         if not earlier:
             return
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="crdtdb-supersede")
@@ -251,6 +246,15 @@ class _Early:
     def superseded(self) -> Future[int] | None:
         """How many rows the table ``superseded`` holds, when found; None: not looked for."""
         return self._found
+
+
+def _earlier_files(area: Area, manifest: Manifest, collections: Iterable[str]) -> list[str]:
+    """The paths of the files ``manifest`` holds for these collections."""
+    return [
+        str(area.root / f["path"])
+        for c in sorted(collections)
+        for f in manifest.collections.get(c, {}).get("files", [])
+    ]
 
 
 def _find_superseded(
@@ -582,11 +586,7 @@ def _supersede(
     if found is not None:
         count = found.result()
     else:
-        earlier = [
-            str(area.root / f["path"])
-            for c in collections
-            for f in manifest.collections.get(c, {}).get("files", [])
-        ]
+        earlier = _earlier_files(area, manifest, collections)
         if not earlier:
             return 0
         con.execute(
