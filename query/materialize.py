@@ -156,9 +156,13 @@ def _refresh(
     # An incremental refresh stages with DuckDB on this thread alone, then, if the store
     # was written meanwhile, runs the rest at a lower priority, DuckDB's workers started
     # after it (see .priority). A first build is waited for, and has every core to itself.
-    with duckdb.connect(config={} if bulk else {"threads": 1}) as con, _Early() as early:
-        if ids is not None:  # the rows they supersede are found while their bodies are read
-            early.find_superseded(area, con, manifest, ids)
+    with (
+        duckdb.connect(config={} if bulk else {"threads": 1}) as con,
+        ThreadPoolExecutor(1, thread_name_prefix="crdtdb-supersede") as scanner,
+    ):
+        found = None  # the rows they supersede are found while their bodies are read
+        if ids is not None:
+            found = _start_superseding(scanner, area, con, manifest, ids)
         plan = (batches, total, base.position, log_read)
         staged = _stage(area, con, snap, readers, plan, manifest, progress)
         documents, records, counts, log_rows, streamed = staged
@@ -175,7 +179,7 @@ def _refresh(
                 manifest.next_seg += 1
                 changes = worker.submit(copy_changes, area, con.cursor(), seg, log_rows)
             if documents:
-                _write_segment(area, con, manifest, counts, streamed, early.superseded())
+                _write_segment(area, con, manifest, counts, streamed, found)
             if changes is not None:
                 manifest.changes = [*manifest.changes, {"path": changes.result(), "rows": records}]
         if len(manifest.changes) > MERGE_SEGMENTS:
@@ -214,38 +218,25 @@ def _plan(
     return old, snap.rows(ids, CHUNK), len(ids), ids, log_read
 
 
-class _Early:
-    """The rows of earlier files that an incremental refresh's documents supersede, found
-    by DuckDB in a thread of its own while this one reads their bodies from SQLite: the
-    scan reads the ``id`` column of every earlier file, as long as the reading of the
-    bodies on a large store, and neither waits for the other (both let go of the
-    interpreter lock while they work). The thread runs at ``REFRESH_NICE`` from the start
-    (it holds no snapshot): on busy cores it yields to the store's writers."""
-
-    def __init__(self) -> None:
-        self._worker: ThreadPoolExecutor | None = None
-        self._found: Future[int] | None = None
-
-    def __enter__(self) -> _Early:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._worker is not None:
-            self._worker.shutdown(wait=True)  # a failed refresh lets it finish first
-
-    def find_superseded(
-        self, area: Area, con: duckdb.DuckDBPyConnection, manifest: Manifest, ids: list[str]
-    ) -> None:
-        earlier = _earlier_files(area, manifest, {doc_id.split("/", 1)[0] for doc_id in ids})
-        if not earlier:
-            return
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="crdtdb-supersede")
-        dead = dead_relation(area, manifest)
-        self._found = self._worker.submit(_find_superseded, con.cursor(), earlier, dead, ids)
-
-    def superseded(self) -> Future[int] | None:
-        """How many rows the table ``superseded`` holds, when found; None: not looked for."""
-        return self._found
+def _start_superseding(
+    scanner: ThreadPoolExecutor,
+    area: Area,
+    con: duckdb.DuckDBPyConnection,
+    manifest: Manifest,
+    ids: list[str],
+) -> Future[int] | None:
+    """Find, on ``scanner``'s thread, the rows of earlier files that an incremental
+    refresh's documents supersede (the table ``superseded``, and how many), while this
+    thread reads their bodies from SQLite: the scan reads the ``id`` column of every
+    earlier file, as long as the reading of the bodies on a large store, and neither
+    waits for the other (both let go of the interpreter lock while they work). The scan
+    runs at ``REFRESH_NICE`` from the start (it holds no snapshot): on busy cores it
+    yields to the store's writers. None: no earlier file to look in."""
+    earlier = _earlier_files(area, manifest, {doc_id.split("/", 1)[0] for doc_id in ids})
+    if not earlier:
+        return None
+    dead = dead_relation(area, manifest)
+    return scanner.submit(_find_superseded, con.cursor(), earlier, dead, ids)
 
 
 def _earlier_files(area: Area, manifest: Manifest, collections: Iterable[str]) -> list[str]:
@@ -473,7 +464,8 @@ def _write_segment(
 ) -> None:
     """One file per collection of the staged documents (written already for those
     ``streamed``: then one more of those read through the snapshot, if any), and the rows
-    they supersede (``found``: in the table ``superseded`` already, see :class:`_Early`)."""
+    they supersede (``found``: in the table ``superseded`` already, see
+    :func:`_start_superseding`)."""
     folder = f"seg/{manifest.next_seg}"
     (area.root / folder).mkdir(parents=True, exist_ok=True)
     superseded = _supersede(area, con, manifest, folder, list(counts), found)
@@ -581,7 +573,7 @@ def _supersede(
     found: Future[int] | None = None,
 ) -> int:
     """Write the (_seg, row) of earlier rows of the staged documents; return how many.
-    ``found``: they are in the table ``superseded`` already (see :class:`_Early`)."""
+    ``found``: they are in the table ``superseded`` already (see :func:`_start_superseding`)."""
     name = f"{folder}/dead.parquet"
     if found is not None:
         count = found.result()
