@@ -111,7 +111,7 @@ def test_an_interrupted_demo_stops_every_daemon_quietly(
             pass
         assert len(processes_naming(f"serve --config {root}")) >= 2
         child.signal(signum)
-        assert child.wait(TIMEOUT) == status
+        assert child.wait(TIMEOUT) == status, child.stderr  # the demo's error line, if any
         assert child.stderr == ""  # no traceback, no message: a Ctrl-C is not an error
     assert processes_naming(str(root)) == []
 
