@@ -116,8 +116,9 @@ def run(options: DemoOptions, *, live: bool | None = None) -> int:
     table when stdout is a terminal.
     """
     options.check()
-    with demo_directory(options.keep) as workspace, _signals_end_the_demo():
+    with demo_directory(options.keep) as workspace, _signals_end_the_demo() as signals:
         demo = ClusterDemo(workspace, REGION_NAMES[: options.regions], options, live)
+        demo.signals = signals
         try:
             return demo.run()
         except DemoError as exc:
@@ -150,6 +151,7 @@ class ClusterDemo:
         self.rows: list[RegionRow] = []
         self.phase = "starting"
         self._reconnect_from: float | None = None
+        self.signals = Signals()
         title = (
             f"crdtdb demo: {len(names)} regions ({', '.join(names)}),"
             f" {options.rate:g} writes/s each for {options.duration:g}s"
@@ -238,6 +240,7 @@ class ClusterDemo:
     def _tick(self) -> None:
         """Measure, show, watch for a reconnect and dead daemons; then wait for the next tick."""
         began = time.monotonic()
+        self.signals.check()
         self.cluster.check_alive()
         self._watch_reconnect()
         self._refresh()
@@ -417,22 +420,65 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+class Signals:
+    """The signals that asked the demo to end (Ctrl-C, SIGTERM, SIGHUP), in order."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+
+    def ending(self) -> BaseException | None:
+        """How the first signal ends the demo: KeyboardInterrupt for Ctrl-C, else
+        SystemExit(128 + signal); None while none came."""
+        if not self.received:
+            return None
+        signum = self.received[0]
+        return KeyboardInterrupt() if signum == signal.SIGINT else SystemExit(128 + signum)
+
+    def check(self) -> None:
+        """End the demo if a signal came whose exception something swallowed on its way."""
+        ending = self.ending()
+        if ending is not None:
+            raise ending
+
+
 @contextlib.contextmanager
-def _signals_end_the_demo() -> Iterator[None]:
-    """SIGTERM and SIGHUP end the demo as Ctrl-C does: the daemons are stopped first."""
+def _signals_end_the_demo() -> Iterator[Signals]:
+    """Ctrl-C, SIGTERM and SIGHUP end the demo (the daemons are stopped first), with the
+    status of that signal, whatever else goes wrong on the way out.
+
+    The handler raises in the main thread wherever it is: inside a callback that a
+    library calls from C, the exception can come out as another one (as an SQLite
+    function's did, see ``crdtdb.storage.take_interrupt``) or not at all. So each
+    signal is also recorded: an error that ends the demo after one is the stop's
+    doing, not a failure to report, and a swallowed one is raised at the next tick.
+    """
+    signals = Signals()
     if not _in_main_thread():
-        yield
+        yield signals
         return
 
     def end(signum: int, frame: FrameType | None) -> Any:
-        raise SystemExit(128 + signum)
+        signals.received.append(signum)
+        ending = signals.ending()
+        assert ending is not None
+        raise ending
 
-    previous = {s: signal.signal(s, end) for s in _SIGNALS if s != signal.SIGINT}
+    previous = {s: signal.signal(s, end) for s in _SIGNALS}
     try:
-        yield
+        yield signals
+        signals.check()  # the demo ended on its own, but a signal came on the way
+    except BaseException as exc:
+        ending = signals.ending()
+        if ending is None or (type(exc) is type(ending) and _same_status(exc, ending)):
+            raise
+        raise ending from None
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _same_status(raised: BaseException, ending: BaseException) -> bool:
+    return not isinstance(raised, SystemExit) or raised.code == getattr(ending, "code", None)
 
 
 @contextlib.contextmanager

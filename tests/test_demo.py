@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,6 +115,40 @@ def test_an_interrupted_demo_stops_every_daemon_quietly(
         assert child.wait(TIMEOUT) == status, child.stderr  # the demo's error line, if any
         assert child.stderr == ""  # no traceback, no message: a Ctrl-C is not an error
     assert processes_naming(str(root)) == []
+
+
+@pytest.mark.parametrize("swallowed", ["as-another-error", "entirely"])
+def test_a_signal_whose_exit_a_library_swallows_still_ends_the_demo_with_its_status(
+    root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    swallowed: str,
+) -> None:
+    """The SIGTERM handler raises SystemExit wherever the main thread is; inside a
+    callback a library calls from C, that can come out as another error or not at all
+    (as it did inside SQLite's). The demo must still end with 143 and say nothing."""
+    from crdtdb.cli import main
+    from crdtdb.sync import demo as cluster_demo
+    from crdtdb.sync.demo_cluster import DemoError
+
+    ticks_after = []
+
+    def run(self: cluster_demo.ClusterDemo) -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100):  # the handler raises within a few bytecodes
+                time.sleep(0.05)
+        except SystemExit:  # what a library callback does to it
+            if swallowed == "as-another-error":
+                raise DemoError("a write failed in SQLite") from None
+        ticks_after.append(True)
+        return 0
+
+    monkeypatch.setattr(cluster_demo.ClusterDemo, "run", run)
+    assert main(["demo", "--duration", "1", "--keep", str(root)]) == 143
+    assert capsys.readouterr().err == ""
+    assert ticks_after == ([True] if swallowed == "entirely" else [])
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the demo's handler is gone
 
 
 def test_a_demo_that_does_not_converge_in_time_exits_1_and_says_why(
