@@ -285,7 +285,8 @@ def _stage(
             documents = _stage_table(con, table, snap, total, progress)
         else:
             documents = _stage_documents(con, batches, total, progress)
-        shapes = snap.shapes([row[0] for row in con.execute(_SHAPE_IDS).fetchall()])
+        summary = con.execute(_SUMMARY).fetchall()
+        shapes = snap.shapes(sorted({row[1] for row in summary if row[1] is not None}))
         # The log is read while DuckDB works out the documents' types (both let go
         # of the interpreter lock while they work); then the snapshot ends, before
         # the files are written: a long read transaction keeps SQLite from recycling
@@ -294,7 +295,7 @@ def _stage(
         with ThreadPoolExecutor(1) as worker:
             staging = worker.submit(stage_changes, con.cursor(), snap, readers, start, log_read)
             try:
-                counts = _widen(con, manifest, shapes)
+                counts = _widen(con, manifest, shapes, summary)
             finally:
                 records, log_rows = staging.result()
     except BaseException:
@@ -469,7 +470,7 @@ def _write_segment(
     folder = f"seg/{manifest.next_seg}"
     (area.root / folder).mkdir(parents=True, exist_ok=True)
     superseded = _supersede(area, con, manifest, folder, list(counts), found)
-    complete = _complete_counts(con) if streamed else {}
+    complete = _complete_counts(con, counts) if streamed else {}
     for collection, rows in sorted(counts.items()):
         state = manifest.collections[collection]
         source = "staged"
@@ -490,13 +491,12 @@ def _write_segment(
     manifest.dead_rows += superseded
 
 
-def _complete_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    """Per collection, the documents of the child's table that the snapshot did not read."""
-    return dict(
-        con.execute(
-            f"SELECT collection, count(*) FROM _arrow_documents WHERE {COMPLETE} GROUP BY ALL"
-        ).fetchall()
-    )
+def _complete_counts(con: duckdb.DuckDBPyConnection, counts: dict[str, int]) -> dict[str, int]:
+    """Per collection, the documents of the child's table that the snapshot did not read:
+    ``staged`` is those and ``staged_rest`` (see :func:`_stage_table`), so its ``counts``
+    less the few of ``staged_rest``."""
+    rest = dict(con.execute("SELECT collection, count(*) FROM staged_rest GROUP BY ALL").fetchall())
+    return {collection: rows - rest.get(collection, 0) for collection, rows in counts.items()}
 
 
 def _new_file(
@@ -523,29 +523,41 @@ def _entry(
     }
 
 
-_SHAPE_IDS = "SELECT DISTINCT shape FROM staged WHERE live AND shape IS NOT NULL"
+_SUMMARY = (
+    "SELECT collection, CASE WHEN live THEN shape END AS shape,"
+    " live AND shape IS NULL AND body IS NOT NULL AS unnoted, count(*) AS rows"
+    " FROM staged GROUP BY ALL"
+)
+"""What :func:`_widen` needs of the staged documents, in one scan: per collection, the
+shapes their commits noted of the live ones, whether some live body has none, how many."""
 
 
 def _widen(
-    con: duckdb.DuckDBPyConnection, manifest: Manifest, shapes: dict[int, str]
+    con: duckdb.DuckDBPyConnection,
+    manifest: Manifest,
+    shapes: dict[int, str],
+    summary: list[tuple[str, int | None, bool, int]],
 ) -> dict[str, int]:
     """Merge the staged documents' types into their collections' (every document counts);
     return how many documents each collection has staged.
 
-    A document's shape is the one its commit noted (``shapes``), or, where none
-    was, what DuckDB's ``json_structure`` makes of its body.
+    A document's shape is the one its commit noted (``shapes``, by the numbers
+    ``summary`` found: :data:`_SUMMARY`), or, where none was, what DuckDB's
+    ``json_structure`` makes of its body.
     """
-    counts = dict(
-        con.execute("SELECT collection, count(*) FROM staged GROUP BY collection").fetchall()
-    )
-    noted = con.execute(
-        "SELECT DISTINCT collection, shape FROM staged WHERE live AND shape IS NOT NULL"
-    ).fetchall()
-    structures = [(collection, shapes[number]) for collection, number in noted]
-    structures += con.execute(
-        "SELECT collection, json_structure(body) AS s FROM staged"
-        " WHERE live AND body IS NOT NULL AND (shape IS NULL) GROUP BY ALL"
-    ).fetchall()
+    counts: dict[str, int] = {}
+    structures: list[tuple[str, str]] = []
+    unnoted = False
+    for collection, number, without, rows in summary:
+        counts[collection] = counts.get(collection, 0) + rows
+        if number is not None:
+            structures.append((collection, shapes[number]))
+        unnoted = unnoted or without
+    if unnoted:
+        structures += con.execute(
+            "SELECT collection, json_structure(body) AS s FROM staged"
+            " WHERE live AND body IS NOT NULL AND (shape IS NULL) GROUP BY ALL"
+        ).fetchall()
     for collection in counts:
         manifest.collections.setdefault(collection, {"fields": {}, "files": []})
     for collection, shape in structures:
