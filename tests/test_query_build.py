@@ -7,13 +7,17 @@ files, real child processes, real Parquet files and a real DuckDB.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
+import subprocess
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pytest
 
 import crdtdb
@@ -92,6 +96,56 @@ def test_a_first_build_writes_each_collection_as_the_child_streams_it(
         assert files[name] == [streamed[name].path]
     on_disk = {str(p.relative_to(store / AREA)) for p in (store / AREA).rglob("*.parquet")}
     assert on_disk == set(manifest.files())  # the discarded file is gone
+
+
+CHILD_WITH_SMALL_BATCHES = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import _arrow_child
+_arrow_child.BATCH_ROWS = 50
+sys.exit(_arrow_child.main(sys.argv[2:]))
+"""
+"""The child reader, run as it is but for 50 rows a batch."""
+
+
+@pytest.mark.integration
+def test_the_child_reads_documents_without_bodies_rows_through_the_join_from_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child scans ``docs`` and ``bodies`` side by side while they line up row for row;
+    two documents without a ``bodies`` row (as a store migrated from schema 2 has them)
+    in its third batch: from there on it reads the join, and the stream is the join's."""
+    store = tmp_path / "eu"
+    with crdtdb.open(store, region="eu") as db:
+        with db.transaction() as tx:
+            for i in range(300):
+                tx.put(f"users/{i:03d}", {"n": i})
+        db.delete("users/010")
+    sqlite_file = store / "crdtdb.sqlite3"
+    with contextlib.closing(sqlite3.connect(sqlite_file)) as raw, raw:
+        raw.execute("DELETE FROM bodies WHERE doc_id IN ('users/120', 'users/121')")
+        joined = raw.execute(JOINED_ROWS).fetchall()
+        position = raw.execute("SELECT max(id) FROM log").fetchone()[0]
+    out = tmp_path / "documents.arrow"
+    args = [str(sqlite_file), "documents", "0", str(position), "0", str(out)]
+    script = [sys.executable, "-c", CHILD_WITH_SMALL_BATCHES, str(arrow_read._SCRIPT.parent)]
+    assert subprocess.run([*script, *args], timeout=60, check=False).returncode == 0
+    with pa.memory_map(str(out)) as source:
+        batches = list(pa.ipc.open_stream(source))
+    streamed = [tuple(row.values()) for b in batches for row in b.to_pylist()]
+    assert len(joined) == 300 and streamed == joined
+    assert [b.num_rows for b in batches] == [50, 50, 50, 50, 50, 50]
+    assert joined[120][4:] == (None, None, None) and joined[122][4] == "eu"
+    monkeypatch.setattr(arrow_read, "CHILD_READ_MIN", 0)  # and a build over it is right
+    assert query.refresh(store).documents == 300
+    con = query.connect(store, refresh=False)
+    assert rows(con, "SELECT count(*), sum(n) FROM users") == [(299, sum(range(300)) - 10)]
+
+
+JOINED_ROWS = (
+    "SELECT d.doc_id, d.collection, d.live, d.hlc, b.origin, b.body, b.shape"
+    " FROM docs d LEFT JOIN bodies b ON b.doc_id = d.doc_id ORDER BY d.doc_id"
+)
 
 
 @pytest.mark.integration
