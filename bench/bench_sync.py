@@ -11,7 +11,8 @@ What it measures (the numbers the replication issue asks for):
 2. **replication lag** commit -> visible over loopback QUIC, between two
    ``crdtdb serve`` daemons (subprocesses): an application process writes to
    region eu's directory with the embedded library, paced at 100 and 1,000
-   writes/s; this process polls region us's directory.
+   one-write transactions/s, and at 10,000 writes/s in transactions of 10;
+   this process polls region us's directory.
 3. **steady-state replicated updates/s**, eu -> us, one-write transactions,
    counted on arrival in us; against pycrdt-websocket (hypercorn server, httpx-ws
    client, one update per message) counted on arrival in the server's room.

@@ -51,8 +51,8 @@ class Config:
     """N: documents in the anti-entropy stores and in the bootstrap."""
     divergent: float = 0.01
     """Fraction of the N documents that differ between the two anti-entropy stores."""
-    lag_rates: tuple[int, ...] = (100, 1000)
-    """Paced write rates of the lag runs (writes/s)."""
+    lag_rates: tuple[tuple[int, int], ...] = ((100, 1), (1000, 1), (10_000, 10))
+    """The lag runs: paced write rate (writes/s), and writes per transaction."""
     lag_seconds: float
     """Length of one paced lag run."""
     rate_seconds: float

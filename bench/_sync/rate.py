@@ -84,10 +84,10 @@ class Pair:
     cpu: CpuMeter
 
 
-def lag_run(pair: Pair, rate: int, cfg: Config) -> dict[str, Any]:
+def lag_run(pair: Pair, rate: int, per_tx: int, cfg: Config) -> dict[str, Any]:
     count = int(rate * cfg.lag_seconds)
     prefix, result = f"lag{rate}", pair.work / f"lag{rate}.json"
-    args = (pair.eu_dir, prefix, rate, count, result)
+    args = (pair.eu_dir, prefix, rate, count, result, per_tx)
     pair.cpu.start()
     seen = asyncio.run(
         arrivals(
@@ -113,6 +113,7 @@ def lag_run(pair: Pair, rate: int, cfg: Config) -> dict[str, Any]:
     ]
     return {
         "rate": rate,
+        "per_tx": per_tx,
         "writes": count,
         "achieved_rate": count / (written["committed"][-1] - written["started"]),
         "p50_ms": percentile(lags, 50),
@@ -372,8 +373,8 @@ def bench_lag_and_rate(
         )
         if "lag" in sections:
             out["lag"] = []
-            for rate in cfg.lag_rates:
-                run = lag_run(pair, rate, cfg)
+            for rate, per_tx in cfg.lag_rates:
+                run = lag_run(pair, rate, per_tx, cfg)
                 out["lag"].append(run)
                 log(
                     f"  lag at {rate:,}/s: p50 {run['p50_ms']:.1f} ms, p99 {run['p99_ms']:.1f} ms"

@@ -24,20 +24,26 @@ import crdtdb
 from .common import EMPTY_UPDATE, doc_name, doc_value, write_json
 
 
-def role_write_paced(eu_dir: str, prefix: str, rate: str, count: str, result: str) -> None:
-    """Write ``count`` documents at ``rate``/s; record each commit's wall time (after commit)."""
-    per_s, n = float(rate), int(count)
-    committed, commit_ms = [], []
+def role_write_paced(
+    eu_dir: str, prefix: str, rate: str, count: str, result: str, per_tx: str = "1"
+) -> None:
+    """Write ``count`` documents at ``rate``/s, ``per_tx`` in a transaction; record each
+    document's commit wall time (after its transaction committed)."""
+    per_s, n, k = float(rate), int(count), int(per_tx)
+    committed: list[float] = []
+    commit_ms: list[float] = []
     with crdtdb.open(eu_dir) as db:
         started, cpu = time.time() + 0.05, time.process_time()
-        for i in range(n):
-            delay = started + i / per_s - time.time()
+        for first in range(0, n, k):
+            delay = started + first / per_s - time.time()
             if delay > 0:
                 time.sleep(delay)
             before = time.time()
-            db.put(f"{prefix}/{i}", {"i": i, "t": before})
+            with db.transaction() as tx:
+                for i in range(first, min(first + k, n)):
+                    tx.put(f"{prefix}/{i}", {"i": i, "t": before})
             done = time.time()
-            committed.append(done)
+            committed += [done] * (min(first + k, n) - first)
             commit_ms.append((done - before) * 1e3)
     write_json(
         Path(result),
