@@ -85,7 +85,7 @@ def documents(query: Any) -> tuple[Any, Iterator[Any]]:
 
     docs = query(DOCS)
     bodies = query(BODIES)
-    fields = [*docs.schema, *[f for f in bodies.schema][1:]]
+    fields = [*docs.schema, *list(bodies.schema)[1:]]
     schema = pa.schema([f.with_name(n) for f, n in zip(fields, _NAMES, strict=True)])
 
     def batches() -> Iterator[Any]:
@@ -145,7 +145,7 @@ def main(argv: list[str]) -> int:
         return 2
     database = adbc_driver_sqlite.connect(store)
     conn = manager.AdbcConnection(database)
-    conn.set_autocommit(False)  # one read transaction for both statements
+    conn.set_autocommit(False)  # one read transaction for every statement
 
     opened: list[manager.AdbcStatement] = []  # closed at the end, before the connection
 
