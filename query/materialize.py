@@ -179,33 +179,48 @@ def _refresh(
                     found = _start_superseding(scanner, area, con, manifest, ids)
                 plan = (batches, total, base.position, log_read)
                 staged = _stage(area, con, snap, readers, plan, manifest, progress)
-                documents, records, counts, log_rows, streamed = staged
                 if not bulk:
                     if write_stamp(area.store) != stamp:  # a writer is at work: yield to it
                         background()
                     con.execute(f"SET threads = {THREADS}")
-                # The log records' file is written beside the documents' (DuckDB lets go of
-                # the interpreter lock): the two COPYs share the cores instead of taking turns.
-                with ThreadPoolExecutor(1) as worker:
-                    changes = None
-                    if records:
-                        seg = manifest.next_seg
-                        manifest.next_seg += 1
-                        changes = worker.submit(copy_changes, area, con.cursor(), seg, log_rows)
-                    if documents:
-                        _write_segment(area, con, manifest, counts, streamed, found)
-                    if changes is not None:
-                        written = {"path": changes.result(), "rows": records}
-                        manifest.changes = [*manifest.changes, written]
-                if len(manifest.changes) > MERGE_SEGMENTS:
-                    merge_changes(area, con, manifest)
-                merged = _should_merge(manifest)
-                if merged:
-                    _merge(area, con, manifest)
+                merged = _write_files(area, con, manifest, staged, found)
             finally:  # the scan's cursor closes before its connection does
                 if found is not None:
                     wait([found])
+    documents, records = staged[0], staged[1]
     return manifest, documents, records, merged
+
+
+def _write_files(
+    area: Area,
+    con: duckdb.DuckDBPyConnection,
+    manifest: Manifest,
+    staged: tuple[int, int, dict[str, int], pa.Table | None, dict[str, Streamed]],
+    found: Future[int] | None,
+) -> bool:
+    """Write the files of what :func:`_stage` staged, and merge segments if it is time;
+    whether they were merged.
+
+    The log records' file is written beside the documents' (DuckDB lets go of the
+    interpreter lock): the two COPYs share the cores instead of taking turns.
+    """
+    documents, records, counts, log_rows, streamed = staged
+    with ThreadPoolExecutor(1) as worker:
+        changes = None
+        if records:
+            seg = manifest.next_seg
+            manifest.next_seg += 1
+            changes = worker.submit(copy_changes, area, con.cursor(), seg, log_rows)
+        if documents:
+            _write_segment(area, con, manifest, counts, streamed, found)
+        if changes is not None:
+            manifest.changes = [*manifest.changes, {"path": changes.result(), "rows": records}]
+    if len(manifest.changes) > MERGE_SEGMENTS:
+        merge_changes(area, con, manifest)
+    merged = _should_merge(manifest)
+    if merged:
+        _merge(area, con, manifest)
+    return merged
 
 
 def _plan(
